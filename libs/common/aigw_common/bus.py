@@ -1,0 +1,381 @@
+"""The NATS bus: connect with retry and reconnect, typed publish/subscribe/request, JetStream helpers.
+
+A service that starts while NATS is down keeps running: the connection is made
+in the background and retried forever; subscriptions registered before it
+succeeds are applied on connect. ``Subjects`` holds every subject name of the
+contract under a configurable prefix (``aigw`` in production; tests use a
+unique prefix each so they can run in parallel on one server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError, NoServersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
+
+from . import tracing
+from .errors import BusError, DecodeError
+from .schemas import Message
+
+log = logging.getLogger(__name__)
+T = TypeVar("T", bound=msgspec.Struct)
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decoder_for(t: Any) -> msgspec.json.Decoder[Any]:
+    d = _decoders.get(t)
+    if d is None:
+        d = _decoders[t] = msgspec.json.Decoder(t)
+    return d
+
+
+def decode(data: bytes, t: type[T] | Any) -> T:
+    """Decode ``data`` into ``t`` or raise :class:`DecodeError` (a poison message)."""
+    try:
+        return decoder_for(t).decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise DecodeError(f"cannot decode {getattr(t, '__name__', t)}: {e}") from e
+
+
+def _token(prefix: str) -> str:
+    return prefix.replace(".", "_").replace("-", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """Every subject, stream and bucket name of the contract (section 6), under one prefix."""
+
+    prefix: str = "aigw"
+
+    @property
+    def providers_changed(self) -> str:
+        return f"{self.prefix}.providers.changed"
+
+    @property
+    def registry_snapshot(self) -> str:
+        return f"{self.prefix}.registry.snapshot"
+
+    @property
+    def auth_verify(self) -> str:
+        return f"{self.prefix}.auth.verify"
+
+    @property
+    def auth_revoked(self) -> str:
+        return f"{self.prefix}.auth.revoked"
+
+    @property
+    def keys_marked(self) -> str:
+        return f"{self.prefix}.keys.marked"
+
+    @property
+    def keys_report(self) -> str:
+        return f"{self.prefix}.keys.report"
+
+    @property
+    def keys_exhausted(self) -> str:
+        return f"{self.prefix}.keys.exhausted"
+
+    @property
+    def keys_state(self) -> str:
+        return f"{self.prefix}.keys.state"
+
+    def usage(self, kind: str) -> str:
+        return f"{self.prefix}.usage.{kind}"
+
+    @property
+    def usage_all(self) -> str:
+        return f"{self.prefix}.usage.>"
+
+    @property
+    def budget_state(self) -> str:
+        return f"{self.prefix}.budget.state"
+
+    @property
+    def budget_snapshot(self) -> str:
+        return f"{self.prefix}.budget.snapshot"
+
+    def budget(self, verb: str) -> str:
+        return f"{self.prefix}.budget.{verb}"
+
+    def chat(self, chat_id: str) -> str:
+        return f"{self.prefix}.chat.{chat_id}"
+
+    # JetStream names: "AIGW_USAGE" and "aigw_keys" under the default prefix.
+    @property
+    def usage_stream(self) -> str:
+        return f"{_token(self.prefix).upper()}_USAGE"
+
+    @property
+    def keys_marked_stream(self) -> str:
+        return f"{_token(self.prefix).upper()}_KEYS_MARKED"
+
+    @property
+    def keys_bucket(self) -> str:
+        return f"{_token(self.prefix)}_keys"
+
+    def durable(self, name: str) -> str:
+        return f"{_token(self.prefix)}_{name}"
+
+
+Handler = Callable[[Any, Msg], Awaitable[msgspec.Struct | None]]
+
+
+@dataclass(slots=True)
+class _Sub:
+    subject: str
+    msg_type: Any
+    handler: Handler
+    queue: str
+    nats_sub: Any = None
+
+
+@dataclass(slots=True)
+class Bus:
+    """One NATS connection per service process."""
+
+    servers: tuple[str, ...]
+    name: str
+    subjects: Subjects = field(default_factory=Subjects)
+    connect_timeout: float = 2.0
+    nc: NatsClient | None = None
+    _subs: list[_Sub] = field(default_factory=list)
+    _connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _on_connect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _on_reconnect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _closing: bool = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def on_connect(self, cb: Callable[[], Awaitable[None]]) -> None:
+        """Run ``cb`` after the first successful connect (and at once if already connected)."""
+        self._on_connect.append(cb)
+
+    def on_reconnect(self, cb: Callable[[], Awaitable[None]]) -> None:
+        self._on_reconnect.append(cb)
+
+    async def start(self, *, wait: float | None = 0.0) -> None:
+        """Begin connecting in the background; optionally wait up to ``wait`` seconds for it."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._connect_loop(), name=f"bus-connect-{self.name}")
+        if wait:
+            await self.wait_connected(wait)
+
+    async def _connect_loop(self) -> None:
+        delay = 0.2
+        while not self._closing:
+            try:
+                nc = await nats.connect(
+                    servers=list(self.servers),
+                    name=self.name,
+                    connect_timeout=self.connect_timeout,
+                    reconnect_time_wait=1,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                    ping_interval=10,
+                    max_outstanding_pings=3,
+                    error_cb=self._error_cb,
+                    disconnected_cb=self._disconnected_cb,
+                    reconnected_cb=self._reconnected_cb,
+                )
+            except (NoServersError, OSError, TimeoutError, NatsTimeout) as e:
+                log.warning("nats connect failed; retrying", extra={"error": str(e), "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.nc = nc
+            for s in self._subs:
+                await self._apply(s)
+            self._connected.set()
+            log.info("nats connected", extra={"server": str(nc.connected_url.netloc if nc.connected_url else "")})
+            for cb in list(self._on_connect):
+                await self._run_cb(cb)
+            return
+
+    async def _run_cb(self, cb: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await cb()
+        except Exception:
+            log.exception("bus connect callback failed")
+
+    async def _error_cb(self, e: Exception) -> None:
+        log.warning("nats error", extra={"error": str(e)})
+
+    async def _disconnected_cb(self) -> None:
+        if not self._closing:
+            log.warning("nats disconnected")
+
+    async def _reconnected_cb(self) -> None:
+        log.info("nats reconnected")
+        for cb in list(self._on_reconnect):
+            asyncio.create_task(self._run_cb(cb))
+
+    async def close(self) -> None:
+        """Drain subscriptions and close; safe to call twice."""
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                if self.nc.is_connected:
+                    await asyncio.wait_for(self.nc.drain(), 5)
+                else:
+                    await self.nc.close()
+            except (TimeoutError, ConnectionClosedError, NatsTimeout):
+                await self.nc.close()
+
+    def _require(self) -> NatsClient:
+        nc = self.nc
+        if nc is None or nc.is_closed:
+            raise BusError("not connected to NATS")
+        return nc
+
+    # ------------------------------------------------------------ core pub/sub
+
+    @staticmethod
+    def _headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+        h = dict(headers) if headers else {}
+        tracing.inject(h)
+        return h or None
+
+    async def publish(self, subject: str, msg: msgspec.Struct, *, headers: dict[str, str] | None = None) -> None:
+        nc = self._require()
+        if not nc.is_connected:
+            raise BusError("NATS is disconnected")
+        try:
+            await nc.publish(subject, encode(msg), headers=self._headers(headers))
+        except (ConnectionClosedError, OutboundBufferLimitError) as e:
+            raise BusError(f"publish to {subject} failed: {e}") from e
+
+    async def request(
+        self, subject: str, msg: msgspec.Struct, reply_type: type[T] | Any, *, timeout: float = 2.0,
+        headers: dict[str, str] | None = None,
+    ) -> T:
+        nc = self._require()
+        try:
+            reply = await nc.request(subject, encode(msg), timeout=timeout, headers=self._headers(headers))
+        except NoRespondersError as e:
+            raise BusError(f"no responder on {subject}") from e
+        except (NatsTimeout, TimeoutError) as e:
+            raise BusError(f"request on {subject} timed out after {timeout}s") from e
+        except ConnectionClosedError as e:
+            raise BusError(f"request on {subject}: connection closed") from e
+        return decode(reply.data, reply_type)
+
+    async def subscribe(self, subject: str, msg_type: Any, handler: Handler, *, queue: str = "") -> None:
+        """Register a typed handler; a returned Struct is sent as the reply when the message has one."""
+        sub = _Sub(subject, msg_type, handler, queue)
+        self._subs.append(sub)
+        if self.connected:
+            await self._apply(sub)
+
+    async def _apply(self, sub: _Sub) -> None:
+        assert self.nc is not None
+
+        async def cb(m: Msg) -> None:
+            try:
+                obj = decode(m.data, sub.msg_type)
+            except DecodeError as e:
+                log.warning("dropping undecodable message", extra={"subject": m.subject, "error": str(e)})
+                return
+            try:
+                reply = await sub.handler(obj, m)
+            except Exception:
+                log.exception("bus handler failed", extra={"subject": m.subject})
+                return
+            if reply is not None and m.reply:
+                try:
+                    await m.respond(encode(reply))
+                except (ConnectionClosedError, OutboundBufferLimitError) as e:
+                    log.warning("could not send reply", extra={"subject": m.subject, "error": str(e)})
+
+        sub.nats_sub = await self.nc.subscribe(sub.subject, queue=sub.queue, cb=cb)
+
+    # ------------------------------------------------------------ JetStream
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self._require().jetstream()
+
+    async def ensure_stream(
+        self, name: str, subjects: list[str], *, max_age: float | None = None, duplicate_window: float = 120.0,
+        max_bytes: int | None = None,
+    ) -> None:
+        """Create the stream, or update its subjects if it exists: idempotent for every replica."""
+        cfg = StreamConfig(
+            name=name, subjects=subjects, duplicate_window=duplicate_window, max_age=max_age,
+            max_bytes=max_bytes if max_bytes is not None else -1,
+        )
+        js = self.js
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            try:
+                await js.add_stream(cfg)
+                return
+            except nats.js.errors.BadRequestError:
+                pass  # another replica created it between our calls
+        await js.update_stream(cfg)
+
+    async def js_publish(
+        self, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None, timeout: float = 2.0,
+        headers: dict[str, str] | None = None, data: bytes | None = None,
+    ) -> None:
+        """Publish to JetStream and wait for the ack; ``msg_id`` is the dedup id (``Nats-Msg-Id``)."""
+        h = self._headers(headers) or {}
+        if msg_id:
+            h["Nats-Msg-Id"] = msg_id
+        try:
+            await self.js.publish(subject, data if data is not None else encode(msg), timeout=timeout, headers=h)
+        except (NatsTimeout, TimeoutError) as e:
+            raise BusError(f"jetstream publish to {subject} timed out") from e
+        except NoRespondersError as e:
+            raise BusError(f"no stream for {subject}") from e
+        except (ConnectionClosedError, OutboundBufferLimitError) as e:
+            raise BusError(f"jetstream publish to {subject} failed: {e}") from e
+
+
+def now() -> float:
+    return time.time()
+
+
+def make_bus(settings: Any, service: str) -> Bus:
+    """A bus for ``service`` from :class:`~aigw_common.settings.Settings`."""
+    return Bus(servers=tuple(settings.nats_urls), name=f"aigw-{service}", subjects=Subjects(settings.bus_prefix))
+
+
+__all__ = ["Bus", "Message", "Subjects", "decode", "decoder_for", "encode", "make_bus"]

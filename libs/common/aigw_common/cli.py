@@ -1,0 +1,107 @@
+"""The ``aigw`` command: one program that starts any service, migrates, runs the dev stack, or administers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+from collections.abc import Mapping
+
+from .errors import AigwError, ConfigError
+from .logging import setup_logging
+from .settings import SERVICES, Settings
+
+
+def load_service(name: str):  # type: ignore[no-untyped-def]
+    """Import ``aigw_<name>.app``: it exports ``create_app(settings)`` and optionally ``MIGRATIONS``."""
+    try:
+        return importlib.import_module(f"aigw_{name}.app")
+    except ModuleNotFoundError as e:
+        if e.name in (f"aigw_{name}", f"aigw_{name}.app"):
+            raise ConfigError(f"service {name!r} is not installed in this environment") from None
+        raise
+
+
+def available_services() -> list[str]:
+    out = []
+    for s in SERVICES:
+        try:
+            load_service(s)
+        except ConfigError:
+            continue
+        out.append(s)
+    return out
+
+
+async def run_one(name: str, settings: Settings) -> None:
+    from . import tracing
+    from .service import serve
+
+    tracing.setup_tracing(name)
+    mod = load_service(name)
+    app = mod.create_app(settings)
+    addr = settings.addrs[name]
+    await serve(app, addr.host, addr.port, grace=settings.shutdown_grace)
+
+
+async def run_migrations(settings: Settings) -> list[str]:
+    from .db import migrate_dsn
+
+    sets = []
+    for s in available_services():
+        sets.extend(getattr(load_service(s), "MIGRATIONS", ()))
+    return await migrate_dsn(settings.require_database(), *sets)
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(prog="aigw", description="aigw: a self-hosted AI gateway")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for s in SERVICES:
+        sub.add_parser(s, help=f"run the {s} service (configured by AIGW_* env vars)")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    dev = sub.add_parser("dev", help="run the whole system on this machine (embedded Postgres and NATS when unset)")
+    dev.add_argument("--dir", default=".aigw", help="state directory (default .aigw)")
+    sub.add_parser("proto", help="regenerate proto/ JSON Schemas from the bus messages")
+    admin = sub.add_parser("admin", help="administer a running aigw (providers, keys, users, tokens, budgets)", add_help=False)
+    admin.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    if args.cmd == "admin":
+        from .admin import main as admin_main
+
+        return admin_main(args.rest, env)
+    if args.cmd == "proto":
+        from .proto import write_schemas
+
+        for p in write_schemas():
+            print(p)
+        return 0
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as e:
+        print(f"aigw: configuration error: {e}", file=sys.stderr)
+        return 2
+    if args.cmd == "dev":
+        from .dev import main as dev_main
+
+        return dev_main(args.dir, env)
+    setup_logging(args.cmd, fmt=settings.log_format, level=settings.log_level)
+    try:
+        if args.cmd == "migrate":
+            applied = asyncio.run(run_migrations(settings))
+            print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+            return 0
+        asyncio.run(run_one(args.cmd, settings))
+        return 0
+    except AigwError as e:
+        print(f"aigw {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Postgres: an asyncpg pool and SQL migrations per schema, applied under an advisory lock.
+
+Migrations are plain ``NNNN_name.sql`` files in a service's ``migrations/``
+folder. Each schema tracks what it applied in ``<schema>.schema_migrations``;
+every replica may call :func:`migrate` at start, the advisory lock makes the
+second one wait and then find nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+from .errors import DatabaseUnavailable, MigrationError
+
+log = logging.getLogger(__name__)
+
+MIGRATION_LOCK = 0x61696777  # "aigw"
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationSet:
+    """The migrations of one schema."""
+
+    schema: str
+    directory: Path
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.directory.glob("*.sql") if p.name[:4].isdigit())
+
+
+async def _init_conn(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typ, encoder=lambda v: msgspec.json.encode(v).decode(), decoder=msgspec.json.decode,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0,
+                      retry_for: float = 30.0) -> asyncpg.Pool:
+    """Connect, retrying for ``retry_for`` seconds so a service may start before its database."""
+    deadline = asyncio.get_running_loop().time() + retry_for
+    delay = 0.2
+    while True:
+        try:
+            return await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, timeout=timeout, init=_init_conn,
+                command_timeout=30, max_inactive_connection_lifetime=300,
+            )
+        except (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, TimeoutError) as e:
+            if asyncio.get_running_loop().time() > deadline:
+                raise DatabaseUnavailable(f"cannot connect to Postgres: {e}") from e
+            log.warning("postgres not reachable yet; retrying", extra={"error": str(e)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 3.0)
+
+
+async def migrate(conn: asyncpg.Connection, *sets: MigrationSet) -> list[str]:
+    """Apply pending migrations of each set in order; return what was applied."""
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        for ms in sets:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{ms.schema}"')
+            await conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{ms.schema}".schema_migrations ('
+                "version text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {
+                r["version"]: r["checksum"]
+                for r in await conn.fetch(f'SELECT version, checksum FROM "{ms.schema}".schema_migrations')
+            }
+            for path in ms.files():
+                sql = path.read_text()
+                checksum = hashlib.sha256(sql.encode()).hexdigest()
+                if path.stem in done:
+                    if done[path.stem] != checksum:
+                        log.warning("applied migration changed on disk", extra={"migration": f"{ms.schema}/{path.name}"})
+                    continue
+                try:
+                    async with conn.transaction():
+                        await conn.execute(f'SET LOCAL search_path TO "{ms.schema}", public')
+                        await conn.execute(sql)
+                        await conn.execute(
+                            f'INSERT INTO "{ms.schema}".schema_migrations (version, checksum) VALUES ($1, $2)',
+                            path.stem, checksum,
+                        )
+                except asyncpg.PostgresError as e:
+                    raise MigrationError(f"migration {ms.schema}/{path.name} failed: {e}") from e
+                applied.append(f"{ms.schema}/{path.stem}")
+                log.info("migration applied", extra={"migration": f"{ms.schema}/{path.name}"})
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    return applied
+
+
+async def migrate_dsn(dsn: str, *sets: MigrationSet) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrate(conn, *sets)
+    finally:
+        await conn.close()

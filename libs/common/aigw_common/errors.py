@@ -1,0 +1,50 @@
+"""One root error for aigw.
+
+Every error we raise on purpose derives from :class:`AigwError`. ``retryable``
+tells a bus consumer what to do with the message that caused it: retryable →
+nak with a delay, not retryable → term (dead-letter with a log line).
+"""
+
+from __future__ import annotations
+
+
+class AigwError(Exception):
+    """Root of every aigw error."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ConfigError(AigwError):
+    """Configuration is invalid; raised at startup before any socket opens."""
+
+
+class BusError(AigwError):
+    """A bus operation failed (NATS unreachable, timeout, no responder)."""
+
+    retryable = True
+
+
+class DecodeError(AigwError):
+    """A message could not be decoded into its schema: poison, never retried."""
+
+    retryable = False
+
+
+class CryptoError(AigwError):
+    """A sealed value could not be opened (wrong key, tampered, unknown key id)."""
+
+
+class DatabaseUnavailable(AigwError):
+    """Postgres is unreachable; the operation may succeed later."""
+
+    retryable = True
+
+
+class MigrationError(AigwError):
+    """A schema migration failed to apply."""

@@ -1,0 +1,258 @@
+"""Bus messages: the source of truth for what crosses NATS.
+
+Every message is a msgspec Struct, encoded as JSON, tagged with its kind and
+carrying a version ``v``. ``proto/`` holds JSON Schemas generated from these
+(``make proto``); a test fails when they are stale. Secrets inside messages
+are always sealed (see :mod:`aigw_common.crypto`), never clear text.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=True, forbid_unknown_fields=False):
+    """Base of every bus message. ``v`` lets a consumer refuse a version it does not know."""
+
+    v: int = 1
+
+
+# --------------------------------------------------------------------- registry
+
+
+class ProvidersChanged(Message, kw_only=True, tag="providers.changed"):
+    revision: int
+    provider_ids: list[str] = []
+
+
+class SealedKey(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    position: int
+    hint: str
+    sealed: str  # api key, sealed for the bus
+
+
+class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    type: str
+    display_name: str
+    base_url: str
+    enabled: bool = True
+    allow_byok: bool = True
+    settings_sealed: str | None = None  # JSON object of provider settings, sealed for the bus
+    keys: list[SealedKey] = []
+    updated_at: float = 0.0
+
+
+class SnapshotRequest(Message, kw_only=True, tag="registry.snapshot.request"):
+    known_revision: int | None = None
+
+
+class RegistrySnapshot(Message, kw_only=True, tag="registry.snapshot"):
+    revision: int
+    providers: list[ProviderConfig] = []
+
+
+class AuthVerifyRequest(Message, kw_only=True, tag="auth.verify.request"):
+    token_hash: str
+
+
+class UserProviderKey(msgspec.Struct, frozen=True, kw_only=True):
+    provider_id: str
+    provider_name: str
+    hint: str
+    sealed: str  # the user's stored credential, sealed for the bus
+
+
+class Identity(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    username: str
+    roles: list[str]
+    group_ids: list[str] = []
+    token_id: str
+    expires_at: float | None = None
+    provider_keys: list[UserProviderKey] = []
+
+
+class AuthVerifyReply(Message, kw_only=True, tag="auth.verify.reply"):
+    identity: Identity | None = None  # None: unknown, expired or revoked token
+
+
+class AuthRevoked(Message, kw_only=True, tag="auth.revoked"):
+    token_ids: list[str] = []
+    user_ids: list[str] = []
+
+
+# --------------------------------------------------------------------- keypool
+
+KeyStateName = Literal["valid", "cooling", "revoked"]
+
+
+class RateLimitInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_at: float | None = None
+    reset_tokens_at: float | None = None
+
+
+class KeyMarked(Message, kw_only=True, tag="keys.marked"):
+    event_id: str
+    provider_id: str
+    key_id: str
+    state: KeyStateName
+    until: float | None = None  # epoch seconds, for cooling
+    status_code: int = 0
+    gateway_id: str = ""
+    at: float = 0.0
+    ratelimit: RateLimitInfo | None = None
+
+
+class KeyState(Message, kw_only=True, tag="keys.state"):
+    provider_id: str
+    key_id: str
+    state: KeyStateName
+    until: float | None = None
+    status_code: int = 0
+    updated_at: float = 0.0
+
+
+class KeyStat(msgspec.Struct, frozen=True, kw_only=True):
+    provider_id: str
+    key_id: str
+    successes: int = 0
+    failures: int = 0
+    last_status: int = 0
+    ratelimit: RateLimitInfo | None = None
+
+
+class KeyReport(Message, kw_only=True, tag="keys.report"):
+    gateway_id: str
+    at: float
+    keys: list[KeyStat] = []
+
+
+class KeysExhausted(Message, kw_only=True, tag="keys.exhausted"):
+    provider_id: str
+    soonest: float | None = None  # epoch seconds when a key comes back; None: every key revoked
+
+
+# --------------------------------------------------------------------- usage
+
+
+class TokenCounts(msgspec.Struct, frozen=True, kw_only=True):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class UsageEvent(Message, kw_only=True):
+    """Common fields of every event on the ``AIGW_USAGE`` stream; ``event_id`` is the dedup id."""
+
+    event_id: str
+    interception_id: str
+    at: float
+
+
+class InterceptionStarted(UsageEvent, kw_only=True, tag="usage.started"):
+    user_id: str | None
+    group_ids: list[str] = []
+    token_id: str | None = None
+    provider_id: str
+    provider_name: str
+    provider_type: str
+    endpoint: str  # chat_completions | responses | messages
+    model: str
+    client: str = "unknown"
+    session_id: str | None = None
+    credential_kind: Literal["centralised", "byok"] = "centralised"
+    credential_hint: str = ""
+    key_id: str | None = None
+    streaming: bool = False
+    reservation_micros: int = 0
+    metadata: dict[str, str] = {}
+
+
+class TokenUsage(UsageEvent, kw_only=True, tag="usage.tokens"):
+    model: str
+    tokens: TokenCounts
+
+
+class PromptRecorded(UsageEvent, kw_only=True, tag="usage.prompt"):
+    prompt: str
+
+
+class ToolUsage(UsageEvent, kw_only=True, tag="usage.tool"):
+    name: str
+    call_id: str = ""
+    arguments: str = ""
+    injected: bool = False
+    error: str | None = None
+
+
+class InterceptionEnded(UsageEvent, kw_only=True, tag="usage.ended"):
+    status: Literal["ok", "error", "cancelled"]
+    status_code: int = 0
+    duration_ms: int = 0
+    error: str | None = None
+
+
+AnyUsageEvent = InterceptionStarted | TokenUsage | PromptRecorded | ToolUsage | InterceptionEnded
+
+# --------------------------------------------------------------------- budget
+
+
+class BudgetState(Message, kw_only=True, tag="budget.state"):
+    scope: Literal["user", "group"]
+    subject_id: str
+    name: str = ""
+    blocked: bool
+    spent_micros: int
+    reserved_micros: int = 0
+    limit_micros: int
+    period_end: float
+
+
+class BudgetSnapshotRequest(Message, kw_only=True, tag="budget.snapshot.request"):
+    pass
+
+
+class BudgetSnapshot(Message, kw_only=True, tag="budget.snapshot"):
+    states: list[BudgetState] = []
+
+
+# --------------------------------------------------------------------- chat
+
+
+class ChatEvent(Message, kw_only=True, tag="chat.event"):
+    chat_id: str
+    event: str  # snapshot | status | message_delta | message | error
+    data: msgspec.Raw
+    origin: str = ""  # replica id, so a replica skips its own echo
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    ProvidersChanged,
+    SnapshotRequest,
+    RegistrySnapshot,
+    AuthVerifyRequest,
+    AuthVerifyReply,
+    AuthRevoked,
+    KeyMarked,
+    KeyState,
+    KeyReport,
+    KeysExhausted,
+    InterceptionStarted,
+    TokenUsage,
+    PromptRecorded,
+    ToolUsage,
+    InterceptionEnded,
+    BudgetState,
+    BudgetSnapshotRequest,
+    BudgetSnapshot,
+    ChatEvent,
+)

@@ -1,0 +1,102 @@
+"""What every service shares: the app skeleton, health endpoints, and a graceful run loop.
+
+Each service builds its app with :func:`base_app`, registers its connections
+and background tasks in ``app.cleanup_ctx`` (pool first, bus second, tasks
+last), and runs with :func:`serve`. On SIGTERM/SIGINT ``/readyz`` turns 503,
+the listener closes, in-flight requests finish (up to the grace period), and
+then ``cleanup_ctx`` unwinds in reverse: tasks stop, the bus drains, the pool
+closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from .metrics import metrics_handler, new_registry
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+ReadyCheck = Callable[[], str | None]  # returns why the service is not ready, or None
+
+
+@dataclass(slots=True)
+class ServiceState:
+    name: str
+    checks: list[ReadyCheck] = field(default_factory=list)
+    draining: bool = False
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = ["shutting down"] if self.draining else []
+        for check in self.checks:
+            r = check()
+            if r:
+                reasons.append(r)
+        return reasons
+
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics_registry", CollectorRegistry)
+STATE = web.AppKey("service_state", ServiceState)
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    reasons = request.app[STATE].not_ready_reasons()
+    if reasons:
+        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def base_app(
+    name: str, settings: Settings, *, middlewares: list | None = None, client_max_size: int | None = None,  # type: ignore[type-arg]
+    handler_args: dict | None = None,  # type: ignore[type-arg]
+) -> web.Application:
+    """A new application with settings, a private metrics registry, and /healthz /readyz /metrics."""
+    app = web.Application(
+        middlewares=middlewares or [],
+        client_max_size=client_max_size or settings.max_body_bytes,
+        handler_args=handler_args,
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = new_registry()
+    app[STATE] = ServiceState(name)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", metrics_handler(app[METRICS]))
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int, *, grace: float = 20.0,
+                stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``), then shut down in order."""
+    state = app[STATE]
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+    await site.start()
+    log.info("listening", extra={"service": state.name, "addr": f"{host}:{port}"})
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await stop.wait()
+    finally:
+        state.draining = True
+        log.info("shutting down", extra={"service": state.name})
+        await runner.cleanup()
+        log.info("stopped", extra={"service": state.name})

@@ -1,0 +1,468 @@
+"""Configuration: every ``AIGW_*`` variable parsed once, up front, into frozen objects.
+
+Nothing here reads the environment at import time. ``Settings.from_env`` takes
+a mapping (``os.environ`` in production, a dict in tests), validates every
+value, and raises :class:`ConfigError` naming the variable on the first
+problem. An ``AIGW_`` variable that no service knows is an error too, so a
+typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .durations import parse_duration
+from .errors import ConfigError
+
+SERVICES = ("gateway", "registry", "keypool", "budget", "chatd")
+DEFAULT_PORTS = {"gateway": 8080, "registry": 8081, "keypool": 8082, "budget": 8083, "chatd": 8084}
+PROVIDER_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+RESERVED_PROVIDER_NAMES = frozenset({"api", "healthz", "readyz", "metrics"})
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+
+# Scalar variables every service knows. Provider variables are matched separately.
+_SCALARS = frozenset(
+    {
+        "AIGW_DATABASE_URL",
+        "AIGW_NATS_URL",
+        "AIGW_ENCRYPTION_KEYS",
+        "AIGW_BOOTSTRAP_TOKEN",
+        "AIGW_GATEWAY_URL",
+        "AIGW_ALLOW_BYOK",
+        "AIGW_DUMP_DIR",
+        "AIGW_CIRCUIT_BREAKER_ENABLED",
+        "AIGW_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+        "AIGW_CIRCUIT_BREAKER_INTERVAL",
+        "AIGW_CIRCUIT_BREAKER_TIMEOUT",
+        "AIGW_CIRCUIT_BREAKER_MAX_REQUESTS",
+        "AIGW_MAX_BODY_BYTES",
+        "AIGW_RETENTION",
+        "AIGW_LOG_FORMAT",
+        "AIGW_LOG_LEVEL",
+        "AIGW_BUS_PREFIX",
+        "AIGW_DATA_DIR",
+        "AIGW_SPOOL_MAX_BYTES",
+        "AIGW_IDENTITY_TTL",
+        "AIGW_REVISION_CHECK_INTERVAL",
+        "AIGW_SHUTDOWN_GRACE",
+        "AIGW_CHATD_ROUTE",
+        "AIGW_CHATD_SERVICE_TOKEN",
+        "AIGW_CHATD_SUMMARY_MODEL",
+        "AIGW_ALLOW_LINK_LOCAL_BASE_URLS",
+        "AIGW_OPENAI_KEY",
+        "AIGW_OPENAI_BASE_URL",
+        "AIGW_ANTHROPIC_KEY",
+        "AIGW_ANTHROPIC_BASE_URL",
+        "AIGW_BEDROCK_REGION",
+        "AIGW_BEDROCK_BASE_URL",
+        "AIGW_BEDROCK_ACCESS_KEY",
+        "AIGW_BEDROCK_ACCESS_KEY_SECRET",
+        "AIGW_BEDROCK_SESSION_TOKEN",
+        "AIGW_BEDROCK_MODEL",
+        "AIGW_BEDROCK_SMALL_FAST_MODEL",
+    }
+    | {f"AIGW_{s.upper()}_ADDR" for s in SERVICES}
+)
+_PROVIDER_VAR = re.compile(r"^AIGW_PROVIDER_(\d+)_([A-Z_]+)$")
+_PROVIDER_FIELDS = frozenset(
+    {
+        "TYPE",
+        "NAME",
+        "DISPLAY_NAME",
+        "BASE_URL",
+        "KEY",
+        "KEYS",
+        "REGION",
+        "ACCESS_KEY",
+        "ACCESS_KEY_SECRET",
+        "SESSION_TOKEN",
+        "MODEL",
+        "SMALL_FAST_MODEL",
+        "API_VERSION",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddr:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    enabled: bool = True
+    failure_threshold: int = 5
+    interval: float = 10.0
+    timeout: float = 30.0
+    max_requests: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSeed:
+    """A provider declared in the environment, reconciled into the registry at boot."""
+
+    source: str  # e.g. "AIGW_OPENAI_*" or "AIGW_PROVIDER_0_*", for error messages
+    name: str
+    type: str
+    base_url: str
+    display_name: str = ""
+    keys: tuple[str, ...] = ()
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # keys are secrets: never in a repr
+        return f"ProviderSeed(source={self.source!r}, name={self.name!r}, type={self.type!r}, base_url={self.base_url!r}, keys=<{len(self.keys)} hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None
+    nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    encryption_keys: tuple[bytes, ...] = ()
+    bootstrap_token: str | None = None
+    addrs: Mapping[str, ListenAddr] = field(
+        default_factory=lambda: {s: ListenAddr("127.0.0.1", p) for s, p in DEFAULT_PORTS.items()}
+    )
+    gateway_url: str = "http://127.0.0.1:8080"
+    allow_byok: bool = True
+    dump_dir: Path | None = None
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    max_body_bytes: int = 32 * 1024 * 1024
+    retention_seconds: float = 60 * 86400.0
+    log_format: str = "json"
+    log_level: str = "INFO"
+    bus_prefix: str = "aigw"
+    data_dir: Path = Path(".aigw")
+    spool_max_bytes: int = 256 * 1024 * 1024
+    identity_ttl: float = 60.0
+    revision_check_interval: float = 30.0
+    shutdown_grace: float = 20.0
+    chatd_route: str = "gateway"  # "gateway" or "direct"
+    chatd_service_token: str | None = None
+    chatd_summary_model: str | None = None
+    allow_link_local_base_urls: bool = False
+    providers: tuple[ProviderSeed, ...] = ()
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(database_url={'<set>' if self.database_url else None}, nats_urls={self.nats_urls}, "
+            f"encryption_keys=<{len(self.encryption_keys)} hidden>, bus_prefix={self.bus_prefix!r}, "
+            f"providers={[p.name for p in self.providers]})"
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        return _parse(env)
+
+    def require_database(self) -> str:
+        if not self.database_url:
+            raise ConfigError("AIGW_DATABASE_URL is required (aigw dev sets it for you)")
+        return self.database_url
+
+    def require_encryption_keys(self) -> tuple[bytes, ...]:
+        if not self.encryption_keys:
+            raise ConfigError("AIGW_ENCRYPTION_KEYS is required (aigw dev generates one into .aigw/)")
+        return self.encryption_keys
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+
+def _bool(name: str, raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in {"1", "true", "yes", "on"}:
+        return True
+    if v in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def _int(name: str, raw: str, *, minimum: int = 0) -> int:
+    try:
+        v = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+    if v < minimum:
+        raise ConfigError(f"{name}={raw!r}: must be at least {minimum}")
+    return v
+
+
+def _size(name: str, raw: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([kmg]i?b?|b)?\s*", raw.lower())
+    if not m:
+        raise ConfigError(f"{name}={raw!r}: expected a byte size such as 33554432 or 32MiB")
+    mult = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 10**6, "mb": 10**6,
+            "mib": 2**20, "mi": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "gi": 2**30}
+    v = int(m.group(1)) * mult[m.group(2) or ""]
+    if v <= 0:
+        raise ConfigError(f"{name}={raw!r}: must be positive")
+    return v
+
+
+def _duration(name: str, raw: str) -> float:
+    try:
+        return parse_duration(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}={raw!r}: {e}") from None
+
+
+def _addr(name: str, raw: str) -> ListenAddr:
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep:
+        raise ConfigError(f"{name}={raw!r}: expected host:port")
+    p = _int(name, port)
+    if p > 65535:
+        raise ConfigError(f"{name}={raw!r}: port out of range")
+    return ListenAddr(host.strip("[]") or "0.0.0.0", p)
+
+
+def _url(name: str, raw: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    v = raw.strip()
+    parts = urlsplit(v)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ConfigError(f"{name}={raw!r}: expected a {'/'.join(schemes)} URL")
+    return v.rstrip("/")
+
+
+def _encryption_keys(name: str, raw: str) -> tuple[bytes, ...]:
+    keys = []
+    for i, part in enumerate(p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            key = base64.b64decode(part, validate=True)
+        except (binascii.Error, ValueError):
+            try:
+                key = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+            except (binascii.Error, ValueError):
+                raise ConfigError(f"{name}: entry {i} is not base64") from None
+        if len(key) != 32:
+            raise ConfigError(f"{name}: entry {i} decodes to {len(key)} bytes, expected 32")
+        keys.append(key)
+    if not keys:
+        raise ConfigError(f"{name} is set but holds no key")
+    return tuple(keys)
+
+
+def _keys(raw: str | None) -> tuple[str, ...]:
+    if not raw:
+        return ()
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def _provider_name(var: str, raw: str) -> str:
+    name = raw.strip()
+    if not PROVIDER_NAME_RE.match(name):
+        raise ConfigError(f"{var}={raw!r}: provider names match ^[a-z0-9]+(-[a-z0-9]+)*$")
+    if name in RESERVED_PROVIDER_NAMES:
+        raise ConfigError(f"{var}={raw!r}: {name!r} is reserved")
+    return name
+
+
+def _legacy_providers(env: Mapping[str, str]) -> list[ProviderSeed]:
+    seeds: list[ProviderSeed] = []
+    if env.get("AIGW_OPENAI_KEY") or env.get("AIGW_OPENAI_BASE_URL"):
+        seeds.append(
+            ProviderSeed(
+                source="AIGW_OPENAI_*",
+                name="openai",
+                type="openai",
+                display_name="OpenAI",
+                base_url=_url("AIGW_OPENAI_BASE_URL", env.get("AIGW_OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL),
+                keys=_keys(env.get("AIGW_OPENAI_KEY")),
+            )
+        )
+    if env.get("AIGW_ANTHROPIC_KEY") or env.get("AIGW_ANTHROPIC_BASE_URL"):
+        seeds.append(
+            ProviderSeed(
+                source="AIGW_ANTHROPIC_*",
+                name="anthropic",
+                type="anthropic",
+                display_name="Anthropic",
+                base_url=_url(
+                    "AIGW_ANTHROPIC_BASE_URL", env.get("AIGW_ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_BASE_URL
+                ),
+                keys=_keys(env.get("AIGW_ANTHROPIC_KEY")),
+            )
+        )
+    if any(env.get(f"AIGW_BEDROCK_{f}") for f in ("REGION", "BASE_URL", "ACCESS_KEY", "MODEL")):
+        region = (env.get("AIGW_BEDROCK_REGION") or "").strip()
+        base = env.get("AIGW_BEDROCK_BASE_URL")
+        if not region and not base:
+            raise ConfigError("AIGW_BEDROCK_REGION is required when any AIGW_BEDROCK_* variable is set")
+        seeds.append(
+            ProviderSeed(
+                source="AIGW_BEDROCK_*",
+                name="bedrock",
+                type="bedrock",
+                display_name="AWS Bedrock",
+                base_url=_url("AIGW_BEDROCK_BASE_URL", base or f"https://bedrock-runtime.{region}.amazonaws.com"),
+                settings=_bedrock_settings(env, "AIGW_BEDROCK_"),
+            )
+        )
+    return seeds
+
+
+def _bedrock_settings(env: Mapping[str, str], prefix: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for f in ("REGION", "ACCESS_KEY", "ACCESS_KEY_SECRET", "SESSION_TOKEN", "MODEL", "SMALL_FAST_MODEL"):
+        v = (env.get(prefix + f) or "").strip()
+        if v:
+            out[f.lower()] = v
+    return out
+
+
+def _indexed_providers(env: Mapping[str, str]) -> list[ProviderSeed]:
+    indices: dict[int, dict[str, str]] = {}
+    for var, value in env.items():
+        m = _PROVIDER_VAR.match(var)
+        if m:
+            indices.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    seeds = []
+    for n in sorted(indices):
+        f = indices[n]
+        prefix = f"AIGW_PROVIDER_{n}_"
+        ptype = (f.get("TYPE") or "").strip().lower()
+        if not ptype:
+            raise ConfigError(f"{prefix}TYPE is required when other {prefix}* variables are set")
+        name = _provider_name(prefix + "NAME", f.get("NAME") or ptype)
+        base = f.get("BASE_URL")
+        settings: dict[str, str] = {}
+        if ptype == "bedrock":
+            settings = _bedrock_settings(env, prefix)
+            region = settings.get("region")
+            if not base and not region:
+                raise ConfigError(f"{prefix}REGION or {prefix}BASE_URL is required for a bedrock provider")
+            base = base or f"https://bedrock-runtime.{region}.amazonaws.com"
+        elif ptype == "azure" and f.get("API_VERSION"):
+            settings = {"api_version": f["API_VERSION"].strip()}
+        if not base:
+            base = {"openai": DEFAULT_OPENAI_BASE_URL, "anthropic": DEFAULT_ANTHROPIC_BASE_URL}.get(ptype, "")
+        if not base:
+            raise ConfigError(f"{prefix}BASE_URL is required for a provider of type {ptype!r}")
+        keys = _keys(f.get("KEYS")) + _keys(f.get("KEY"))
+        seeds.append(
+            ProviderSeed(
+                source=f"{prefix}*",
+                name=name,
+                type=ptype,
+                base_url=_url(prefix + "BASE_URL", base),
+                display_name=(f.get("DISPLAY_NAME") or "").strip(),
+                keys=keys,
+                settings=settings,
+            )
+        )
+    return seeds
+
+
+def _parse(env: Mapping[str, str]) -> Settings:
+    for var in env:
+        if not var.startswith("AIGW_") or var in _SCALARS:
+            continue
+        m = _PROVIDER_VAR.match(var)
+        if m and m.group(2) in _PROVIDER_FIELDS:
+            continue
+        raise ConfigError(f"unknown configuration variable {var} (check the spelling; see docs/configuration.md)")
+
+    def get(name: str) -> str | None:
+        v = env.get(name)
+        return v if v is not None and v.strip() != "" else None
+
+    kw: dict[str, object] = {}
+    if v := get("AIGW_DATABASE_URL"):
+        kw["database_url"] = _url("AIGW_DATABASE_URL", v, ("postgres", "postgresql"))
+    if v := get("AIGW_NATS_URL"):
+        urls = tuple(_url("AIGW_NATS_URL", u, ("nats", "tls", "ws", "wss")) for u in v.split(",") if u.strip())
+        if not urls:
+            raise ConfigError("AIGW_NATS_URL is set but holds no URL")
+        kw["nats_urls"] = urls
+    if v := get("AIGW_ENCRYPTION_KEYS"):
+        kw["encryption_keys"] = _encryption_keys("AIGW_ENCRYPTION_KEYS", v)
+    if v := get("AIGW_BOOTSTRAP_TOKEN"):
+        if len(v.strip()) < 16:
+            raise ConfigError("AIGW_BOOTSTRAP_TOKEN must be at least 16 characters")
+        kw["bootstrap_token"] = v.strip()
+    addrs = {s: ListenAddr("127.0.0.1", p) for s, p in DEFAULT_PORTS.items()}
+    for s in SERVICES:
+        if v := get(f"AIGW_{s.upper()}_ADDR"):
+            addrs[s] = _addr(f"AIGW_{s.upper()}_ADDR", v)
+    kw["addrs"] = addrs
+    if v := get("AIGW_GATEWAY_URL"):
+        kw["gateway_url"] = _url("AIGW_GATEWAY_URL", v)
+    if v := get("AIGW_ALLOW_BYOK"):
+        kw["allow_byok"] = _bool("AIGW_ALLOW_BYOK", v)
+    if v := get("AIGW_DUMP_DIR"):
+        kw["dump_dir"] = Path(v)
+    b = {}
+    if v := get("AIGW_CIRCUIT_BREAKER_ENABLED"):
+        b["enabled"] = _bool("AIGW_CIRCUIT_BREAKER_ENABLED", v)
+    if v := get("AIGW_CIRCUIT_BREAKER_FAILURE_THRESHOLD"):
+        b["failure_threshold"] = _int("AIGW_CIRCUIT_BREAKER_FAILURE_THRESHOLD", v, minimum=1)
+    if v := get("AIGW_CIRCUIT_BREAKER_INTERVAL"):
+        b["interval"] = _duration("AIGW_CIRCUIT_BREAKER_INTERVAL", v)
+    if v := get("AIGW_CIRCUIT_BREAKER_TIMEOUT"):
+        b["timeout"] = _duration("AIGW_CIRCUIT_BREAKER_TIMEOUT", v)
+    if v := get("AIGW_CIRCUIT_BREAKER_MAX_REQUESTS"):
+        b["max_requests"] = _int("AIGW_CIRCUIT_BREAKER_MAX_REQUESTS", v, minimum=1)
+    kw["breaker"] = BreakerSettings(**b)  # type: ignore[arg-type]
+    if v := get("AIGW_MAX_BODY_BYTES"):
+        kw["max_body_bytes"] = _size("AIGW_MAX_BODY_BYTES", v)
+    if v := get("AIGW_RETENTION"):
+        kw["retention_seconds"] = _duration("AIGW_RETENTION", v)
+    if v := get("AIGW_LOG_FORMAT"):
+        if v.strip().lower() not in {"json", "text"}:
+            raise ConfigError(f"AIGW_LOG_FORMAT={v!r}: expected json or text")
+        kw["log_format"] = v.strip().lower()
+    if v := get("AIGW_LOG_LEVEL"):
+        if v.strip().upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"AIGW_LOG_LEVEL={v!r}: expected debug, info, warning or error")
+        kw["log_level"] = v.strip().upper()
+    if v := get("AIGW_BUS_PREFIX"):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", v.strip()):
+            raise ConfigError(f"AIGW_BUS_PREFIX={v!r}: expected dot-separated tokens of letters, digits, - and _")
+        kw["bus_prefix"] = v.strip()
+    if v := get("AIGW_DATA_DIR"):
+        kw["data_dir"] = Path(v)
+    if v := get("AIGW_SPOOL_MAX_BYTES"):
+        kw["spool_max_bytes"] = _size("AIGW_SPOOL_MAX_BYTES", v)
+    if v := get("AIGW_IDENTITY_TTL"):
+        kw["identity_ttl"] = _duration("AIGW_IDENTITY_TTL", v)
+    if v := get("AIGW_REVISION_CHECK_INTERVAL"):
+        kw["revision_check_interval"] = _duration("AIGW_REVISION_CHECK_INTERVAL", v)
+    if v := get("AIGW_SHUTDOWN_GRACE"):
+        kw["shutdown_grace"] = _duration("AIGW_SHUTDOWN_GRACE", v)
+    if v := get("AIGW_CHATD_ROUTE"):
+        if v.strip() not in {"gateway", "direct"}:
+            raise ConfigError(f"AIGW_CHATD_ROUTE={v!r}: expected gateway or direct")
+        kw["chatd_route"] = v.strip()
+    if v := get("AIGW_CHATD_SERVICE_TOKEN"):
+        kw["chatd_service_token"] = v.strip()
+    if v := get("AIGW_CHATD_SUMMARY_MODEL"):
+        kw["chatd_summary_model"] = v.strip()
+    if v := get("AIGW_ALLOW_LINK_LOCAL_BASE_URLS"):
+        kw["allow_link_local_base_urls"] = _bool("AIGW_ALLOW_LINK_LOCAL_BASE_URLS", v)
+
+    seeds = _legacy_providers(env)
+    legacy_names = {s.name for s in seeds}
+    for s in _indexed_providers(env):
+        if s.name in legacy_names:
+            raise ConfigError(
+                f"{s.source} declares provider {s.name!r}, which a legacy AIGW_{s.name.upper()}_* variable "
+                "already declares; give the indexed provider another AIGW_PROVIDER_<N>_NAME"
+            )
+        if any(o.name == s.name for o in seeds):
+            raise ConfigError(f"{s.source} declares provider {s.name!r} twice")
+        seeds.append(s)
+    kw["providers"] = tuple(seeds)
+    return Settings(**kw)  # type: ignore[arg-type]

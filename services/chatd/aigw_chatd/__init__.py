@@ -1,0 +1,1 @@
+"""aigw chatd service."""

@@ -1,0 +1,1 @@
+"""aigw gateway service."""

@@ -1,0 +1,1 @@
+"""aigw keypool service."""

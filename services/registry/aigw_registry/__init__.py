@@ -1,0 +1,1 @@
+"""aigw registry service."""
