@@ -71,6 +71,10 @@ _SCALARS = frozenset(
     }
     | {f"AIGW_{s.upper()}_ADDR" for s in SERVICES}
 )
+# The standard AWS credential chain's variables (not AIGW_*): captured here so the gateway's
+# Bedrock signer never reads the process environment itself.
+AWS_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_SHARED_CREDENTIALS_FILE")
 _PROVIDER_VAR = re.compile(r"^AIGW_PROVIDER_(\d+)_([A-Z_]+)$")
 _PROVIDER_FIELDS = frozenset(
     {
@@ -153,6 +157,7 @@ class Settings:
     chatd_summary_model: str | None = None
     allow_link_local_base_urls: bool = False
     providers: tuple[ProviderSeed, ...] = ()
+    aws_env: Mapping[str, str] = field(default_factory=dict, repr=False)  # AWS_ENV_VARS that are set
 
     def __repr__(self) -> str:
         return (
@@ -465,4 +470,5 @@ def _parse(env: Mapping[str, str]) -> Settings:
             raise ConfigError(f"{s.source} declares provider {s.name!r} twice")
         seeds.append(s)
     kw["providers"] = tuple(seeds)
+    kw["aws_env"] = {k: env[k] for k in AWS_ENV_VARS if env.get(k)}
     return Settings(**kw)  # type: ignore[arg-type]
