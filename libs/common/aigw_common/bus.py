@@ -296,12 +296,32 @@ class Bus:
             raise BusError(f"request on {subject}: connection closed") from e
         return decode(reply.data, reply_type)
 
-    async def subscribe(self, subject: str, msg_type: Any, handler: Handler, *, queue: str = "") -> None:
+    async def subscribe(self, subject: str, msg_type: Any, handler: Handler, *, queue: str = "") -> _Sub:
         """Register a typed handler; a returned Struct is sent as the reply when the message has one."""
         sub = _Sub(subject, msg_type, handler, queue)
         self._subs.append(sub)
         if self.connected:
             await self._apply(sub)
+        return sub
+
+    async def unsubscribe(self, sub: _Sub) -> None:
+        """Drop a subscription made by :meth:`subscribe` (e.g. interest in one chat's events ended)."""
+        if sub in self._subs:
+            self._subs.remove(sub)
+        nsub, sub.nats_sub = sub.nats_sub, None
+        if nsub is not None and self.nc is not None and not self.nc.is_closed:
+            try:
+                await nsub.unsubscribe()
+            except (ConnectionClosedError, nats.errors.BadSubscriptionError) as e:
+                log.debug("unsubscribe failed", extra={"subject": sub.subject, "error": str(e)})
+
+    async def flush(self, timeout: float = 2.0) -> None:
+        """Wait until the server has processed everything sent so far (e.g. a new subscription)."""
+        nc = self._require()
+        try:
+            await nc.flush(timeout=timeout)
+        except (NatsTimeout, TimeoutError, ConnectionClosedError) as e:
+            raise BusError(f"flush failed: {e}") from e
 
     async def _apply(self, sub: _Sub) -> None:
         assert self.nc is not None

@@ -84,6 +84,9 @@ class AuthVerifyReply(Message, kw_only=True, tag="auth.verify.reply"):
 class AuthRevoked(Message, kw_only=True, tag="auth.revoked"):
     token_ids: list[str] = []
     user_ids: list[str] = []
+    # Users that were deleted (also listed in user_ids): services drop what they keep per user
+    # (chatd: personal skills). user_ids alone only evicts caches (a role change, a suspension).
+    deleted_user_ids: list[str] = []
 
 
 # --------------------------------------------------------------------- keypool
