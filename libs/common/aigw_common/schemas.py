@@ -178,6 +178,9 @@ class InterceptionStarted(UsageEvent, kw_only=True, tag="usage.started"):
     streaming: bool = False
     reservation_micros: int = 0
     metadata: dict[str, str] = {}
+    # The replica that admitted the request (its BudgetGuard lease holder id): the budget service
+    # credits the recorded cost to that replica's budget leases, so held headroom is not counted twice.
+    gateway_id: str = ""
 
 
 class TokenUsage(UsageEvent, kw_only=True, tag="usage.tokens"):
@@ -209,8 +212,11 @@ AnyUsageEvent = InterceptionStarted | TokenUsage | PromptRecorded | ToolUsage | 
 # --------------------------------------------------------------------- budget
 
 
+BudgetScope = Literal["user", "group"]
+
+
 class BudgetState(Message, kw_only=True, tag="budget.state"):
-    scope: Literal["user", "group"]
+    scope: BudgetScope
     subject_id: str
     name: str = ""
     blocked: bool
@@ -218,6 +224,24 @@ class BudgetState(Message, kw_only=True, tag="budget.state"):
     reserved_micros: int = 0
     limit_micros: int
     period_end: float
+    period_start: float = 0.0
+    deleted: bool = False  # the budget was removed: gateways stop enforcing it
+
+
+class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
+    """Price of one model in micro-USD per million tokens; ``model`` ``*`` is the fallback for unknown models."""
+
+    model: str
+    input_per_mtok_micros: int
+    output_per_mtok_micros: int
+    cache_read_per_mtok_micros: int
+    cache_write_per_mtok_micros: int
+
+
+class BudgetPrices(Message, kw_only=True, tag="budget.prices"):
+    """The whole price table, published by the budget service whenever it changes."""
+
+    prices: list[ModelPrice] = []
 
 
 class BudgetSnapshotRequest(Message, kw_only=True, tag="budget.snapshot.request"):
@@ -226,6 +250,56 @@ class BudgetSnapshotRequest(Message, kw_only=True, tag="budget.snapshot.request"
 
 class BudgetSnapshot(Message, kw_only=True, tag="budget.snapshot"):
     states: list[BudgetState] = []
+    prices: list[ModelPrice] | None = None  # None: the service could not read prices (keep what you have)
+    lease_ttl: float = 60.0
+
+
+class LeaseItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One budget in a lease request: what this gateway used, holds in flight, and needs."""
+
+    scope: BudgetScope
+    subject_id: str
+    period_start: float
+    seq: int
+    consumed_micros: int  # real cost of requests settled under this lease (cumulative)
+    inflight_micros: int  # reservations of requests still running
+    target_micros: int  # the cumulative grant wanted; below the current grant releases headroom
+    need_micros: int = 0  # of the target, what requests are waiting for right now
+
+
+class BudgetLeaseRequest(Message, kw_only=True, tag="budget.lease.request"):
+    gateway_id: str
+    items: list[LeaseItem]
+
+
+class LeaseGrant(msgspec.Struct, frozen=True, kw_only=True):
+    scope: BudgetScope
+    subject_id: str
+    seq: int
+    found: bool = True  # False: no such budget (any more)
+    period_start: float = 0.0
+    period_end: float = 0.0
+    granted_micros: int = 0  # cumulative grant of this gateway's lease in this period
+    limit_micros: int = 0
+    spent_micros: int = 0
+    expires_in: float = 0.0  # seconds; the gateway must stop using the lease after this
+    exhausted: bool = False  # the need cannot be met anywhere: refuse what does not fit
+    retry_in: float | None = None  # other gateways were asked to release idle headroom: ask again after this
+    name: str = ""
+
+
+class BudgetLeaseReply(Message, kw_only=True, tag="budget.lease.reply"):
+    grants: list[LeaseGrant] = []
+    error: str | None = None
+
+
+class BudgetReclaim(Message, kw_only=True, tag="budget.reclaim"):
+    """Gateways holding idle headroom of this budget should hand it back (another one is waiting)."""
+
+    scope: BudgetScope
+    subject_id: str
+    period_start: float
+    requester: str
 
 
 # --------------------------------------------------------------------- chat
@@ -255,7 +329,11 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ToolUsage,
     InterceptionEnded,
     BudgetState,
+    BudgetPrices,
     BudgetSnapshotRequest,
     BudgetSnapshot,
+    BudgetLeaseRequest,
+    BudgetLeaseReply,
+    BudgetReclaim,
     ChatEvent,
 )
