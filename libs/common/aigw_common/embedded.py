@@ -77,7 +77,7 @@ def _remembered_port(path: Path) -> int:
     return port
 
 
-def _die_with_parent(sig: int):  # type: ignore[no-untyped-def]
+def die_with_parent(sig: int):  # type: ignore[no-untyped-def]
     """A ``preexec_fn`` asking Linux to send ``sig`` to the child when its parent dies."""
     if not sys.platform.startswith("linux"):
         return None
@@ -94,7 +94,7 @@ def _append(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -127,7 +127,7 @@ async def _wait_exit(proc: subprocess.Popen[bytes], within: float) -> bool:
     return True
 
 
-async def _stop_process(proc: subprocess.Popen[bytes], sig: int, within: float, name: str) -> None:
+async def stop_process(proc: subprocess.Popen[bytes], sig: int, within: float, name: str) -> None:
     """Send ``sig``, wait, then kill the child's whole process group (it leads its own session)."""
     if proc.poll() is not None:
         return
@@ -263,7 +263,7 @@ class EmbeddedPostgres:
             await self._initdb(bindir, as_user)
         self.proc = _spawn(
             [str(bindir / "postgres"), "-D", str(self.pgdata), "-p", str(self.port)], self.logfile,
-            start_new_session=True, preexec_fn=_die_with_parent(signal.SIGINT), **as_user,
+            start_new_session=True, preexec_fn=die_with_parent(signal.SIGINT), **as_user,
         )
         await self._wait_ready()
         log.info("embedded postgres started", extra={"port": self.port, "pid": self.proc.pid, "dir": str(self.dir)})
@@ -279,7 +279,7 @@ class EmbeddedPostgres:
             proc.kill()
             await _wait_exit(proc, 5.0)
         if proc.returncode != 0:
-            raise EmbeddedError(f"initdb failed (exit {proc.returncode}):\n{_tail(self.logfile)}")
+            raise EmbeddedError(f"initdb failed (exit {proc.returncode}):\n{log_tail(self.logfile)}")
         _append(self.pgdata / "postgresql.conf",
                 "\n# aigw dev: loopback only, no unix socket (paths may be too long), room for five services\n"
                 "listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\nmax_connections = 200\n")
@@ -313,13 +313,13 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self.proc.poll() is not None:
-                raise EmbeddedError(f"postgres exited with {self.proc.returncode}:\n{_tail(self.logfile)}")
+                raise EmbeddedError(f"postgres exited with {self.proc.returncode}:\n{log_tail(self.logfile)}")
             try:
                 conn = await asyncpg.connect(self.url, timeout=2)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 if time.monotonic() > deadline:
                     await self.stop()
-                    raise EmbeddedError(f"postgres not ready after {self.start_timeout}s:\n{_tail(self.logfile)}") from None
+                    raise EmbeddedError(f"postgres not ready after {self.start_timeout}s:\n{log_tail(self.logfile)}") from None
                 await asyncio.sleep(0.1)
                 continue
             await conn.close()
@@ -329,7 +329,7 @@ class EmbeddedPostgres:
         """Fast shutdown (SIGINT: roll back sessions, checkpoint), then kill if it hangs."""
         if self.proc is None:
             return
-        await _stop_process(self.proc, signal.SIGINT, self.stop_timeout, "postgres")
+        await stop_process(self.proc, signal.SIGINT, self.stop_timeout, "postgres")
         self.proc = None
 
 
@@ -362,7 +362,7 @@ class EmbeddedNats:
         self.port = _remembered_port(self.dir / "port")
         cmd = [str(binary), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.dir / "jetstream"),
                "-n", f"aigw-dev-{self.port}"]
-        self.proc = _spawn(cmd, self.logfile, start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM))
+        self.proc = _spawn(cmd, self.logfile, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         await self._wait_ready()
         log.info("embedded nats started", extra={"port": self.port, "pid": self.proc.pid, "dir": str(self.dir)})
         return self.url
@@ -373,7 +373,7 @@ class EmbeddedNats:
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self.proc.poll() is not None:
-                raise EmbeddedError(f"nats-server exited with {self.proc.returncode}:\n{_tail(self.logfile)}")
+                raise EmbeddedError(f"nats-server exited with {self.proc.returncode}:\n{log_tail(self.logfile)}")
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 2)
                 try:
@@ -388,16 +388,16 @@ class EmbeddedNats:
                 pass
             if time.monotonic() > deadline:
                 await self.stop()
-                raise EmbeddedError(f"nats-server not ready after {self.start_timeout}s:\n{_tail(self.logfile)}")
+                raise EmbeddedError(f"nats-server not ready after {self.start_timeout}s:\n{log_tail(self.logfile)}")
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         """SIGTERM: nats-server flushes JetStream and exits; kill if it hangs."""
         if self.proc is None:
             return
-        await _stop_process(self.proc, signal.SIGTERM, self.stop_timeout, "nats")
+        await stop_process(self.proc, signal.SIGTERM, self.stop_timeout, "nats")
         self.proc = None
 
 
-__all__ = ["EmbeddedError", "EmbeddedNats", "EmbeddedPostgres", "find_nats_server", "find_postgres_bin_dir",
-           "free_port"]
+__all__ = ["EmbeddedError", "EmbeddedNats", "EmbeddedPostgres", "die_with_parent", "find_nats_server",
+           "find_postgres_bin_dir", "free_port", "log_tail", "port_is_free", "stop_process"]

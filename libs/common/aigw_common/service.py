@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from .metrics import metrics_handler, new_registry
 from .settings import Settings
+from .tracing import tracing_middleware
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def base_app(
 ) -> web.Application:
     """A new application with settings, a private metrics registry, and /healthz /readyz /metrics."""
     app = web.Application(
-        middlewares=middlewares or [],
+        middlewares=[tracing_middleware, *(middlewares or [])],  # first: the server span covers the rest
         client_max_size=client_max_size or settings.max_body_bytes,
         handler_args=handler_args,
     )
