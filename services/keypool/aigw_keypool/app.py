@@ -1,0 +1,42 @@
+"""keypool service: fleet-wide key health (see :mod:`aigw_keypool.service`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aigw_common.api import error_middleware
+from aigw_common.auth import IdentityCache
+from aigw_common.bus import make_bus
+from aigw_common.db import MigrationSet
+from aigw_common.service import METRICS, STATE, base_app
+from aigw_common.settings import Settings
+from aiohttp import web
+
+from .api import IDENTITIES, SERVICE, add_routes
+from .service import KeyPoolService
+
+MIGRATIONS: tuple[MigrationSet, ...] = ()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = base_app("keypool", settings, middlewares=[error_middleware])
+    add_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        bus = make_bus(settings, "keypool")
+        await bus.start(wait=2.0)
+        identities = IdentityCache(bus, ttl=settings.identity_ttl)
+        await identities.start()
+        svc = KeyPoolService(bus, app[METRICS], resync_interval=settings.revision_check_interval)
+        app[IDENTITIES] = identities
+        app[SERVICE] = svc
+        await svc.start()
+        app[STATE].checks.append(svc.not_ready)
+        try:
+            yield
+        finally:
+            await svc.stop()
+            await bus.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

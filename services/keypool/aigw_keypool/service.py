@@ -1,0 +1,302 @@
+"""keypool: turns gateways' key marks and reports into the fleet-wide key state.
+
+Inputs: ``KeyMarked`` on the marks stream (durable pull consumer, acked after
+the bucket write, so a restart loses no mark), ``KeyReport`` on core NATS
+(per-key attempt counts and rate-limit budgets, every second per gateway) and
+the registry snapshot. Output: the key-state bucket (the only writer),
+``KeysExhausted`` when a provider has no usable key, and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from aigw_common.bus import Bus, decode
+from aigw_common.errors import DecodeError
+from aigw_common.keystate import (
+    TRANSIENT,
+    KeyStateWatch,
+    effective,
+    ensure_marks_stream,
+    kv_key,
+    split_kv_key,
+)
+from aigw_common.schemas import KeyMarked, KeyReport, KeysExhausted, KeyState, RegistrySnapshot
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from .logic import (
+    Stats,
+    budget_exhausted_until,
+    changed_keys,
+    cool,
+    expire,
+    merge_mark,
+    snapshot_keys,
+)
+from .registry import RegistryView
+from .store import KeyStore, Rule
+
+log = logging.getLogger(__name__)
+
+STATES = ("valid", "cooling", "revoked")
+FETCH_BATCH = 64
+TICK = 1.0  # the expiry loop wakes at least this often
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.keys = Gauge("aigw_keypool_keys", "Keys by state per provider", ["provider", "state"], registry=registry)
+        self.transitions = Counter("aigw_keypool_transitions_total", "Key state changes written",
+                                   ["provider", "from_state", "to_state"], registry=registry)
+        self.exhaustions = Counter("aigw_keypool_exhaustions_total", "Times a provider ran out of usable keys",
+                                   ["provider"], registry=registry)
+        self.marks = Counter("aigw_keypool_marks_total", "Key marks consumed", ["state"], registry=registry)
+        self.reports = Counter("aigw_keypool_reports_total", "Gateway key reports received", registry=registry)
+
+
+class KeyPoolService:
+    def __init__(self, bus: Bus, registry: CollectorRegistry, *, resync_interval: float = 30.0) -> None:
+        self.bus = bus
+        self.metrics = Metrics(registry)
+        self.mirror = KeyStateWatch(bus, self._on_state, resync_interval=resync_interval)
+        self.store = KeyStore(self.mirror)
+        self.registry = RegistryView(bus, self._on_snapshot, interval=resync_interval)
+        self.stats = Stats()
+        self.consuming = False
+        self.exhausted: dict[str, float | None] = {}  # provider id -> soonest return
+        self._wake = asyncio.Event()
+        self._reinit = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._spawned: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.bus.subscribe(self.bus.subjects.keys_report, KeyReport, self._on_report)
+        self.bus.on_reconnect(self._on_reconnect)
+        self.mirror.start()
+        await self.registry.start()
+        self._tasks = [asyncio.create_task(self._consume_marks(), name="keypool-marks"),
+                       asyncio.create_task(self._expiry_loop(), name="keypool-expiry")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.registry.stop()
+        await self.mirror.stop()
+        for t in list(self._spawned):
+            t.cancel()
+
+    def not_ready(self) -> str | None:
+        if not self.bus.connected:
+            return "not connected to NATS"
+        if not self.mirror.loaded.is_set():
+            return "key-state bucket not loaded"
+        if not self.consuming:
+            return "key-marks consumer not running"
+        return None
+
+    async def _on_reconnect(self) -> None:
+        self._reinit.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        t = asyncio.create_task(coro)
+        self._spawned.add(t)
+        t.add_done_callback(self._spawned.discard)
+
+    # ------------------------------------------------------------ writes
+
+    async def _write(self, provider_id: str, key_id: str, rule: Rule) -> KeyState | None:
+        res = await self.store.change(provider_id, key_id, rule)
+        if res is None:
+            return None
+        before, after = res
+        was = before.state if before is not None else "valid"
+        if was != after.state:
+            self.metrics.transitions.labels(self._label(provider_id), was, after.state).inc()
+            log.info("key state changed", extra={"provider_id": provider_id, "key_id": key_id,
+                                                 "from": was, "to": after.state, "until": after.until})
+        return after
+
+    async def apply_mark(self, mark: KeyMarked) -> KeyState | None:
+        """Merge one mark (and the rate-limit budget it carries) into the bucket."""
+        now = time.time()
+        self.stats.mark(mark)
+
+        def rule(cur: KeyState | None) -> KeyState | None:
+            merged = merge_mark(cur, mark, now)
+            rl_until = budget_exhausted_until(mark.ratelimit, now)
+            if rl_until is None:
+                return merged
+            cooled = cool(merged or cur, mark.provider_id, mark.key_id, rl_until, mark.status_code, now)
+            return cooled or merged
+
+        return await self._write(mark.provider_id, mark.key_id, rule)
+
+    # ------------------------------------------------------------ marks consumer
+
+    async def _consume_marks(self) -> None:
+        s = self.bus.subjects
+        delay = 0.2
+        while True:
+            await self.bus.wait_connected()
+            self._reinit.clear()
+            try:
+                await ensure_marks_stream(self.bus)
+                sub = await self.bus.js.pull_subscribe(
+                    s.keys_marked, durable=s.durable("keypool"), stream=s.keys_marked_stream,
+                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1000),
+                )
+                self.consuming = True
+                delay = 0.2
+                try:
+                    while not self._reinit.is_set():
+                        try:
+                            msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
+                        except TimeoutError:
+                            continue
+                        for m in msgs:
+                            await self._handle_mark(m)
+                finally:
+                    with contextlib.suppress(*TRANSIENT):
+                        await sub.unsubscribe()
+            except TRANSIENT as e:
+                self.consuming = False
+                log.warning("key-marks consumer failed; retrying", extra={"error": str(e), "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _handle_mark(self, m: Msg) -> None:
+        try:
+            mark = decode(m.data, KeyMarked)
+        except DecodeError as e:
+            log.warning("dropping undecodable key mark", extra={"error": str(e)})
+            await m.term()
+            return
+        self.metrics.marks.labels(mark.state).inc()
+        try:
+            await self.apply_mark(mark)
+        except TRANSIENT as e:
+            log.warning("key mark not applied; redelivering", extra={"error": str(e)})
+            with contextlib.suppress(*TRANSIENT):
+                await m.nak(delay=1.0)
+            return
+        await m.ack()
+
+    # ------------------------------------------------------------ reports
+
+    async def _on_report(self, report: KeyReport, _m: Msg) -> None:
+        self.metrics.reports.inc()
+        now = time.time()
+        for stat in report.keys:
+            self.stats.report(report.at, stat)
+            until = budget_exhausted_until(stat.ratelimit, now)
+            if until is None:
+                continue
+            try:
+                await self._cool(stat.provider_id, stat.key_id, until, stat.last_status, now)
+            except TRANSIENT as e:  # the next report (a second later) carries the budget again
+                log.warning("proactive cooling not written", extra={"error": str(e)})
+
+    async def _cool(self, provider_id: str, key_id: str, until: float, status: int, now: float) -> None:
+        await self._write(provider_id, key_id, lambda cur: cool(cur, provider_id, key_id, until, status, now))
+
+    # ------------------------------------------------------------ expiry
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            now = time.time()
+            soonest = now + TICK
+            for key, (st, _rev) in list(self.mirror.states.items()):
+                if st.state != "cooling":
+                    continue
+                until = st.until or 0.0
+                if until > now:
+                    soonest = min(soonest, until)
+                    continue
+                pid, kid = split_kv_key(key)
+                try:
+                    await self._write(pid, kid, lambda cur: expire(cur, time.time()))
+                except TRANSIENT as e:
+                    log.warning("cooling expiry not written; retrying", extra={"error": str(e)})
+            for pid, back in list(self.exhausted.items()):
+                if back is not None and back <= now:
+                    self._check_provider(pid)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, soonest - time.time()) + 0.01)
+
+    # ------------------------------------------------------------ state → metrics and exhaustion
+
+    def _label(self, provider_id: str) -> str:
+        p = self.registry.by_id.get(provider_id)
+        return p.name if p is not None else provider_id
+
+    def state_of(self, provider_id: str, key_id: str) -> KeyState | None:
+        e = self.mirror.states.get(kv_key(provider_id, key_id))
+        return e[0] if e is not None else None
+
+    def _on_state(self, provider_id: str, _key_id: str, _state: KeyState | None) -> None:
+        self._wake.set()
+        self._check_provider(provider_id)
+
+    def _check_provider(self, provider_id: str) -> None:
+        """Refresh the provider's gauges; announce when it has no usable key left."""
+        p = self.registry.by_id.get(provider_id)
+        if p is None or not p.keys:
+            self.exhausted.pop(provider_id, None)
+            return
+        now = time.time()
+        counts = dict.fromkeys(STATES, 0)
+        soonest: float | None = None
+        for k in p.keys:
+            st, until = effective(self.state_of(p.id, k.id), now)
+            counts[st] += 1
+            if until is not None:
+                soonest = until if soonest is None else min(soonest, until)
+        for st, n in counts.items():
+            self.metrics.keys.labels(p.name, st).set(n)
+        if counts["valid"]:
+            self.exhausted.pop(provider_id, None)
+            return
+        if provider_id in self.exhausted and self.exhausted[provider_id] == soonest:
+            return
+        if provider_id not in self.exhausted:
+            self.metrics.exhaustions.labels(p.name).inc()
+            log.warning("provider has no usable key", extra={"provider": p.name, "soonest": soonest})
+        self.exhausted[provider_id] = soonest
+        self._spawn(self._publish_exhausted(KeysExhausted(provider_id=provider_id, soonest=soonest)))
+
+    async def _publish_exhausted(self, msg: KeysExhausted) -> None:
+        try:
+            await self.bus.publish(self.bus.subjects.keys_exhausted, msg)
+        except TRANSIENT as e:
+            log.warning("could not publish keys.exhausted", extra={"error": str(e)})
+
+    async def _on_snapshot(self, old: RegistrySnapshot | None, new: RegistrySnapshot) -> None:
+        """Clear replaced / re-enabled keys, purge keys the registry no longer has, refresh gauges."""
+        current = snapshot_keys(new)
+        await asyncio.wait_for(self.mirror.loaded.wait(), 5.0)  # TimeoutError: the registry view retries
+        reset = changed_keys(old, new) | {k for k in self.mirror.states if k not in current}
+        for key in reset:
+            if key in self.mirror.states:
+                pid, kid = split_kv_key(key)
+                log.info("clearing key state", extra={"provider_id": pid, "key_id": kid,
+                                                      "why": "removed" if key not in current else "changed"})
+                await self.store.clear(pid, kid)
+        self.stats.forget(set(current))
+        self.metrics.keys.clear()
+        for p in new.providers:
+            self._check_provider(p.id)
+        for pid in [pid for pid in self.exhausted if pid not in self.registry.by_id]:
+            del self.exhausted[pid]
