@@ -16,7 +16,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import nats
 import pytest
-
 from aigw_common.bus import Bus, Subjects
 from aigw_common.crypto import generate_key
 from aigw_common.settings import Settings
@@ -130,6 +129,17 @@ async def bus(nats_url: str, bus_prefix: str) -> AsyncIterator[Bus]:
 @pytest.fixture
 async def mock_upstream() -> AsyncIterator[MockUpstream]:
     m = MockUpstream()
+    await m.start()
+    yield m
+    await m.stop()
+
+
+@pytest.fixture
+async def mock_bedrock():  # type: ignore[no-untyped-def]
+    """A mock Bedrock runtime checking SigV4 (``mock_bedrock.access_key`` / ``secret_key`` / ``region``)."""
+    from .bedrock_mock import MockBedrock
+
+    m = MockBedrock()
     await m.start()
     yield m
     await m.stop()

@@ -1,0 +1,290 @@
+"""Anthropic Messages on AWS Bedrock: request transform, SigV4 signing, response translation.
+
+The client speaks the Anthropic Messages API to ``/{name}/v1/messages``; Bedrock
+wants ``POST {base}/model/{model id}/invoke`` (or ``/invoke-with-response-stream``)
+with a slightly different body, signed with SigV4:
+
+- model: the provider's configured ``model`` (``small_fast_model`` when the
+  requested name contains "haiku"), moved from the body into the URL; ``stream``
+  picks the URL and is dropped; ``anthropic_version: bedrock-2023-05-31`` added.
+- fields Bedrock rejects ("Extra inputs are not permitted"): ``metadata``,
+  ``service_tier``, ``container``, ``inference_geo``; beta-gated fields
+  (``output_config`` needs ``effort-2025-11-24``, ``context_management`` needs
+  ``context-management-2025-06-27``) unless their beta survives filtering.
+- ``anthropic-beta``: only flags Bedrock accepts for this model, moved into the
+  body as ``anthropic_beta`` (Bedrock reads them there, not from the header).
+- thinking per model: models without adaptive thinking get ``adaptive`` →
+  ``enabled`` with ``budget_tokens = max_tokens * ratio(effort)``, dropped below
+  1024; adaptive-only models get ``enabled`` → ``adaptive`` (budget dropped,
+  ``output_config.effort`` kept, ``output_config.format`` stripped).
+
+Responses: the event stream is re-emitted as Anthropic SSE
+(:class:`aigw_gateway.eventstream.BedrockSSE`), so the normal Anthropic usage
+extractor reads it; a blocking body is already Anthropic JSON; error bodies
+(``{"message"}`` + ``x-amzn-ErrorType``) become Anthropic error JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+import msgspec
+from yarl import URL
+
+from . import sigv4
+from .eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
+from .eventstream import anthropic_error_type, aws_error_message
+
+BEDROCK_VERSION = "bedrock-2023-05-31"
+SERVICE = "bedrock"
+
+# Top-level Messages fields absent from Bedrock's request schema.
+UNSUPPORTED_FIELDS = ("metadata", "service_tier", "container", "inference_geo")
+# Body field → the beta flag that makes Bedrock accept it.
+BETA_GATED_FIELDS = {"output_config": "effort-2025-11-24", "context_management": "context-management-2025-06-27"}
+# Beta flags Bedrock accepts (others are a 400 "invalid beta flag"); value: model-id substrings that
+# support the flag, or () for every model.
+SUPPORTED_BETAS: dict[str, tuple[str, ...]] = {
+    "computer-use-2025-01-24": (),
+    "token-efficient-tools-2025-02-19": (),
+    "interleaved-thinking-2025-05-14": (),
+    "output-128k-2025-02-19": (),
+    "dev-full-thinking-2025-05-14": (),
+    "context-1m-2025-08-07": (),
+    "context-management-2025-06-27": ("claude-sonnet-4-5", "claude-haiku-4-5"),
+    "effort-2025-11-24": ("claude-opus-4-5",),
+    "tool-search-tool-2025-10-19": ("claude-opus-4-5",),
+    "tool-examples-2025-10-29": ("claude-opus-4-5",),
+}
+EFFORT_RATIO = {"low": 0.2, "medium": 0.5, "high": 0.8, "max": 0.95}
+MIN_THINKING_BUDGET = 1024
+
+ThinkingMode = Literal["budget", "adaptive", "adaptive-only"]
+# "claude-sonnet-4-5-20250929", "anthropic.claude-opus-4-6-v1", "claude-sonnet-4-20250514" (4.0: the date is no minor)
+_VERSION = re.compile(r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d{1,2}))?(?!\d)")
+
+
+def thinking_mode(model: str, override: str | None = None) -> ThinkingMode:
+    """What thinking a Bedrock model accepts: budget only (≤ 4.5), both (4.6), adaptive only (≥ 4.7).
+
+    Read from the version in the model id; a provider can pin it with settings ``thinking_mode``.
+    """
+    if override in ("budget", "adaptive", "adaptive-only"):
+        return override  # type: ignore[return-value]
+    m = _VERSION.search(model)
+    if not m:
+        return "budget"
+    version = (int(m.group(1)), int(m.group(2) or 0))
+    if version >= (4, 7):
+        return "adaptive-only"
+    if version >= (4, 6):
+        return "adaptive"
+    return "budget"
+
+
+class BedrockConfigError(ValueError):
+    """The provider's Bedrock settings are unusable (reported when the provider is loaded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BedrockConfig:
+    base_url: str
+    region: str
+    model: str  # "" = use the requested model as the Bedrock model id
+    small_fast_model: str
+    thinking_override: str | None
+    credentials: sigv4.CredentialChain
+
+    @classmethod
+    def from_provider(cls, base_url: str, settings: Mapping[str, Any], aws_env: Mapping[str, str]) -> BedrockConfig:
+        """``settings``: region, access_key, access_key_secret, session_token, model, small_fast_model, thinking_mode."""
+
+        def s(key: str) -> str:
+            v = settings.get(key)
+            return v.strip() if isinstance(v, str) else ""
+
+        region = s("region") or region_from_url(base_url)
+        if not region:
+            raise BedrockConfigError("bedrock provider needs settings.region (or a bedrock-runtime.<region> base URL)")
+        key, secret = s("access_key"), s("access_key_secret")
+        if bool(key) != bool(secret):
+            raise BedrockConfigError("bedrock access_key and access_key_secret must be set together")
+        static = sigv4.Credentials(key, secret, s("session_token") or None) if key else None
+        mode = s("thinking_mode") or None
+        if mode is not None and mode not in ("budget", "adaptive", "adaptive-only"):
+            raise BedrockConfigError(f"bedrock thinking_mode {mode!r}: expected budget, adaptive or adaptive-only")
+        return cls(
+            base_url=(base_url or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/"),
+            region=region,
+            model=s("model"),
+            small_fast_model=s("small_fast_model"),
+            thinking_override=mode,
+            credentials=sigv4.CredentialChain(static, aws_env),
+        )
+
+    def pick_model(self, requested: str) -> str:
+        if "haiku" in requested and self.small_fast_model:
+            return self.small_fast_model
+        return self.model or requested
+
+
+def region_from_url(url: str) -> str:
+    host = urlsplit(url).hostname or ""
+    m = re.match(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com", host)
+    return m.group(1) if m else ""
+
+
+# ---------------------------------------------------------------- body transform
+
+
+def filter_betas(header_values: Iterable[str], model: str) -> list[str]:
+    """Split comma lists, keep flags Bedrock accepts for ``model``, in order, without duplicates."""
+    keep: list[str] = []
+    for value in header_values:
+        for raw in value.split(","):
+            flag = raw.strip()
+            if flag not in SUPPORTED_BETAS or flag in keep:
+                continue
+            models = SUPPORTED_BETAS[flag]
+            if models and not any(m in model for m in models):
+                continue
+            keep.append(flag)
+    return keep
+
+
+def _adaptive_to_budget(body: dict[str, Any]) -> None:
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
+        return  # invalid request either way: let Bedrock say so
+    oc = body.get("output_config")
+    effort = oc.get("effort") if isinstance(oc, dict) else None
+    budget = int(max_tokens * EFFORT_RATIO.get(effort if isinstance(effort, str) else "high", 0.8))
+    if budget < MIN_THINKING_BUDGET:
+        # Forcing the minimum would starve the answer; no thinking is the better trade.
+        del body["thinking"]
+    else:
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+
+
+def _budget_to_adaptive(body: dict[str, Any]) -> None:
+    thinking = {k: v for k, v in body["thinking"].items() if k != "budget_tokens"}
+    thinking["type"] = "adaptive"
+    body["thinking"] = thinking
+
+
+@dataclass(frozen=True, slots=True)
+class Transformed:
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    betas: list[str]
+
+
+def transform_body(body: dict[str, Any], beta_headers: Iterable[str], cfg: BedrockConfig) -> Transformed:
+    """Rewrite an Anthropic Messages body (a decoded dict, modified in place) for Bedrock."""
+    requested = body.pop("model", "")
+    model = cfg.pick_model(requested if isinstance(requested, str) else "")
+    stream = body.pop("stream", False) is True
+    mode = thinking_mode(model, cfg.thinking_override)
+
+    thinking = body.get("thinking")
+    ttype = thinking.get("type") if isinstance(thinking, dict) else None
+    if ttype == "adaptive" and mode == "budget":
+        _adaptive_to_budget(body)
+    elif ttype == "enabled" and mode == "adaptive-only":
+        _budget_to_adaptive(body)
+
+    betas = filter_betas(beta_headers, model)
+    for f in UNSUPPORTED_FIELDS:
+        body.pop(f, None)
+    for f, flag in BETA_GATED_FIELDS.items():
+        if f == "output_config" and mode != "budget":
+            continue  # effort is GA with adaptive thinking; handled below
+        if flag not in betas:
+            body.pop(f, None)
+    oc = body.get("output_config")
+    if mode != "budget" and isinstance(oc, dict) and "format" in oc:
+        oc = {k: v for k, v in oc.items() if k != "format"}
+        if oc:
+            body["output_config"] = oc
+        else:
+            del body["output_config"]
+
+    body["anthropic_version"] = BEDROCK_VERSION
+    if betas:
+        existing = body.get("anthropic_beta")
+        merged = [b for b in existing if isinstance(b, str)] if isinstance(existing, list) else []
+        body["anthropic_beta"] = merged + [b for b in betas if b not in merged]
+    return Transformed(body, model, stream, betas)
+
+
+# ---------------------------------------------------------------- request
+
+
+@dataclass(frozen=True, slots=True)
+class BedrockRequest:
+    url: URL  # already encoded: send as is (the signature covers its raw path)
+    headers: dict[str, str]  # complete upstream headers, SigV4 included
+    body: bytes
+    model: str
+    stream: bool
+    credential_source: str  # "static" | "env" | "shared-file:<profile>" (for the recorded credential hint)
+    access_key: str
+
+
+def model_path(model: str) -> str:
+    # ':' stays literal (as AWS SDKs send it); '/' in ARNs and everything else is percent-encoded.
+    return "/model/" + quote(model, safe=":")
+
+
+def build_request(
+    cfg: BedrockConfig, body: bytes, beta_headers: Iterable[str], *, now: float | None = None
+) -> BedrockRequest:
+    """Transform, encode and sign. ValueError when the body is not a JSON object;
+    :class:`aigw_gateway.sigv4.CredentialsError` when no credentials are found."""
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as e:
+        raise ValueError(f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError("request body must be a JSON object")
+    t = transform_body(data, beta_headers, cfg)
+    if not t.model:
+        raise ValueError("model: field required (and the bedrock provider has no model configured)")
+    out = msgspec.json.encode(t.body)
+    suffix = "/invoke-with-response-stream" if t.stream else "/invoke"
+    url = URL(cfg.base_url + model_path(t.model) + suffix, encoded=True)
+    host = url.raw_host or ""
+    if url.port is not None and not url.is_default_port():
+        host = f"{host}:{url.port}"
+    creds = cfg.credentials.get()
+    headers = {
+        "host": host,
+        "content-type": "application/json",
+        "accept": EVENTSTREAM_CONTENT_TYPE if t.stream else "application/json",
+    }
+    headers.update(
+        sigv4.sign_headers(
+            creds, region=cfg.region, service=SERVICE, method="POST", host=host, raw_path=url.raw_path,
+            raw_query=url.raw_query_string, body=out, extra={"content-type": "application/json"}, now=now,
+        )
+    )
+    return BedrockRequest(url, headers, out, t.model, t.stream, creds.source, creds.access_key)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def anthropic_error_body(status: int, headers: Mapping[str, str], body: bytes) -> bytes:
+    """A Bedrock error response body → ``{"type":"error","error":{"type","message"}}``."""
+    code = headers.get("x-amzn-ErrorType") or headers.get("x-amzn-errortype") or ""
+    if not code:
+        code = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
+                408: "ModelTimeoutException", 429: "ThrottlingException",
+                503: "ServiceUnavailableException"}.get(status, "InternalServerException")
+    message = aws_error_message(body) or code.partition(":")[0]
+    return msgspec.json.encode({"type": "error", "error": {"type": anthropic_error_type(code), "message": message}})
