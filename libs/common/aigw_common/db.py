@@ -44,15 +44,18 @@ async def _init_conn(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0,
-                      retry_for: float = 30.0) -> asyncpg.Pool:
-    """Connect, retrying for ``retry_for`` seconds so a service may start before its database."""
+                      retry_for: float = 30.0, server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
+    """Connect, retrying for ``retry_for`` seconds so a service may start before its database.
+
+    ``server_settings`` (e.g. ``{"search_path": "budget"}``) apply to every connection of the pool.
+    """
     deadline = asyncio.get_running_loop().time() + retry_for
     delay = 0.2
     while True:
         try:
             return await asyncpg.create_pool(
                 dsn, min_size=min_size, max_size=max_size, timeout=timeout, init=_init_conn,
-                command_timeout=30, max_inactive_connection_lifetime=300,
+                command_timeout=30, max_inactive_connection_lifetime=300, server_settings=server_settings,
             )
         except (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, TimeoutError) as e:
             if asyncio.get_running_loop().time() > deadline:
