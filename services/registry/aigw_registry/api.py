@@ -1,0 +1,171 @@
+"""The registry's HTTP API (section 5): one route table drives both the router and the OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aigw_common.api import bad_request, forbidden, json_response
+from aiohttp import web
+
+from . import identity as ident
+from . import providers as prov
+from .core import Actor, Registry
+from .models import (
+    AuditEntry,
+    AuditList,
+    GroupCreate,
+    GroupList,
+    GroupOut,
+    GroupPatch,
+    KeyCreate,
+    KeyList,
+    KeyOut,
+    ProviderCreate,
+    ProviderList,
+    ProviderOut,
+    ProviderPatch,
+    TokenCreate,
+    TokenCreated,
+    TokenList,
+    UserCreate,
+    UserKeyList,
+    UserKeyOut,
+    UserKeyPut,
+    UserList,
+    UserOut,
+    UserPatch,
+)
+from .openapi import Query, Route, build
+
+REGISTRY = web.AppKey("registry", Registry)
+OPENAPI = web.AppKey("openapi", bytes)
+
+Handler = Callable[[Registry, web.Request, Actor], Awaitable[web.StreamResponse]]
+
+
+async def list_audit_logs(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+    q = request.query
+    try:
+        limit = int(q.get("limit", "100"))
+        cursor = int(q["cursor"]) if q.get("cursor") else None
+    except ValueError:
+        raise bad_request("limit and cursor must be integers", "limit") from None
+    if not 1 <= limit <= 500:
+        raise bad_request("limit must be between 1 and 500", "limit")
+    if cursor is not None and not 0 < cursor < 2**63:
+        raise bad_request("cursor is out of range", "cursor")
+    where, args = [], []
+    for col in ("action", "resource_type", "resource_id", "actor_name"):
+        param = "actor" if col == "actor_name" else col
+        if val := q.get(param):
+            args.append(val)
+            where.append(f"{col} = ${len(args)}")
+    if cursor is not None:
+        args.append(cursor)
+        where.append(f"id < ${len(args)}")
+    sql = ("SELECT id, at, actor_id, actor_name, action, resource_type, resource_id, before, after"
+           " FROM registry.audit_logs" + (" WHERE " + " AND ".join(where) if where else "")
+           + f" ORDER BY id DESC LIMIT {limit + 1}")
+    rows = await reg.pool.fetch(sql, *args)
+    entries = [AuditEntry(id=str(r["id"]), at=r["at"], actor_id=str(r["actor_id"]) if r["actor_id"] else None,
+                          actor_name=r["actor_name"], action=r["action"], resource_type=r["resource_type"],
+                          resource_id=r["resource_id"], before=r["before"], after=r["after"]) for r in rows[:limit]]
+    return json_response(AuditList(audit_logs=entries,
+                                   next_cursor=entries[-1].id if len(rows) > limit else None))
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+_PROVIDERS = "/api/v2/ai/providers"
+_USERS = "/api/v2/users"
+_GROUPS = "/api/v2/groups"
+_STR = {"type": "string"}
+
+ROUTES: list[Route] = [
+    Route("GET", _PROVIDERS, prov.list_providers, "admin", "List providers", "providers", response=ProviderList),
+    Route("POST", _PROVIDERS, prov.create_provider, "admin", "Create a provider", "providers",
+          body=ProviderCreate, response=ProviderOut, status=201),
+    Route("GET", _PROVIDERS + "/{idOrName}", prov.get_provider, "admin", "Read a provider", "providers",
+          response=ProviderOut),
+    Route("PATCH", _PROVIDERS + "/{idOrName}", prov.update_provider, "admin", "Update a provider", "providers",
+          body=ProviderPatch, response=ProviderOut),
+    Route("DELETE", _PROVIDERS + "/{idOrName}", prov.delete_provider, "admin",
+          "Delete a provider (its keys and users' keys for it go too)", "providers"),
+    Route("GET", _PROVIDERS + "/{idOrName}/keys", prov.list_keys, "admin", "List a provider's keys (masked)",
+          "providers", response=KeyList),
+    Route("POST", _PROVIDERS + "/{idOrName}/keys", prov.create_key, "admin",
+          "Add a key to a provider's pool (position 0 is tried first)", "providers",
+          body=KeyCreate, response=KeyOut, status=201),
+    Route("DELETE", _PROVIDERS + "/{idOrName}/keys/{keyId}", prov.delete_key, "admin", "Remove a key",
+          "providers"),
+    Route("GET", _USERS + "/{user}/ai/provider-keys", ident.list_user_keys, "user",
+          "List a user's own provider keys (BYOK)", "users", response=UserKeyList),
+    Route("PUT", _USERS + "/{user}/ai/provider-keys/{provider}", ident.put_user_key, "user",
+          "Store a user's own key for a provider", "users", body=UserKeyPut, response=UserKeyOut),
+    Route("DELETE", _USERS + "/{user}/ai/provider-keys/{provider}", ident.delete_user_key, "user",
+          "Delete a user's own key for a provider", "users"),
+    Route("GET", _USERS, ident.list_users, "admin", "List users", "users", response=UserList),
+    Route("POST", _USERS, ident.create_user, "admin", "Create a user", "users", body=UserCreate,
+          response=UserOut, status=201),
+    Route("GET", _USERS + "/{user}", ident.get_user, "user", "Read a user (members: only themselves)", "users",
+          response=UserOut),
+    Route("PATCH", _USERS + "/{user}", ident.update_user, "admin", "Update a user", "users", body=UserPatch,
+          response=UserOut),
+    Route("DELETE", _USERS + "/{user}", ident.delete_user, "admin",
+          "Delete a user (their tokens and keys go too)", "users"),
+    Route("GET", _USERS + "/{user}/tokens", ident.list_tokens, "user", "List a user's API tokens", "tokens",
+          response=TokenList),
+    Route("POST", _USERS + "/{user}/tokens", ident.create_token, "user",
+          "Create an API token (shown once)", "tokens", body=TokenCreate, response=TokenCreated, status=201),
+    Route("DELETE", _USERS + "/{user}/tokens/{tokenId}", ident.delete_token, "user", "Revoke an API token",
+          "tokens"),
+    Route("GET", _GROUPS, ident.list_groups, "admin", "List groups", "groups", response=GroupList),
+    Route("POST", _GROUPS, ident.create_group, "admin", "Create a group", "groups", body=GroupCreate,
+          response=GroupOut, status=201),
+    Route("GET", _GROUPS + "/{group}", ident.get_group, "admin", "Read a group", "groups", response=GroupOut),
+    Route("PATCH", _GROUPS + "/{group}", ident.update_group, "admin", "Rename a group", "groups",
+          body=GroupPatch, response=GroupOut),
+    Route("DELETE", _GROUPS + "/{group}", ident.delete_group, "admin", "Delete a group", "groups"),
+    Route("PUT", _GROUPS + "/{group}/members/{user}", ident.put_member, "admin", "Add a member", "groups"),
+    Route("DELETE", _GROUPS + "/{group}/members/{user}", ident.delete_member, "admin", "Remove a member", "groups"),
+    Route("GET", "/api/v2/audit-logs", list_audit_logs, "admin", "Read the audit log, newest first", "audit",
+          response=AuditList, query=(
+              Query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size (default 100)"),
+              Query("cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "next_cursor of the previous page"),
+              Query("action", _STR, "e.g. provider.update"),
+              Query("resource_type", _STR, "provider, provider_key, user, token, group, user_provider_key"),
+              Query("resource_id", _STR),
+              Query("actor", _STR, "actor name"),
+          )),
+    Route("GET", "/api/v2/openapi.json", openapi_json, "public", "This document", "meta"),
+]
+
+
+def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    handler: Handler = route.handler
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        reg = request.app[REGISTRY]
+        actor = await ident.authenticate(reg, request)
+        if route.access == "admin" and not actor.is_admin:
+            raise forbidden(f"{route.method} {route.path} requires the admin or owner role")
+        return await handler(reg, request, actor)
+
+    return handle
+
+
+def add_routes(app: web.Application) -> None:
+    for r in ROUTES:
+        if r.access == "public":
+            app.router.add_route(r.method, r.path, r.handler)
+        else:
+            app.router.add_route(r.method, r.path, _wrap(r))
+    doc: dict[str, Any] = build(ROUTES)
+    # The document itself is served as-is; describe it as a free-form object.
+    doc["paths"]["/api/v2/openapi.json"]["get"]["responses"] = {"200": {
+        "description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    app[OPENAPI] = msgspec.json.encode(doc)

@@ -1,0 +1,67 @@
+"""The registry service: providers, keys and identity in Postgres, pushed to every gateway over NATS.
+
+Startup order (one ``cleanup_ctx``): pool → migrations → env seeding and the
+bootstrap owner (under an advisory lock, before anything can read) → bus
+(responders in a queue group) → outbox relay. Shutdown unwinds in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aigw_common.api import error_middleware
+from aigw_common.bus import make_bus
+from aigw_common.db import MigrationSet, create_pool, migrate
+from aigw_common.service import METRICS, STATE, base_app
+from aigw_common.settings import Settings
+from aiohttp import web
+
+from .api import REGISTRY, add_routes
+from .core import SCHEMA, Registry
+from .outbox import Relay
+from .responders import Responders
+from .seed import reconcile
+
+MIGRATIONS: tuple[MigrationSet, ...] = (MigrationSet(SCHEMA, Path(__file__).parent / "migrations"),)
+
+MAX_BODY = 1024 * 1024  # control-plane bodies are small; keys are at most 10 KiB each
+
+
+def create_app(settings: Settings, *, relay_poll: float = 1.0) -> web.Application:
+    settings.require_database()
+    settings.require_encryption_keys()
+    app = base_app("registry", settings, middlewares=[error_middleware], client_max_size=MAX_BODY)
+    add_routes(app)
+    reg = app[REGISTRY] = Registry(settings)
+    ready = {"seeded": False}
+    app[STATE].checks.append(lambda: None if ready["seeded"] else "seeding not finished")
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        pool = reg.pool = await create_pool(settings.require_database())
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, *MIGRATIONS)
+            await reconcile(reg)
+            ready["seeded"] = True
+            bus = make_bus(settings, "registry")
+            reg.bus = bus
+            responders = Responders(reg, app[METRICS])
+            await responders.subscribe(bus)
+            await bus.start(wait=5)
+            relay = Relay(reg, bus, app[METRICS], poll=relay_poll)
+            task = asyncio.create_task(relay.run(), name="registry-outbox-relay")
+            try:
+                yield
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await bus.close()
+        finally:
+            await pool.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

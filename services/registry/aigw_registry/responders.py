@@ -1,0 +1,137 @@
+"""Answers on the bus: ``aigw.registry.snapshot`` and ``aigw.auth.verify``.
+
+The logic (:func:`build_snapshot`, :func:`verify_token`) is separate from the
+NATS handlers so it is tested without a broker. Secrets leave the database
+opened with the at-rest key and sealed again with the bus key. Every registry
+replica subscribes in one queue group, so each request is answered once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import asyncpg
+import msgspec
+from aigw_common.auth import same_token
+from aigw_common.bus import Bus
+from aigw_common.metrics import Counter
+from aigw_common.schemas import (
+    AuthVerifyReply,
+    AuthVerifyRequest,
+    Identity,
+    ProviderConfig,
+    RegistrySnapshot,
+    SealedKey,
+    SnapshotRequest,
+    UserProviderKey,
+)
+from nats.aio.msg import Msg
+
+from .core import Registry
+from .providers import fetch_keys, settings_of
+
+log = logging.getLogger(__name__)
+
+QUEUE = "aigw-registry"
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+async def current_revision(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT revision FROM registry.state"))
+
+
+async def build_snapshot(reg: Registry) -> RegistrySnapshot:
+    """Every enabled, live provider with its ordered keys; revision and data from one consistent read."""
+    async with reg.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        revision = await current_revision(conn)
+        rows = await conn.fetch(
+            "SELECT id, type, name, display_name, enabled, allow_byok, base_url, settings_sealed, updated_at"
+            " FROM registry.ai_providers WHERE deleted_at IS NULL AND enabled ORDER BY name")
+        keys = await fetch_keys(conn, [r["id"] for r in rows])
+    providers = []
+    for r in rows:
+        pid = str(r["id"])
+        settings = settings_of(reg, r)
+        providers.append(ProviderConfig(
+            id=pid, name=r["name"], type=r["type"], display_name=r["display_name"], base_url=r["base_url"],
+            enabled=r["enabled"], allow_byok=r["allow_byok"],
+            settings_sealed=reg.for_bus.seal(msgspec.json.encode(settings)) if settings else None,
+            keys=[SealedKey(id=str(k["id"]), position=k["position"], hint=k["hint"],
+                            sealed=reg.for_bus.seal(reg.open("provider-key", str(k["id"]), k["api_key_sealed"])))
+                  for k in keys[pid]],
+            updated_at=r["updated_at"].timestamp(),
+        ))
+    return RegistrySnapshot(revision=revision, providers=providers)
+
+
+async def verify_token(reg: Registry, token_hash: str) -> Identity | None:
+    """The identity behind a token hash, or None when unknown, expired, or its user is deleted."""
+    if not _HASH_RE.match(token_hash):
+        return None
+    async with reg.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT t.id, t.token_hash, t.expires_at, u.id AS user_id, u.username, u.roles"
+            " FROM registry.api_tokens t JOIN registry.users u ON u.id = t.user_id"
+            " WHERE t.token_hash = $1 AND u.deleted_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())",
+            token_hash)
+        if row is None or not same_token(row["token_hash"], token_hash):
+            return None
+        groups = await conn.fetch("SELECT group_id FROM registry.group_members WHERE user_id = $1 ORDER BY group_id",
+                                  row["user_id"])
+        ukeys = await conn.fetch(
+            "SELECT k.user_id, k.provider_id, p.name, k.hint, k.api_key_sealed FROM registry.user_ai_provider_keys k"
+            " JOIN registry.ai_providers p ON p.id = k.provider_id"
+            " WHERE k.user_id = $1 AND p.deleted_at IS NULL AND p.enabled ORDER BY p.name", row["user_id"])
+    uid = str(row["user_id"])
+    return Identity(
+        user_id=uid, username=row["username"], roles=list(row["roles"]),
+        group_ids=[str(g["group_id"]) for g in groups], token_id=str(row["id"]),
+        expires_at=row["expires_at"].timestamp() if row["expires_at"] else None,
+        provider_keys=[UserProviderKey(
+            provider_id=str(k["provider_id"]), provider_name=k["name"], hint=k["hint"],
+            sealed=reg.for_bus.seal(reg.open("user-provider-key", f"{uid}:{k['provider_id']}", k["api_key_sealed"])),
+        ) for k in ukeys],
+    )
+
+
+class Responders:
+    """NATS handlers over :func:`build_snapshot` / :func:`verify_token`, with a snapshot cached per revision."""
+
+    def __init__(self, reg: Registry, metrics_registry) -> None:  # type: ignore[no-untyped-def]
+        self.reg = reg
+        self._cached: RegistrySnapshot | None = None
+        self.requests = Counter("aigw_registry_bus_requests_total", "Bus requests answered by the registry",
+                                ["subject", "outcome"], registry=metrics_registry)
+
+    async def subscribe(self, bus: Bus) -> None:
+        await bus.subscribe(bus.subjects.registry_snapshot, SnapshotRequest, self.on_snapshot, queue=QUEUE)
+        await bus.subscribe(bus.subjects.auth_verify, AuthVerifyRequest, self.on_verify, queue=QUEUE)
+
+    async def snapshot(self) -> RegistrySnapshot:
+        cached = self._cached
+        if cached is not None:
+            async with self.reg.pool.acquire() as conn:
+                if await current_revision(conn) == cached.revision:
+                    return cached
+        snap = await build_snapshot(self.reg)
+        self._cached = snap
+        return snap
+
+    async def on_snapshot(self, _req: SnapshotRequest, _m: Msg) -> RegistrySnapshot:
+        try:
+            snap = await self.snapshot()
+        except Exception:
+            self.requests.labels("snapshot", "error").inc()
+            raise
+        self.requests.labels("snapshot", "ok").inc()
+        return snap
+
+    async def on_verify(self, req: AuthVerifyRequest, _m: Msg) -> AuthVerifyReply:
+        try:
+            ident = await verify_token(self.reg, req.token_hash)
+        except Exception:
+            self.requests.labels("auth.verify", "error").inc()
+            raise
+        self.requests.labels("auth.verify", "ok" if ident else "unknown").inc()
+        return AuthVerifyReply(identity=ident)
