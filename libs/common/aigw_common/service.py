@@ -46,6 +46,8 @@ class ServiceState:
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics_registry", CollectorRegistry)
 STATE = web.AppKey("service_state", ServiceState)
+# Cancel a handler when its client disconnects (the gateway sets it: a gone client must cancel the upstream call).
+HANDLER_CANCELLATION = web.AppKey("handler_cancellation", bool)
 
 
 async def _healthz(_request: web.Request) -> web.Response:
@@ -82,7 +84,8 @@ async def serve(app: web.Application, host: str, port: int, *, grace: float = 20
                 stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``), then shut down in order."""
     state = app[STATE]
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace,
+                           handler_cancellation=app.get(HANDLER_CANCELLATION, False))
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
     await site.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from aigw_common.service import STATE
+from aigw_common.service import HANDLER_CANCELLATION, STATE
 
 
 class AppHarness:
@@ -12,7 +12,8 @@ class AppHarness:
         self._runners: list[web.AppRunner] = []
 
     async def start(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> str:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, handle_signals=False,
+                               handler_cancellation=app.get(HANDLER_CANCELLATION, False))
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

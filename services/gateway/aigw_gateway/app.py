@@ -1,0 +1,142 @@
+"""The gateway application: one factory, every connection and background task in one cleanup context."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from aigw_common.auth import IdentityCache
+from aigw_common.bus import Bus, make_bus
+from aigw_common.crypto import PURPOSE_BUS, Sealer
+from aigw_common.errors import BusError
+from aigw_common.schemas import KeyMarked
+from aigw_common.service import HANDLER_CANCELLATION, METRICS, SETTINGS, STATE, base_app
+from aigw_common.settings import Settings
+
+from .breaker import STATE_NAMES, Breakers
+from .budget import BudgetGuard
+from .keys import KeyPools
+from .metrics import GatewayMetrics
+from .providers import ProviderLoader, ProviderSet
+from .proxy import Gateway
+from .recorder import Recorder
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = ()
+
+BUS = web.AppKey("bus", Bus)
+GATEWAY = web.AppKey("gateway", Gateway)
+LOADER = web.AppKey("provider_loader", ProviderLoader)
+POOLS = web.AppKey("key_pools", KeyPools)
+RECORDER = web.AppKey("recorder", Recorder)
+IDENTITIES = web.AppKey("identities", IdentityCache)
+GUARD = web.AppKey("budget_guard", BudgetGuard)
+GATEWAY_ID = web.AppKey("gateway_id", str)
+
+
+def create_app(settings: Settings) -> web.Application:
+    settings.require_encryption_keys()
+    app = base_app("gateway", settings, client_max_size=settings.max_body_bytes)
+    app[HANDLER_CANCELLATION] = True
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_route("*", "/{tail:.*}", _handle)
+    return app
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Start in dependency order; stop in reverse: tasks, then the bus drains, then the HTTP client closes."""
+    settings = app[SETTINGS]
+    metrics = GatewayMetrics.create(app[METRICS])
+    bus = make_bus(settings, "gateway")
+    bus_sealer = Sealer.from_keys(settings.encryption_keys, PURPOSE_BUS)
+    pools = KeyPools()
+    app[GATEWAY_ID] = pools.gateway_id
+    pools.sink = _mark_sink(bus)
+
+    def on_swap(s: ProviderSet) -> None:
+        metrics.revision.set(s.revision)
+
+    def on_breaker(key: tuple[str, str, str], state: int) -> None:
+        metrics.circuit_state.labels(*key).set(state)
+        if state == 1:
+            metrics.circuit_trips.labels(*key).inc()
+        log.warning("circuit breaker state change", extra={"provider": key[0], "endpoint": key[1], "model": key[2],
+                                                           "state": STATE_NAMES[state]})
+
+    loader = ProviderLoader(bus, bus_sealer, pools, interval=settings.revision_check_interval, on_swap=on_swap)
+    identities = IdentityCache(bus, ttl=settings.identity_ttl)
+    spool = Spool(settings.data_dir / "spool" / f"gateway-{pools.gateway_id}", settings.spool_max_bytes)
+    recorder = Recorder(bus, spool)
+    guard = BudgetGuard(bus, settings, app[METRICS])
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",))
+    breakers = Breakers(settings.breaker, on_state=on_breaker)
+    gw = Gateway(settings, loader, pools, breakers, identities, recorder, guard, metrics, session, bus_sealer)
+
+    bus.on_connect(lambda: _ensure_marks_stream(bus))
+    await bus.start(wait=2.0)
+    await identities.start()
+    await loader.start()
+    await recorder.start()
+    await guard.start()
+    spool_task = asyncio.create_task(_spool_gauges(recorder, metrics), name="spool-gauges")
+
+    app[BUS], app[LOADER], app[POOLS], app[RECORDER] = bus, loader, pools, recorder
+    app[IDENTITIES], app[GUARD], app[GATEWAY] = identities, guard, gw
+    # Ready with zero providers and with NATS down: the gateway serves what it knows and keeps retrying.
+    try:
+        yield
+    finally:
+        spool_task.cancel()
+        await guard.stop()
+        await loader.stop()
+        await recorder.stop()
+        await bus.close()
+        await session.close()
+
+
+async def _ensure_marks_stream(bus: Bus) -> None:
+    s = bus.subjects
+    try:
+        await bus.ensure_stream(s.keys_marked_stream, [s.keys_marked], max_age=24 * 3600.0)
+    except Exception as e:  # noqa: BLE001 - retried on the next connect; logged
+        log.warning("could not ensure the key-marks stream", extra={"error": str(e)})
+
+
+def _mark_sink(bus: Bus):  # type: ignore[no-untyped-def]
+    """Publish a key mark without making the request wait for it."""
+    pending: set[asyncio.Task[None]] = set()
+
+    async def publish(mark: KeyMarked) -> None:
+        try:
+            await bus.js_publish(bus.subjects.keys_marked, mark, msg_id=mark.event_id, timeout=2.0)
+        except BusError as e:
+            log.warning("key mark not published; this replica still applies it locally",
+                        extra={"provider_id": mark.provider_id, "key_id": mark.key_id, "error": str(e)})
+
+    def sink(mark: KeyMarked) -> None:
+        t = asyncio.get_running_loop().create_task(publish(mark))
+        pending.add(t)
+        t.add_done_callback(pending.discard)
+
+    return sink
+
+
+async def _spool_gauges(recorder: Recorder, metrics: GatewayMetrics) -> None:
+    while True:
+        metrics.usage_spooled.set(recorder.spool.size)
+        metrics.usage_dropped.set(recorder.spool.dropped)
+        await asyncio.sleep(5)
+
+
+__all__ = ["BUS", "GATEWAY", "GATEWAY_ID", "LOADER", "MIGRATIONS", "POOLS", "RECORDER", "STATE", "create_app"]

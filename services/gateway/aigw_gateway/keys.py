@@ -1,0 +1,146 @@
+"""Key pools: each provider's ordered keys with their health, merged with the fleet's view.
+
+Health lives in ``KeyPools`` keyed by (provider id, key id), not in the
+provider objects, so it survives provider-set swaps: a key that was cooling
+before a config change is still cooling after it. Local marks apply at once
+(the very next request skips the key) and are published on
+``aigw.keys.marked`` so the keypool service can tell every other replica.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from aigw_common.schemas import KeyMarked
+
+log = logging.getLogger(__name__)
+
+VALID, COOLING, REVOKED = "valid", "cooling", "revoked"
+DEFAULT_COOLDOWN = 60.0
+MAX_COOLDOWN = 3600.0
+
+
+@dataclass(slots=True)
+class KeyHealth:
+    state: str = VALID
+    until: float = 0.0  # epoch seconds, for cooling
+    last_status: int = 0
+
+    def usable(self, now: float) -> bool:
+        if self.state == VALID:
+            return True
+        return self.state == COOLING and self.until <= now
+
+
+@dataclass(slots=True)
+class PoolKey:
+    id: str
+    position: int
+    hint: str
+    secret: str
+    health: KeyHealth
+
+    def __repr__(self) -> str:  # the secret never reaches a log line
+        return f"PoolKey(id={self.id!r}, position={self.position}, hint={self.hint!r}, state={self.health.state!r})"
+
+
+@dataclass(slots=True)
+class KeyPool:
+    provider_id: str
+    keys: list[PoolKey]
+
+    def usable(self, now: float | None = None) -> Iterator[PoolKey]:
+        now = time.time() if now is None else now
+        for k in self.keys:
+            if k.health.usable(now):
+                yield k
+
+    def soonest_back(self, now: float | None = None) -> float | None:
+        """Seconds until the first cooling key is usable again; None when every key is revoked (or none exist)."""
+        now = time.time() if now is None else now
+        untils = [k.health.until for k in self.keys if k.health.state == COOLING]
+        if not untils:
+            return None
+        return max(0.0, min(untils) - now)
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float:
+    """``retry-after-ms``, then ``Retry-After`` (seconds or HTTP date), else the default of 60 s."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return min(max(float(ms) / 1000.0, 0.0), MAX_COOLDOWN)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if ra:
+        try:
+            return min(max(float(ra), 0.0), MAX_COOLDOWN)
+        except ValueError:
+            try:
+                dt = email.utils.parsedate_to_datetime(ra)
+                return min(max(dt.timestamp() - (now or time.time()), 0.0), MAX_COOLDOWN)
+            except (TypeError, ValueError):
+                pass
+    return DEFAULT_COOLDOWN
+
+
+MarkSink = Callable[[KeyMarked], None]
+Observer = Callable[[str, str, int, Mapping[str, str]], None]
+
+
+@dataclass(slots=True)
+class KeyPools:
+    gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    sink: MarkSink | None = None  # publishes marks; set by the app
+    observers: list[Observer] = field(default_factory=list)  # e.g. the keypool reporter
+    _health: dict[tuple[str, str], KeyHealth] = field(default_factory=dict)
+
+    def health(self, provider_id: str, key_id: str) -> KeyHealth:
+        h = self._health.get((provider_id, key_id))
+        if h is None:
+            h = self._health[(provider_id, key_id)] = KeyHealth()
+        return h
+
+    def retain(self, live: set[tuple[str, str]]) -> None:
+        """Forget keys that no longer exist (after a provider-set swap)."""
+        for k in [k for k in self._health if k not in live]:
+            del self._health[k]
+
+    def apply_state(self, provider_id: str, key_id: str, state: str, until: float | None) -> None:
+        """Merge the fleet's view (from keypool): it is authoritative, except that a longer local cooldown stands."""
+        h = self.health(provider_id, key_id)
+        if state == COOLING:
+            if h.state == REVOKED:
+                return
+            h.state, h.until = COOLING, max(h.until if h.state == COOLING else 0.0, until or 0.0)
+        elif state == REVOKED:
+            h.state = REVOKED
+        elif state == VALID:
+            h.state, h.until = VALID, 0.0
+
+    def observe(self, provider_id: str, key_id: str, status: int, headers: Mapping[str, str]) -> str | None:
+        """Account for one upstream answer; returns the new state when the key was marked."""
+        h = self.health(provider_id, key_id)
+        h.last_status = status
+        marked: str | None = None
+        until: float | None = None
+        if status == 429:
+            until = time.time() + retry_after_seconds(headers)
+            if h.state != REVOKED:
+                h.state, h.until = COOLING, max(h.until if h.state == COOLING else 0.0, until)
+            marked = COOLING
+        elif status in (401, 403):
+            h.state = REVOKED
+            marked = REVOKED
+        for obs in self.observers:
+            obs(provider_id, key_id, status, headers)
+        if marked and self.sink is not None:
+            self.sink(KeyMarked(event_id=uuid.uuid4().hex, provider_id=provider_id, key_id=key_id, state=marked,  # type: ignore[arg-type]
+                                until=until, status_code=status, gateway_id=self.gateway_id, at=time.time()))
+        return marked

@@ -1,0 +1,445 @@
+"""The request path: authenticate, route, admit, pick a key, forward, relay, meter, record.
+
+Everything here is in memory: providers, key health, identities (after the
+first sight of a token), breakers and budget leases. Bodies are forwarded
+byte for byte (the one exception: ``stream_options.include_usage`` is added to
+a streamed chat completion that lacks it, or there would be no usage to
+meter), and streams are relayed chunk by chunk as they arrive while the usage
+extractor reads along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from aigw_common.auth import IdentityCache
+from aigw_common.crypto import Sealer, mask_secret
+from aigw_common.errors import BusError, CryptoError
+from aigw_common.schemas import (
+    Identity,
+    InterceptionEnded,
+    InterceptionStarted,
+    PromptRecorded,
+    TokenCounts,
+    TokenUsage,
+    ToolUsage,
+)
+from aigw_common.settings import Settings
+
+from . import routing
+from .adapters import Adapter, Endpoint, Outgoing, guess_api
+from .breaker import Breakers
+from .budget import Admission, BudgetGuard
+from .clients import detect_client, session_id
+from .dump import Dump
+from .errors import Api, error_response, sse_error_event
+from .keys import KeyPools, PoolKey
+from .metrics import GatewayMetrics
+from .providers import Provider, ProviderLoader
+from .recorder import Recorder
+from .usage import Extracted, RequestInfo, extract_blocking, inject_include_usage, parse_request, stream_extractor
+
+log = logging.getLogger(__name__)
+
+# Never forwarded upstream: hop-by-hop, recomputed, our own, and client credentials (set per attempt).
+_DROP_REQUEST = frozenset(
+    h.lower()
+    for h in (
+        "Host", "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Content-Length", "Accept-Encoding", "Cookie", "Authorization",
+        "X-Api-Key", "Api-Key", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
+        "X-Real-Ip",
+    )
+)
+_DROP_RESPONSE = frozenset(
+    h.lower()
+    for h in ("Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "Content-Encoding", "Upgrade",
+              "Trailer", "Proxy-Authenticate")
+)
+
+
+def upstream_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk in _DROP_REQUEST or lk.startswith("x-aigw-"):
+            continue
+        out.add(k, v)
+    out["Accept-Encoding"] = "identity"  # usage is read from the bytes we relay
+    return out
+
+
+def client_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _DROP_RESPONSE)
+
+
+@dataclass(slots=True)
+class Caller:
+    identity: Identity
+    byok: bool
+    credential: str | None  # BYOK: the provider credential to forward (header value)
+    credential_header: str | None
+    hint: str
+
+
+class Refused(Exception):
+    """A request the gateway answers itself, in the provider's error format."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+
+class Gateway:
+    def __init__(
+        self, settings: Settings, loader: ProviderLoader, pools: KeyPools, breakers: Breakers,
+        identities: IdentityCache, recorder: Recorder, guard: BudgetGuard, metrics: GatewayMetrics,
+        session: aiohttp.ClientSession, bus_sealer: Sealer,
+    ) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.pools = pools
+        self.breakers = breakers
+        self.identities = identities
+        self.recorder = recorder
+        self.guard = guard
+        self.m = metrics
+        self.session = session
+        self.bus_sealer = bus_sealer
+        self.dump_dir: Path | None = settings.dump_dir
+
+    # ------------------------------------------------------------ entry
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        target = routing.split(request.path)
+        if target is None:
+            return error_response(guess_api(request.path), 404, f"no route for {request.path}")
+        provider = self.loader.current.by_name.get(target.provider)
+        if provider is None:
+            return error_response(guess_api(target.path), 404, f"unknown provider {target.provider!r}")
+        adapter = provider.adapter
+        endpoint = adapter.endpoint(request.method, target.path)
+        if endpoint is None and not adapter.passthrough(request.method, target.path):
+            return error_response(adapter.api, 404, f"route {request.method} {target.path} is not served for provider {provider.name!r}")
+        try:
+            caller = await self._authenticate(request, provider, adapter)
+            body = await self._read_body(request)
+            if endpoint is None:
+                return await self._passthrough(request, provider, target.path, caller, body)
+            return await self._bridged(request, provider, endpoint, target.path, caller, body)
+        except Refused as r:
+            return error_response(adapter.api, r.status, r.message, retry_after=r.retry_after)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise Refused(413, f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise Refused(413, f"request body exceeds the limit of {limit} bytes") from None
+
+    async def _authenticate(self, request: web.Request, provider: Provider, adapter: Adapter) -> Caller:
+        h = request.headers
+        aigw_token = h.get("X-AIGW-Token")
+        byok = aigw_token is not None or adapter.byok_only
+        token = aigw_token
+        if token is None:
+            auth = h.get("Authorization", "")
+            token = auth[7:].strip() if auth[:7].lower() == "bearer " else (h.get("X-Api-Key") or None)
+        if not token:
+            raise Refused(401, "missing aigw token: send it as Authorization: Bearer <token> or X-Api-Key")
+        try:
+            identity = await self.identities.verify(token)
+        except BusError as e:
+            log.warning("cannot verify token", extra={"error": str(e)})
+            raise Refused(503, "cannot verify the token right now; retry shortly", retry_after=1) from None
+        if identity is None:
+            raise Refused(401, "invalid, expired or revoked aigw token")
+        if not byok:
+            return Caller(identity, False, None, None, "")
+        if not self.settings.allow_byok or not provider.allow_byok:
+            raise Refused(403, f"BYOK is not enabled for provider {provider.name!r}: "
+                               "remove X-AIGW-Token and authenticate with your aigw token")
+        cred = adapter.client_credential(h) if aigw_token is not None else None
+        if cred is None:
+            for k in identity.provider_keys:
+                if k.provider_id == provider.id:
+                    try:
+                        secret = self.bus_sealer.open(k.sealed)
+                    except CryptoError:
+                        log.error("cannot open a stored user key", extra={"provider": provider.name})
+                        break
+                    hdr = "X-Api-Key" if adapter.api == "anthropic" else "Authorization"
+                    value = secret if hdr == "X-Api-Key" else f"Bearer {secret}"
+                    return Caller(identity, True, value, hdr, k.hint)
+            raise Refused(401, f"BYOK request for provider {provider.name!r} carries no provider credential "
+                               "and you have no stored key for it")
+        name, value = cred
+        raw = value[7:] if value[:7].lower() == "bearer " else value
+        return Caller(identity, True, value, name, mask_secret(raw))
+
+    # ------------------------------------------------------------ upstream attempts
+
+    async def _send(
+        self, request: web.Request, provider: Provider, endpoint: Endpoint | None, url: str,
+        headers: CIMultiDict[str], body: bytes, caller: Caller,
+    ) -> tuple[aiohttp.ClientResponse, PoolKey | None]:
+        """Walk the key pool (or make the single BYOK attempt); return the response to relay."""
+        adapter = provider.adapter
+        t = provider.timeouts
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=max(t.idle, t.first_byte))
+        if caller.byok:
+            keys: list[PoolKey | None] = [None]
+        else:
+            keys = list(provider.pool.usable())
+            if not keys:
+                self._exhausted(provider)
+        for i, key in enumerate(keys):
+            h = headers.copy()
+            if key is None:
+                assert caller.credential_header and caller.credential
+                if caller.credential_header.lower() == "x-api-key":
+                    h.popall("Authorization", None)
+                h[caller.credential_header] = caller.credential
+            else:
+                adapter.set_credential(h, key.secret)
+            out = adapter.prepare(provider, endpoint, Outgoing(request.method, url, h, body))
+            try:
+                resp = await asyncio.wait_for(
+                    self.session.request(out.method, out.url, headers=out.headers, data=out.body, timeout=timeout,
+                                         allow_redirects=False),
+                    t.connect + t.first_byte,
+                )
+            except TimeoutError:
+                raise Refused(504, f"provider {provider.name!r} did not answer within {t.connect + t.first_byte:.0f}s") from None
+            except aiohttp.ClientError as e:
+                log.warning("upstream unreachable", extra={"provider": provider.name, "error": str(e)})
+                raise Refused(502, f"provider {provider.name!r} is unreachable") from None
+            if key is None:
+                return resp, None
+            marked = self.pools.observe(provider.id, key.id, resp.status, resp.headers)
+            if marked is None:
+                return resp, key
+            resp.release()
+            if i + 1 < len(keys):
+                self.m.failovers.labels(provider.name, marked).inc()
+        self._exhausted(provider)
+        raise AssertionError("unreachable")
+
+    def _exhausted(self, provider: Provider) -> None:
+        self.m.exhaustions.labels(provider.name).inc()
+        if not provider.pool.keys:
+            raise Refused(502, f"provider {provider.name!r} has no API key configured")
+        soonest = provider.pool.soonest_back()
+        if soonest is not None:
+            raise Refused(429, f"every key of provider {provider.name!r} is rate limited; retry after {soonest:.0f}s",
+                          retry_after=soonest)
+        raise Refused(502, f"every key of provider {provider.name!r} was rejected by the provider (revoked)")
+
+    # ------------------------------------------------------------ pass-through
+
+    async def _passthrough(self, request: web.Request, provider: Provider, path: str, caller: Caller,
+                           body: bytes) -> web.StreamResponse:
+        url = provider.adapter.upstream_url(provider, path, request.query_string)
+        resp, _key = await self._send(request, provider, None, url, upstream_headers(request.headers), body, caller)
+        try:
+            out = web.StreamResponse(status=resp.status, headers=client_headers(resp.headers))
+            await out.prepare(request)
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+            return out
+        finally:
+            resp.close()
+            self.m.passthrough.labels(provider.name, str(resp.status)).inc()
+
+    # ------------------------------------------------------------ bridged
+
+    async def _bridged(self, request: web.Request, provider: Provider, endpoint: Endpoint, path: str,
+                       caller: Caller, body: bytes) -> web.StreamResponse:
+        api = provider.adapter.api
+        try:
+            info = parse_request(endpoint, body)
+        except ValueError as e:
+            raise Refused(400, f"invalid request body: {e}") from None
+        admission = self.guard.admit(caller.identity, provider.name, info.model, info)
+        if not admission.allowed:
+            raise Refused(429, admission.message or "budget exhausted", retry_after=admission.retry_after)
+        bkey = (provider.name, endpoint, info.model)
+        breaker = self.breakers.get(*bkey)
+        if not self.breakers.allow(breaker, bkey):
+            self.guard.settle(admission, info.model, None)
+            self.m.circuit_rejects.labels(provider.name, endpoint).inc()
+            assert breaker is not None
+            raise Refused(503, f"circuit open for {provider.name} {endpoint} {info.model or '(no model)'}: "
+                               "the provider is overloaded", retry_after=breaker.retry_after(time.monotonic()))
+        if info.stream and endpoint == "chat_completions":
+            body = inject_include_usage(body) or body
+
+        rec = _Interception(self, request, provider, endpoint, caller, info, admission)
+        rec.start()
+        outcome = "error"
+        status = 0
+        try:
+            url = provider.adapter.upstream_url(provider, path, request.query_string)
+            headers = upstream_headers(request.headers)
+            if rec.dump is not None:
+                await rec.dump.request(request.method, url, headers, body)
+            try:
+                resp, key = await self._send(request, provider, endpoint, url, headers, body, caller)
+            except Refused as r:
+                status = r.status
+                rec.error = r.message
+                raise
+            status = resp.status
+            rec.key = key
+            try:
+                self.breakers.record(breaker, bkey, status)
+                breaker = None  # outcome recorded
+                ctype = resp.headers.get("Content-Type", "")
+                if status == 200 and "text/event-stream" in ctype:
+                    out = await self._relay_stream(request, resp, endpoint, api, rec)
+                else:
+                    out = await self._relay_blocking(resp, endpoint, rec)
+            finally:
+                resp.close()
+            outcome = "ok" if status < 400 and rec.error is None else "error"
+            return out
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if breaker is not None:
+                breaker.release()
+            rec.end(outcome, status)
+
+    async def _relay_blocking(self, resp: aiohttp.ClientResponse, endpoint: Endpoint,
+                              rec: _Interception) -> web.Response:
+        data = await resp.read()
+        if rec.dump is not None:
+            rec.dump.response_head(resp.status, resp.headers)
+            rec.dump.response_chunk(data)
+        if resp.status < 400:
+            rec.extracted = extract_blocking(endpoint, data)
+        else:
+            rec.error = f"upstream answered {resp.status}"
+        return web.Response(status=resp.status, body=data, headers=client_headers(resp.headers))
+
+    async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, endpoint: Endpoint,
+                            api: Api, rec: _Interception) -> web.StreamResponse:
+        out = web.StreamResponse(status=resp.status, headers=client_headers(resp.headers))
+        out.headers["Cache-Control"] = "no-cache"
+        out.headers["X-Accel-Buffering"] = "no"
+        await out.prepare(request)
+        ext = stream_extractor(endpoint)
+        dump = rec.dump
+        if dump is not None:
+            dump.response_head(resp.status, resp.headers)
+        try:
+            try:
+                async for chunk in resp.content.iter_any():
+                    ext.feed(chunk)
+                    if dump is not None:
+                        dump.response_chunk(chunk)
+                    await out.write(chunk)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+                if isinstance(e, (ConnectionResetError, aiohttp.ClientConnectionResetError)) and request.transport is None:
+                    raise  # the client went away
+                msg = "upstream stream timed out" if isinstance(e, TimeoutError) else "upstream stream broke"
+                log.warning(msg, extra={"provider": rec.provider.name, "error": str(e)})
+                rec.error = msg
+                await out.write(sse_error_event(api, f"{msg}; the response is incomplete"))
+            await out.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            rec.cancelled = True
+        finally:
+            rec.extracted = ext.finish()
+        return out
+
+
+class _Interception:
+    """The record of one bridged request: emits its usage events and settles its budget reservation."""
+
+    __slots__ = ("admission", "cancelled", "caller", "dump", "endpoint", "error", "extracted", "gw", "id", "info",
+                 "key", "provider", "t0", "client", "_session")
+
+    def __init__(self, gw: Gateway, request: web.Request, provider: Provider, endpoint: Endpoint, caller: Caller,
+                 info: RequestInfo, admission: Admission) -> None:
+        self.gw = gw
+        self.id = uuid.uuid4().hex
+        self.provider = provider
+        self.endpoint = endpoint
+        self.caller = caller
+        self.info = info
+        self.admission = admission
+        self.key: PoolKey | None = None
+        self.extracted: Extracted | None = None
+        self.error: str | None = None
+        self.cancelled = False
+        self.t0 = time.monotonic()
+        self.client = detect_client(request.headers)
+        self._session = session_id(request.headers)
+        self.dump = Dump(gw.dump_dir, provider.name, self.id) if gw.dump_dir is not None else None
+
+    def start(self) -> None:
+        gw, ident, now = self.gw, self.caller.identity, time.time()
+        gw.m.in_flight.labels(self.provider.name).inc()
+        gw.recorder.emit(InterceptionStarted(
+            event_id=uuid.uuid4().hex, interception_id=self.id, at=now, user_id=ident.user_id,
+            group_ids=ident.group_ids, token_id=ident.token_id, provider_id=self.provider.id,
+            provider_name=self.provider.name, provider_type=self.provider.type, endpoint=self.endpoint,
+            model=self.info.model, client=self.client, session_id=self._session,
+            credential_kind="byok" if self.caller.byok else "centralised", credential_hint=self.caller.hint,
+            streaming=self.info.stream, reservation_micros=self.admission.reservation_micros,
+        ))
+        if self.info.prompt:
+            gw.recorder.emit(PromptRecorded(event_id=uuid.uuid4().hex, interception_id=self.id, at=now,
+                                            prompt=self.info.prompt))
+
+    def end(self, outcome: str, status: int) -> None:
+        gw, now = self.gw, time.time()
+        pname = self.provider.name
+        ext = self.extracted
+        tokens: TokenCounts | None = None
+        if self.cancelled and outcome == "ok":
+            outcome = "cancelled"
+        if ext is not None:
+            model = ext.model or self.info.model
+            tokens = ext.tokens
+            gw.recorder.emit(TokenUsage(event_id=uuid.uuid4().hex, interception_id=self.id, at=now, model=model,
+                                        tokens=tokens))
+            for kind, n in (("input", tokens.input_tokens), ("output", tokens.output_tokens),
+                            ("cache_read", tokens.cache_read_tokens), ("cache_write", tokens.cache_write_tokens),
+                            ("reasoning", tokens.reasoning_tokens)):
+                if n:
+                    gw.m.tokens.labels(pname, model, kind).inc(n)
+            for tc in ext.tool_calls:
+                gw.recorder.emit(ToolUsage(event_id=uuid.uuid4().hex, interception_id=self.id, at=now, name=tc.name,
+                                           call_id=tc.call_id, arguments=tc.arguments, injected=tc.injected,
+                                           error=tc.error))
+            if ext.error and self.error is None:
+                self.error = ext.error
+            if not ext.terminal and outcome == "ok" and self.info.stream:
+                self.error = self.error or "stream closed before the provider's terminal event"
+            if self.error and outcome == "ok":
+                outcome = "error"
+        duration = time.monotonic() - self.t0
+        gw.recorder.emit(InterceptionEnded(event_id=uuid.uuid4().hex, interception_id=self.id, at=now,
+                                           status=outcome, status_code=status,  # type: ignore[arg-type]
+                                           duration_ms=int(duration * 1000), error=self.error))
+        gw.guard.settle(self.admission, (ext.model if ext else None) or self.info.model, tokens)
+        gw.m.in_flight.labels(pname).dec()
+        gw.m.interceptions.labels(pname, self.endpoint, str(status or 0), self.client).inc()
+        gw.m.duration.labels(pname, self.endpoint).observe(duration)
+        if self.dump is not None:
+            asyncio.get_running_loop().create_task(self.dump.finish())
