@@ -1,25 +1,33 @@
-"""A mock AWS Bedrock runtime: a real HTTP server that checks SigV4 and replays Anthropic fixtures.
+"""A mock AWS Bedrock: a real HTTP server that checks SigV4 and replays Anthropic fixtures.
 
-It answers ``POST /model/{id}/invoke`` (the fixture's ``non-streaming`` section
-as JSON) and ``POST /model/{id}/invoke-with-response-stream`` (the fixture's
-``streaming`` SSE, one Anthropic event per AWS event-stream ``chunk`` frame).
+Operations: ``POST /model/{id}/invoke`` (the fixture's ``non-streaming``
+section as JSON), ``POST /model/{id}/invoke-with-response-stream`` (the
+fixture's ``streaming`` SSE, one Anthropic event per AWS event-stream
+``chunk`` frame), ``POST /model/{id}/count-tokens`` (``{"inputTokens":
+mock.input_tokens}``), and the control plane's ``GET /foundation-models`` /
+``GET /foundation-models/{id}`` (from ``mock.models``).
+
 Every request must carry a valid SigV4 signature for the configured access key
 and secret — recomputed with botocore's signer, an implementation independent
-of the gateway's — or it gets Bedrock's 403 error shape. The body is checked
-the way Bedrock does: ``anthropic_version`` required; ``model``, ``stream`` and
-the fields Bedrock does not know are a 400 ``ValidationException``; beta flags
-must be ones Bedrock accepts; ``thinking.type`` must suit the model.
+of the gateway's — or a Bedrock API key from ``mock.api_keys`` as a bearer;
+otherwise Bedrock's 403 error shape. Bodies are checked the way Bedrock does:
+``anthropic_version`` required; ``model``, ``stream`` and unknown fields are a
+400 ``ValidationException`` ("Extra inputs are not permitted"); beta flags must
+be ones Bedrock accepts; ``thinking`` must suit the model.
 
 ``mock.stream_exception = ("throttlingException", "…", n)`` sends an exception
 frame after ``n`` events; ``mock.fail = (status, "ThrottlingException", "…")``
-answers every request with a Bedrock error.
+answers every operation with a Bedrock error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import msgspec
 from aiohttp import web
@@ -39,19 +47,29 @@ SIGNATURE_MISMATCH = (
     "The request signature we calculated does not match the signature you provided. Check your AWS Secret "
     "Access Key and signing method. Consult the service documentation for details."
 )
+INVALID_TOKEN = "The security token included in the request is invalid."
 
 
 @dataclass
 class SeenBedrock(SeenRequest):
+    operation: str = ""  # invoke | invoke-with-response-stream | count-tokens | list-models | get-model
     model: str = ""
     streaming: bool = False
     signed_headers: tuple[str, ...] = ()
+    invoke_body: dict | None = None  # type: ignore[type-arg]  # the InvokeModel body (count-tokens: decoded)
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
 
 
 def aws_error(status: int, code: str, message: str) -> web.Response:
     return web.Response(
         status=status, body=msgspec.json.encode({"message": message}),
-        headers={"Content-Type": "application/json", "x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/com.amazon.bedrock/",
+        headers={"Content-Type": "application/json",
+                 "x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/com.amazon.bedrock/",
                  "x-amzn-RequestId": "00000000-0000-0000-0000-000000000000"},
     )
 
@@ -64,53 +82,84 @@ class MockBedrock(MockUpstream):
         self.secret_key = secret_key
         self.region = region
         self.session_token = session_token
+        self.api_keys: set[str] = set()  # Bedrock API keys accepted as "Authorization: Bearer"
         self.adaptive_models: tuple[str, ...] = ("claude-opus-4-6", "claude-sonnet-4-6")
+        self.input_tokens = 17
+        self.models = [
+            {"modelId": "anthropic.claude-sonnet-4-5-20250929-v1:0", "modelName": "Claude Sonnet 4.5"},
+            {"modelId": "anthropic.claude-haiku-4-5-20251001-v1:0", "modelName": "Claude Haiku 4.5"},
+        ]
         self.stream_exception: tuple[str, str, int] | None = None
         self.fail: tuple[int, str, str] | None = None
         self.rejections: list[tuple[int, str, str]] = []
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        resp = await self._check(request, body)
-        if resp is not None:
-            return resp
+        try:
+            seen = self._route(request, body)
+            self.requests.append(seen)
+            self.count_by_key[seen.key] += 1
+            self._authenticate(request, body, seen)
+            if seen.operation in ("invoke", "invoke-with-response-stream"):
+                seen.invoke_body = self._invoke_body(body, seen.model)
+            elif seen.operation == "count-tokens":
+                seen.invoke_body = self._count_tokens_body(body, seen.model)
+        except Rejected as r:
+            self.rejections.append((r.status, r.code, r.message))
+            return aws_error(r.status, r.code, r.message)
         if self.handler is not None and (custom := await self.handler(request, body)) is not None:
             return custom
         if self.fail is not None:
             return aws_error(*self.fail)
+        if seen.operation == "count-tokens":
+            return web.json_response({"inputTokens": self.input_tokens})
+        if seen.operation == "list-models":
+            return web.json_response({"modelSummaries": [
+                {**m, "providerName": "Anthropic", "modelArn": f"arn:aws:bedrock:{self.region}::foundation-model/{m['modelId']}",
+                 "responseStreamingSupported": True} for m in self.models]})
+        if seen.operation == "get-model":
+            for m in self.models:
+                if m["modelId"] == seen.model:
+                    return web.json_response({"modelDetails": {**m, "providerName": "Anthropic"}})
+            return aws_error(404, "ResourceNotFoundException", "The provided model identifier is invalid.")
         if self.fixture is None:
             return aws_error(500, "InternalServerException", "mock bedrock has no fixture")
-        seen = self.requests[-1]
-        assert isinstance(seen, SeenBedrock)
         if not seen.streaming:
             rec = self.fixture.response("non-streaming")
             return web.Response(status=rec.status, body=rec.body, headers={
                 "Content-Type": "application/json", "x-amzn-bedrock-input-token-count": "10"})
         return await self._stream(request, self.fixture.response("streaming").body)
 
-    def _reject(self, status: int, code: str, message: str) -> web.Response:
-        self.rejections.append((status, code, message))
-        return aws_error(status, code, message)
+    # ------------------------------------------------------------ checks
 
-    async def _check(self, request: web.Request, body: bytes) -> web.Response | None:
+    def _route(self, request: web.Request, body: bytes) -> SeenBedrock:
+        raw_path = request.raw_path.partition("?")[0]
+        parts = raw_path.split("/")
+
+        def seen(op: str, model: str = "") -> SeenBedrock:
+            return SeenBedrock(request.method, request.path, request.query_string, request.headers, body,
+                               operation=op, model=unquote(model), streaming=op == "invoke-with-response-stream")
+
+        if request.method == "POST" and len(parts) == 4 and parts[1] == "model" and parts[3] in (
+                "invoke", "invoke-with-response-stream", "count-tokens"):
+            return seen(parts[3], parts[2])
+        if request.method == "GET" and raw_path == "/foundation-models":
+            return seen("list-models")
+        if request.method == "GET" and len(parts) == 3 and parts[1] == "foundation-models":
+            return seen("get-model", parts[2])
+        self.requests.append(seen("unknown"))
+        raise Rejected(404, "UnknownOperationException", f"unknown operation {request.method} {raw_path}")
+
+    def _authenticate(self, request: web.Request, body: bytes, seen: SeenBedrock) -> None:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
         from botocore.credentials import Credentials
 
-        raw_path = request.raw_path.partition("?")[0]
-        parts = raw_path.split("/")
-        if request.method != "POST" or len(parts) != 4 or parts[1] != "model" or parts[3] not in (
-                "invoke", "invoke-with-response-stream"):
-            return self._reject(404, "UnknownOperationException", f"unknown operation {request.method} {raw_path}")
-        from urllib.parse import unquote
-
-        seen = SeenBedrock(request.method, request.path, request.query_string, request.headers, body,
-                           model=unquote(parts[2]), streaming=parts[3] == "invoke-with-response-stream")
-        self.requests.append(seen)
-        self.count_by_key[self.access_key] += 1
-
-        # --- SigV4, recomputed with botocore from what was received
         auth = request.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            if auth[7:] in self.api_keys:
+                return
+            raise Rejected(403, "UnrecognizedClientException", INVALID_TOKEN)
         try:
             algo, _, rest = auth.partition(" ")
             fields = dict(p.strip().split("=", 1) for p in rest.split(","))
@@ -118,23 +167,23 @@ class MockBedrock(MockUpstream):
             signed = tuple(fields["SignedHeaders"].split(";"))
             given = fields["Signature"]
         except (KeyError, ValueError):
-            return self._reject(403, "IncompleteSignatureException", "Authorization header requires a valid SigV4 value")
+            raise Rejected(403, "IncompleteSignatureException", "Authorization header requires a valid SigV4 value") from None
         seen.signed_headers = signed
         if algo != "AWS4-HMAC-SHA256" or akid != self.access_key:
-            return self._reject(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+            raise Rejected(403, "UnrecognizedClientException", INVALID_TOKEN)
         if region != self.region or service != "bedrock":
-            return self._reject(403, "InvalidSignatureException", f"Credential should be scoped to a valid region/service, not {region}/{service}")
+            raise Rejected(403, "InvalidSignatureException", f"Credential should be scoped to a valid region/service, not {region}/{service}")
         if self.session_token is not None and request.headers.get("X-Amz-Security-Token") != self.session_token:
-            return self._reject(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+            raise Rejected(403, "UnrecognizedClientException", INVALID_TOKEN)
         if not {"host", "x-amz-date"} <= set(signed) or (
                 "x-amz-security-token" in request.headers and "x-amz-security-token" not in signed):
-            return self._reject(403, "InvalidSignatureException", "host, x-amz-date and the security token must be signed")
+            raise Rejected(403, "InvalidSignatureException", "host, x-amz-date and the security token must be signed")
         declared = request.headers.get("X-Amz-Content-SHA256")
         if declared is not None and declared != hashlib.sha256(body).hexdigest():
-            return self._reject(400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed.")
+            raise Rejected(400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed.")
         amz_date = request.headers.get("X-Amz-Date", "")
         if amz_date[:8] != date:
-            return self._reject(403, "InvalidSignatureException", "Date in Credential scope does not match X-Amz-Date")
+            raise Rejected(403, "InvalidSignatureException", "Date in Credential scope does not match X-Amz-Date")
         headers = {k: v for k, v in request.headers.items() if k.lower() in signed and k.lower() != "host"}
         areq = AWSRequest(method=request.method, url=f"http://{request.headers.get('Host', '')}{request.raw_path}",
                           data=body, headers=headers)
@@ -142,32 +191,44 @@ class MockBedrock(MockUpstream):
         areq.context["timestamp"] = amz_date
         expected = signer.signature(signer.string_to_sign(areq, signer.canonical_request(areq)), areq)
         if expected != given:
-            return self._reject(403, "InvalidSignatureException", SIGNATURE_MISMATCH)
+            raise Rejected(403, "InvalidSignatureException", SIGNATURE_MISMATCH)
 
-        # --- body, as Bedrock validates it
+    def _count_tokens_body(self, body: bytes, model: str) -> dict:  # type: ignore[type-arg]
+        try:
+            inner = base64.b64decode(msgspec.json.decode(body)["input"]["invokeModel"]["body"], validate=True)
+        except (msgspec.DecodeError, KeyError, TypeError, binascii.Error):
+            raise Rejected(400, "ValidationException", "input.invokeModel.body: a base64 InvokeModel body is required") from None
+        return self._invoke_body(inner, model)
+
+    def _invoke_body(self, body: bytes, model: str) -> dict:  # type: ignore[type-arg]
+        def invalid(message: str) -> Rejected:
+            return Rejected(400, "ValidationException", message)
+
         try:
             data = msgspec.json.decode(body)
         except msgspec.DecodeError:
-            return self._reject(400, "ValidationException", "Malformed input request, please reformat your input and try again.")
+            raise invalid("Malformed input request, please reformat your input and try again.") from None
         if not isinstance(data, dict):
-            return self._reject(400, "ValidationException", "Malformed input request: expected a JSON object")
+            raise invalid("Malformed input request: expected a JSON object")
         if not isinstance(data.get("anthropic_version"), str):  # the gateway sends bedrock-2023-05-31
-            return self._reject(400, "ValidationException", "Malformed input request: #: required key [anthropic_version] not found")
+            raise invalid("Malformed input request: #: required key [anthropic_version] not found")
         extra = sorted(set(data) - BEDROCK_FIELDS)
         if extra:
-            return self._reject(400, "ValidationException", f"{extra[0]}: Extra inputs are not permitted")
+            raise invalid(f"{extra[0]}: Extra inputs are not permitted")
         bad = [b for b in data.get("anthropic_beta", []) if b not in BEDROCK_BETAS]
         if bad:
-            return self._reject(400, "ValidationException", f"invalid beta flag: {bad[0]}")
+            raise invalid(f"invalid beta flag: {bad[0]}")
         thinking = data.get("thinking")
         if isinstance(thinking, dict):
-            adaptive_ok = any(m in seen.model for m in self.adaptive_models)
-            if thinking.get("type") == "adaptive" and not adaptive_ok:
-                return self._reject(400, "ValidationException", "thinking.type: adaptive is not supported by this model")
+            if thinking.get("type") == "adaptive" and not any(m in model for m in self.adaptive_models):
+                raise invalid("thinking.type: adaptive is not supported by this model")
+            budget = thinking.get("budget_tokens")
             if thinking.get("type") == "enabled" and not (
-                    isinstance(thinking.get("budget_tokens"), int) and 1024 <= thinking["budget_tokens"] < data.get("max_tokens", 0)):
-                return self._reject(400, "ValidationException", "thinking.budget_tokens: must be ≥ 1024 and less than max_tokens")
-        return None
+                    isinstance(budget, int) and 1024 <= budget < data.get("max_tokens", 0)):
+                raise invalid("thinking.budget_tokens: must be at least 1024 and less than max_tokens")
+        return data
+
+    # ------------------------------------------------------------ streaming
 
     async def _stream(self, request: web.Request, sse: bytes) -> web.StreamResponse:
         from aigw_gateway.eventstream import encode_chunk, encode_exception

@@ -26,18 +26,19 @@ extractor reads it; a blocking body is already Anthropic JSON; error bodies
 
 from __future__ import annotations
 
+import base64
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 from yarl import URL
 
 from . import sigv4
 from .eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
-from .eventstream import anthropic_error_type, aws_error_message
+from .eventstream import BedrockSSE, anthropic_error_type, aws_error_message
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
 SERVICE = "bedrock"
@@ -222,17 +223,21 @@ def transform_body(body: dict[str, Any], beta_headers: Iterable[str], cfg: Bedro
     return Transformed(body, model, stream, betas)
 
 
-# ---------------------------------------------------------------- request
+# ---------------------------------------------------------------- requests
+
+Kind = Literal["messages", "count_tokens", "models", "model"]
 
 
 @dataclass(frozen=True, slots=True)
 class BedrockRequest:
+    kind: Kind
+    method: str
     url: URL  # already encoded: send as is (the signature covers its raw path)
-    headers: dict[str, str]  # complete upstream headers, SigV4 included
+    headers: dict[str, str]  # the headers to set upstream, SigV4 (or a Bedrock API key) included
     body: bytes
     model: str
     stream: bool
-    credential_source: str  # "static" | "env" | "shared-file:<profile>" (for the recorded credential hint)
+    credential_source: str  # "static" | "env" | "shared-file:<profile>" | "bearer"
     access_key: str
 
 
@@ -241,39 +246,181 @@ def model_path(model: str) -> str:
     return "/model/" + quote(model, safe=":")
 
 
-def build_request(
-    cfg: BedrockConfig, body: bytes, beta_headers: Iterable[str], *, now: float | None = None
-) -> BedrockRequest:
-    """Transform, encode and sign. ValueError when the body is not a JSON object;
-    :class:`aigw_gateway.sigv4.CredentialsError` when no credentials are found."""
+def control_base_url(cfg: BedrockConfig) -> str:
+    """The Bedrock control plane (model listing) next to the runtime endpoint; a custom base URL serves both."""
+    parts = urlsplit(cfg.base_url)
+    m = re.fullmatch(r"bedrock-runtime(-fips)?\.([a-z0-9-]+\.amazonaws\.com(?:\.cn)?)", parts.hostname or "")
+    if not m:
+        return cfg.base_url
+    return f"{parts.scheme}://bedrock{m.group(1) or ''}.{m.group(2)}"
+
+
+def _decode_object(body: bytes) -> dict[str, Any]:
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as e:
         raise ValueError(f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ValueError("request body must be a JSON object")
+    return data
+
+
+def _finish(cfg: BedrockConfig, kind: Kind, method: str, url: str, body: bytes, model: str, stream: bool,
+            bearer: str | None, now: float | None) -> BedrockRequest:
+    u = URL(url, encoded=True)
+    host = u.raw_host or ""
+    if u.port is not None and not u.is_default_port():
+        host = f"{host}:{u.port}"
+    headers = {"host": host, "accept": EVENTSTREAM_CONTENT_TYPE if stream else "application/json"}
+    if body or method == "POST":
+        headers["content-type"] = "application/json"
+    if bearer:  # a Bedrock API key: AWS accepts it as a bearer token instead of SigV4
+        headers["authorization"] = f"Bearer {bearer}"
+        return BedrockRequest(kind, method, u, headers, body, model, stream, "bearer", "")
+    creds = cfg.credentials.get()
+    extra = {"content-type": headers["content-type"]} if "content-type" in headers else None
+    headers.update(sigv4.sign_headers(
+        creds, region=cfg.region, service=SERVICE, method=method, host=host, raw_path=u.raw_path,
+        raw_query=u.raw_query_string, body=body, extra=extra, now=now,
+    ))
+    return BedrockRequest(kind, method, u, headers, body, model, stream, creds.source, creds.access_key)
+
+
+def build_request(cfg: BedrockConfig, body: bytes, beta_headers: Iterable[str], *, bearer: str | None = None,
+                  now: float | None = None) -> BedrockRequest:
+    """``POST /v1/messages`` → InvokeModel / InvokeModelWithResponseStream. ValueError for a body that is
+    not a JSON object; :class:`aigw_gateway.sigv4.CredentialsError` when no AWS credentials are found."""
+    t = transform_body(_decode_object(body), beta_headers, cfg)
+    if not t.model:
+        raise ValueError("model: field required (and the bedrock provider has no model configured)")
+    suffix = "/invoke-with-response-stream" if t.stream else "/invoke"
+    return _finish(cfg, "messages", "POST", cfg.base_url + model_path(t.model) + suffix,
+                   msgspec.json.encode(t.body), t.model, t.stream, bearer, now)
+
+
+def build_count_tokens(cfg: BedrockConfig, body: bytes, beta_headers: Iterable[str], *, bearer: str | None = None,
+                       now: float | None = None) -> BedrockRequest:
+    """``POST /v1/messages/count_tokens`` → CountTokens, whose input is the InvokeModel body (base64)."""
+    data = _decode_object(body)
+    data.setdefault("max_tokens", 1)  # required by the InvokeModel schema, irrelevant to the count
     t = transform_body(data, beta_headers, cfg)
     if not t.model:
         raise ValueError("model: field required (and the bedrock provider has no model configured)")
-    out = msgspec.json.encode(t.body)
-    suffix = "/invoke-with-response-stream" if t.stream else "/invoke"
-    url = URL(cfg.base_url + model_path(t.model) + suffix, encoded=True)
-    host = url.raw_host or ""
-    if url.port is not None and not url.is_default_port():
-        host = f"{host}:{url.port}"
-    creds = cfg.credentials.get()
-    headers = {
-        "host": host,
-        "content-type": "application/json",
-        "accept": EVENTSTREAM_CONTENT_TYPE if t.stream else "application/json",
-    }
-    headers.update(
-        sigv4.sign_headers(
-            creds, region=cfg.region, service=SERVICE, method="POST", host=host, raw_path=url.raw_path,
-            raw_query=url.raw_query_string, body=out, extra={"content-type": "application/json"}, now=now,
-        )
-    )
-    return BedrockRequest(url, headers, out, t.model, t.stream, creds.source, creds.access_key)
+    inner = base64.b64encode(msgspec.json.encode(t.body)).decode()
+    out = msgspec.json.encode({"input": {"invokeModel": {"body": inner}}})
+    return _finish(cfg, "count_tokens", "POST", cfg.base_url + model_path(t.model) + "/count-tokens", out,
+                   t.model, False, bearer, now)
+
+
+def build_models(cfg: BedrockConfig, model_id: str | None, *, bearer: str | None = None,
+                 now: float | None = None) -> BedrockRequest:
+    """``GET /v1/models[/{id}]`` → ListFoundationModels (Anthropic's) / GetFoundationModel."""
+    base = control_base_url(cfg) + "/foundation-models"
+    if model_id is None:
+        return _finish(cfg, "models", "GET", base + "?byProvider=Anthropic", b"", "", False, bearer, now)
+    return _finish(cfg, "model", "GET", base + "/" + quote(model_id, safe=":"), b"", model_id, False, bearer, now)
+
+
+def plan(cfg: BedrockConfig, method: str, path: str, body: bytes, beta_headers: Iterable[str], *,
+         bearer: str | None = None) -> BedrockRequest | None:
+    """The Bedrock request for a client route, or None when Bedrock has no equivalent."""
+    if method == "POST" and path == "/v1/messages":
+        return build_request(cfg, body, beta_headers, bearer=bearer)
+    if method == "POST" and path == "/v1/messages/count_tokens":
+        return build_count_tokens(cfg, body, beta_headers, bearer=bearer)
+    if method == "GET" and path == "/v1/models":
+        return build_models(cfg, None, bearer=bearer)
+    if method == "GET" and path.startswith("/v1/models/") and "/" not in path[11:] and path[11:]:
+        return build_models(cfg, unquote(path[11:]), bearer=bearer)
+    return None
+
+
+# ---------------------------------------------------------------- responses
+
+
+class SSEFilter:
+    """Bedrock's event stream → Anthropic SSE, chunk by chunk."""
+
+    content_type = "text/event-stream"
+    streaming = True
+
+    def __init__(self) -> None:
+        self._t = BedrockSSE()
+
+    @property
+    def error(self) -> str | None:
+        return self._t.error
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._t.feed(chunk)
+
+    def finish(self) -> bytes:
+        return self._t.finish()
+
+
+class BufferFilter:
+    """Collect the whole (small) body, then translate it once."""
+
+    content_type = "application/json"
+    streaming = False
+
+    def __init__(self, translate: Callable[[bytes], bytes]) -> None:
+        self._buf = bytearray()
+        self._translate = translate
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._buf += chunk
+        return b""
+
+    def finish(self) -> bytes:
+        return self._translate(bytes(self._buf))
+
+
+def response_filter(kind: Kind, stream: bool, status: int, headers: Mapping[str, str]) -> SSEFilter | BufferFilter | None:
+    if status >= 400:
+        return BufferFilter(lambda b: anthropic_error_body(status, headers, b))
+    if kind == "messages":
+        return SSEFilter() if stream else None  # a blocking InvokeModel body is already an Anthropic message
+    if kind == "count_tokens":
+        return BufferFilter(count_tokens_response)
+    return BufferFilter(models_response if kind == "models" else model_response)
+
+
+class _Count(msgspec.Struct):
+    inputTokens: int = 0
+
+
+def count_tokens_response(body: bytes) -> bytes:
+    return msgspec.json.encode({"input_tokens": msgspec.json.decode(body, type=_Count).inputTokens})
+
+
+class _Summary(msgspec.Struct):
+    modelId: str
+    modelName: str = ""
+
+
+class _Summaries(msgspec.Struct):
+    modelSummaries: list[_Summary] = []
+
+
+class _Details(msgspec.Struct):
+    modelDetails: _Summary
+
+
+def _anthropic_model(m: _Summary) -> dict[str, str]:
+    # Bedrock does not say when a model was released; the epoch keeps the field well-formed.
+    return {"type": "model", "id": m.modelId, "display_name": m.modelName or m.modelId,
+            "created_at": "1970-01-01T00:00:00Z"}
+
+
+def models_response(body: bytes) -> bytes:
+    data = [_anthropic_model(m) for m in msgspec.json.decode(body, type=_Summaries).modelSummaries]
+    return msgspec.json.encode({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                "last_id": data[-1]["id"] if data else None})
+
+
+def model_response(body: bytes) -> bytes:
+    return msgspec.json.encode(_anthropic_model(msgspec.json.decode(body, type=_Details).modelDetails))
 
 
 # ---------------------------------------------------------------- errors

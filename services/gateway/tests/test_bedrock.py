@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import aiohttp
 import msgspec
@@ -146,7 +147,7 @@ def mock_cfg(mock, **kw: str) -> bedrock.BedrockConfig:  # type: ignore[no-untyp
 
 
 async def send(r: bedrock.BedrockRequest) -> tuple[int, dict[str, str], bytes]:
-    async with aiohttp.ClientSession() as s, s.post(r.url, data=r.body, headers=r.headers) as resp:
+    async with aiohttp.ClientSession() as s, s.request(r.method, r.url, data=r.body or None, headers=r.headers) as resp:
         return resp.status, dict(resp.headers), await resp.read()
 
 
@@ -202,8 +203,7 @@ async def test_mock_rejects_bad_signatures_with_bedrock_error_shape(mock_bedrock
 async def test_mock_rejects_tampered_body_and_untransformed_fields(mock_bedrock) -> None:  # type: ignore[no-untyped-def]
     mock_bedrock.play("anthropic/simple_bedrock")
     r = bedrock.build_request(mock_cfg(mock_bedrock), b'{"model":"m","max_tokens":10,"messages":[]}', [])
-    status, _, _ = await send(bedrock.BedrockRequest(r.url, r.headers, r.body.replace(b"10", b"11"), r.model,
-                                                     r.stream, r.credential_source, r.access_key))
+    status, _, _ = await send(dataclasses.replace(r, body=r.body.replace(b"10", b"11")))
     assert status == 400  # x-amz-content-sha256 mismatch
     # a body that skipped the transform is what real Bedrock refuses
     raw = load("anthropic/simple_bedrock").request or b""
@@ -246,3 +246,56 @@ async def test_gateway_transform_sends_the_bedrock_anthropic_version(mock_bedroc
     r = bedrock.build_request(mock_cfg(mock_bedrock), b'{"model":"m","max_tokens":10,"messages":[]}', [])
     assert (await send(r))[0] == 200
     assert mock_bedrock.requests[-1].json()["anthropic_version"] == "bedrock-2023-05-31"
+
+
+async def test_count_tokens_and_models_through_mock(mock_bedrock) -> None:  # type: ignore[no-untyped-def]
+    c = mock_cfg(mock_bedrock)
+    r = bedrock.plan(c, "POST", "/v1/messages/count_tokens",
+                     b'{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}],"metadata":{}}', [])
+    assert r is not None and r.kind == "count_tokens"
+    status, headers, raw = await send(r)
+    assert status == 200, raw
+    f = bedrock.response_filter(r.kind, r.stream, status, headers)
+    assert f is not None and f.feed(raw) == b"" and msgspec.json.decode(f.finish()) == {"input_tokens": 17}
+    assert mock_bedrock.requests[-1].invoke_body["max_tokens"] == 1  # filled in for the InvokeModel schema
+
+    r = bedrock.plan(c, "GET", "/v1/models", b"", [])
+    assert r is not None
+    status, headers, raw = await send(r)
+    f = bedrock.response_filter(r.kind, r.stream, status, headers)
+    assert f is not None
+    f.feed(raw)
+    listed = msgspec.json.decode(f.finish())
+    assert [m["id"] for m in listed["data"]] == [SONNET_45, HAIKU_45]
+    assert listed["first_id"] == SONNET_45 and listed["has_more"] is False
+
+    r = bedrock.plan(c, "GET", "/v1/models/" + HAIKU_45, b"", [])
+    assert r is not None
+    status, headers, raw = await send(r)
+    f = bedrock.response_filter(r.kind, r.stream, status, headers)
+    f.feed(raw)  # type: ignore[union-attr]
+    assert msgspec.json.decode(f.finish())["display_name"] == "Claude Haiku 4.5"  # type: ignore[union-attr]
+
+    r = bedrock.plan(c, "GET", "/v1/models/nope", b"", [])
+    status, headers, raw = await send(r)  # type: ignore[arg-type]
+    f = bedrock.response_filter("model", False, status, headers)
+    f.feed(raw)  # type: ignore[union-attr]
+    assert status == 404 and msgspec.json.decode(f.finish())["error"]["type"] == "not_found_error"  # type: ignore[union-attr]
+    assert bedrock.plan(c, "POST", "/v1/messages/batches", b"{}", []) is None
+
+
+def test_control_plane_url() -> None:
+    assert bedrock.control_base_url(cfg()) == "https://bedrock.us-east-1.amazonaws.com"
+    assert bedrock.control_base_url(cfg(base="https://bedrock-runtime-fips.us-gov-west-1.amazonaws.com")) == \
+        "https://bedrock-fips.us-gov-west-1.amazonaws.com"
+    assert bedrock.control_base_url(cfg(base="http://127.0.0.1:9")) == "http://127.0.0.1:9"
+
+
+async def test_bedrock_api_key_as_bearer(mock_bedrock) -> None:  # type: ignore[no-untyped-def]
+    mock_bedrock.play("anthropic/simple_bedrock")
+    mock_bedrock.api_keys.add("ABSKbedrockapikey")
+    body = b'{"model":"m","max_tokens":10,"messages":[]}'
+    r = bedrock.build_request(mock_cfg(mock_bedrock), body, [], bearer="ABSKbedrockapikey")
+    assert r.credential_source == "bearer" and "x-amz-date" not in r.headers
+    assert (await send(r))[0] == 200
+    assert (await send(bedrock.build_request(mock_cfg(mock_bedrock), body, [], bearer="wrong")))[0] == 403
