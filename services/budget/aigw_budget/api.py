@@ -1,0 +1,423 @@
+"""The budget service's HTTP API (contract section 5): budgets, usage, interceptions, prices.
+
+Admins (and owners) write budgets and prices and read everything. Members
+read their own user budget, the budgets of groups they belong to, and only
+their own usage and interceptions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+from aigw_common.api import ApiError, bad_request, forbidden, json_response, not_found, read_json
+from aigw_common.auth import IdentityCache, authenticate, is_admin
+from aigw_common.schemas import Identity, ModelPrice
+from aiohttp import web
+
+from .errors import DB_ERRORS, classify
+from .ledger import TABLES
+from .periods import iso, month_of
+from .service import BudgetService
+
+SERVICE = web.AppKey("budget_service", BudgetService)
+IDENTITIES = web.AppKey("identities", IdentityCache)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BudgetBody(msgspec.Struct, forbid_unknown_fields=True):
+    spend_limit_micros: int
+    period: Literal["month"] = "month"
+
+
+class PriceBody(msgspec.Struct, forbid_unknown_fields=True):
+    model: str
+    input_per_mtok_micros: int
+    output_per_mtok_micros: int
+    cache_read_per_mtok_micros: int | None = None  # default: the input price
+    cache_write_per_mtok_micros: int | None = None  # default: the input price
+
+
+def _db(fn: Handler) -> Handler:
+    """Database outages become 503 with Retry-After instead of a bare 500."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await fn(request)
+        except DB_ERRORS as e:
+            err = classify(e)
+            if err.retryable:
+                raise ApiError(503, "database unavailable, try again", headers={"Retry-After": "2"}) from e
+            raise
+
+    return wrapped
+
+
+async def _who(request: web.Request) -> Identity:
+    return await authenticate(request, request.app[IDENTITIES])
+
+
+def _require_admin(ident: Identity) -> None:
+    if not is_admin(ident):
+        raise forbidden("admin role required")
+
+
+# ---------------------------------------------------------------- budgets
+
+
+async def _subject(request: web.Request, scope: str, ident: Identity) -> tuple[str, str]:
+    """(id, name) of the path's user or group; 404 when the registry knows none."""
+    svc = request.app[SERVICE]
+    ref = request.match_info["ref"]
+    if scope == "user" and ref == "me":
+        ref = ident.user_id
+    found = await svc.directory.resolve(scope, ref)
+    if found is None:
+        raise not_found(scope)
+    return found
+
+
+def _may_read(scope: str, subject_id: str, ident: Identity) -> bool:
+    if is_admin(ident):
+        return True
+    return subject_id == ident.user_id if scope == "user" else subject_id in ident.group_ids
+
+
+async def _budget_body(svc: BudgetService, scope: str, subject_id: str) -> dict[str, Any] | None:
+    states = await svc.ledger.states([(scope, subject_id)])
+    if not states:
+        return None
+    st = states[0]
+    p = month_of(st.period_start)
+    return {
+        "spend_limit_micros": st.limit_micros, "period": "month", "spent_micros": st.spent_micros,
+        "reserved_micros": st.reserved_micros, "period_start": iso(p.start), "period_end": iso(p.end),
+    }
+
+
+def budget_routes(scope: Literal["user", "group"]) -> list[web.RouteDef]:
+    path = f"/api/v2/{scope}s/{{ref}}/ai/budget"
+    table, col = TABLES[scope]
+
+    @_db
+    async def get(request: web.Request) -> web.Response:
+        ident = await _who(request)
+        subject_id, _ = await _subject(request, scope, ident)
+        if not _may_read(scope, subject_id, ident):
+            raise forbidden(f"you may read only budgets of your own {'user' if scope == 'user' else 'groups'}")
+        body = await _budget_body(request.app[SERVICE], scope, subject_id)
+        if body is None:
+            raise not_found("budget")
+        return json_response(body)
+
+    @_db
+    async def put(request: web.Request) -> web.Response:
+        ident = await _who(request)
+        _require_admin(ident)
+        subject_id, _ = await _subject(request, scope, ident)
+        body = await read_json(request, BudgetBody)
+        if body.spend_limit_micros < 0:
+            raise bad_request("spend_limit_micros must be ≥ 0", "spend_limit_micros")
+        svc = request.app[SERVICE]
+        async with svc.pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(f"SELECT spend_limit_micros, period FROM {table} WHERE {col} = $1 FOR UPDATE", subject_id)
+            await conn.execute(
+                f"INSERT INTO {table} ({col}, spend_limit_micros, period) VALUES ($1, $2, $3)"
+                f" ON CONFLICT ({col}) DO UPDATE SET spend_limit_micros = $2, period = $3, updated_at = now()",
+                subject_id, body.spend_limit_micros, body.period,
+            )
+            await _audit(conn, ident, "budget.created" if before is None else "budget.updated", scope, subject_id,
+                         dict(before) if before else None, msgspec.to_builtins(body))
+        await svc.publish_states([(scope, subject_id)])
+        return json_response(await _budget_body(svc, scope, subject_id))
+
+    @_db
+    async def delete(request: web.Request) -> web.Response:
+        ident = await _who(request)
+        _require_admin(ident)
+        subject_id, _ = await _subject(request, scope, ident)
+        svc = request.app[SERVICE]
+        async with svc.pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(
+                f"DELETE FROM {table} WHERE {col} = $1 RETURNING spend_limit_micros, period", subject_id
+            )
+            if before is None:
+                raise not_found("budget")
+            await _audit(conn, ident, "budget.deleted", scope, subject_id, dict(before), None)
+        await svc.publish_states([(scope, subject_id)], include_deleted=True)
+        return web.Response(status=204)
+
+    return [web.get(path, get), web.put(path, put), web.delete(path, delete)]
+
+
+async def _audit(conn: asyncpg.Connection, ident: Identity, action: str, target_type: str, target_id: str,
+                 before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    await conn.execute(
+        "INSERT INTO audit_logs (actor_id, action, target_type, target_id, before, after) VALUES ($1, $2, $3, $4, $5, $6)",
+        ident.user_id, action, target_type, target_id, before, after,
+    )
+
+
+# ---------------------------------------------------------------- prices
+
+
+def _price_dict(p: ModelPrice) -> dict[str, Any]:
+    return msgspec.to_builtins(p)
+
+
+@_db
+async def get_prices(request: web.Request) -> web.Response:
+    await _who(request)
+    table = await request.app[SERVICE].prices.load(request.app[SERVICE].pool)
+    return json_response({"prices": [_price_dict(p) for p in table.prices]})
+
+
+@_db
+async def put_price(request: web.Request) -> web.Response:
+    ident = await _who(request)
+    _require_admin(ident)
+    body = await read_json(request, PriceBody)
+    model = body.model.strip()
+    if not model or len(model) > 200:
+        raise bad_request("model must be 1-200 characters", "model")
+    price = ModelPrice(
+        model=model, input_per_mtok_micros=body.input_per_mtok_micros, output_per_mtok_micros=body.output_per_mtok_micros,
+        cache_read_per_mtok_micros=body.input_per_mtok_micros if body.cache_read_per_mtok_micros is None
+        else body.cache_read_per_mtok_micros,
+        cache_write_per_mtok_micros=body.input_per_mtok_micros if body.cache_write_per_mtok_micros is None
+        else body.cache_write_per_mtok_micros,
+    )
+    for f in ("input_per_mtok_micros", "output_per_mtok_micros", "cache_read_per_mtok_micros", "cache_write_per_mtok_micros"):
+        if getattr(price, f) < 0:
+            raise bad_request(f"{f} must be ≥ 0", f)
+    svc = request.app[SERVICE]
+    async with svc.pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchrow(
+            "SELECT input_per_mtok_micros, output_per_mtok_micros, cache_read_per_mtok_micros, cache_write_per_mtok_micros"
+            " FROM prices WHERE model = $1 FOR UPDATE", model,
+        )
+        await conn.execute(
+            "INSERT INTO prices (model, input_per_mtok_micros, output_per_mtok_micros, cache_read_per_mtok_micros,"
+            " cache_write_per_mtok_micros) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (model) DO UPDATE SET"
+            " input_per_mtok_micros = $2, output_per_mtok_micros = $3, cache_read_per_mtok_micros = $4,"
+            " cache_write_per_mtok_micros = $5, updated_at = now()",
+            model, price.input_per_mtok_micros, price.output_per_mtok_micros, price.cache_read_per_mtok_micros,
+            price.cache_write_per_mtok_micros,
+        )
+        await _audit(conn, ident, "price.updated" if before else "price.created", "price", model,
+                     dict(before) if before else None, _price_dict(price))
+    await svc.prices.load(svc.pool)
+    await svc.publish_prices()
+    return json_response(_price_dict(price))
+
+
+# ---------------------------------------------------------------- usage and interceptions
+
+
+def _time_param(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        return datetime.fromtimestamp(float(raw), UTC)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an RFC 3339 time or epoch seconds", name) from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+class _Filters:
+    """WHERE clauses over ``interceptions i`` built from query parameters, with members confined to themselves."""
+
+    def __init__(self) -> None:
+        self.clauses: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, clause: str, *values: Any) -> None:
+        for v in values:
+            self.args.append(v)
+            clause = clause.replace("?", f"${len(self.args)}", 1)
+        self.clauses.append(clause)
+
+    def sql(self) -> str:
+        return " AND ".join(self.clauses) if self.clauses else "true"
+
+
+async def _common_filters(request: web.Request, ident: Identity, f: _Filters) -> None:
+    svc = request.app[SERVICE]
+    q = request.query
+    if user := q.get("user"):
+        found = await svc.directory.resolve("user", ident.user_id if user == "me" else user)
+        f.add("i.user_id = ?", found[0] if found else user)
+    if not is_admin(ident):
+        f.add("i.user_id = ?", ident.user_id)
+    if provider := q.get("provider"):
+        f.add("(i.provider_name = ? OR i.provider_id = ?)", provider, provider)
+    if model := q.get("model"):
+        f.add("i.model = ?", model)
+    if (t := _time_param(request, "from")) is not None:
+        f.add("i.occurred_at >= ?", t)
+    if (t := _time_param(request, "to")) is not None:
+        f.add("i.occurred_at < ?", t)
+
+
+_GROUP_KEYS = {
+    "user": "coalesce(i.user_id, '')",
+    "provider": "i.provider_name",
+    "model": "i.model",
+    "day": "to_char(i.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    "group": "g.group_id",
+}
+_TOTALS = (
+    "count(*) AS interceptions, coalesce(sum(i.cost_micros), 0)::bigint AS spend_micros,"
+    " coalesce(sum(i.input_tokens), 0)::bigint AS input_tokens, coalesce(sum(i.output_tokens), 0)::bigint AS output_tokens,"
+    " coalesce(sum(i.cache_read_tokens), 0)::bigint AS cache_read_tokens,"
+    " coalesce(sum(i.cache_write_tokens), 0)::bigint AS cache_write_tokens,"
+    " coalesce(sum(i.reasoning_tokens), 0)::bigint AS reasoning_tokens"
+)
+
+
+@_db
+async def get_usage(request: web.Request) -> web.Response:
+    ident = await _who(request)
+    svc = request.app[SERVICE]
+    group_by = request.query.get("group_by")
+    if group_by is not None and group_by not in _GROUP_KEYS:
+        raise bad_request("group_by must be one of user, group, provider, model, day", "group_by")
+    now = datetime.now(UTC)
+    start = _time_param(request, "from") or month_of(now).start
+    end = _time_param(request, "to") or now
+    f = _Filters()
+    await _common_filters(request, ident, f)
+    if "from" not in request.query:
+        f.add("i.occurred_at >= ?", start)
+    if group := request.query.get("group"):
+        found = await svc.directory.resolve("group", group)
+        f.add("? = ANY(i.group_ids)", found[0] if found else group)
+    where = f.sql()
+    total = await svc.pool.fetchrow(f"SELECT {_TOTALS} FROM interceptions i WHERE {where}", *f.args)
+    rows: list[dict[str, Any]] = []
+    if group_by:
+        frm = "interceptions i"
+        if group_by == "group":
+            frm += " CROSS JOIN LATERAL unnest(i.group_ids) AS g(group_id)"
+        key = _GROUP_KEYS[group_by]
+        res = await svc.pool.fetch(
+            f"SELECT {key} AS key, {_TOTALS} FROM {frm} WHERE {where} GROUP BY 1 ORDER BY 1", *f.args
+        )
+        rows = [dict(r) for r in res]
+    return json_response({"from": iso(start), "to": iso(end), "total": dict(total), "rows": rows})
+
+
+def _cursor_encode(at: datetime, iid: str) -> str:
+    raw = f"{at.astimezone(UTC).isoformat()}|{iid}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor_decode(c: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(c + "=" * (-len(c) % 4)).decode()
+        at, _, iid = raw.partition("|")
+        return datetime.fromisoformat(at), iid
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise bad_request("invalid cursor", "cursor") from None
+
+
+_ICOLS = (
+    "i.id, i.user_id, i.provider_name, i.model, i.client, i.session_id, i.credential_kind, i.status, i.started_at,"
+    " i.ended_at, i.occurred_at, i.cost_micros, i.input_tokens, i.output_tokens, i.cache_read_tokens,"
+    " i.cache_write_tokens, i.reasoning_tokens, i.prompt"
+)
+
+
+def _interception(r: asyncpg.Record, tools: list[asyncpg.Record]) -> dict[str, Any]:
+    return {
+        "id": r["id"], "user_id": r["user_id"], "provider": r["provider_name"], "model": r["model"],
+        "client": r["client"], "session_id": r["session_id"], "credential_kind": r["credential_kind"],
+        "status": r["status"] or "running", "started_at": iso(r["started_at"] or r["occurred_at"]),
+        "ended_at": iso(r["ended_at"]), "cost_micros": r["cost_micros"],
+        "token_usage": {k: r[k] for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                                          "reasoning_tokens")},
+        "prompt": r["prompt"],
+        "tool_calls": [{"name": t["name"], "call_id": t["call_id"], "arguments": t["arguments"],
+                        "injected": t["injected"], "error": t["error"]} for t in tools],
+    }
+
+
+async def _tools(pool: asyncpg.Pool, ids: list[str]) -> dict[str, list[asyncpg.Record]]:
+    out: dict[str, list[asyncpg.Record]] = {i: [] for i in ids}
+    if ids:
+        for t in await pool.fetch(
+            "SELECT interception_id, name, call_id, arguments, injected, error FROM tool_usages"
+            " WHERE interception_id = ANY($1::text[]) ORDER BY at, event_id", ids,
+        ):
+            out[t["interception_id"]].append(t)
+    return out
+
+
+@_db
+async def list_interceptions(request: web.Request) -> web.Response:
+    ident = await _who(request)
+    svc = request.app[SERVICE]
+    q = request.query
+    try:
+        limit = int(q.get("limit", "50"))
+    except ValueError:
+        raise bad_request("limit must be an integer", "limit") from None
+    if not 1 <= limit <= 500:
+        raise bad_request("limit must be between 1 and 500", "limit")
+    f = _Filters()
+    await _common_filters(request, ident, f)
+    if client := q.get("client"):
+        f.add("i.client = ?", client)
+    if session := q.get("session"):
+        f.add("i.session_id = ?", session)
+    if cursor := q.get("cursor"):
+        at, iid = _cursor_decode(cursor)
+        f.add("(i.occurred_at, i.id) < (?, ?)", at, iid)
+    rows = await svc.pool.fetch(
+        f"SELECT {_ICOLS} FROM interceptions i WHERE {f.sql()} ORDER BY i.occurred_at DESC, i.id DESC LIMIT {limit + 1}",
+        *f.args,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    tools = await _tools(svc.pool, [r["id"] for r in rows])
+    return json_response({
+        "interceptions": [_interception(r, tools[r["id"]]) for r in rows],
+        "next_cursor": _cursor_encode(rows[-1]["occurred_at"], rows[-1]["id"]) if more else None,
+    })
+
+
+@_db
+async def get_interception(request: web.Request) -> web.Response:
+    ident = await _who(request)
+    svc = request.app[SERVICE]
+    r = await svc.pool.fetchrow(f"SELECT {_ICOLS} FROM interceptions i WHERE i.id = $1", request.match_info["id"])
+    if r is None or (not is_admin(ident) and r["user_id"] != ident.user_id):
+        raise not_found("interception")
+    tools = await _tools(svc.pool, [r["id"]])
+    return json_response(_interception(r, tools[r["id"]]))
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        *budget_routes("group"),
+        *budget_routes("user"),
+        web.get("/api/v2/ai/prices", get_prices),
+        web.put("/api/v2/ai/prices", put_price),
+        web.get("/api/v2/ai/usage", get_usage),
+        web.get("/api/v2/ai/interceptions", list_interceptions),
+        web.get("/api/v2/ai/interceptions/{id}", get_interception),
+    ]
+
+
+__all__ = ["IDENTITIES", "SERVICE", "routes"]

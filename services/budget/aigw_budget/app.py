@@ -1,0 +1,55 @@
+"""The budget service: usage recording, prices, budgets and their enforcement leases (contract sections 5-7)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aigw_common.api import error_middleware
+from aigw_common.auth import IdentityCache
+from aigw_common.bus import make_bus
+from aigw_common.db import MigrationSet, create_pool, migrate
+from aigw_common.service import METRICS, STATE, base_app
+from aigw_common.settings import Settings
+from aiohttp import web
+
+from .api import IDENTITIES, SERVICE, routes
+from .service import BudgetService
+
+MIGRATIONS: tuple[MigrationSet, ...] = (MigrationSet("budget", Path(__file__).parent / "migrations"),)
+
+
+def create_app(settings: Settings, *, lease_ttl: float | None = None, lease_grace: float | None = None) -> web.Application:
+    app = base_app("budget", settings, middlewares=[error_middleware])
+    app.router.add_routes(routes())
+    extra = {k: v for k, v in (("lease_ttl", lease_ttl), ("lease_grace", lease_grace)) if v is not None}
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(settings.require_database(), max_size=10,
+                                 server_settings={"search_path": "budget"})
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, *MIGRATIONS)
+            bus = make_bus(settings, "budget")
+            await bus.start(wait=5)
+            try:
+                svc = BudgetService(settings, pool, bus, app[METRICS], **extra)
+                identities = IdentityCache(bus, ttl=settings.identity_ttl)
+                await identities.start()
+                await svc.start()
+                app[SERVICE] = svc
+                app[IDENTITIES] = identities
+                state = app[STATE]
+                state.checks.append(lambda: None if bus.connected else "NATS not connected")
+                state.checks.append(lambda: None if svc.consumer.ready.is_set() else "usage consumer not subscribed")
+                try:
+                    yield
+                finally:
+                    await svc.stop()
+            finally:
+                await bus.close()
+        finally:
+            await pool.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

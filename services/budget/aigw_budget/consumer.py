@@ -1,0 +1,141 @@
+"""The JetStream side of recording: a durable pull consumer on ``AIGW_USAGE``.
+
+Only transport lives here: fetch, decode, hand the event to a handler, then
+ack / nak / term by what happened. The handler (:class:`~aigw_budget.recorder.Recorder`)
+is tested on its own, without a broker.
+
+- decoded and applied (or a duplicate) → ack, after the commit: a crash in
+  between redelivers, and the event id makes the redelivery a no-op;
+- undecodable → logged and terminated: poison is never retried;
+- ``AigwError`` not retryable (the database rejects the data) → logged and terminated;
+- retryable (Postgres unreachable) → nak with a growing delay, and the
+  consumer pauses fetching for that delay so an outage is not a busy loop.
+  ``max_deliver`` is unlimited: nothing is dropped however long the outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from aigw_common.bus import Bus, decode
+from aigw_common.errors import AigwError, DecodeError
+from aigw_common.metrics import CollectorRegistry, Counter
+from aigw_common.schemas import AnyUsageEvent
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any], Awaitable[object]]
+
+_NATS_ERRORS = (
+    nats.errors.Error,
+    nats.js.errors.Error,
+    OSError,
+)
+
+
+class UsageConsumer:
+    def __init__(
+        self, bus: Bus, handler: Handler, registry: CollectorRegistry, *, durable: str = "budget_usage",
+        batch: int = 64, concurrency: int = 8, ack_wait: float = 30.0, min_delay: float = 1.0, max_delay: float = 10.0,
+    ) -> None:
+        self.bus = bus
+        self.handler = handler
+        self.durable = bus.subjects.durable(durable)
+        self.batch = batch
+        self.concurrency = concurrency
+        self.ack_wait = ack_wait
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self._delay = min_delay
+        self._pause_until = 0.0
+        self.outcomes = Counter(
+            "aigw_budget_usage_events_total", "Usage events by outcome", ["outcome"], registry=registry
+        )
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Consume until cancelled, re-subscribing after NATS trouble."""
+        while True:
+            try:
+                await self.bus.wait_connected()
+                psub = await self._subscribe()
+                self.ready.set()
+                await self._loop(psub)
+            except asyncio.CancelledError:
+                raise
+            except _NATS_ERRORS as e:
+                log.warning("usage consumer: NATS trouble; re-subscribing", extra={"error": repr(e)})
+                await asyncio.sleep(1.0)
+
+    async def _subscribe(self) -> Any:
+        s = self.bus.subjects
+        await self.bus.ensure_stream(s.usage_stream, [s.usage_all])
+        cfg = ConsumerConfig(
+            durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=max(self.batch * 4, 256),
+            filter_subject=s.usage_all,
+        )
+        return await self.bus.js.pull_subscribe(s.usage_all, durable=self.durable, stream=s.usage_stream, config=cfg)
+
+    async def _loop(self, psub: Any) -> None:
+        loop = asyncio.get_running_loop()
+        sem = asyncio.Semaphore(self.concurrency)
+        while True:
+            wait = self._pause_until - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                msgs = await psub.fetch(self.batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+
+            async def one(m: Msg) -> None:
+                async with sem:
+                    await self.handle(m)
+
+            await asyncio.gather(*(one(m) for m in msgs))
+
+    async def handle(self, m: Msg) -> str:
+        """Process one message and settle it with the broker; returns the outcome (for metrics and tests)."""
+        try:
+            ev = decode(m.data, AnyUsageEvent)
+        except DecodeError as e:
+            log.error("malformed usage event terminated", extra={"subject": m.subject, "error": str(e)})
+            return await self._settle(m, "malformed", m.term())
+        if self._pause_until > asyncio.get_running_loop().time():
+            # the database was unreachable a moment ago: do not pile this one on it
+            return await self._settle(m, "deferred", m.nak(delay=self._delay))
+        try:
+            result = await self.handler(ev)
+        except AigwError as e:
+            if e.retryable:
+                delay = self._backoff()
+                log.warning("usage event deferred", extra={"event_id": ev.event_id, "error": e.message, "retry_in": delay})
+                return await self._settle(m, "retry", m.nak(delay=delay))
+            log.error("usage event rejected and terminated", extra={"event_id": ev.event_id, "error": e.message})
+            return await self._settle(m, "rejected", m.term())
+        self._delay = self.min_delay
+        outcome = "duplicate" if getattr(result, "duplicate", False) else "recorded"
+        return await self._settle(m, outcome, m.ack())
+
+    def _backoff(self) -> float:
+        delay = self._delay
+        self._delay = min(self._delay * 2, self.max_delay)
+        self._pause_until = asyncio.get_running_loop().time() + delay
+        return delay
+
+    async def _settle(self, m: Msg, outcome: str, op: Awaitable[None]) -> str:
+        self.outcomes.labels(outcome).inc()
+        try:
+            await op
+        except _NATS_ERRORS as e:
+            # not acked: JetStream redelivers after ack_wait, and the event id makes that harmless
+            log.warning("could not settle usage event", extra={"outcome": outcome, "error": repr(e)})
+        return outcome
