@@ -64,7 +64,7 @@ class _Part(msgspec.Struct):
 
 class _Message(msgspec.Struct):
     role: str | None = None
-    type: str | None = None  # Responses input items
+    type: Any = None  # Responses input items
     content: msgspec.Raw = _NULL  # decoded only for the last user message
 
 
@@ -143,7 +143,11 @@ def _prompt_text(endpoint: str, msg: _Message, where: str) -> str | None:
     if content is None or isinstance(content, str):
         return content
     kinds = _TEXT_PARTS[endpoint]
-    texts = [p.text for p in content if p.type in kinds and isinstance(p.text, str)]
+    texts = [
+        p.text
+        for p in content
+        if isinstance(p.type, str) and p.type in kinds and isinstance(p.text, str)
+    ]
     return "\n".join(texts) if texts else None
 
 
@@ -301,7 +305,17 @@ class StreamExtractor:
     that error.
     """
 
-    __slots__ = ("_cr", "_data", "_event", "_head", "_overflow", "_partial", "error", "model", "terminal")
+    __slots__ = (
+        "_cr",
+        "_data",
+        "_event",
+        "_head",
+        "_overflow",
+        "_partial",
+        "error",
+        "model",
+        "terminal",
+    )
 
     def __init__(self) -> None:
         self._partial = bytearray()
@@ -425,19 +439,19 @@ class _ChatChoice(msgspec.Struct):
     message: _ChatDelta | None = None
 
 
-class _PromptDetails(msgspec.Struct):
+class _Cached(msgspec.Struct):  # prompt_tokens_details / input_tokens_details
     cached_tokens: int | None = None
 
 
-class _CompletionDetails(msgspec.Struct):
+class _Reasoning(msgspec.Struct):  # completion_tokens_details / output_tokens_details
     reasoning_tokens: int | None = None
 
 
 class _ChatUsage(msgspec.Struct):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    prompt_tokens_details: _PromptDetails | None = None
-    completion_tokens_details: _CompletionDetails | None = None
+    prompt_tokens_details: _Cached | None = None
+    completion_tokens_details: _Reasoning | None = None
 
     def tokens(self) -> TokenCounts:
         p, c = self.prompt_tokens_details, self.completion_tokens_details
@@ -539,19 +553,11 @@ class _ChatStream(StreamExtractor):
 # ---- OpenAI Responses
 
 
-class _InputDetails(msgspec.Struct):
-    cached_tokens: int | None = None
-
-
-class _OutputDetails(msgspec.Struct):
-    reasoning_tokens: int | None = None
-
-
 class _RUsage(msgspec.Struct):
     input_tokens: int | None = None
     output_tokens: int | None = None
-    input_tokens_details: _InputDetails | None = None
-    output_tokens_details: _OutputDetails | None = None
+    input_tokens_details: _Cached | None = None
+    output_tokens_details: _Reasoning | None = None
 
     def tokens(self) -> TokenCounts:
         i, o = self.input_tokens_details, self.output_tokens_details
@@ -623,7 +629,8 @@ class _RCreated(msgspec.Struct):
 
 _R_TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete"})
 _R_EVENTS = frozenset(
-    {b"response.output_item.done", b"response.created", b"error"} | {t.encode() for t in _R_TERMINAL}
+    {b"response.output_item.done", b"response.created", b"error"}
+    | {t.encode() for t in _R_TERMINAL}
 )
 _R_MARKERS = re.compile(
     rb'"(?:response\.(?:output_item\.done|completed|failed|incomplete|created)|error)"'
@@ -753,7 +760,12 @@ class _AEvent(msgspec.Struct):
 class _AnthropicTokens:
     """Usage merged over events: each field takes its latest non-null value."""
 
-    __slots__ = ("cache_creation_input_tokens", "cache_read_input_tokens", "input_tokens", "output_tokens")
+    __slots__ = (
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "input_tokens",
+        "output_tokens",
+    )
 
     def __init__(self) -> None:
         self.input_tokens = self.output_tokens = 0

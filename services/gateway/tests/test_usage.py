@@ -17,9 +17,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from aigw_common.schemas import TokenCounts
 from aigw_gateway import usage
 from aigw_gateway.usage import (
@@ -31,6 +28,8 @@ from aigw_gateway.usage import (
     stream_extractor,
 )
 from aigw_testing.txtar import Fixture, load_all
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def endpoint_of(name: str) -> str:
@@ -337,7 +336,14 @@ ANCHORS = [
         True,
         None,
     ),
-    ("anthropic/stream_error", "streaming", dict(input_tokens=18, output_tokens=1), None, False, "Overloaded"),
+    (
+        "anthropic/stream_error",
+        "streaming",
+        dict(input_tokens=18, output_tokens=1),
+        None,
+        False,
+        "Overloaded",
+    ),
     (
         "openai/chatcompletions/streaming_injected_tool_nonzero_index",
         "streaming",
@@ -378,7 +384,14 @@ ANCHORS = [
         True,
         "The model failed to generate a response.",
     ),
-    ("openai/responses/streaming/stream_error", "streaming", {}, None, False, "Something went wrong"),
+    (
+        "openai/responses/streaming/stream_error",
+        "streaming",
+        {},
+        None,
+        False,
+        "Something went wrong",
+    ),
     (
         "openai/chatcompletions/non_stream_error",
         "non-streaming",
@@ -395,7 +408,11 @@ ANCHORS = [
 def test_anchor_values(name, section, tokens, tool, terminal, error) -> None:
     """Literal numbers read off the fixtures: guards the reference above as much as the module."""
     endpoint, body, want = _expected(name, section)
-    got = _stream(endpoint, [body]) if section.startswith("streaming") else extract_blocking(endpoint, body)
+    got = (
+        _stream(endpoint, [body])
+        if section.startswith("streaming")
+        else extract_blocking(endpoint, body)
+    )
     assert got.tokens == TokenCounts(**tokens)
     assert want["tokens"] == msgspec.structs.asdict(TokenCounts(**tokens))
     assert [(t.name, t.call_id, t.arguments) for t in got.tool_calls] == ([tool] if tool else [])
@@ -453,7 +470,9 @@ def test_anthropic_usage_takes_latest_non_null() -> None:
         b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
     )
     got = _stream("messages", [body])
-    assert got.tokens == TokenCounts(input_tokens=12, output_tokens=30, cache_read_tokens=5, cache_write_tokens=2)
+    assert got.tokens == TokenCounts(
+        input_tokens=12, output_tokens=30, cache_read_tokens=5, cache_write_tokens=2
+    )
 
 
 def test_anthropic_server_tools_count_and_carry_errors() -> None:
@@ -461,13 +480,27 @@ def test_anthropic_server_tools_count_and_carry_errors() -> None:
         {
             "model": "c",
             "content": [
-                {"type": "server_tool_use", "id": "srv_1", "name": "web_search", "input": {"query": "q"}},
+                {
+                    "type": "server_tool_use",
+                    "id": "srv_1",
+                    "name": "web_search",
+                    "input": {"query": "q"},
+                },
                 {
                     "type": "web_search_tool_result",
                     "tool_use_id": "srv_1",
-                    "content": {"type": "web_search_tool_result_error", "error_code": "max_uses_exceeded"},
+                    "content": {
+                        "type": "web_search_tool_result_error",
+                        "error_code": "max_uses_exceeded",
+                    },
                 },
-                {"type": "mcp_tool_use", "id": "mcp_1", "name": "list", "server_name": "s", "input": {}},
+                {
+                    "type": "mcp_tool_use",
+                    "id": "mcp_1",
+                    "name": "list",
+                    "server_name": "s",
+                    "input": {},
+                },
                 {"type": "tool_use", "id": "t_1", "name": "Read", "input": {}},
             ],
             "usage": {"input_tokens": 1, "output_tokens": 2},
@@ -494,9 +527,26 @@ def test_responses_builtin_and_mcp_items_are_tool_calls() -> None:
             "model": "g",
             "status": "completed",
             "output": [
-                {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "x"}},
-                {"type": "mcp_call", "id": "mcp_1", "name": "list", "server_label": "s", "arguments": "{}", "error": "boom"},
-                {"type": "code_interpreter_call", "id": "ci_1", "code": "print(1)", "status": "failed"},
+                {
+                    "type": "web_search_call",
+                    "id": "ws_1",
+                    "status": "completed",
+                    "action": {"type": "search", "query": "x"},
+                },
+                {
+                    "type": "mcp_call",
+                    "id": "mcp_1",
+                    "name": "list",
+                    "server_label": "s",
+                    "arguments": "{}",
+                    "error": "boom",
+                },
+                {
+                    "type": "code_interpreter_call",
+                    "id": "ci_1",
+                    "code": "print(1)",
+                    "status": "failed",
+                },
                 {"type": "function_call_output", "call_id": "c", "output": "x"},
                 {"type": "message", "role": "assistant", "content": []},
             ],
@@ -532,13 +582,32 @@ def test_responses_terminal_output_fills_in_missed_items() -> None:
 
 def test_chat_tool_calls_without_index_and_legacy_function_call() -> None:
     chunks = [
-        {"model": "m", "choices": [{"delta": {"tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{"}}]}}]},
+        {
+            "model": "m",
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{"}}]
+                    }
+                }
+            ],
+        },
         {"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "}"}}]}}]},
-        {"choices": [{"delta": {"tool_calls": [{"id": "b", "function": {"name": "g", "arguments": "[]"}}]}}]},
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [{"id": "b", "function": {"name": "g", "arguments": "[]"}}]
+                    }
+                }
+            ]
+        },
         {"choices": [{"index": 1, "delta": {"function_call": {"name": "h", "arguments": "1"}}}]},
         {"choices": [{"index": 1, "delta": {"function_call": {"arguments": "2"}}}]},
     ]
-    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    body = (
+        b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    )
     got = _stream("chat_completions", [body])
     assert [(t.name, t.call_id, t.arguments) for t in got.tool_calls] == [
         ("f", "a", "{}"),
@@ -550,7 +619,9 @@ def test_chat_tool_calls_without_index_and_legacy_function_call() -> None:
 def test_chat_usage_null_is_not_decoded_but_usage_object_is() -> None:
     x = stream_extractor("chat_completions")
     x.feed(b'data: {"model":"m","choices":[],"usage":null}\n\n')
-    x.feed(b'data: {"model":"n","choices":[],"usage" : {"prompt_tokens":4,"completion_tokens":1}}\n\n')
+    x.feed(
+        b'data: {"model":"n","choices":[],"usage" : {"prompt_tokens":4,"completion_tokens":1}}\n\n'
+    )
     got = x.finish()
     assert got.model == "n" and got.tokens == TokenCounts(input_tokens=4, output_tokens=1)
 
@@ -568,12 +639,20 @@ def test_unknown_endpoint() -> None:
 
 
 def _reference_prompt(endpoint: str, req: dict) -> str | None:
-    kinds = {"chat_completions": {"text"}, "responses": {"input_text", "text"}, "messages": {"text"}}[endpoint]
+    kinds = {
+        "chat_completions": {"text"},
+        "responses": {"input_text", "text"},
+        "messages": {"text"},
+    }[endpoint]
     if endpoint == "responses":
         items = req.get("input")
         if isinstance(items, str):
             return items
-        items = [i for i in items or [] if i.get("role") == "user" and i.get("type", "message") == "message"]
+        items = [
+            i
+            for i in items or []
+            if i.get("role") == "user" and i.get("type", "message") == "message"
+        ]
     else:
         items = [m for m in req.get("messages") or [] if m.get("role") == "user"]
     if not items:
@@ -594,7 +673,11 @@ def test_fixture_requests(name: str) -> None:
     assert info.model == req["model"]
     assert info.stream is bool(req.get("stream"))
     assert info.input_bytes == len(f.request)
-    max_key = {"chat_completions": ("max_completion_tokens", "max_tokens"), "responses": ("max_output_tokens",), "messages": ("max_tokens",)}
+    max_key = {
+        "chat_completions": ("max_completion_tokens", "max_tokens"),
+        "responses": ("max_output_tokens",),
+        "messages": ("max_tokens",),
+    }
     assert info.max_output_tokens == next((req[k] for k in max_key[endpoint] if req.get(k)), None)
     assert info.prompt == _reference_prompt(endpoint, req)
 
@@ -608,7 +691,14 @@ def test_prompt_shapes() -> None:
         "model": "m",
         "messages": [
             {"role": "user", "content": "first"},
-            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "b"}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "a"},
+                    {"type": "image_url", "image_url": {"url": "x"}},
+                    {"type": "text", "text": "b"},
+                ],
+            },
             {"role": "assistant", "content": None, "tool_calls": []},
             {"role": "tool", "tool_call_id": "x", "content": "result"},
         ],
@@ -617,15 +707,32 @@ def test_prompt_shapes() -> None:
     }
     info = _req("chat_completions", chat)
     assert (info.prompt, info.max_output_tokens, info.stream, info.model) == ("a\nb", 7, False, "m")
-    assert _req("chat_completions", {"messages": [{"role": "system", "content": "s"}]}).prompt is None
+    assert (
+        _req("chat_completions", {"messages": [{"role": "system", "content": "s"}]}).prompt is None
+    )
     assert _req("chat_completions", {}).model == ""
+    odd_parts = [{"type": {}, "text": "x"}, {"type": ["text"]}, {"type": "text", "text": 5}]
+    assert (
+        _req("chat_completions", {"messages": [{"role": "user", "content": odd_parts}]}).prompt
+        is None
+    )
+    assert (
+        _req("responses", {"input": [{"role": "user", "type": {}, "content": "x"}]}).prompt is None
+    )
 
     resp = {
         "model": "g",
         "stream": True,
         "max_output_tokens": 9,
         "input": [
-            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}, {"type": "input_image", "image_url": "x"}]},
+            {
+                "type": "message",
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "hi"},
+                    {"type": "input_image", "image_url": "x"},
+                ],
+            },
             {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
             {"type": "function_call_output", "call_id": "c", "output": "ok"},
         ],
@@ -634,8 +741,23 @@ def test_prompt_shapes() -> None:
     assert (info.prompt, info.max_output_tokens, info.stream) == ("hi", 9, True)
     assert _req("responses", {"input": [{"role": "user", "content": "plain"}]}).prompt == "plain"
 
-    tool_result = {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "out"}]}
-    anth = {"model": "c", "max_tokens": 3, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {}}]}, {"role": "user", "content": [tool_result]}]}
+    tool_result = {
+        "type": "tool_result",
+        "tool_use_id": "t",
+        "content": [{"type": "text", "text": "out"}],
+    }
+    anth = {
+        "model": "c",
+        "max_tokens": 3,
+        "messages": [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {}}],
+            },
+            {"role": "user", "content": [tool_result]},
+        ],
+    }
     assert _req("messages", anth).prompt is None
     anth["messages"][-1]["content"] = [tool_result, {"type": "text", "text": "and then"}]
     assert _req("messages", anth).prompt == "and then"
@@ -652,8 +774,16 @@ def test_prompt_shapes() -> None:
         ("chat_completions", b'{"messages": {}}', "messages: expected an array"),
         ("chat_completions", b'{"messages": [1]}', "messages[0]: expected an object"),
         ("chat_completions", b'{"messages": [{"role": 1}]}', "messages[0].role: expected a string"),
-        ("chat_completions", b'{"messages": [{"role": "user", "content": 5}]}', "messages[0].content: expected a string or an array"),
-        ("chat_completions", b'{"messages": [{"role": "user", "content": [3]}]}', "messages[0].content[0]: expected an object"),
+        (
+            "chat_completions",
+            b'{"messages": [{"role": "user", "content": 5}]}',
+            "messages[0].content: expected a string or an array",
+        ),
+        (
+            "chat_completions",
+            b'{"messages": [{"role": "user", "content": [3]}]}',
+            "messages[0].content[0]: expected an object",
+        ),
         ("chat_completions", b'{"max_tokens": "5"}', "max_tokens: expected an integer"),
         ("responses", b'{"input": 5}', "input: expected a string or an array"),
         ("responses", b'{"input": ["x"]}', "input[0]: expected an object"),
@@ -663,7 +793,11 @@ def test_prompt_shapes() -> None:
         ("messages", b"[]", "request body: expected a JSON object"),
         ("messages", b"not json", "request body is not valid JSON"),
         ("messages", b"", "request body is not valid JSON"),
-        ("messages", b'{"messages": [{"role":"user","content":' + b"[" * 5000 + b"]" * 5000 + b"}]}", "request body is nested too deeply"),
+        (
+            "messages",
+            b'{"messages": [{"role":"user","content":' + b"[" * 5000 + b"]" * 5000 + b"}]}",
+            "request body is nested too deeply",
+        ),
     ],
 )
 def test_bad_requests(endpoint: str, body: bytes, message: str) -> None:
@@ -684,7 +818,12 @@ def test_inject_include_usage() -> None:
     plain = b'  {"model":"m","stream":true,"messages":[]}'
     out = inject_include_usage(plain)
     assert out is not None
-    assert json.loads(out) == {"model": "m", "stream": True, "messages": [], "stream_options": {"include_usage": True}}
+    assert json.loads(out) == {
+        "model": "m",
+        "stream": True,
+        "messages": [],
+        "stream_options": {"include_usage": True},
+    }
     for opts, want in [
         ({}, {"include_usage": True}),
         (None, {"include_usage": True}),
@@ -710,11 +849,20 @@ def test_injected_body_parses_the_same() -> None:
             continue
         out = inject_include_usage(f.request)
         req = json.loads(f.request)
-        wants = req.get("stream") is True and (req.get("stream_options") or {}).get("include_usage") is not True
+        wants = (
+            req.get("stream") is True
+            and (req.get("stream_options") or {}).get("include_usage") is not True
+        )
         assert (out is not None) == wants, name
         if out is not None:
-            assert json.loads(out) == {**req, "stream_options": {**(req.get("stream_options") or {}), "include_usage": True}}
-            a, b = parse_request("chat_completions", out), parse_request("chat_completions", f.request)
+            assert json.loads(out) == {
+                **req,
+                "stream_options": {**(req.get("stream_options") or {}), "include_usage": True},
+            }
+            a, b = (
+                parse_request("chat_completions", out),
+                parse_request("chat_completions", f.request),
+            )
             assert (a.model, a.stream, a.prompt) == (b.model, b.stream, b.prompt)
 
 
@@ -745,11 +893,16 @@ _scalars = (
 )
 _json = st.recursive(
     _scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=4), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=4), inner, max_size=5)
+    ),
     max_leaves=25,
 )
-_event_names = st.sampled_from([t.encode() for t in _TYPES] + [b"ping", b"content_block_stop", b"x"]) | st.none()
+_event_names = (
+    st.sampled_from([t.encode() for t in _TYPES] + [b"ping", b"content_block_stop", b"x"])
+    | st.none()
+)
 
 
 @st.composite
@@ -771,9 +924,19 @@ def _sse_streams(draw: st.DrawFn) -> bytes:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stream=_sse_streams(), raw=st.lists(st.binary(max_size=40), max_size=6), cut=st.integers(1, 30), ep=st.sampled_from(usage.ENDPOINTS))
+@given(
+    stream=_sse_streams(),
+    raw=st.lists(st.binary(max_size=40), max_size=6),
+    cut=st.integers(1, 30),
+    ep=st.sampled_from(usage.ENDPOINTS),
+)
 def test_feed_never_raises(stream: bytes, raw: list[bytes], cut: int, ep: str) -> None:
-    for chunks in ([stream], [stream[i : i + cut] for i in range(0, len(stream), cut)], raw, [*raw, stream]):
+    for chunks in (
+        [stream],
+        [stream[i : i + cut] for i in range(0, len(stream), cut)],
+        raw,
+        [*raw, stream],
+    ):
         x = stream_extractor(ep)  # type: ignore[arg-type]
         for c in chunks:
             x.feed(c)
@@ -782,7 +945,9 @@ def test_feed_never_raises(stream: bytes, raw: list[bytes], cut: int, ep: str) -
         assert all(isinstance(t.arguments, str) and isinstance(t.name, str) for t in got.tool_calls)
     # and the chunking never changes the answer
     whole = _stream(ep, [stream])
-    assert _as_dict(_stream(ep, [stream[i : i + cut] for i in range(0, len(stream), cut)])) == _as_dict(whole)
+    assert _as_dict(
+        _stream(ep, [stream[i : i + cut] for i in range(0, len(stream), cut)])
+    ) == _as_dict(whole)
 
 
 @settings(max_examples=150, deadline=None)
@@ -793,7 +958,12 @@ def test_blocking_never_raises(doc: Any, ep: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    doc=_json | st.dictionaries(st.sampled_from(_KEYS), _json | st.lists(st.dictionaries(st.sampled_from(_KEYS), _json), max_size=3), max_size=6),
+    doc=_json
+    | st.dictionaries(
+        st.sampled_from(_KEYS),
+        _json | st.lists(st.dictionaries(st.sampled_from(_KEYS), _json), max_size=3),
+        max_size=6,
+    ),
     ep=st.sampled_from(usage.ENDPOINTS),
 )
 def test_parse_request_raises_only_value_error(doc: Any, ep: str) -> None:
@@ -808,6 +978,46 @@ def test_parse_request_raises_only_value_error(doc: Any, ep: str) -> None:
     out = inject_include_usage(body)
     if out is not None:
         assert json.loads(out)["stream_options"]["include_usage"] is True
+
+
+_parts = st.lists(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "input_text", "tool_result"]) | _json},
+        optional={"text": _json, "content": _json},
+    )
+    | _json,
+    max_size=3,
+)
+_messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant"]) | _json},
+        optional={
+            "content": st.text(max_size=5) | _parts | _json,
+            "type": st.just("message") | _json,
+        },
+    )
+    | _json,
+    max_size=3,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    doc=st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.text(max_size=3) | _json,
+            "stream": st.booleans() | _json,
+            "messages": _messages | _json,
+            "input": st.text(max_size=3) | _messages | _json,
+            "max_tokens": st.integers(0, 10**6) | _json,
+            "stream_options": st.fixed_dictionaries({}, optional={"include_usage": _json}) | _json,
+        },
+    ),
+    ep=st.sampled_from(usage.ENDPOINTS),
+)
+def test_parse_request_on_request_shapes(doc: Any, ep: str) -> None:
+    test_parse_request_raises_only_value_error.hypothesis.inner_test(doc, ep)  # type: ignore[attr-defined]
 
 
 @settings(max_examples=100, deadline=None)
@@ -845,8 +1055,10 @@ def _bench() -> None:  # pragma: no cover - run by hand
                     x.feed(c)
                 x.finish()
             best = min(best, (time.process_time() - t) / 20)
-        print(f"{ep:17s} {name}:{section}  {len(body) / 1024:.0f} KiB  {n_events} events  "
-              f"{best * 1e6 / n_events:.2f} µs/event  {len(body) / best / 1e6:.0f} MB/s")
+        print(
+            f"{ep:17s} {name}:{section}  {len(body) / 1024:.0f} KiB  {n_events} events  "
+            f"{best * 1e6 / n_events:.2f} µs/event  {len(body) / best / 1e6:.0f} MB/s"
+        )
     delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"hello there"}}\n\n'
     x = stream_extractor("messages")
     t = time.process_time()
@@ -857,7 +1069,9 @@ def _bench() -> None:  # pragma: no cover - run by hand
     t = time.process_time()
     for _ in range(2000):
         parse_request("responses", req)
-    print(f"parse_request on the largest request ({len(req) / 1024:.0f} KiB): {(time.process_time() - t) / 2000 * 1e6:.1f} µs")
+    print(
+        f"parse_request on the largest request ({len(req) / 1024:.0f} KiB): {(time.process_time() - t) / 2000 * 1e6:.1f} µs"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
