@@ -1,0 +1,115 @@
+"""chatd: chats for in-house agents and UIs, every model call routed through the gateway.
+
+See ``docs/architecture.md`` ("chatd") for the design; the API is contract
+section 5 of the shared architecture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aigw_common.api import error_middleware
+from aigw_common.auth import IdentityCache
+from aigw_common.bus import Bus, make_bus
+from aigw_common.crypto import PURPOSE_AT_REST, PURPOSE_BUS, Sealer
+from aigw_common.db import MigrationSet, create_pool, migrate
+from aigw_common.schemas import AuthRevoked
+from aigw_common.service import STATE, base_app
+from aigw_common.settings import Settings
+from aiohttp import web
+from nats.aio.msg import Msg
+
+from .config import ChatdConfig
+from .deps import Deps
+from .hub import ChatHub
+from .providers import ProviderDirectory
+from .routes import ChatRoutes
+from .runner import TurnRunner
+from .skills import SkillRoutes, SkillStore
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[MigrationSet, ...] = (MigrationSet("chatd", Path(__file__).parent / "migrations"),)
+
+DEPS = web.AppKey("chatd_deps", Deps)
+BUS = web.AppKey("chatd_bus", Bus)
+
+
+def create_app(settings: Settings, *, config: ChatdConfig | None = None) -> web.Application:
+    app = base_app("chatd", settings, middlewares=[error_middleware])
+    deps = Deps(settings, config or ChatdConfig(), uuid.uuid4().hex[:12])
+    app[DEPS] = deps
+    ChatRoutes(deps).register(app.router)
+    SkillRoutes(deps).register(app.router)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_end_streams)
+    return app
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Open SSE streams would hold shutdown for the whole grace period: end them first."""
+    deps = app[DEPS]
+    if hasattr(deps, "hub"):
+        deps.hub.close()
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    d = app[DEPS]
+    settings, config = d.settings, d.config
+    d.at_rest = Sealer.from_keys(settings.require_encryption_keys(), PURPOSE_AT_REST)
+    bus_sealer = Sealer.from_keys(settings.require_encryption_keys(), PURPOSE_BUS)
+
+    # 1. the pool (and the schema)
+    pool = await create_pool(settings.require_database())
+    async with pool.acquire() as conn:
+        await migrate(conn, *MIGRATIONS)
+    d.store = Store(pool)
+    d.skills = SkillStore(d.store)
+
+    # 2. the bus, and what follows it
+    bus = make_bus(settings, "chatd")
+    app[BUS] = bus
+    d.identities = IdentityCache(bus, ttl=settings.identity_ttl, timeout=config.control_timeout)
+    d.hub = ChatHub(bus, d.replica_id)
+    d.directory = ProviderDirectory(bus, d.store.sync_providers, timeout=config.control_timeout,
+                                    interval=settings.revision_check_interval)
+    skills = d.skills
+
+    async def on_revoked(msg: AuthRevoked, _m: Msg) -> None:
+        if msg.deleted_user_ids:
+            n = await skills.purge_users(list(msg.deleted_user_ids))
+            log.info("skills of deleted users purged", extra={"users": len(msg.deleted_user_ids), "skills": n})
+
+    await d.identities.start()
+    # one replica per deletion is enough (queue group); the purge is idempotent anyway
+    await bus.subscribe(bus.subjects.auth_revoked, AuthRevoked, on_revoked, queue="chatd-user-purge")
+    await d.directory.start()
+    await bus.start(wait=2.0)
+    session = aiohttp.ClientSession()
+    d.runner = TurnRunner(store=d.store, hub=d.hub, directory=d.directory, identities=d.identities,
+                          settings=settings, config=config, runner_id=d.replica_id, session=session,
+                          at_rest=d.at_rest, bus_sealer=bus_sealer)
+    state = app[STATE]
+    state.checks.append(lambda: None if bus.connected else "not connected to NATS")
+
+    # 3. tasks
+    sweeper = asyncio.create_task(d.runner.sweeper(), name="chatd-sweeper")
+    try:
+        yield
+    finally:
+        await d.runner.drain(settings.shutdown_grace)
+        sweeper.cancel()
+        try:
+            await sweeper
+        except asyncio.CancelledError:
+            pass
+        await d.directory.stop()
+        await session.close()
+        await bus.close()
+        await pool.close()

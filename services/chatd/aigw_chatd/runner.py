@@ -1,0 +1,340 @@
+"""The turn runner: one turn at a time per chat, streamed from the model, persisted as it completes.
+
+A claimed turn runs on the replica that claimed it, under a lease it renews;
+events go to the chat's hub (local listeners + ``aigw.chat.<id>``). Failures
+become a structured error; retryable ones are retried with backoff a bounded
+number of times. When a turn ends, the chat's next queued turn is claimed in
+the same transaction and run next. On shutdown a running turn is handed back
+to the queue; a replica that dies loses its lease and any replica's sweeper
+requeues the turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aigw_common.auth import IdentityCache
+from aigw_common.crypto import Sealer
+from aigw_common.errors import BusError, CryptoError
+from aigw_common.schemas import Identity
+from aigw_common.settings import Settings
+
+from .config import ChatdConfig
+from .hub import ChatHub
+from .providers import ProviderDirectory, ProviderInfo
+from .store import ClaimedTurn, Store
+from .upstream import (
+    ChatMessage,
+    Route,
+    Secret,
+    TurnError,
+    backoff,
+    build_body,
+    complete_once,
+    direct_route,
+    gateway_route,
+    stream_turn,
+)
+
+log = logging.getLogger(__name__)
+
+SUMMARY_INSTRUCTIONS = (
+    "Summarise the exchange below in one short line (at most 12 words), for a chat list. "
+    "Reply with the summary only, no quotes."
+)
+SKILL_RE = re.compile(r"^/([a-z0-9]+(?:[-_][a-z0-9]+)*)(?=\s|$)")
+
+
+def skill_invocation(content: str) -> str | None:
+    """The skill name a message invokes (``/<name> …``), or None for a plain message."""
+    m = SKILL_RE.match(content)
+    return m.group(1) if m else None
+
+
+def prompt_of(content: str, skill_name: str | None) -> str:
+    """What the model sees of a message that invoked a skill: the text after ``/<name>``."""
+    if skill_name:
+        rest = content[len(skill_name) + 1:].strip()
+        return rest or content
+    return content
+
+
+def token_aad(turn_id: uuid.UUID) -> bytes:
+    return b"chatd-turn:" + turn_id.bytes
+
+
+@dataclass(slots=True)
+class _RunState:
+    lost: bool = False  # the lease is gone (chat deleted, or another replica requeued the turn)
+
+
+class TurnRunner:
+    def __init__(self, *, store: Store, hub: ChatHub, directory: ProviderDirectory, identities: IdentityCache,
+                 settings: Settings, config: ChatdConfig, runner_id: str, session: aiohttp.ClientSession,
+                 at_rest: Sealer, bus_sealer: Sealer) -> None:
+        self.store = store
+        self.hub = hub
+        self.directory = directory
+        self.identities = identities
+        self.settings = settings
+        self.config = config
+        self.runner_id = runner_id
+        self.session = session
+        self.at_rest = at_rest
+        self.bus_sealer = bus_sealer
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[uuid.UUID, tuple[asyncio.Task[Any], _RunState]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, turn: ClaimedTurn) -> None:
+        t = asyncio.create_task(self._chain(turn), name=f"chatd-chat-{turn.chat_id}")
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def abandon(self, chat_id: uuid.UUID) -> bool:
+        """Stop this replica's running turn of a chat that was deleted (other replicas notice by heartbeat)."""
+        entry = self._running.get(chat_id)
+        if entry is None:
+            return False
+        task, state = entry
+        state.lost = True
+        task.cancel()
+        return True
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, grace: float) -> None:
+        """Let running turns finish for up to ``grace`` seconds, then hand the rest back to the queue."""
+        self._stopping = True
+        pending = set(self._tasks) | set(self._background)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace)
+            for t in still:
+                t.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5)
+
+    async def sweep(self) -> int:
+        """Requeue turns whose runner is gone and start chats that wait with nobody running them."""
+        started = 0
+        for chat_id in set(await self.store.requeue_expired()) | set(await self.store.chats_waiting()):
+            turn = await self.store.claim_next(chat_id, self.runner_id, self.config.lease)
+            if turn is not None:
+                started += 1
+                self.start(turn)
+        return started
+
+    async def sweeper(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except (OSError, BusError) as e:
+                log.warning("turn sweep failed", extra={"error": str(e)})
+            await asyncio.sleep(self.config.sweep_interval)
+
+    # ------------------------------------------------------------ running
+
+    async def _chain(self, turn: ClaimedTurn | None) -> None:
+        while turn is not None:
+            if self._stopping:
+                await self.store.release_turn(turn.id, self.runner_id)
+                return
+            turn = await self._run(turn)
+
+    async def _run(self, turn: ClaimedTurn) -> ClaimedTurn | None:
+        chat_id = str(turn.chat_id)
+        user_msg = await self.store.user_message(turn.user_message_id)
+        if user_msg is not None:
+            await self.hub.publish(chat_id, "message", {"id": user_msg["id"], "role": "user",
+                                                        "content": user_msg["content"],
+                                                        "created_at": user_msg["created_at"]})
+        await self._publish_status(turn.chat_id)
+        state = _RunState()
+        me = asyncio.current_task()
+        assert me is not None
+        hb = asyncio.create_task(self._heartbeat(turn, state, me))
+        self._running[turn.chat_id] = (me, state)
+        reply: str | None = None
+        asst_id: uuid.UUID | None = None
+        error: TurnError | None = None
+        ctx: _TurnContext | None = None
+        try:
+            ctx = await self._prepare(turn)
+            reply, asst_id = await self._attempts(turn, ctx)
+        except TurnError as e:
+            error = e
+        except asyncio.CancelledError:
+            if state.lost:
+                me.uncancel()
+                log.info("turn abandoned: no longer ours", extra={"chat_id": chat_id, "turn_id": str(turn.id)})
+                return None
+            await asyncio.shield(self.store.release_turn(turn.id, self.runner_id))
+            raise
+        finally:
+            hb.cancel()
+            self._running.pop(turn.chat_id, None)
+        if error is not None:
+            log.info("turn failed", extra={"chat_id": chat_id, "turn_id": str(turn.id), "kind": error.kind,
+                                           "retryable": error.retryable, "status_code": error.status_code})
+        res = await self.store.finish_turn(turn, self.runner_id, self.config.lease, reply=reply,
+                                           assistant_message_id=asst_id,
+                                           error=error.as_dict() if error is not None else None)
+        if res is None:
+            return None
+        msg, nxt = res
+        if error is not None:
+            await self.hub.publish(chat_id, "error", {"turn_id": turn.id, **error.as_dict()})
+        elif msg is not None:
+            await self.hub.publish(chat_id, "message", msg)
+            if self.config.summary and ctx is not None:
+                self._spawn(self._summarize(turn, ctx, prompt_of(turn.content, turn.skill_name), reply or ""))
+        await self._publish_status(turn.chat_id)
+        return nxt
+
+    async def _publish_status(self, chat_id: uuid.UUID) -> None:
+        body = await self.store.status_body(chat_id)
+        if body is not None:
+            await self.hub.publish(str(chat_id), "status", body)
+
+    async def _heartbeat(self, turn: ClaimedTurn, state: _RunState, task: asyncio.Task[Any]) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat)
+            try:
+                ours = await self.store.heartbeat(turn.id, self.runner_id, self.config.lease)
+            except OSError as e:
+                log.warning("turn heartbeat failed", extra={"turn_id": str(turn.id), "error": str(e)})
+                continue
+            if not ours:
+                state.lost = True
+                task.cancel()
+                return
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------ one turn
+
+    async def _prepare(self, turn: ClaimedTurn) -> _TurnContext:
+        if turn.attempts >= self.config.max_attempts:
+            raise TurnError(f"gave up after {turn.attempts} attempts", "generic")
+        if not turn.token_sealed:
+            raise TurnError("the token that started this turn is gone; post the message again", "auth")
+        try:
+            token = Secret(self.at_rest.open(turn.token_sealed, aad=token_aad(turn.id)))
+        except CryptoError as e:
+            raise TurnError("the token that started this turn cannot be opened", "auth", detail=str(e)) from None
+        try:
+            ident = await self.identities.verify(token.reveal())
+        except BusError as e:
+            raise TurnError("could not verify the token that started this turn", "auth", retryable=True,
+                            detail=str(e)) from None
+        if ident is None or ident.user_id != turn.user_id:
+            # fail closed: a turn runs only with an active token of the user who posted it
+            raise TurnError("the token that started this turn is no longer active", "auth")
+        chat = await self.store.get_chat(turn.chat_id)
+        mc = await self.store.get_model_config(chat["model_config_id"]) if chat is not None else None
+        if mc is None:
+            raise TurnError("the chat's model config is gone", "generic")
+        if not mc["enabled"]:
+            raise TurnError(f"model config {mc['display_name']!r} is disabled: its provider is disabled", "generic",
+                            provider=mc["provider_name"])
+        # the registry's current view if we have it, else the config's last known provider row
+        provider = self.directory.providers.get(mc["provider_id"]) or ProviderInfo(
+            mc["provider_id"], mc["provider_name"], mc["provider_type"], mc["base_url"], True, mc["allow_byok"])
+        route = self._route(turn, ident, token, provider)
+        history = [ChatMessage(r["role"], r["content"]) for r in await self.store.history(turn.chat_id,
+                                                                                         turn.user_message_id)]
+        if history and history[-1].role == "user":
+            history[-1] = ChatMessage("user", prompt_of(turn.content, turn.skill_name))
+        return _TurnContext(token=token, ident=ident, provider=provider, model=mc["model"], route=route,
+                            history=history)
+
+    def _route(self, turn: ClaimedTurn, ident: Identity, token: Secret, provider: ProviderInfo) -> Route:
+        key = self._byok_key(ident, provider)
+        if self.settings.chatd_route == "direct":
+            return direct_route(provider.base_url, provider.name, provider.type, provider_key=key)
+        return gateway_route(self.settings.gateway_url, provider.name, provider.type, token=token, provider_key=key,
+                             chat_id=str(turn.chat_id))
+
+    def _byok_key(self, ident: Identity, provider: ProviderInfo) -> Secret | None:
+        """The user's stored key for this provider (sealed for the bus in the identity), when BYOK is allowed."""
+        if not (self.settings.allow_byok and provider.allow_byok):
+            return None
+        for k in ident.provider_keys:
+            if k.provider_id == provider.id:
+                try:
+                    return Secret(self.bus_sealer.open(k.sealed))
+                except CryptoError as e:
+                    raise TurnError("your stored provider key cannot be opened", "auth", provider=provider.name,
+                                    detail=str(e)) from None
+        return None
+
+    async def _attempts(self, turn: ClaimedTurn, ctx: _TurnContext) -> tuple[str, uuid.UUID]:
+        chat_id = str(turn.chat_id)
+        body = build_body(ctx.route.api, ctx.model, ctx.history, instructions=turn.instructions, stream=True,
+                          max_tokens=self.config.max_tokens)
+        while True:
+            attempt = await self.store.note_attempt(turn.id, self.runner_id)
+            asst_id = uuid.uuid4()
+
+            async def on_text(text: str, _id: uuid.UUID = asst_id) -> None:
+                await self.hub.publish(chat_id, "message_delta", {"message_id": _id, "text": text})
+
+            try:
+                result = await stream_turn(self.session, ctx.route, body, on_text, read_timeout=self.config.read_timeout,
+                                           connect_timeout=self.config.connect_timeout)
+                return result.text, asst_id
+            except TurnError as e:
+                if not e.retryable or attempt >= self.config.max_attempts:
+                    raise
+                delay = backoff(attempt, base=self.config.backoff_base, cap=self.config.backoff_max,
+                                retry_after=e.retry_after, retry_after_cap=self.config.retry_after_cap)
+                log.info("retrying turn", extra={"chat_id": chat_id, "turn_id": str(turn.id), "attempt": attempt,
+                                                 "kind": e.kind, "status_code": e.status_code, "delay": round(delay, 2)})
+                status = await self.store.status_body(turn.chat_id) or {}
+                await self.hub.publish(chat_id, "status", {**status, "retry": {"attempt": attempt, "delay": delay,
+                                                                              "error": e.as_dict()}})
+                await asyncio.sleep(delay)
+
+    async def _summarize(self, turn: ClaimedTurn, ctx: _TurnContext, prompt: str, reply: str) -> None:
+        """One line for the chat list, from a small model through the same route; stale results lose."""
+        model = self.settings.chatd_summary_model or ctx.model
+        body = build_body(ctx.route.api, model,
+                          [ChatMessage("user", f"User: {prompt[:2000]}\n\nAssistant: {reply[:4000]}")],
+                          instructions=SUMMARY_INSTRUCTIONS, stream=False, max_tokens=64)
+        try:
+            text = await complete_once(self.session, ctx.route, body, limit_seconds=self.config.summary_timeout)
+        except TurnError as e:
+            log.info("turn summary failed", extra={"chat_id": str(turn.chat_id), "kind": e.kind,
+                                                   "status_code": e.status_code})
+            return
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        line = line.strip("\"' ")[: self.config.summary_max_chars]
+        if line:
+            await self.store.set_summary(turn.chat_id, turn.seq, line)
+
+
+@dataclass(slots=True)
+class _TurnContext:
+    token: Secret
+    ident: Identity
+    provider: ProviderInfo
+    model: str
+    route: Route
+    history: list[ChatMessage]
+
+    def __repr__(self) -> str:
+        return f"_TurnContext(provider={self.provider.name!r}, model={self.model!r}, route={self.route!r})"

@@ -1,0 +1,227 @@
+"""Personal skills: a user's named instructions, used by a message that starts with ``/<name>``.
+
+Rules: names unique per user (409), at most ``MAX_SKILLS`` per user (409 past
+it), description ≤ 256 characters, content ≤ 64 KiB (UTF-8). A user manages
+their own skills; an ``owner`` may read and delete anyone's but not create or
+edit them. Every change is written to ``chatd.audit_log``. Skills of a deleted
+user are purged on ``aigw.auth.revoked`` with ``deleted_user_ids``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+import asyncpg
+import msgspec
+from aigw_common.api import (
+    ApiError,
+    Validation,
+    bad_request,
+    conflict,
+    forbidden,
+    json_response,
+    not_found,
+    read_json,
+)
+from aigw_common.auth import authenticate, is_owner
+from aigw_common.schemas import Identity
+from aiohttp import web
+
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_SKILLS = 100
+MAX_DESCRIPTION = 256
+MAX_CONTENT_BYTES = 64 * 1024
+MAX_NAME = 64
+NAME_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
+SKILL_COLS = "id, user_id, username, name, description, content, created_at, updated_at"
+
+
+class SkillCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    content: str
+    description: str = ""
+
+
+class SkillPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str | None = None
+    description: str | None = None
+    content: str | None = None
+
+
+def skill_body(r: asyncpg.Record) -> dict[str, Any]:
+    return {"id": r["id"], "user_id": r["user_id"], "name": r["name"], "description": r["description"],
+            "content": r["content"], "created_at": r["created_at"], "updated_at": r["updated_at"]}
+
+
+def validate(name: str | None, description: str | None, content: str | None) -> None:
+    problems = []
+    if name is not None and (len(name) > MAX_NAME or not NAME_RE.match(name)):
+        problems.append(Validation("name", f"lowercase letters and digits separated by - or _, at most {MAX_NAME} characters"))
+    if description is not None and len(description) > MAX_DESCRIPTION:
+        problems.append(Validation("description", f"at most {MAX_DESCRIPTION} characters (got {len(description)})"))
+    if content is not None:
+        if not content.strip():
+            problems.append(Validation("content", "must not be empty"))
+        elif len(content.encode()) > MAX_CONTENT_BYTES:
+            problems.append(Validation("content", f"at most {MAX_CONTENT_BYTES} bytes (64 KiB) of UTF-8"))
+    if problems:
+        raise ApiError(400, "invalid skill", "; ".join(f"{p.field}: {p.detail}" for p in problems), problems)
+
+
+class SkillStore:
+    def __init__(self, store: Store) -> None:
+        self.pool = store.pool
+        self._audit = store._audit
+
+    async def list(self, user_id: str) -> list[asyncpg.Record]:
+        return await self.pool.fetch(f"SELECT {SKILL_COLS} FROM chatd.skills WHERE user_id = $1 ORDER BY name", user_id)
+
+    async def get(self, user_id: str, id_or_name: str) -> asyncpg.Record | None:
+        sid = _uuid(id_or_name)
+        return await self.pool.fetchrow(
+            f"SELECT {SKILL_COLS} FROM chatd.skills WHERE user_id = $1 AND (name = $2 OR id = $3)",
+            user_id, id_or_name, sid,
+        )
+
+    async def user_by_name(self, username: str) -> str | None:
+        return await self.pool.fetchval("SELECT user_id FROM chatd.skills WHERE username = $1 LIMIT 1", username)
+
+    async def create(self, ident: Identity, body: SkillCreate) -> asyncpg.Record:
+        async with self.pool.acquire() as c, c.transaction():
+            # serialise a user's creations so two concurrent posts cannot both be the 100th
+            await c.execute("SELECT pg_advisory_xact_lock(hashtextextended('chatd.skills:' || $1, 0))", ident.user_id)
+            n = await c.fetchval("SELECT count(*) FROM chatd.skills WHERE user_id = $1", ident.user_id)
+            if n >= MAX_SKILLS:
+                raise conflict(f"skill limit reached: at most {MAX_SKILLS} skills per user")
+            try:
+                row = await c.fetchrow(
+                    f"INSERT INTO chatd.skills (id, user_id, username, name, description, content) "
+                    f"VALUES ($1,$2,$3,$4,$5,$6) RETURNING {SKILL_COLS}",
+                    uuid.uuid4(), ident.user_id, ident.username, body.name, body.description, body.content,
+                )
+            except asyncpg.UniqueViolationError:
+                raise conflict(f"a skill named {body.name!r} already exists") from None
+            await self._audit(c, ident.user_id, "skill.create", ident.user_id, body.name, {"id": str(row["id"])})
+        return row
+
+    async def update(self, ident: Identity, skill: asyncpg.Record, patch: SkillPatch) -> asyncpg.Record:
+        async with self.pool.acquire() as c, c.transaction():
+            try:
+                row = await c.fetchrow(
+                    f"UPDATE chatd.skills SET name = coalesce($2, name), description = coalesce($3, description), "
+                    f"content = coalesce($4, content), username = $5, updated_at = now() WHERE id = $1 RETURNING {SKILL_COLS}",
+                    skill["id"], patch.name, patch.description, patch.content, ident.username,
+                )
+            except asyncpg.UniqueViolationError:
+                raise conflict(f"a skill named {patch.name!r} already exists") from None
+            if row is None:
+                raise not_found("skill")
+            changed = [f for f in ("name", "description", "content") if getattr(patch, f) is not None]
+            await self._audit(c, ident.user_id, "skill.update", skill["user_id"], row["name"],
+                              {"id": str(row["id"]), "fields": changed, "previous_name": skill["name"]})
+        return row
+
+    async def delete(self, ident: Identity, skill: asyncpg.Record) -> None:
+        async with self.pool.acquire() as c, c.transaction():
+            await c.execute("DELETE FROM chatd.skills WHERE id = $1", skill["id"])
+            await self._audit(c, ident.user_id, "skill.delete", skill["user_id"], skill["name"], {"id": str(skill["id"])})
+
+    async def purge_users(self, user_ids: list[str]) -> int:
+        """A deleted user's skills go with them (audited as the system's doing)."""
+        async with self.pool.acquire() as c, c.transaction():
+            rows = await c.fetch("DELETE FROM chatd.skills WHERE user_id = ANY($1::text[]) RETURNING user_id, name",
+                                 user_ids)
+            for uid in {r["user_id"] for r in rows}:
+                names = sorted(r["name"] for r in rows if r["user_id"] == uid)
+                await self._audit(c, None, "skill.purge", uid, "*", {"reason": "user deleted", "names": names})
+        return len(rows)
+
+
+def _uuid(s: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(s)
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------- routes
+
+
+class SkillRoutes:
+    """``/api/experimental/users/{user}/skills[/{skill}]``."""
+
+    def __init__(self, deps: Any) -> None:
+        self.d = deps  # a Deps, filled once the app is up
+
+    @property
+    def skills(self) -> SkillStore:
+        return self.d.skills
+
+    async def auth(self, request: web.Request) -> Identity:
+        return await authenticate(request, self.d.identities)
+
+    def register(self, router: web.UrlDispatcher) -> None:
+        base = "/api/experimental/users/{user}/skills"
+        router.add_get(base, self.list)
+        router.add_post(base, self.create)
+        router.add_get(base + "/{skill}", self.get)
+        router.add_patch(base + "/{skill}", self.patch)
+        router.add_delete(base + "/{skill}", self.delete)
+
+    async def _target(self, request: web.Request, ident: Identity, *, write: bool) -> str:
+        """The user whose skills are addressed; 403 unless it is the caller, or an owner reading/deleting."""
+        raw = request.match_info["user"]
+        if raw in ("me", ident.user_id, ident.username):
+            return ident.user_id
+        if not is_owner(ident):
+            raise forbidden("you may only manage your own skills")
+        if write:
+            raise forbidden("an owner may read and delete other users' skills, not create or edit them")
+        return await self.skills.user_by_name(raw) or raw
+
+    async def _skill(self, request: web.Request, user_id: str) -> asyncpg.Record:
+        row = await self.skills.get(user_id, request.match_info["skill"])
+        if row is None:
+            raise not_found("skill")
+        return row
+
+    async def list(self, request: web.Request) -> web.Response:
+        ident = await self.auth(request)
+        uid = await self._target(request, ident, write=False)
+        return json_response({"skills": [skill_body(r) for r in await self.skills.list(uid)]})
+
+    async def create(self, request: web.Request) -> web.Response:
+        ident = await self.auth(request)
+        await self._target(request, ident, write=True)
+        body = await read_json(request, SkillCreate)
+        validate(body.name, body.description, body.content)
+        row = await self.skills.create(ident, body)
+        log.info("skill created", extra={"user_id": ident.user_id, "skill": body.name})
+        return json_response(skill_body(row), status=201)
+
+    async def get(self, request: web.Request) -> web.Response:
+        ident = await self.auth(request)
+        uid = await self._target(request, ident, write=False)
+        return json_response(skill_body(await self._skill(request, uid)))
+
+    async def patch(self, request: web.Request) -> web.Response:
+        ident = await self.auth(request)
+        uid = await self._target(request, ident, write=True)
+        body = await read_json(request, SkillPatch)
+        if body.name is None and body.description is None and body.content is None:
+            raise bad_request("nothing to change", "body", "give name, description or content")
+        validate(body.name, body.description, body.content)
+        row = await self.skills.update(ident, await self._skill(request, uid), body)
+        return json_response(skill_body(row))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        ident = await self.auth(request)
+        uid = await self._target(request, ident, write=False)
+        await self.skills.delete(ident, await self._skill(request, uid))
+        return web.Response(status=204)
