@@ -10,13 +10,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
+from urllib.parse import quote
 
+from aigw_common.errors import AigwError
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import bedrock
 from .errors import Api
 
 if TYPE_CHECKING:
+    from aigw_common.settings import Settings
+
     from .providers import Provider
 
 Endpoint = Literal["chat_completions", "responses", "messages"]
@@ -48,11 +53,38 @@ class Outgoing:
     url: str
     headers: CIMultiDict[str]
     body: bytes
+    context: object = None  # what an adapter's prepare() learned, for its response_filter() (Bedrock: the plan)
+
+
+class AdapterRefusal(AigwError):
+    """prepare() cannot build the upstream request (bad body, no AWS credentials): answer ``status`` in the API's format."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ResponseFilter(Protocol):
+    """Rewrites an upstream response body for the client, chunk by chunk (Bedrock event stream → SSE)."""
+
+    content_type: str  # the Content-Type the client gets
+    streaming: bool  # relay as a stream (SSE) rather than one body
+
+    def feed(self, chunk: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
 
 
 class Adapter:
     api: Api = "openai"
     byok_only: bool = False
+    # Credentials that are not pool keys (Bedrock signs with the AWS credentials in its settings) or none at all
+    # (a local vLLM or Ollama): with an empty key pool the proxy makes one attempt without a pool key.
+    keyless: bool = False
+
+    def response_filter(self, provider: Provider, out: Outgoing, status: int,
+                        headers: Mapping[str, str]) -> ResponseFilter | None:
+        """How to rewrite this response for the client; None relays it byte for byte."""
+        return None
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         raise NotImplementedError
@@ -149,14 +181,165 @@ class AnthropicAdapter(Adapter):
         return None
 
 
+# ---------------------------------------------------------------- Copilot, OpenAI-compatible, Azure, Bedrock
+
+
+class CompatAdapter(OpenAIAdapter):
+    """OpenAI-compatible servers (vLLM, Ollama, OpenRouter, Together…): OpenAI routes against the base URL;
+    a provider without keys (a local server) is called without credentials."""
+
+    keyless = True
+
+
+_COPILOT_PASSTHROUGH = re.compile(r"^/(models(/[^/]+)?|agents(/.*)?|mcp(/.*)?|\.well-known/.+)$")
+
+
+class CopilotAdapter(OpenAIAdapter):
+    """GitHub Copilot: always BYOK (the user's Copilot bearer); routes have no ``/v1``.
+
+    ``Editor-Version``, ``Copilot-Integration-Id`` and the other client headers are forwarded as sent.
+    """
+
+    byok_only = True
+
+    def endpoint(self, method: str, path: str) -> Endpoint | None:
+        if method == "POST":
+            if path == "/chat/completions":
+                return "chat_completions"
+            if path == "/responses":
+                return "responses"
+        return None
+
+    def passthrough(self, method: str, path: str) -> bool:
+        if not _COPILOT_PASSTHROUGH.match(path):
+            return False
+        if path.startswith(("/models", "/.well-known/")):
+            return method == "GET"
+        return True
+
+    def upstream_url(self, provider: Provider, path: str, query: str) -> str:
+        return _with_query(provider.base_url + path, query)
+
+
+def _looks_like_jwt(token: str) -> bool:
+    return token.startswith("eyJ") and token.count(".") == 2
+
+
+class AzureAdapter(OpenAIAdapter):
+    """Azure OpenAI: ``api-key`` header; ``api-version`` query parameter from settings ``api_version``.
+
+    The base URL is the v1 API (``https://<resource>.openai.azure.com/openai/v1``) or one deployment
+    (``…/openai/deployments/<name>``). A BYOK Entra ID token (a JWT bearer) is forwarded as
+    ``Authorization``; any other user credential goes out as ``api-key``.
+    """
+
+    def upstream_url(self, provider: Provider, path: str, query: str) -> str:
+        version = provider.settings.get("api_version")
+        if isinstance(version, str) and version and not any(
+                p.startswith("api-version=") for p in query.split("&")):
+            query = f"{query}&api-version={quote(version)}" if query else f"api-version={quote(version)}"
+        return super().upstream_url(provider, path, query)
+
+    def set_credential(self, headers: CIMultiDict[str], credential: str) -> None:
+        headers.popall("Authorization", None)
+        headers["api-key"] = credential
+
+    def client_credential(self, headers: CIMultiDictProxy[str]) -> tuple[str, str] | None:
+        if k := headers.get("api-key") or headers.get("X-Api-Key"):
+            return ("api-key", k)
+        if a := headers.get("Authorization"):
+            token = a[7:].strip() if a[:7].lower() == "bearer " else a
+            return ("Authorization", a) if _looks_like_jwt(token) else ("api-key", token)
+        return None
+
+    def prepare(self, provider: Provider, endpoint: Endpoint | None, out: Outgoing) -> Outgoing:
+        # A stored user key arrives as "Authorization: Bearer <key>"; Azure wants it in api-key.
+        a = out.headers.get("Authorization", "")
+        if a[:7].lower() == "bearer " and "api-key" not in out.headers and not _looks_like_jwt(a[7:].strip()):
+            out.headers.popall("Authorization")
+            out.headers["api-key"] = a[7:].strip()
+        return out
+
+
+class BedrockAdapter(AnthropicAdapter):
+    """Anthropic Messages on AWS Bedrock (see :mod:`aigw_gateway.bedrock`): SigV4 with the provider's AWS
+    credentials (or the AWS chain), or a Bedrock API key as the user's BYOK credential."""
+
+    keyless = True
+
+    def __init__(self) -> None:
+        self.aws_env: Mapping[str, str] = {}
+        self._configs: dict[str, tuple[Mapping[str, object], str, bedrock.BedrockConfig]] = {}
+
+    def config(self, provider: Provider) -> bedrock.BedrockConfig:
+        """Built once per provider version (the credential chain keeps its file cache across requests)."""
+        hit = self._configs.get(provider.id)
+        if hit is not None and hit[0] is provider.settings and hit[1] == provider.base_url:
+            return hit[2]
+        try:
+            cfg = bedrock.BedrockConfig.from_provider(provider.base_url, provider.settings, self.aws_env)
+        except bedrock.BedrockConfigError as e:
+            raise AdapterRefusal(502, f"provider {provider.name!r} is misconfigured: {e}") from None
+        self._configs[provider.id] = (provider.settings, provider.base_url, cfg)
+        return cfg
+
+    def upstream_url(self, provider: Provider, path: str, query: str) -> str:
+        return _with_query(provider.base_url + path, query)  # replaced by prepare(); kept for dumps
+
+    def prepare(self, provider: Provider, endpoint: Endpoint | None, out: Outgoing) -> Outgoing:
+        h = out.headers
+        betas = h.getall("anthropic-beta", [])
+        bearer = h.get("X-Api-Key")
+        if bearer is None and (a := h.get("Authorization", ""))[:7].lower() == "bearer ":
+            bearer = a[7:].strip()
+        try:
+            req = bedrock.plan(self.config(provider), out.method, _path_of(out.url, provider.base_url), out.body,
+                               betas, bearer=bearer)
+        except ValueError as e:
+            raise AdapterRefusal(400, f"invalid request body: {e}") from None
+        except bedrock.sigv4.CredentialsError as e:
+            raise AdapterRefusal(502, f"provider {provider.name!r}: {e}") from None
+        if req is None:
+            raise AdapterRefusal(404, f"{out.method} {_path_of(out.url, provider.base_url)} has no Bedrock equivalent")
+        for name in ("Authorization", "X-Api-Key", "Host", "Content-Type", "Accept", "anthropic-version",
+                     "anthropic-beta"):
+            h.popall(name, None)
+        h.update(req.headers)
+        return Outgoing(req.method, str(req.url), h, req.body, req)
+
+    def response_filter(self, provider: Provider, out: Outgoing, status: int,
+                        headers: Mapping[str, str]) -> ResponseFilter | None:
+        req = out.context
+        if not isinstance(req, bedrock.BedrockRequest):
+            return None
+        return bedrock.response_filter(req.kind, req.stream, status, headers)
+
+
+def _path_of(url: str, base_url: str) -> str:
+    return url[len(base_url):].partition("?")[0] if url.startswith(base_url) else url
+
+
 _OPENAI = OpenAIAdapter()
 _ANTHROPIC = AnthropicAdapter()
+_COMPAT = CompatAdapter()
+_BEDROCK = BedrockAdapter()
+
+# Types served with the OpenAI routes against their base URL (the registry decides which it accepts).
+COMPAT_TYPES = ("openai-compat", "openrouter", "vllm", "ollama", "together", "groq", "deepseek", "mistral",
+                "fireworks", "xai", "lmstudio", "litellm")
+
+
+def configure(settings: Settings) -> None:
+    """Process-wide adapter configuration from Settings (the AWS credential chain's environment)."""
+    _BEDROCK.aws_env = settings.aws_env
 
 ADAPTERS: dict[str, Adapter] = {
     "openai": _OPENAI,
-    "openai-compat": _OPENAI,
-    "openrouter": _OPENAI,
     "anthropic": _ANTHROPIC,
+    **dict.fromkeys(COMPAT_TYPES, _COMPAT),
+    "azure": AzureAdapter(),
+    "copilot": CopilotAdapter(),
+    "bedrock": _BEDROCK,
 }
 
 

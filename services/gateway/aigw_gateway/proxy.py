@@ -36,7 +36,7 @@ from aigw_common.schemas import (
 from aigw_common.settings import Settings
 
 from . import routing
-from .adapters import Adapter, Endpoint, Outgoing, guess_api
+from .adapters import Adapter, AdapterRefusal, Endpoint, Outgoing, ResponseFilter, configure, guess_api
 from .breaker import Breakers
 from .budget import Admission, BudgetGuard
 from .clients import detect_client, session_id
@@ -82,6 +82,13 @@ def client_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _DROP_RESPONSE)
 
 
+def _filtered_headers(headers: CIMultiDictProxy[str], filt: ResponseFilter | None) -> CIMultiDict[str]:
+    out = client_headers(headers)
+    if filt is not None:
+        out["Content-Type"] = filt.content_type
+    return out
+
+
 @dataclass(slots=True)
 class Caller:
     identity: Identity
@@ -116,6 +123,7 @@ class Gateway:
         self.session = session
         self.bus_sealer = bus_sealer
         self.dump_dir: Path | None = settings.dump_dir
+        configure(settings)
 
     # ------------------------------------------------------------ entry
 
@@ -193,8 +201,9 @@ class Gateway:
     async def _send(
         self, request: web.Request, provider: Provider, endpoint: Endpoint | None, url: str,
         headers: CIMultiDict[str], body: bytes, caller: Caller,
-    ) -> tuple[aiohttp.ClientResponse, PoolKey | None]:
-        """Walk the key pool (or make the single BYOK attempt); return the response to relay."""
+    ) -> tuple[aiohttp.ClientResponse, PoolKey | None, ResponseFilter | None]:
+        """Walk the key pool (or make the single BYOK attempt); return the response to relay and how the
+        adapter wants its body rewritten for the client (None: as is)."""
         adapter = provider.adapter
         t = provider.timeouts
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=max(t.idle, t.first_byte))
@@ -202,18 +211,23 @@ class Gateway:
             keys: list[PoolKey | None] = [None]
         else:
             keys = list(provider.pool.usable())
-            if not keys:
+            if not keys and not provider.pool.keys and adapter.keyless:
+                keys = [None]  # credentials outside the pool (Bedrock's AWS keys) or none needed
+            elif not keys:
                 self._exhausted(provider)
         for i, key in enumerate(keys):
             h = headers.copy()
             if key is None:
-                assert caller.credential_header and caller.credential
-                if caller.credential_header.lower() == "x-api-key":
-                    h.popall("Authorization", None)
-                h[caller.credential_header] = caller.credential
+                if caller.credential_header and caller.credential:
+                    if caller.credential_header.lower() == "x-api-key":
+                        h.popall("Authorization", None)
+                    h[caller.credential_header] = caller.credential
             else:
                 adapter.set_credential(h, key.secret)
-            out = adapter.prepare(provider, endpoint, Outgoing(request.method, url, h, body))
+            try:
+                out = adapter.prepare(provider, endpoint, Outgoing(request.method, url, h, body))
+            except AdapterRefusal as e:
+                raise Refused(e.status, e.message) from None
             try:
                 resp = await asyncio.wait_for(
                     self.session.request(out.method, out.url, headers=out.headers, data=out.body, timeout=timeout,
@@ -226,10 +240,10 @@ class Gateway:
                 log.warning("upstream unreachable", extra={"provider": provider.name, "error": str(e)})
                 raise Refused(502, f"provider {provider.name!r} is unreachable") from None
             if key is None:
-                return resp, None
+                return resp, None, adapter.response_filter(provider, out, resp.status, resp.headers)
             marked = self.pools.observe(provider.id, key.id, resp.status, resp.headers)
             if marked is None:
-                return resp, key
+                return resp, key, adapter.response_filter(provider, out, resp.status, resp.headers)
             resp.release()
             if i + 1 < len(keys):
                 self.m.failovers.labels(provider.name, marked).inc()
@@ -251,12 +265,17 @@ class Gateway:
     async def _passthrough(self, request: web.Request, provider: Provider, path: str, caller: Caller,
                            body: bytes) -> web.StreamResponse:
         url = provider.adapter.upstream_url(provider, path, request.query_string)
-        resp, _key = await self._send(request, provider, None, url, upstream_headers(request.headers), body, caller)
+        resp, _key, filt = await self._send(request, provider, None, url, upstream_headers(request.headers), body,
+                                            caller)
         try:
-            out = web.StreamResponse(status=resp.status, headers=client_headers(resp.headers))
+            out = web.StreamResponse(status=resp.status, headers=_filtered_headers(resp.headers, filt))
             await out.prepare(request)
             async for chunk in resp.content.iter_any():
+                if filt is not None:
+                    chunk = filt.feed(chunk)
                 await out.write(chunk)
+            if filt is not None:
+                await out.write(filt.finish())
             await out.write_eof()
             return out
         finally:
@@ -296,7 +315,7 @@ class Gateway:
             if rec.dump is not None:
                 await rec.dump.request(request.method, url, headers, body)
             try:
-                resp, key = await self._send(request, provider, endpoint, url, headers, body, caller)
+                resp, key, filt = await self._send(request, provider, endpoint, url, headers, body, caller)
             except Refused as r:
                 status = r.status
                 rec.error = r.message
@@ -306,11 +325,11 @@ class Gateway:
             try:
                 self.breakers.record(breaker, bkey, status)
                 breaker = None  # outcome recorded
-                ctype = resp.headers.get("Content-Type", "")
+                ctype = filt.content_type if filt is not None else resp.headers.get("Content-Type", "")
                 if status == 200 and "text/event-stream" in ctype:
-                    out = await self._relay_stream(request, resp, endpoint, api, rec)
+                    out = await self._relay_stream(request, resp, endpoint, api, rec, filt)
                 else:
-                    out = await self._relay_blocking(resp, endpoint, rec)
+                    out = await self._relay_blocking(resp, endpoint, rec, filt)
             finally:
                 resp.close()
             outcome = "ok" if status < 400 and rec.error is None else "error"
@@ -324,8 +343,10 @@ class Gateway:
             rec.end(outcome, status)
 
     async def _relay_blocking(self, resp: aiohttp.ClientResponse, endpoint: Endpoint,
-                              rec: _Interception) -> web.Response:
+                              rec: _Interception, filt: ResponseFilter | None = None) -> web.Response:
         data = await resp.read()
+        if filt is not None:
+            data = filt.feed(data) + filt.finish()
         if rec.dump is not None:
             rec.dump.response_head(resp.status, resp.headers)
             rec.dump.response_chunk(data)
@@ -333,11 +354,11 @@ class Gateway:
             rec.extracted = extract_blocking(endpoint, data)
         else:
             rec.error = f"upstream answered {resp.status}"
-        return web.Response(status=resp.status, body=data, headers=client_headers(resp.headers))
+        return web.Response(status=resp.status, body=data, headers=_filtered_headers(resp.headers, filt))
 
     async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, endpoint: Endpoint,
-                            api: Api, rec: _Interception) -> web.StreamResponse:
-        out = web.StreamResponse(status=resp.status, headers=client_headers(resp.headers))
+                            api: Api, rec: _Interception, filt: ResponseFilter | None = None) -> web.StreamResponse:
+        out = web.StreamResponse(status=resp.status, headers=_filtered_headers(resp.headers, filt))
         out.headers["Cache-Control"] = "no-cache"
         out.headers["X-Accel-Buffering"] = "no"
         await out.prepare(request)
@@ -348,10 +369,15 @@ class Gateway:
         try:
             try:
                 async for chunk in resp.content.iter_any():
+                    if filt is not None and not (chunk := filt.feed(chunk)):
+                        continue
                     ext.feed(chunk)
                     if dump is not None:
                         dump.response_chunk(chunk)
                     await out.write(chunk)
+                if filt is not None and (tail := filt.finish()):
+                    ext.feed(tail)
+                    await out.write(tail)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
                 if isinstance(e, (ConnectionResetError, aiohttp.ClientConnectionResetError)) and request.transport is None:
                     raise  # the client went away
