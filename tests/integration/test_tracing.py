@@ -144,7 +144,44 @@ def _importable(mod: str) -> bool:
         return False
 
 
-@pytest.mark.skipif(not (_importable("aigw_gateway.app") and _importable("aigw_budget.app")),
-                    reason="needs the gateway and budget services (not landed yet)")
-async def test_gateway_request_and_its_usage_in_budget_share_one_trace() -> None:
-    pytest.skip("written when gateway and budget land")
+@pytest.mark.skipif(not (_importable("aigw_gateway.app") and _importable("aigw_budget.app")
+                         and _importable("aigw_registry.app")),
+                    reason="needs the gateway, registry and budget services")
+@pytest.mark.xfail(strict=False, reason=(
+    "until the gateway's Recorder captures tracing.inject({}) in emit() and passes it as js_publish(headers=...), "
+    "and budget's UsageConsumer.handle runs inside tracing.consumer_span(..., m.headers, m.subject)"))
+async def test_gateway_request_and_its_usage_in_budget_share_one_trace(  # type: ignore[no-untyped-def]
+    spans: InMemorySpanExporter, database_url, mock_upstream, make_settings, apps
+) -> None:
+    import openai
+    from aigw_testing.stack import start_stack
+
+    token = "aigw_" + "t" * 40
+    mock_upstream.play("openai/chatcompletions/simple")
+    settings = make_settings(AIGW_DATABASE_URL=database_url, AIGW_BOOTSTRAP_TOKEN=token,
+                             AIGW_OPENAI_BASE_URL=mock_upstream.url + "/v1", AIGW_OPENAI_KEY="sk-upstream")
+    urls = await start_stack(apps, lambda _svc, _urls: settings, ["registry", "budget", "gateway"])
+    spans.clear()  # startup traffic (snapshots, token checks) is not what this test is about
+
+    client = openai.AsyncOpenAI(base_url=urls["gateway"] + "/openai/v1", api_key=token, max_retries=0)
+    resp = await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert resp.choices
+
+    def finished() -> list:  # type: ignore[type-arg]
+        return list(spans.get_finished_spans())
+
+    deadline = asyncio.get_running_loop().time() + 8
+    while True:  # usage reaches budget asynchronously (JetStream)
+        gw = [s for s in finished() if s.kind == SpanKind.SERVER and s.name.startswith("POST ")]
+        consumed = [s for s in finished() if s.kind == SpanKind.CONSUMER and "usage" in s.name]
+        if gw and consumed and {s.context.trace_id for s in consumed} & {gw[0].context.trace_id}:
+            break
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no budget span in the gateway request's trace: {[(s.name, s.kind) for s in finished()]}")
+        await asyncio.sleep(0.1)
+    (server,) = gw
+    (consumer,) = [s for s in consumed if s.context.trace_id == server.context.trace_id][:1]
+    assert consumer.parent is not None  # continued from the gateway's context, not a new root
+    gateway_span_ids = {s.context.span_id for s in finished() if s.context.trace_id == server.context.trace_id
+                        and s is not consumer}
+    assert consumer.parent.span_id in gateway_span_ids

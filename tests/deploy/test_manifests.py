@@ -1,0 +1,330 @@
+"""The deployment files, rendered and checked: Dockerfile, compose (+ Prometheus), the kustomize base.
+
+The kustomize output comes from ``kustomize build`` or ``kubectl kustomize`` when either is on PATH, else
+from :func:`render_kustomize_py`, a small renderer for exactly the features the base uses (resources,
+namespace, labels without selectors, images). When a real kustomize is present a test checks that both
+renderings hold the same objects, so the fallback cannot drift from what kustomize does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+SERVICES = ("gateway", "registry", "keypool", "budget", "chatd")
+PORTS = {"gateway": 8080, "registry": 8081, "keypool": 8082, "budget": 8083, "chatd": 8084}
+
+Obj = dict[str, Any]
+
+
+def kustomize_command() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def render_kustomize_tool(path: Path = K8S) -> list[Obj]:
+    cmd = kustomize_command()
+    assert cmd is not None
+    out = subprocess.run([*cmd, str(path)], check=True, capture_output=True, text=True, timeout=60).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+_SUPPORTED = {"apiVersion", "kind", "namespace", "labels", "images", "resources"}
+
+
+def render_kustomize_py(path: Path = K8S) -> list[Obj]:
+    k = yaml.safe_load((path / "kustomization.yaml").read_text())
+    unsupported = set(k) - _SUPPORTED
+    assert not unsupported, f"the Python renderer does not implement {unsupported}: extend it or the base"
+    objs: list[Obj] = []
+    for res in k.get("resources", []):
+        objs.extend(d for d in yaml.safe_load_all((path / res).read_text()) if d)
+    ns = k.get("namespace")
+    images = {i["name"]: i for i in k.get("images", [])}
+    for o in objs:
+        md = o.setdefault("metadata", {})
+        if ns and o["kind"] != "Namespace":
+            md["namespace"] = ns
+        for lab in k.get("labels", []):
+            assert not lab.get("includeSelectors"), "selector labels are not implemented"
+            md.setdefault("labels", {}).update(lab["pairs"])
+            if lab.get("includeTemplates") and "template" in o.get("spec", {}):
+                o["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {}).update(lab["pairs"])
+        for c in containers(o):
+            name, _, tag = c["image"].partition(":")
+            if name in images:
+                img = images[name]
+                c["image"] = f"{img.get('newName', name)}:{img.get('newTag', tag or 'latest')}"
+    return objs
+
+
+def containers(o: Obj) -> list[Obj]:
+    spec = o.get("spec", {}).get("template", {}).get("spec", {})
+    return list(spec.get("containers", [])) + list(spec.get("initContainers", []))
+
+
+@pytest.fixture(scope="session")
+def k8s_objects() -> list[Obj]:
+    return render_kustomize_tool() if kustomize_command() else render_kustomize_py()
+
+
+@pytest.fixture(scope="session")
+def compose() -> Obj:
+    """compose.yaml with anchors and ``<<`` merges resolved (what ``docker compose config`` starts from)."""
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def find(objs: list[Obj], kind: str, name: str) -> Obj:
+    for o in objs:
+        if o["kind"] == kind and o["metadata"]["name"] == name:
+            return o
+    raise AssertionError(f"no {kind} {name} in the rendered base")
+
+
+def _grace_seconds(raw: str) -> float:
+    from aigw_common.durations import parse_duration
+
+    return parse_duration(raw)
+
+
+def _is_secret_name(name: str) -> bool:
+    words = set(name.upper().split("_"))
+    return bool(words & {"KEY", "KEYS", "TOKEN", "PASSWORD", "SECRET"}) or name.endswith("DATABASE_URL")
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(instruction, rest) pairs with continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            instr, _, rest = line.partition(" ")
+            out.append((instr.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_is_multistage_slim_nonroot_and_bakes_no_secret() -> None:
+    ins = _dockerfile()
+    froms = [rest for i, rest in ins if i == "FROM"]
+    assert len(froms) >= 2, "multi-stage build expected"
+    final = max(idx for idx, (i, _) in enumerate(ins) if i == "FROM")
+    runtime = ins[final:]
+    assert "slim" in runtime[0][1], runtime[0]
+    users = [rest for i, rest in runtime if i == "USER"]
+    assert users, "the runtime stage must switch to a non-root USER"
+    uid = users[-1].split(":")[0]
+    assert uid not in ("root", "0"), users
+    args = {rest.split("=")[0]: rest.split("=")[1] for i, rest in ins if i == "ARG" and "=" in rest}
+    assert args.get(uid.strip("${}"), uid) not in ("0", "root")
+    assert ("ENTRYPOINT", '["aigw"]') in runtime
+    assert any(i == "RUN" and "uv sync --frozen" in rest and "--no-dev" in rest for i, rest in ins)
+    # no secret in the image: no ENV/ARG naming one, and .env never reaches the build context
+    for i, rest in ins:
+        if i in ("ENV", "ARG"):
+            for word in rest.split():
+                name = word.split("=")[0]
+                assert not _is_secret_name(name), f"{i} {name} would bake a secret into the image"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for must in (".env", ".venv", ".git", ".aigw"):
+        assert must in ignored, f".dockerignore must exclude {must}"
+    # every service port is exposed and bound to all interfaces inside the container
+    env = " ".join(rest for i, rest in runtime if i == "ENV")
+    for svc, port in PORTS.items():
+        assert f"AIGW_{svc.upper()}_ADDR=0.0.0.0:{port}" in env
+
+
+# ---------------------------------------------------------------- compose
+
+
+def test_compose_runs_every_service_from_one_image_with_healthchecks(compose: Obj) -> None:
+    svcs = compose["services"]
+    for infra in ("postgres", "nats", "prometheus"):
+        assert infra in svcs
+    assert "--jetstream" in svcs["nats"]["command"] or "-js" in svcs["nats"]["command"]
+    images = set()
+    for name in SERVICES:
+        s = svcs[name]
+        images.add(s["image"])
+        assert s["build"] == {"context": "..", "dockerfile": "Dockerfile"}
+        assert s["command"] == [name]
+        test = " ".join(s["healthcheck"]["test"])
+        assert f"127.0.0.1:{PORTS[name]}/readyz" in test, (name, test)
+        deps = s["depends_on"]
+        assert deps["postgres"]["condition"] == "service_healthy"
+        assert deps["nats"]["condition"] == "service_healthy"
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+        for dep, cond in deps.items():
+            if dep in SERVICES:  # waiting on another aigw service needs its healthcheck
+                assert cond["condition"] == "service_healthy" and "healthcheck" in svcs[dep]
+        grace = _grace_seconds(s["environment"]["AIGW_SHUTDOWN_GRACE"])
+        assert _grace_seconds(s["stop_grace_period"]) > grace, name
+        assert s.get("read_only") is True and "ALL" in s.get("cap_drop", [])
+    assert len(images) == 1, f"one image for all services, got {images}"
+    assert svcs["migrate"]["command"] == ["migrate"] and svcs["migrate"]["restart"] == "no"
+    for infra in ("postgres", "nats"):
+        assert "healthcheck" in svcs[infra]
+
+
+def test_compose_takes_secrets_only_from_the_env_file(compose: Obj) -> None:
+    for name in (*SERVICES, "migrate"):
+        s = compose["services"][name]
+        assert s["env_file"][0]["path"] == ".env"
+        for k, v in s["environment"].items():
+            if _is_secret_name(k):
+                # only interpolations of .env values, never a literal
+                assert "${" in str(v) or "@" not in str(v), (name, k)
+                assert k not in ("AIGW_ENCRYPTION_KEYS", "AIGW_BOOTSTRAP_TOKEN"), (name, k)
+    pw = compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert pw.startswith("${POSTGRES_PASSWORD"), pw
+    assert ".env" in (DEPLOY / ".gitignore").read_text().splitlines()
+
+
+def test_env_example_is_valid_configuration() -> None:
+    """.env.example with every commented line switched on is a configuration the services accept."""
+    from aigw_common.settings import Settings
+
+    env = {}
+    for line in (DEPLOY / ".env.example").read_text().splitlines():
+        line = line.lstrip("# ").strip()
+        if line.startswith("AIGW_") and "=" in line:
+            name, _, value = line.partition("=")
+            env[name] = value.split("  #")[0].strip()
+    assert {"AIGW_ENCRYPTION_KEYS", "AIGW_BOOTSTRAP_TOKEN"} <= set(env)
+    settings = Settings.from_env(env)  # raises ConfigError naming any unknown or malformed variable
+    assert {p.name for p in settings.providers} >= {"openai", "anthropic"}
+
+
+def test_prometheus_scrapes_every_service(compose: Obj) -> None:
+    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    for name, port in PORTS.items():
+        assert f"{name}:{port}" in targets
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    assert jobs["aigw"].get("metrics_path", "/metrics") == "/metrics"
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert any(m.startswith("./prometheus.yml:") for m in mounts)
+
+
+# ---------------------------------------------------------------- kustomize base
+
+
+def test_python_renderer_matches_kustomize() -> None:
+    if kustomize_command() is None:
+        pytest.skip("neither kustomize nor kubectl on PATH: the tests use the Python renderer")
+
+    def ident(objs: list[Obj]) -> set[tuple[str, str, str, str]]:
+        return {(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", ""),
+                 ",".join(c["image"] for c in containers(o))) for o in objs}
+
+    tool, py = render_kustomize_tool(), render_kustomize_py()
+    assert ident(tool) == ident(py)
+    for a in tool:
+        b = find(py, a["kind"], a["metadata"]["name"])
+        assert a["metadata"].get("labels") == b["metadata"].get("labels"), a["metadata"]["name"]
+
+
+def test_every_service_has_a_deployment_with_probes_resources_and_nonroot(k8s_objects: list[Obj]) -> None:
+    config = find(k8s_objects, "ConfigMap", "aigw-config")["data"]
+    grace = _grace_seconds(config["AIGW_SHUTDOWN_GRACE"])
+    for name in SERVICES:
+        d = find(k8s_objects, "Deployment", f"aigw-{name}")
+        assert d["metadata"]["namespace"] == "aigw"
+        pod = d["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["args"] == [name]
+        assert c["image"].startswith("aigw:")
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports == {"http": PORTS[name]}
+        assert config[f"AIGW_{name.upper()}_ADDR"] == f"0.0.0.0:{PORTS[name]}"
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), (name, kind)
+        psc, csc = pod["securityContext"], c["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0
+        assert csc["allowPrivilegeEscalation"] is False and csc["readOnlyRootFilesystem"] is True
+        assert csc["capabilities"]["drop"] == ["ALL"]
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert config["AIGW_DATA_DIR"] in mounts, "read-only root: the data dir must be a volume"
+        # the pod's grace covers preStop + the service's own drain
+        pre_stop = 5.0 if "preStop" in c.get("lifecycle", {}) else 0.0
+        assert pod["terminationGracePeriodSeconds"] > grace + pre_stop, name
+        env_from = {(e.get("configMapRef") or e.get("secretRef"))["name"] for e in c["envFrom"]}
+        assert env_from == {"aigw-config", "aigw-secrets"}
+        env = {e["name"]: e for e in c["env"]}
+        assert env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "aigw-nats-auth", "key": name}
+        assert env["AIGW_NATS_URL"]["value"] == f"nats://{name}:$(NATS_PASSWORD)@aigw-nats:4222"
+        # its Service selects exactly its pods and is scraped
+        svc = find(k8s_objects, "Service", f"aigw-{name}")
+        sel = svc["spec"]["selector"]
+        assert sel.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        assert svc["spec"]["ports"] == [{"name": "http", "port": PORTS[name], "targetPort": "http"}]
+
+
+def test_every_container_is_nonroot_with_resources(k8s_objects: list[Obj]) -> None:
+    workloads = [o for o in k8s_objects if o["kind"] in ("Deployment", "StatefulSet")]
+    assert len(workloads) == len(SERVICES) + 1  # + NATS
+    for w in workloads:
+        pod = w["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, w["metadata"]["name"]
+        assert pod.get("automountServiceAccountToken") is False
+        for c in containers(w):
+            assert c["resources"]["requests"] and c["resources"]["limits"], c["name"]
+            assert "readinessProbe" in c and "livenessProbe" in c
+
+
+def test_gateway_has_pdb_and_hpa(k8s_objects: list[Obj]) -> None:
+    gw = find(k8s_objects, "Deployment", "aigw-gateway")
+    labels = gw["spec"]["template"]["metadata"]["labels"]
+    pdb = find(k8s_objects, "PodDisruptionBudget", "aigw-gateway")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"].get("minAvailable", 0) >= 1
+    hpa = find(k8s_objects, "HorizontalPodAutoscaler", "aigw-gateway")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "aigw-gateway"}
+    assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
+    assert "replicas" not in gw["spec"], "the HPA owns the gateway's replica count"
+
+
+def test_servicemonitor_selects_every_service(k8s_objects: list[Obj]) -> None:
+    sm = find(k8s_objects, "ServiceMonitor", "aigw")
+    sel = sm["spec"]["selector"]["matchLabels"]
+    selected = {o["metadata"]["name"] for o in k8s_objects
+                if o["kind"] == "Service" and sel.items() <= o["metadata"].get("labels", {}).items()}
+    assert selected == {f"aigw-{s}" for s in SERVICES}
+    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+
+
+def test_network_policies_deny_by_default_and_open_only_what_is_needed(k8s_objects: list[Obj]) -> None:
+    pols = {o["metadata"]["name"]: o for o in k8s_objects if o["kind"] == "NetworkPolicy"}
+    deny = pols["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+    nats = pols["aigw-nats-ingress"]["spec"]
+    (rule,) = nats["ingress"]
+    client_label = rule["from"][0]["podSelector"]["matchLabels"]
+    for name in SERVICES:  # every service pod may reach NATS
+        labels = find(k8s_objects, "Deployment", f"aigw-{name}")["spec"]["template"]["metadata"]["labels"]
+        assert client_label.items() <= labels.items()
+    assert rule["ports"] == [{"port": "client"}]
+
+
+def test_secret_template_holds_no_value(k8s_objects: list[Obj]) -> None:
+    for name in ("aigw-secrets", "aigw-nats-auth"):
+        s = find(k8s_objects, "Secret", name)
+        assert "data" not in s
+        assert all(v == "" for v in s["stringData"].values()), name
+    assert set(find(k8s_objects, "Secret", "aigw-nats-auth")["stringData"]) == set(SERVICES)
