@@ -201,7 +201,7 @@ class Gateway:
     async def _send(
         self, request: web.Request, provider: Provider, endpoint: Endpoint | None, url: str,
         headers: CIMultiDict[str], body: bytes, caller: Caller,
-    ) -> tuple[aiohttp.ClientResponse, PoolKey | None, ResponseFilter | None]:
+    ) -> tuple[aiohttp.ClientResponse, PoolKey | None, ResponseFilter | None, Outgoing]:
         """Walk the key pool (or make the single BYOK attempt); return the response to relay and how the
         adapter wants its body rewritten for the client (None: as is)."""
         adapter = provider.adapter
@@ -240,10 +240,10 @@ class Gateway:
                 log.warning("upstream unreachable", extra={"provider": provider.name, "error": str(e)})
                 raise Refused(502, f"provider {provider.name!r} is unreachable") from None
             if key is None:
-                return resp, None, adapter.response_filter(provider, out, resp.status, resp.headers)
+                return resp, None, adapter.response_filter(provider, out, resp.status, resp.headers), out
             marked = self.pools.observe(provider.id, key.id, resp.status, resp.headers)
             if marked is None:
-                return resp, key, adapter.response_filter(provider, out, resp.status, resp.headers)
+                return resp, key, adapter.response_filter(provider, out, resp.status, resp.headers), out
             resp.release()
             if i + 1 < len(keys):
                 self.m.failovers.labels(provider.name, marked).inc()
@@ -265,7 +265,7 @@ class Gateway:
     async def _passthrough(self, request: web.Request, provider: Provider, path: str, caller: Caller,
                            body: bytes) -> web.StreamResponse:
         url = provider.adapter.upstream_url(provider, path, request.query_string)
-        resp, _key, filt = await self._send(request, provider, None, url, upstream_headers(request.headers), body,
+        resp, _key, filt, _sent = await self._send(request, provider, None, url, upstream_headers(request.headers), body,
                                             caller)
         try:
             out = web.StreamResponse(status=resp.status, headers=_filtered_headers(resp.headers, filt))
@@ -312,14 +312,14 @@ class Gateway:
         try:
             url = provider.adapter.upstream_url(provider, path, request.query_string)
             headers = upstream_headers(request.headers)
-            if rec.dump is not None:
-                await rec.dump.request(request.method, url, headers, body)
             try:
-                resp, key, filt = await self._send(request, provider, endpoint, url, headers, body, caller)
+                resp, key, filt, sent = await self._send(request, provider, endpoint, url, headers, body, caller)
             except Refused as r:
                 status = r.status
                 rec.error = r.message
                 raise
+            if rec.dump is not None:  # what actually went upstream, credentials masked
+                await rec.dump.request(sent.method, sent.url, sent.headers, sent.body)
             status = resp.status
             rec.key = key
             try:
@@ -353,7 +353,8 @@ class Gateway:
         if resp.status < 400:
             rec.extracted = extract_blocking(endpoint, data)
         else:
-            rec.error = f"upstream answered {resp.status}"
+            upstream_msg = extract_blocking(endpoint, data).error
+            rec.error = f"upstream answered {resp.status}" + (f": {upstream_msg}" if upstream_msg else "")
         return web.Response(status=resp.status, body=data, headers=_filtered_headers(resp.headers, filt))
 
     async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, endpoint: Endpoint,
