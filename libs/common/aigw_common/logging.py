@@ -34,11 +34,15 @@ def redact(text: str) -> str:
     return text
 
 
-def _clean(key: str, value: Any) -> Any:
+def _clean(key: str, value: Any, depth: int = 0) -> Any:
     if key.lower() in _SECRET_KEYS and value:
         return "***"
     if isinstance(value, str):
         return redact(value)
+    if depth < 4 and isinstance(value, dict):  # e.g. a headers mapping passed as an extra field
+        return {k: _clean(str(k), v, depth + 1) for k, v in value.items()}
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return [_clean(key, v, depth + 1) for v in value]
     return value
 
 
@@ -64,7 +68,7 @@ class JsonFormatter(logging.Formatter):
         try:
             return self._enc.encode(out).decode()
         except (TypeError, msgspec.EncodeError):
-            return self._enc.encode({k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
+            return self._enc.encode({k: (v if isinstance(v, (str, int, float, bool, type(None))) else redact(repr(v)))
                                      for k, v in out.items()}).decode()
 
 
