@@ -33,6 +33,28 @@ DEFAULT_COOLDOWN = 60.0  # contract: a 429 without Retry-After cools the key for
 TRANSIENT = (nats.errors.Error, TimeoutError, BusError, OSError)
 
 
+async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
+    """Wait for ``event`` up to ``seconds``; True when set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that
+    arrives as the event fires, and a loop built on it then never stops.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+def is_failure(status: int) -> bool:
+    """An attempt that says something bad about the key itself: auth, rate limit, server error, no response.
+
+    Other 4xx are the client's fault: the key worked.
+    """
+    return status == 0 or status in (401, 403, 429) or status >= 500
+
+
 def kv_key(provider_id: str, key_id: str) -> str:
     return f"{provider_id}.{key_id}"
 
@@ -191,7 +213,9 @@ __all__ = [
     "KeyStateWatch",
     "effective",
     "ensure_marks_stream",
+    "is_failure",
     "keys_bucket",
     "kv_key",
     "split_kv_key",
+    "wait_event",
 ]

@@ -68,11 +68,6 @@ def budget_exhausted_until(rl: RateLimitInfo | None, now: float) -> float | None
     return until
 
 
-def is_failure(status: int) -> bool:
-    """A response that says something about the key itself: auth, rate limit, server error, no response."""
-    return status == 0 or status in (401, 403, 429) or status >= 500
-
-
 # --------------------------------------------------------------------- stats
 
 

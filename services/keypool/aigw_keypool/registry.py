@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aigw_common.bus import Bus
 from aigw_common.errors import BusError
-from aigw_common.keystate import TRANSIENT
+from aigw_common.keystate import TRANSIENT, wait_event
 from aigw_common.schemas import ProviderConfig, ProvidersChanged, RegistrySnapshot, SnapshotRequest
 from nats.aio.msg import Msg
 
@@ -85,5 +85,4 @@ class RegistryView:
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.2
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+            await wait_event(self._wake, self.interval)

@@ -25,6 +25,7 @@ from aigw_common.keystate import (
     ensure_marks_stream,
     kv_key,
     split_kv_key,
+    wait_event,
 )
 from aigw_common.schemas import KeyMarked, KeyReport, KeysExhausted, KeyState, RegistrySnapshot
 from nats.aio.msg import Msg
@@ -233,8 +234,7 @@ class KeyPoolService:
             for pid, back in list(self.exhausted.items()):
                 if back is not None and back <= now:
                     self._check_provider(pid)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, soonest - time.time()) + 0.01)
+            await wait_event(self._wake, max(0.0, soonest - time.time()) + 0.01)
 
     # ------------------------------------------------------------ state → metrics and exhaustion
 
@@ -286,7 +286,8 @@ class KeyPoolService:
     async def _on_snapshot(self, old: RegistrySnapshot | None, new: RegistrySnapshot) -> None:
         """Clear replaced / re-enabled keys, purge keys the registry no longer has, refresh gauges."""
         current = snapshot_keys(new)
-        await asyncio.wait_for(self.mirror.loaded.wait(), 5.0)  # TimeoutError: the registry view retries
+        if not await wait_event(self.mirror.loaded, 5.0):
+            raise TimeoutError("key-state bucket not loaded yet")  # the registry view retries
         reset = changed_keys(old, new) | {k for k in self.mirror.states if k not in current}
         for key in reset:
             if key in self.mirror.states:

@@ -1,5 +1,6 @@
 """Key-state rules without a broker."""
 
+from aigw_common.keystate import is_failure
 from aigw_common.schemas import (
     KeyMarked,
     KeyStat,
@@ -15,7 +16,6 @@ from aigw_keypool.logic import (
     budget_exhausted_until,
     changed_keys,
     expire,
-    is_failure,
     merge_mark,
 )
 

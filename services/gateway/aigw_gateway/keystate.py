@@ -1,0 +1,210 @@
+"""The gateway's side of fleet-wide key health.
+
+``KeyStateWatcher`` mirrors keypool's key-state bucket into the in-memory key
+pools (``KeyPools.apply_state``), so the hot path never asks anyone: it loads
+the whole bucket before the gateway reports ready, follows every change, and
+re-syncs after a NATS reconnect (keeping the last state while NATS is away).
+
+``KeyReporter`` is fed after every upstream attempt (``observe``: a few dict
+operations, no I/O) and publishes per-key counts and the latest rate-limit
+budget as a ``KeyReport`` on core NATS about once a second — at once when a
+key's remaining budget reaches zero, so keypool can cool it fleet-wide before
+the 429s start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from aigw_common.bus import Bus
+from aigw_common.durations import parse_duration
+from aigw_common.errors import BusError
+from aigw_common.keystate import KeyStateWatch, effective, is_failure, wait_event
+from aigw_common.schemas import KeyReport, KeyStat, KeyState, RateLimitInfo
+
+log = logging.getLogger(__name__)
+
+
+class StateSink(Protocol):
+    def apply_state(self, provider_id: str, key_id: str, state: str, until: float | None) -> None: ...
+
+
+class KeyStateWatcher:
+    """Keeps ``pools`` in step with the key-state bucket."""
+
+    def __init__(self, bus: Bus, pools: StateSink, *, resync_interval: float = 30.0) -> None:
+        self.pools = pools
+        self._watch = KeyStateWatch(bus, self._on_change, resync_interval=resync_interval)
+
+    async def start(self, wait: float = 5.0) -> None:
+        """Begin watching; wait up to ``wait`` s for the first full load (``ready`` says when it is done)."""
+        self._watch.start()
+        await wait_event(self._watch.loaded, wait)
+
+    async def stop(self) -> None:
+        await self._watch.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self._watch.loaded.is_set()
+
+    def not_ready(self) -> str | None:
+        """A readiness check for ``app[STATE].checks``."""
+        return None if self.ready else "key state not loaded from keypool's bucket yet"
+
+    def replay(self) -> None:
+        """Apply every known state again, e.g. after the provider set was rebuilt with fresh pools."""
+        for state, _rev in list(self._watch.states.values()):
+            self._on_change(state.provider_id, state.key_id, state)
+
+    def _on_change(self, provider_id: str, key_id: str, state: KeyState | None) -> None:
+        name, until = effective(state)
+        self.pools.apply_state(provider_id, key_id, name, until)
+
+
+# --------------------------------------------------------------------- rate-limit headers
+
+_OPENAI = ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+           "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+_ANTHROPIC_REQUESTS = ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset")
+_ANTHROPIC_TOKENS = tuple((f"anthropic-ratelimit-{kind}-remaining", f"anthropic-ratelimit-{kind}-reset")
+                          for kind in ("tokens", "input-tokens", "output-tokens"))
+
+
+def _int(v: str | None) -> int | None:
+    if v is None:
+        return None
+    try:
+        return int(v.strip())
+    except ValueError:
+        return None
+
+
+def _in(v: str | None, now: float) -> float | None:
+    """OpenAI's reset: a duration from now (``1s``, ``6m0s``, ``20ms``)."""
+    if v is None:
+        return None
+    try:
+        return now + parse_duration(v)
+    except ValueError:
+        return None
+
+
+def _at(v: str | None) -> float | None:
+    """Anthropic's reset: an RFC 3339 time."""
+    if v is None:
+        return None
+    try:
+        return datetime.fromisoformat(v.strip()).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_ratelimit(headers: Mapping[str, str], now: float) -> RateLimitInfo | None:
+    """The key's remaining budget from an upstream response's headers (a case-insensitive mapping)."""
+    remaining = headers.get(_OPENAI[0])
+    if remaining is not None or headers.get(_OPENAI[2]) is not None:
+        return RateLimitInfo(
+            remaining_requests=_int(remaining), reset_requests_at=_in(headers.get(_OPENAI[1]), now),
+            remaining_tokens=_int(headers.get(_OPENAI[2])), reset_tokens_at=_in(headers.get(_OPENAI[3]), now),
+        )
+    tokens: tuple[int, float | None] | None = None
+    for rem_h, reset_h in _ANTHROPIC_TOKENS:  # the tightest of the token budgets
+        n = _int(headers.get(rem_h))
+        if n is not None and (tokens is None or n < tokens[0]):
+            tokens = (n, _at(headers.get(reset_h)))
+    requests = _int(headers.get(_ANTHROPIC_REQUESTS[0]))
+    if requests is None and tokens is None:
+        return None
+    return RateLimitInfo(
+        remaining_requests=requests, reset_requests_at=_at(headers.get(_ANTHROPIC_REQUESTS[1])),
+        remaining_tokens=tokens[0] if tokens else None, reset_tokens_at=tokens[1] if tokens else None,
+    )
+
+
+# --------------------------------------------------------------------- reporter
+
+
+@dataclass(slots=True)
+class _Acc:
+    successes: int = 0
+    failures: int = 0
+    last_status: int = 0
+    ratelimit: RateLimitInfo | None = None
+
+
+class KeyReporter:
+    """Per-key attempt counts and budgets, published as ``KeyReport`` about once a second."""
+
+    MIN_GAP = 0.1  # an urgent flush (budget at zero) comes at most this often
+
+    def __init__(self, bus: Bus, gateway_id: str, *, interval: float = 1.0) -> None:
+        self.bus = bus
+        self.gateway_id = gateway_id
+        self.interval = interval
+        self.published = 0
+        self._acc: dict[tuple[str, str], _Acc] = {}
+        self._urgent = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def observe(self, provider_id: str, key_id: str, status: int, headers: Mapping[str, str] | None) -> None:
+        """After every upstream attempt: ``status`` 0 when there was no response. No I/O."""
+        k = (provider_id, key_id)
+        acc = self._acc.get(k)
+        if acc is None:
+            acc = self._acc[k] = _Acc()
+        if is_failure(status):
+            acc.failures += 1
+        else:
+            acc.successes += 1
+        acc.last_status = status
+        if headers:
+            rl = parse_ratelimit(headers, time.time())
+            if rl is not None:
+                acc.ratelimit = rl
+                if rl.remaining_requests == 0 or rl.remaining_tokens == 0:
+                    self._urgent.set()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="key-reporter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await wait_event(self._urgent, self.interval)
+            self._urgent.clear()
+            await self.flush()
+            await asyncio.sleep(self.MIN_GAP)
+
+    async def flush(self) -> None:
+        """Publish what was gathered since the last flush; dropped when NATS is away (stats are best effort)."""
+        if not self._acc:
+            return
+        acc, self._acc = self._acc, {}
+        if not self.bus.connected:
+            return
+        report = KeyReport(gateway_id=self.gateway_id, at=time.time(), keys=[
+            KeyStat(provider_id=pid, key_id=kid, successes=a.successes, failures=a.failures,
+                    last_status=a.last_status, ratelimit=a.ratelimit)
+            for (pid, kid), a in acc.items()])
+        try:
+            await self.bus.publish(self.bus.subjects.keys_report, report)
+        except BusError as e:
+            log.warning("key report not published", extra={"error": str(e)})
+            return
+        self.published += 1

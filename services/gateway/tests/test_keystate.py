@@ -1,0 +1,260 @@
+"""The gateway's key-state watcher and key reporter, against real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+from aigw_common.bus import Bus, Subjects, encode
+from aigw_common.embedded import EmbeddedNats
+from aigw_common.keystate import keys_bucket
+from aigw_common.schemas import KeyReport, KeyState
+from aigw_gateway.keystate import KeyReporter, KeyStateWatcher, parse_ratelimit
+from multidict import CIMultiDict
+
+NOW = 1_700_000_000.0
+
+
+class Pools:
+    """Records what the watcher applies, as KeyPools.apply_state receives it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, float | None]] = []
+        self.state: dict[tuple[str, str], tuple[str, float | None]] = {}
+
+    def apply_state(self, provider_id: str, key_id: str, state: str, until: float | None) -> None:
+        self.calls.append((provider_id, key_id, state, until))
+        self.state[(provider_id, key_id)] = (state, until)
+
+
+def ks(key_id: str, state: str, until: float | None = None) -> bytes:
+    return encode(KeyState(provider_id="p", key_id=key_id, state=state, until=until, status_code=429))  # type: ignore[arg-type]
+
+
+async def wait_for(check, timeout: float = 5.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]  # noqa: ASYNC109
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+# ------------------------------------------------------------------ headers
+
+
+def test_openai_ratelimit_headers():
+    h = CIMultiDict({"X-RateLimit-Remaining-Requests": "0", "x-ratelimit-reset-requests": "6m0s",
+                     "x-ratelimit-remaining-tokens": "149984", "x-ratelimit-reset-tokens": "20ms"})
+    rl = parse_ratelimit(h, NOW)
+    assert rl.remaining_requests == 0 and rl.reset_requests_at == NOW + 360
+    assert rl.remaining_tokens == 149984 and rl.reset_tokens_at == pytest.approx(NOW + 0.02)
+
+
+def test_anthropic_ratelimit_headers_take_the_tightest_token_budget():
+    h = CIMultiDict({
+        "anthropic-ratelimit-requests-remaining": "49", "anthropic-ratelimit-requests-reset": "2023-11-14T22:13:30Z",
+        "anthropic-ratelimit-tokens-remaining": "9000", "anthropic-ratelimit-tokens-reset": "2023-11-14T22:14:00Z",
+        "anthropic-ratelimit-output-tokens-remaining": "0",
+        "anthropic-ratelimit-output-tokens-reset": "2023-11-14T22:13:40Z",
+    })
+    rl = parse_ratelimit(h, NOW)
+    assert rl.remaining_requests == 49 and rl.reset_requests_at == 1700000010.0
+    assert rl.remaining_tokens == 0 and rl.reset_tokens_at == 1700000020.0
+
+
+def test_no_or_garbled_ratelimit_headers():
+    assert parse_ratelimit(CIMultiDict({"content-type": "application/json"}), NOW) is None
+    rl = parse_ratelimit(CIMultiDict({"x-ratelimit-remaining-requests": "lots", "x-ratelimit-reset-requests": "soon"}), NOW)
+    assert rl.remaining_requests is None and rl.reset_requests_at is None
+
+
+# ------------------------------------------------------------------ reporter
+
+
+async def test_reporter_aggregates_per_key_and_publishes(bus: Bus):
+    got: asyncio.Queue[KeyReport] = asyncio.Queue()
+
+    async def on_report(msg, _m):  # type: ignore[no-untyped-def]
+        await got.put(msg)
+    await bus.subscribe(bus.subjects.keys_report, KeyReport, on_report)
+    rep = KeyReporter(bus, "gw-1", interval=0.2)
+    await rep.start()
+    try:
+        for status in (200, 200, 400, 429, 0, 503):
+            rep.observe("p", "k1", status, CIMultiDict())
+        rep.observe("p", "k2", 200, CIMultiDict({"x-ratelimit-remaining-requests": "7"}))
+        report = await asyncio.wait_for(got.get(), 3)
+        by_key = {s.key_id: s for s in report.keys}
+        assert report.gateway_id == "gw-1"
+        assert (by_key["k1"].successes, by_key["k1"].failures, by_key["k1"].last_status) == (3, 3, 503)
+        assert by_key["k2"].ratelimit.remaining_requests == 7
+        with pytest.raises(TimeoutError):  # nothing observed since: nothing published
+            await asyncio.wait_for(got.get(), 0.6)
+    finally:
+        await rep.stop()
+
+
+async def test_reporter_flushes_at_once_when_a_budget_hits_zero(bus: Bus):
+    got: asyncio.Queue[KeyReport] = asyncio.Queue()
+
+    async def on_report(msg, _m):  # type: ignore[no-untyped-def]
+        await got.put(msg)
+    await bus.subscribe(bus.subjects.keys_report, KeyReport, on_report)
+    rep = KeyReporter(bus, "gw-1", interval=60)
+    await rep.start()
+    try:
+        await asyncio.sleep(0.2)
+        rep.observe("p", "k1", 200, CIMultiDict({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "3s"}))
+        report = await asyncio.wait_for(got.get(), 3)
+        assert report.keys[0].ratelimit.remaining_tokens == 0
+    finally:
+        await rep.stop()
+
+
+async def test_reporter_observe_is_cheap(bus: Bus):
+    rep = KeyReporter(bus, "gw-1")
+    h = CIMultiDict({"x-ratelimit-remaining-requests": "99", "x-ratelimit-reset-requests": "1s",
+                     "x-ratelimit-remaining-tokens": "1000", "x-ratelimit-reset-tokens": "6m0s"})
+    t = time.perf_counter()
+    for i in range(20_000):
+        rep.observe("p", f"k{i % 4}", 200, h)
+    per_call = (time.perf_counter() - t) / 20_000
+    assert per_call < 100e-6, f"observe takes {per_call * 1e6:.1f} µs"
+
+
+# ------------------------------------------------------------------ watcher
+
+
+async def test_watcher_loads_the_bucket_before_ready_and_follows_changes(bus: Bus):
+    kv = await keys_bucket(bus)
+    until = time.time() + 60
+    await kv.put("p.k1", ks("k1", "cooling", until))
+    await kv.put("p.k2", ks("k2", "revoked"))
+    await kv.put("p.k3", ks("k3", "cooling", time.time() - 5))  # already over: valid
+    pools = Pools()
+    w = KeyStateWatcher(bus, pools)
+    assert not w.ready and w.not_ready()
+    await w.start()
+    try:
+        assert w.ready and w.not_ready() is None
+        assert pools.state == {("p", "k1"): ("cooling", until), ("p", "k2"): ("revoked", None),
+                               ("p", "k3"): ("valid", None)}
+        await kv.put("p.k4", ks("k4", "revoked"))
+        await kv.purge("p.k2")  # keypool cleared it (the registry replaced the key)
+        await wait_for(lambda: pools.state.get(("p", "k4")) == ("revoked", None) and
+                       pools.state[("p", "k2")] == ("valid", None), 3, "changes applied")
+        pools.calls.clear()
+        w.replay()
+        assert sorted(c[1] for c in pools.calls) == ["k1", "k3", "k4"]
+    finally:
+        await w.stop()
+
+
+class CutProxy:
+    """A TCP relay that can drop every connection and refuse new ones, to cut one client off NATS."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.open = True
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, uw}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            w.close()
+
+        await asyncio.gather(pipe(reader, uw), pipe(ur, writer))
+
+    def cut(self) -> None:
+        self.open = False
+        for w in self._writers:
+            w.close()
+        self._writers.clear()
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_watcher_keeps_last_state_while_cut_off_and_converges_after(bus: Bus, nats_url: str):
+    port = int(nats_url.rsplit(":", 1)[1])
+    proxy = CutProxy(port)
+    await proxy.start()
+    gw_bus = Bus(servers=(f"nats://127.0.0.1:{proxy.port}",), name="gw", subjects=bus.subjects)
+    await gw_bus.start(wait=5)
+    kv = await keys_bucket(bus)
+    await kv.put("p.k1", ks("k1", "revoked"))
+    await kv.put("p.k2", ks("k2", "revoked"))
+    pools = Pools()
+    w = KeyStateWatcher(gw_bus, pools)
+    await w.start()
+    try:
+        assert pools.state[("p", "k1")] == ("revoked", None)
+        proxy.cut()
+        await wait_for(lambda: not gw_bus.connected, 5, "disconnect seen")
+        # changes the cut-off gateway cannot see: a purge (no later event will repeat it) and a new mark
+        await kv.purge("p.k1")
+        await kv.put("p.k3", ks("k3", "revoked"))
+        await asyncio.sleep(0.3)
+        assert pools.state[("p", "k1")] == ("revoked", None)  # last known state stands
+        proxy.open = True
+        await wait_for(lambda: pools.state.get(("p", "k1")) == ("valid", None)
+                       and pools.state.get(("p", "k3")) == ("revoked", None), 10, "converged after reconnect")
+        assert pools.state[("p", "k2")] == ("revoked", None)
+    finally:
+        await w.stop()
+        await gw_bus.close()
+        await proxy.stop()
+
+
+async def test_watcher_survives_a_nats_server_restart(tmp_path):
+    server = EmbeddedNats(tmp_path / "nats")
+    url = await server.start()
+    b = Bus(servers=(url,), name="gw", subjects=Subjects("trestart"))
+    await b.start(wait=5)
+    pools = Pools()
+    w = KeyStateWatcher(b, pools)
+    try:
+        await w.start()
+        kv = await keys_bucket(b)
+        await kv.put("p.k1", ks("k1", "revoked"))
+        await wait_for(lambda: ("p", "k1") in pools.state, 3, "first state")
+        await server.stop()
+        await asyncio.sleep(0.5)
+        assert pools.state[("p", "k1")] == ("revoked", None)
+        await server.start()
+        await wait_for(lambda: b.connected, 10, "reconnect")
+
+        async def write() -> bool:
+            try:
+                await (await keys_bucket(b)).put("p.k2", ks("k2", "revoked"))
+            except Exception:
+                return False
+            return True
+        deadline = time.monotonic() + 10
+        while not await write():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        await wait_for(lambda: ("p", "k2") in pools.state, 10, "state written after the restart")
+        assert pools.state[("p", "k1")] == ("revoked", None)
+    finally:
+        await w.stop()
+        await b.close()
+        await server.stop()
