@@ -199,7 +199,8 @@ def banner(stack: DevStack) -> str:
     lines = ["", "aigw is up.", ""]
     for c in stack.children:
         lines.append(f"  {c.name:<9} {c.url}   (log: {c.log})")
-    gw = next((c.url for c in stack.children if c.name == "gateway"), "http://127.0.0.1:8080")
+    gw_addr = s.addrs["gateway"]
+    gw = f"http://{_local(gw_addr.host)}:{gw_addr.port}"
     lines += ["", f"  owner token: {stack.token}", f"  (kept in {stack.state / 'owner-token'}; data in {stack.state})", ""]
     openai_like = next((p for p in s.providers if p.type not in ("anthropic", "bedrock")), None)
     anthropic_like = next((p for p in s.providers if p.type in ("anthropic", "bedrock")), None)
