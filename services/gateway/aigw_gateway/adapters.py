@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import quote
 
+from aigw_common.durations import parse_duration
 from aigw_common.errors import AigwError
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -38,8 +39,15 @@ class Timeouts:
     @classmethod
     def from_settings(cls, settings: Mapping[str, object]) -> Timeouts:
         def num(key: str, default: float) -> float:
+            # seconds as a number, or a duration string ("30s", "500ms", "5m"); anything else keeps the default
             v = settings.get(key)
-            return float(v) if isinstance(v, (int, float, str)) and str(v).replace(".", "", 1).isdigit() else default
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                return default
+            try:
+                secs = float(v) if not isinstance(v, str) else parse_duration(v)
+            except ValueError:
+                return default
+            return secs if secs > 0 else default
 
         d = cls()
         return cls(num("connect_timeout", d.connect), num("first_byte_timeout", d.first_byte), num("idle_timeout", d.idle))

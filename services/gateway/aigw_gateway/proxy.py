@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def upstream_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 
 def client_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _DROP_RESPONSE)
+
+
+async def _chunks(resp: aiohttp.ClientResponse, idle: float) -> AsyncIterator[bytes]:
+    """The body as it arrives; TimeoutError when nothing arrives for ``idle`` seconds (the idle timeout)."""
+    while True:
+        async with asyncio.timeout(idle):
+            chunk = await resp.content.readany()
+        if not chunk:
+            return
+        yield chunk
 
 
 def _filtered_headers(headers: CIMultiDictProxy[str], filt: ResponseFilter | None) -> CIMultiDict[str]:
@@ -206,7 +217,8 @@ class Gateway:
         adapter wants its body rewritten for the client (None: as is)."""
         adapter = provider.adapter
         t = provider.timeouts
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=max(t.idle, t.first_byte))
+        # connect: sock_connect; first byte: the wait_for below; idle between chunks: _chunks() while relaying
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=None)
         if caller.byok:
             keys: list[PoolKey | None] = [None]
         else:
@@ -270,10 +282,15 @@ class Gateway:
         try:
             out = web.StreamResponse(status=resp.status, headers=_filtered_headers(resp.headers, filt))
             await out.prepare(request)
-            async for chunk in resp.content.iter_any():
-                if filt is not None:
-                    chunk = filt.feed(chunk)
-                await out.write(chunk)
+            try:
+                async for chunk in _chunks(resp, provider.timeouts.idle):
+                    if filt is not None:
+                        chunk = filt.feed(chunk)
+                    await out.write(chunk)
+            except TimeoutError:
+                log.warning("pass-through upstream went quiet; response truncated",
+                            extra={"provider": provider.name, "idle_timeout": provider.timeouts.idle})
+                return out
             if filt is not None:
                 await out.write(filt.finish())
             await out.write_eof()
@@ -344,7 +361,12 @@ class Gateway:
 
     async def _relay_blocking(self, resp: aiohttp.ClientResponse, endpoint: Endpoint,
                               rec: _Interception, filt: ResponseFilter | None = None) -> web.Response:
-        data = await resp.read()
+        idle = rec.provider.timeouts.idle
+        try:
+            data = b"".join([c async for c in _chunks(resp, idle)])
+        except TimeoutError:
+            rec.error = f"provider {rec.provider.name!r} sent nothing for {idle:g}s while answering"
+            return error_response(rec.provider.adapter.api, 504, rec.error)
         if filt is not None:
             data = filt.feed(data) + filt.finish()
         if rec.dump is not None:
@@ -369,7 +391,7 @@ class Gateway:
             dump.response_head(resp.status, resp.headers)
         try:
             try:
-                async for chunk in resp.content.iter_any():
+                async for chunk in _chunks(resp, rec.provider.timeouts.idle):
                     if filt is not None and not (chunk := filt.feed(chunk)):
                         continue
                     ext.feed(chunk)
@@ -382,7 +404,8 @@ class Gateway:
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
                 if isinstance(e, (ConnectionResetError, aiohttp.ClientConnectionResetError)) and request.transport is None:
                     raise  # the client went away
-                msg = "upstream stream timed out" if isinstance(e, TimeoutError) else "upstream stream broke"
+                msg = (f"upstream stream timed out (nothing for {rec.provider.timeouts.idle:g}s)"
+                       if isinstance(e, TimeoutError) else "upstream stream broke")
                 log.warning(msg, extra={"provider": rec.provider.name, "error": str(e)})
                 rec.error = msg
                 await out.write(sse_error_event(api, f"{msg}; the response is incomplete"))
