@@ -151,6 +151,9 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
     async def handle(request: web.Request) -> web.StreamResponse:
         reg = request.app[REGISTRY]
         actor = await ident.authenticate(reg, request)
+        for name, val in (*request.match_info.items(), *request.query.items()):
+            if "\x00" in val:  # Postgres text cannot hold NUL; no valid id, name or filter contains one
+                raise bad_request(f"{name} contains a NUL character", name)
         if route.access == "admin" and not actor.is_admin:
             raise forbidden(f"{route.method} {route.path} requires the admin or owner role")
         return await handler(reg, request, actor)

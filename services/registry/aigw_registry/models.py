@@ -12,7 +12,23 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from .validate import PROVIDER_TYPES
+
 DateTime = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
+
+# Documentation-only constraints (not enforced at decode: values are trimmed first, then checked by
+# ``validate`` with a message naming the field). They let clients and fuzzers produce realistic values.
+ProviderName = Annotated[str, Meta(extra_json_schema={
+    "pattern": r"^[a-z0-9]+(-[a-z0-9]+)*$", "maxLength": 63, "examples": ["openai"]})]
+ProviderType = Annotated[str, Meta(extra_json_schema={"enum": list(PROVIDER_TYPES)})]
+BaseUrl = Annotated[str, Meta(extra_json_schema={
+    "pattern": "^https?://[a-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]*)*$", "maxLength": 2048,
+    "examples": ["https://api.openai.com/v1"]})]
+AccountName = Annotated[str, Meta(extra_json_schema={
+    "pattern": r"^[A-Za-z0-9]+([._-][A-Za-z0-9]+)*$", "maxLength": 64, "examples": ["alice"]})]
+Role = Annotated[str, Meta(extra_json_schema={"enum": ["owner", "admin", "member"]})]
+ApiKey = Annotated[str, Meta(extra_json_schema={
+    "pattern": r"^[!-~]+$", "minLength": 1, "maxLength": 10240, "examples": ["sk-example-0000"]})]
 
 
 class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -27,27 +43,27 @@ class Out(msgspec.Struct, kw_only=True):
 
 
 class ProviderCreate(Body):
-    name: str
-    type: str
-    base_url: str
+    name: ProviderName
+    type: ProviderType
+    base_url: BaseUrl
     display_name: str = ""
     enabled: bool = True
     allow_byok: bool = True
     settings: dict[str, str] = {}
-    keys: list[str] = []
+    keys: list[ApiKey] = []
 
 
 class ProviderPatch(Body):
-    name: str | UnsetType = UNSET
+    name: ProviderName | UnsetType = UNSET
     display_name: str | UnsetType = UNSET
-    base_url: str | UnsetType = UNSET
+    base_url: BaseUrl | UnsetType = UNSET
     enabled: bool | UnsetType = UNSET
     allow_byok: bool | UnsetType = UNSET
     settings: dict[str, str | None] | UnsetType = UNSET
 
 
 class KeyCreate(Body):
-    api_key: str
+    api_key: ApiKey
     position: int | None = None
 
 
@@ -85,7 +101,7 @@ class KeyList(Out):
 
 
 class UserKeyPut(Body):
-    api_key: str
+    api_key: ApiKey
 
 
 class UserKeyOut(Out):
@@ -104,15 +120,15 @@ class UserKeyList(Out):
 
 
 class UserCreate(Body):
-    username: str
+    username: AccountName
     email: str | None = None
-    roles: list[str] = msgspec.field(default_factory=lambda: ["member"])
+    roles: list[Role] = msgspec.field(default_factory=lambda: ["member"])
 
 
 class UserPatch(Body):
-    username: str | UnsetType = UNSET
+    username: AccountName | UnsetType = UNSET
     email: str | UnsetType | None = UNSET
-    roles: list[str] | UnsetType = UNSET
+    roles: list[Role] | UnsetType = UNSET
 
 
 class GroupRef(Out):
@@ -163,11 +179,11 @@ class TokenList(Out):
 
 
 class GroupCreate(Body):
-    name: str
+    name: AccountName
 
 
 class GroupPatch(Body):
-    name: str | UnsetType = UNSET
+    name: AccountName | UnsetType = UNSET
 
 
 class MemberRef(Out):

@@ -38,13 +38,13 @@ class Route:
 
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_PARAM_DOCS = {
-    "idOrName": "provider id or name",
-    "keyId": "key id",
-    "user": "user id, username, or `me`",
-    "provider": "provider id or name",
-    "tokenId": "token id",
-    "group": "group id or name",
+_PARAM_DOCS = {  # description, example
+    "idOrName": ("provider id or name", "openai"),
+    "keyId": ("key id", "00000000-0000-0000-0000-000000000000"),
+    "user": ("user id, username, or `me`", "me"),
+    "provider": ("provider id or name", "openai"),
+    "tokenId": ("token id", "00000000-0000-0000-0000-000000000000"),
+    "group": ("group id or name", "eng"),
 }
 
 
@@ -63,7 +63,7 @@ def build(routes: list[Route], *, title: str = "aigw registry", version: str = "
     for r in routes:
         params: list[dict[str, Any]] = [
             {"name": p, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
-             "description": _PARAM_DOCS.get(p, p)}
+             "description": _PARAM_DOCS.get(p, (p, ""))[0], "example": _PARAM_DOCS.get(p, (p, "x"))[1]}
             for p in _PATH_PARAM.findall(r.path)
         ]
         params += [{"name": q.name, "in": "query", "required": False, "schema": q.schema,

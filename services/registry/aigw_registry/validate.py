@@ -28,7 +28,7 @@ MAX_URL = 2048
 
 _ACCOUNT_RE = re.compile(r"^[A-Za-z0-9]+([._-][A-Za-z0-9]+)*$")
 _HOST_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?$")
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 
 _LINK_LOCAL_V4 = ipaddress.ip_network("169.254.0.0/16")

@@ -9,12 +9,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-
 from aigw_common.settings import Settings
 from aigw_registry.api import REGISTRY
 from aigw_registry.app import create_app
 from aigw_registry.core import Registry
+from aiohttp import web
 
 
 @dataclass
@@ -103,7 +102,7 @@ def owner_token() -> str:
 @pytest.fixture
 def registry_settings(make_settings: Callable[..., Settings], database_url: str, owner_token: str) -> Callable[..., Settings]:
     def make(**env: str) -> Settings:
-        return make_settings(AIGW_DATABASE_URL=database_url, AIGW_BOOTSTRAP_TOKEN=owner_token, **env)
+        return make_settings(**{"AIGW_DATABASE_URL": database_url, "AIGW_BOOTSTRAP_TOKEN": owner_token, **env})
 
     return make
 

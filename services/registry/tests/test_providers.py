@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-
-import pytest
+import itertools
 
 P = "/api/v2/ai/providers"
 
@@ -251,7 +250,7 @@ async def test_concurrent_updates_of_one_provider(client, registry) -> None:  # 
         "SELECT before, after FROM registry.audit_logs WHERE action = 'provider.update' AND resource_id = $1 ORDER BY id",
         p["id"])
     assert len(rows) == n
-    for a, b in zip(rows, rows[1:], strict=False):
+    for a, b in itertools.pairwise(rows):
         assert a["after"]["display_name"] == b["before"]["display_name"]
     # concurrent renames to one name: exactly one wins
     await client.ok("POST", P, {**BASE, "name": "q"})
