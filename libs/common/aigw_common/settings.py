@@ -57,6 +57,7 @@ _SCALARS = frozenset(
         "AIGW_CHATD_SERVICE_TOKEN",
         "AIGW_CHATD_SUMMARY_MODEL",
         "AIGW_ALLOW_LINK_LOCAL_BASE_URLS",
+        "AIGW_ADMIN_TOKEN",  # the token `aigw admin` sends (services ignore it)
         "AIGW_OPENAI_KEY",
         "AIGW_OPENAI_BASE_URL",
         "AIGW_ANTHROPIC_KEY",
@@ -156,6 +157,7 @@ class Settings:
     chatd_service_token: str | None = None
     chatd_summary_model: str | None = None
     allow_link_local_base_urls: bool = False
+    admin_token: str | None = field(default=None, repr=False)  # for `aigw admin` only
     providers: tuple[ProviderSeed, ...] = ()
     aws_env: Mapping[str, str] = field(default_factory=dict, repr=False)  # AWS_ENV_VARS that are set
 
@@ -457,6 +459,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["chatd_summary_model"] = v.strip()
     if v := get("AIGW_ALLOW_LINK_LOCAL_BASE_URLS"):
         kw["allow_link_local_base_urls"] = _bool("AIGW_ALLOW_LINK_LOCAL_BASE_URLS", v)
+    if v := get("AIGW_ADMIN_TOKEN"):
+        kw["admin_token"] = v.strip()
 
     seeds = _legacy_providers(env)
     legacy_names = {s.name for s in seeds}
