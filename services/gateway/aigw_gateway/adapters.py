@@ -126,12 +126,13 @@ class OpenAIAdapter(Adapter):
     """OpenAI and OpenAI-compatible APIs: the base URL includes ``/v1``."""
 
     api: Api = "openai"
+    route_prefix = "/v1"  # Copilot's bridged routes have none
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         if method == "POST":
-            if path == "/v1/chat/completions":
+            if path == self.route_prefix + "/chat/completions":
                 return "chat_completions"
-            if path == "/v1/responses":
+            if path == self.route_prefix + "/responses":
                 return "responses"
         return None
 
@@ -209,14 +210,7 @@ class CopilotAdapter(OpenAIAdapter):
     """
 
     byok_only = True
-
-    def endpoint(self, method: str, path: str) -> Endpoint | None:
-        if method == "POST":
-            if path == "/chat/completions":
-                return "chat_completions"
-            if path == "/responses":
-                return "responses"
-        return None
+    route_prefix = ""
 
     def passthrough(self, method: str, path: str) -> bool:
         if not _COPILOT_PASSTHROUGH.match(path):

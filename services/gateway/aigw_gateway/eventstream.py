@@ -39,6 +39,7 @@ MAX_HEADERS = 128 * 1024
 CONTENT_TYPE = "application/vnd.amazon.eventstream"
 
 HeaderValue = bool | int | bytes | str | uuid.UUID | _dt.datetime
+_INT_FORMATS = {2: ">b", 3: ">h", 4: ">i", 5: ">q"}  # header value type → fixed-width integer
 
 
 class EventStreamError(AigwError):
@@ -74,7 +75,7 @@ def _encode_header(name: str, value: HeaderValue | IntHeader) -> bytes:
     if isinstance(value, bool):
         return head + bytes([0 if value else 1])
     if isinstance(value, IntHeader):
-        fmt = {2: ">b", 3: ">h", 4: ">i", 5: ">q"}[value.type]
+        fmt = _INT_FORMATS[value.type]
         return head + bytes([value.type]) + struct.pack(fmt, value.value)
     if isinstance(value, int):
         if -(2**31) <= value < 2**31:
@@ -118,18 +119,10 @@ def _decode_headers(buf: memoryview) -> dict[str, HeaderValue]:
             value: HeaderValue
             if t == 0 or t == 1:
                 value = t == 0
-            elif t == 2:
-                (value,) = struct.unpack_from(">b", buf, i)
-                i += 1
-            elif t == 3:
-                (value,) = struct.unpack_from(">h", buf, i)
-                i += 2
-            elif t == 4:
-                (value,) = struct.unpack_from(">i", buf, i)
-                i += 4
-            elif t == 5:
-                (value,) = struct.unpack_from(">q", buf, i)
-                i += 8
+            elif t in _INT_FORMATS:
+                fmt = _INT_FORMATS[t]
+                (value,) = struct.unpack_from(fmt, buf, i)
+                i += struct.calcsize(fmt)
             elif t == 6 or t == 7:
                 (ln2,) = struct.unpack_from(">H", buf, i)
                 raw = bytes(buf[i + 2 : i + 2 + ln2])
