@@ -114,3 +114,25 @@ def test_killed_parent_leaves_no_server_behind(state_dir: Path) -> None:
         p.send_signal(signal.SIGKILL)
         p.wait()
     assert _wait_gone(pids) == []
+
+
+def _pgserver_bin() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return d if (d / "postgres").exists() else None
+
+
+@pytest.mark.skipif(_pgserver_bin() is None, reason="the embedded-pg extra (pgserver) is not installed")
+async def test_postgres_from_the_pgserver_wheel(state_dir: Path) -> None:
+    pg = EmbeddedPostgres(state_dir / "pg", bin_dir=_pgserver_bin())
+    url = await pg.start()
+    try:
+        conn = await asyncpg.connect(url)
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.close()
+    finally:
+        await pg.stop()

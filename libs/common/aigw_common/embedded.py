@@ -33,6 +33,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .errors import AigwError, ConfigError
@@ -139,6 +140,19 @@ async def stop_process(proc: subprocess.Popen[bytes], sig: int, within: float, n
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     await _wait_exit(proc, 5.0)
+
+
+async def _wait_ready(name: str, proc: subprocess.Popen[bytes], logfile: Path, within: float,
+                      ready: Callable[[], Awaitable[bool]], stop: Callable[[], Awaitable[None]]) -> None:
+    """Poll ``ready`` until it says yes; fail with the log tail if the server exits or takes too long."""
+    deadline = time.monotonic() + within
+    while not await ready():
+        if proc.poll() is not None:
+            raise EmbeddedError(f"{name} exited with {proc.returncode}:\n{log_tail(logfile)}")
+        if time.monotonic() > deadline:
+            await stop()
+            raise EmbeddedError(f"{name} not ready after {within}s:\n{log_tail(logfile)}")
+        await asyncio.sleep(0.05)
 
 
 def _version_key(p: Path) -> tuple[int, ...]:
@@ -265,7 +279,7 @@ class EmbeddedPostgres:
             [str(bindir / "postgres"), "-D", str(self.pgdata), "-p", str(self.port)], self.logfile,
             start_new_session=True, preexec_fn=die_with_parent(signal.SIGINT), **as_user,
         )
-        await self._wait_ready()
+        await _wait_ready("postgres", self.proc, self.logfile, self.start_timeout, self._ready, self.stop)
         log.info("embedded postgres started", extra={"port": self.port, "pid": self.proc.pid, "dir": str(self.dir)})
         return self.url
 
@@ -306,24 +320,15 @@ class EmbeddedPostgres:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
 
-    async def _wait_ready(self) -> None:
+    async def _ready(self) -> bool:
         import asyncpg
 
-        assert self.proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise EmbeddedError(f"postgres exited with {self.proc.returncode}:\n{log_tail(self.logfile)}")
-            try:
-                conn = await asyncpg.connect(self.url, timeout=2)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                if time.monotonic() > deadline:
-                    await self.stop()
-                    raise EmbeddedError(f"postgres not ready after {self.start_timeout}s:\n{log_tail(self.logfile)}") from None
-                await asyncio.sleep(0.1)
-                continue
-            await conn.close()
-            return
+        try:
+            conn = await asyncpg.connect(self.url, timeout=2)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        await conn.close()
+        return True
 
     async def stop(self) -> None:
         """Fast shutdown (SIGINT: roll back sessions, checkpoint), then kill if it hangs."""
@@ -363,33 +368,23 @@ class EmbeddedNats:
         cmd = [str(binary), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.dir / "jetstream"),
                "-n", f"aigw-dev-{self.port}"]
         self.proc = _spawn(cmd, self.logfile, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
-        await self._wait_ready()
+        await _wait_ready("nats-server", self.proc, self.logfile, self.start_timeout, self._ready, self.stop)
         log.info("embedded nats started", extra={"port": self.port, "pid": self.proc.pid, "dir": str(self.dir)})
         return self.url
 
-    async def _wait_ready(self) -> None:
+    async def _ready(self) -> bool:
         """Ready when a client gets an INFO line that says JetStream is on."""
-        assert self.proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise EmbeddedError(f"nats-server exited with {self.proc.returncode}:\n{log_tail(self.logfile)}")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 2)
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 2)
-                try:
-                    line = await asyncio.wait_for(reader.readline(), 2)
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-                if line.startswith(b"INFO") and b'"jetstream":true' in line:
-                    return
-            except (OSError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                await self.stop()
-                raise EmbeddedError(f"nats-server not ready after {self.start_timeout}s:\n{log_tail(self.logfile)}")
-            await asyncio.sleep(0.05)
+                line = await asyncio.wait_for(reader.readline(), 2)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        except (OSError, TimeoutError):
+            return False
+        return line.startswith(b"INFO") and b'"jetstream":true' in line
 
     async def stop(self) -> None:
         """SIGTERM: nats-server flushes JetStream and exits; kill if it hangs."""
