@@ -26,24 +26,12 @@ from aigw_gateway.keystate import KeyReporter, KeyStateWatcher
 from aigw_keypool.app import create_app as keypool_app
 from aigw_registry.app import create_app as registry_app
 from aigw_testing.upstream import MockUpstream
+from aigw_testing.wait import eventually
 from aiohttp import web
 
 CHAT = "openai/chatcompletions/simple"
 KEYS = ["sk-fleet-one-1111", "sk-fleet-two-2222", "sk-fleet-three-3333"]
 PROPAGATION = 1.0  # the contract: every replica skips a marked key within a second
-
-
-async def until_true(check: Callable[[], Any], timeout: float, what: str) -> float:  # noqa: ASYNC109
-    """Poll ``check`` (sync or async) until truthy; returns the seconds it took."""
-    t0 = time.monotonic()
-    while True:
-        r = check()
-        if asyncio.iscoroutine(r):
-            r = await r
-        if r:
-            return time.monotonic() - t0
-        assert time.monotonic() - t0 < timeout, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -87,7 +75,7 @@ class Fleet:
                     return r.status == 200
             except aiohttp.ClientError:
                 return False
-        await until_true(ok, 15, f"{url} ready")
+        await eventually(ok, 15, f"{url} ready")
 
     async def start_keypool(self) -> None:
         self.keypool = keypool_app(self.settings())
@@ -105,7 +93,7 @@ class Fleet:
         gw = Gateway(name, url, app, openai.AsyncOpenAI(base_url=f"{url}/fleet/v1", api_key=self.owner, max_retries=0))
         gw.extras = await _wire_keystate(app)
         await self.ready(url)
-        await until_true(lambda: "fleet" in app[LOADER].current.by_name, 10, f"gateway {name} has the provider")
+        await eventually(lambda: "fleet" in app[LOADER].current.by_name, 10, f"gateway {name} has the provider")
         self.gateways[name] = gw
         return gw
 
@@ -187,7 +175,7 @@ async def test_marks_spread_across_the_fleet_and_survive_a_keypool_restart(fleet
     mock.on_key(KEYS[0], 401)
     await f.chat("a")
     assert mock.count_by_key[KEYS[0]] == 1 and mock.count_by_key[KEYS[1]] == 1
-    took = await until_true(lambda: f.gateways["b"].state(f.pid, f.kid(0)) == "revoked", PROPAGATION,
+    took = await eventually(lambda: f.gateways["b"].state(f.pid, f.kid(0)) == "revoked", PROPAGATION,
                             "gateway B sees key 1 revoked")
     print(f"\nrevoke propagated to gateway B in {took * 1000:.0f} ms")
     await f.chat("b", 3)
@@ -197,7 +185,7 @@ async def test_marks_spread_across_the_fleet_and_survive_a_keypool_restart(fleet
     mock.on_key(KEYS[1], 429, {"Retry-After": "2"})
     await f.chat("a")
     cooled_at = time.time()
-    await until_true(f.everyone(1, "cooling"), PROPAGATION, "every gateway sees key 2 cooling")
+    await eventually(f.everyone(1, "cooling"), PROPAGATION, "every gateway sees key 2 cooling")
     mock.clear_key(KEYS[1])  # it would answer again; the gateways must still wait out the cooldown
     n2 = mock.count_by_key[KEYS[1]]
     await f.chat("b", 2)
@@ -217,7 +205,7 @@ async def test_marks_spread_across_the_fleet_and_survive_a_keypool_restart(fleet
     await asyncio.sleep(0.3)
     assert f.gateways["b"].state(f.pid, f.kid(1)) == "valid"  # nobody told B yet
     await f.start_keypool()
-    await until_true(lambda: f.gateways["b"].state(f.pid, f.kid(1)) == "revoked", 5, "mark applied after restart")
+    await eventually(lambda: f.gateways["b"].state(f.pid, f.kid(1)) == "revoked", 5, "mark applied after restart")
     n = mock.count_by_key[KEYS[1]]
     await f.chat("b", 2)
     assert mock.count_by_key[KEYS[1]] == n and mock.count_by_key[KEYS[0]] == 1
@@ -226,7 +214,7 @@ async def test_marks_spread_across_the_fleet_and_survive_a_keypool_restart(fleet
 
     async def reported() -> bool:  # stats live in keypool's memory: rebuilt from reports after the restart
         return (await f.health())["keys"][2]["successes_1m"] >= 2
-    await until_true(reported, 3, "gateway reports reach keypool")
+    await eventually(reported, 3, "gateway reports reach keypool")
 
     # a gateway that starts late loads the state before it serves: it never tries the revoked keys
     c = await f.start_gateway("c")
@@ -242,7 +230,7 @@ async def test_marks_spread_across_the_fleet_and_survive_a_keypool_restart(fleet
     await f.refresh_provider()
     assert f.provider["keys"][0]["hint"].endswith("4444")
     for g in f.gateways.values():
-        await until_true(lambda g=g: f.kid(0) in {k.id for k in g.app[LOADER].current.by_name["fleet"].pool.keys},
+        await eventually(lambda g=g: f.kid(0) in {k.id for k in g.app[LOADER].current.by_name["fleet"].pool.keys},
                          5, f"gateway {g.name} has the new key")
     for name in f.gateways:
         await f.chat(name)
@@ -259,11 +247,11 @@ async def test_gateways_keep_serving_through_a_nats_restart_and_converge(fleet_f
         mock = f.mock
         mock.on_key(KEYS[0], 401)
         await f.chat("a")
-        await until_true(f.everyone(0, "revoked"), PROPAGATION, "key 1 revoked everywhere")
+        await eventually(f.everyone(0, "revoked"), PROPAGATION, "key 1 revoked everywhere")
         await f.chat("b")  # B has verified the token too: identities are cached, NATS is not asked per request
 
         await server.stop()
-        await until_true(lambda: not f.gateways["b"].app[BUS].connected, 10, "gateway B sees NATS gone")
+        await eventually(lambda: not f.gateways["b"].app[BUS].connected, 10, "gateway B sees NATS gone")
         # both gateways serve from what they knew: key 1 stays skipped
         n0 = mock.count_by_key[KEYS[0]]
         await f.chat("a", 2)
@@ -272,7 +260,7 @@ async def test_gateways_keep_serving_through_a_nats_restart_and_converge(fleet_f
 
         await server.start()
         for g in f.gateways.values():
-            await until_true(lambda g=g: g.app[BUS].connected, 15, f"gateway {g.name} reconnected")
+            await eventually(lambda g=g: g.app[BUS].connected, 15, f"gateway {g.name} reconnected")
         await f.ready(f.keypool_url)
         # after the restart a new mark spreads as before, and the old state is still there
         mock.on_key(KEYS[1], 429, {"Retry-After": "30"})
@@ -283,8 +271,8 @@ async def test_gateways_keep_serving_through_a_nats_restart_and_converge(fleet_f
             except openai.APIError:
                 return False
             return True
-        await until_true(mark_through_a, 10, "gateway A serving")
-        await until_true(f.everyone(1, "cooling"), 5, "key 2 cooling everywhere after the NATS restart")
+        await eventually(mark_through_a, 10, "gateway A serving")
+        await eventually(f.everyone(1, "cooling"), 5, "key 2 cooling everywhere after the NATS restart")
         n1 = mock.count_by_key[KEYS[1]]
         await f.chat("b", 2)
         assert mock.count_by_key[KEYS[1]] == n1 and mock.count_by_key[KEYS[0]] == n0

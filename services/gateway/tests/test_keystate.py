@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import pytest
@@ -12,6 +11,8 @@ from aigw_common.embedded import EmbeddedNats
 from aigw_common.keystate import keys_bucket
 from aigw_common.schemas import KeyReport, KeyState
 from aigw_gateway.keystate import KeyReporter, KeyStateWatcher, parse_ratelimit
+from aigw_testing.faultproxy import FaultProxy
+from aigw_testing.wait import eventually
 from multidict import CIMultiDict
 
 NOW = 1_700_000_000.0
@@ -31,13 +32,6 @@ class Pools:
 
 def ks(key_id: str, state: str, until: float | None = None) -> bytes:
     return encode(KeyState(provider_id="p", key_id=key_id, state=state, until=until, status_code=429))  # type: ignore[arg-type]
-
-
-async def wait_for(check, timeout: float = 5.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 # ------------------------------------------------------------------ headers
@@ -72,12 +66,19 @@ def test_no_or_garbled_ratelimit_headers():
 # ------------------------------------------------------------------ reporter
 
 
-async def test_reporter_aggregates_per_key_and_publishes(bus: Bus):
+@pytest.fixture
+async def reports(bus: Bus) -> asyncio.Queue[KeyReport]:
     got: asyncio.Queue[KeyReport] = asyncio.Queue()
 
     async def on_report(msg, _m):  # type: ignore[no-untyped-def]
         await got.put(msg)
     await bus.subscribe(bus.subjects.keys_report, KeyReport, on_report)
+    await bus.nc.flush()
+    return got
+
+
+async def test_reporter_aggregates_per_key_and_publishes(bus: Bus, reports: asyncio.Queue[KeyReport]):
+    got = reports
     rep = KeyReporter(bus, "gw-1", interval=0.2)
     await rep.start()
     try:
@@ -95,12 +96,8 @@ async def test_reporter_aggregates_per_key_and_publishes(bus: Bus):
         await rep.stop()
 
 
-async def test_reporter_flushes_at_once_when_a_budget_hits_zero(bus: Bus):
-    got: asyncio.Queue[KeyReport] = asyncio.Queue()
-
-    async def on_report(msg, _m):  # type: ignore[no-untyped-def]
-        await got.put(msg)
-    await bus.subscribe(bus.subjects.keys_report, KeyReport, on_report)
+async def test_reporter_flushes_at_once_when_a_budget_hits_zero(bus: Bus, reports: asyncio.Queue[KeyReport]):
+    got = reports
     rep = KeyReporter(bus, "gw-1", interval=60)
     await rep.start()
     try:
@@ -142,7 +139,7 @@ async def test_watcher_loads_the_bucket_before_ready_and_follows_changes(bus: Bu
                                ("p", "k3"): ("valid", None)}
         await kv.put("p.k4", ks("k4", "revoked"))
         await kv.purge("p.k2")  # keypool cleared it (the registry replaced the key)
-        await wait_for(lambda: pools.state.get(("p", "k4")) == ("revoked", None) and
+        await eventually(lambda: pools.state.get(("p", "k4")) == ("revoked", None) and
                        pools.state[("p", "k2")] == ("valid", None), 3, "changes applied")
         pools.calls.clear()
         w.replay()
@@ -151,53 +148,10 @@ async def test_watcher_loads_the_bucket_before_ready_and_follows_changes(bus: Bu
         await w.stop()
 
 
-class CutProxy:
-    """A TCP relay that can drop every connection and refuse new ones, to cut one client off NATS."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.open = True
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.open:
-            writer.close()
-            return
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers |= {writer, uw}
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            w.close()
-
-        await asyncio.gather(pipe(reader, uw), pipe(ur, writer))
-
-    def cut(self) -> None:
-        self.open = False
-        for w in self._writers:
-            w.close()
-        self._writers.clear()
-
-    async def stop(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-
-
 async def test_watcher_keeps_last_state_while_cut_off_and_converges_after(bus: Bus, nats_url: str):
     port = int(nats_url.rsplit(":", 1)[1])
-    proxy = CutProxy(port)
-    await proxy.start()
-    gw_bus = Bus(servers=(f"nats://127.0.0.1:{proxy.port}",), name="gw", subjects=bus.subjects)
+    proxy = await FaultProxy.start_for("127.0.0.1", port)
+    gw_bus = Bus(servers=(proxy.rewrite(nats_url),), name="gw", subjects=bus.subjects)
     await gw_bus.start(wait=5)
     kv = await keys_bucket(bus)
     await kv.put("p.k1", ks("k1", "revoked"))
@@ -207,21 +161,21 @@ async def test_watcher_keeps_last_state_while_cut_off_and_converges_after(bus: B
     await w.start()
     try:
         assert pools.state[("p", "k1")] == ("revoked", None)
-        proxy.cut()
-        await wait_for(lambda: not gw_bus.connected, 5, "disconnect seen")
+        await proxy.down()
+        await eventually(lambda: not gw_bus.connected, 5, "disconnect seen")
         # changes the cut-off gateway cannot see: a purge (no later event will repeat it) and a new mark
         await kv.purge("p.k1")
         await kv.put("p.k3", ks("k3", "revoked"))
         await asyncio.sleep(0.3)
         assert pools.state[("p", "k1")] == ("revoked", None)  # last known state stands
-        proxy.open = True
-        await wait_for(lambda: pools.state.get(("p", "k1")) == ("valid", None)
+        await proxy.up()
+        await eventually(lambda: pools.state.get(("p", "k1")) == ("valid", None)
                        and pools.state.get(("p", "k3")) == ("revoked", None), 10, "converged after reconnect")
         assert pools.state[("p", "k2")] == ("revoked", None)
     finally:
         await w.stop()
         await gw_bus.close()
-        await proxy.stop()
+        await proxy.close()
 
 
 async def test_watcher_survives_a_nats_server_restart(tmp_path):
@@ -235,12 +189,12 @@ async def test_watcher_survives_a_nats_server_restart(tmp_path):
         await w.start()
         kv = await keys_bucket(b)
         await kv.put("p.k1", ks("k1", "revoked"))
-        await wait_for(lambda: ("p", "k1") in pools.state, 3, "first state")
+        await eventually(lambda: ("p", "k1") in pools.state, 3, "first state")
         await server.stop()
         await asyncio.sleep(0.5)
         assert pools.state[("p", "k1")] == ("revoked", None)
         await server.start()
-        await wait_for(lambda: b.connected, 10, "reconnect")
+        await eventually(lambda: b.connected, 10, "reconnect")
 
         async def write() -> bool:
             try:
@@ -252,7 +206,7 @@ async def test_watcher_survives_a_nats_server_restart(tmp_path):
         while not await write():
             assert time.monotonic() < deadline
             await asyncio.sleep(0.2)
-        await wait_for(lambda: ("p", "k2") in pools.state, 10, "state written after the restart")
+        await eventually(lambda: ("p", "k2") in pools.state, 10, "state written after the restart")
         assert pools.state[("p", "k1")] == ("revoked", None)
     finally:
         await w.stop()

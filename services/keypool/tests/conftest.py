@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 from aigw_common.bus import Bus
 from aigw_common.keystate import ensure_marks_stream, keys_bucket
+from aigw_testing import wait
 from aigw_testing.registry_stub import RegistryStub
 
 
@@ -21,21 +20,8 @@ async def registry(bus: Bus, make_settings) -> RegistryStub:  # type: ignore[no-
 
 
 @pytest.fixture
-def eventually() -> Callable[..., Awaitable[None]]:
-    async def wait(check: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0,  # noqa: ASYNC109
-                   what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            r = check()
-            if not isinstance(r, bool):
-                r = await r
-            if r:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            await asyncio.sleep(0.05)
-
-    return wait
+def eventually() -> Callable[..., Awaitable[float]]:
+    return wait.eventually
 
 
 @pytest.fixture
