@@ -22,6 +22,7 @@ from aigw_common.logging import redact
 
 USER_AGENT = "aigw-chatd/0.1.0"
 ANTHROPIC_VERSION = "2023-06-01"
+BUDGET_RETRY_WITHIN = 60.0
 MESSAGES_TYPES = frozenset({"anthropic", "bedrock"})
 ErrorKind = Literal["rate_limit", "overloaded", "auth", "budget", "context_length", "timeout", "stream_closed", "generic"]
 
@@ -96,8 +97,7 @@ class Route:
         if self.api == "anthropic":
             h["anthropic-version"] = ANTHROPIC_VERSION
         if not self.direct:
-            h["X-AIGW-Chat-Id"] = self.chat_id
-            h["X-AIGW-Client"] = "aigw-chatd"
+            h["X-AIGW-Chat-Id"] = self.chat_id  # the gateway records it as the session (and the client as aigw-chatd)
             if self.token is not None and self.provider_key is not None:
                 h["X-AIGW-Token"] = self.token.reveal()
             elif self.token is not None:
@@ -220,7 +220,9 @@ def classify_http(status: int, raw: bytes, provider: str, headers: Any = None) -
         # The gateway answers 429 both for an exhausted budget (its message names the budget) and for a pool
         # whose every key is cooling; only the latter is worth retrying.
         if "budget" in both or "insufficient_quota" in both:
-            return err("budget", False)
+            # exhausted for the period (Retry-After: the period's end) is final; "no room right now"
+            # (a short Retry-After while reservations settle) is worth another try
+            return err("budget", ra is not None and ra <= BUDGET_RETRY_WITHIN)
         return err("rate_limit", True)
     if status in (401, 403):
         return err("auth", False)

@@ -51,6 +51,13 @@ def test_classify_http(status, body, kind, retryable):
     assert set(e.as_dict()) == {"message", "kind", "provider", "retryable", "status_code", "detail"}
 
 
+def test_budget_exhausted_is_final_but_no_room_right_now_is_retried():
+    body = _j({"error": {"message": "user 'carol' budget of $1.00 for 2026-11 is exhausted", "type": "rate_limit_error"}})
+    assert classify_http(429, body, "p", {"Retry-After": "864000"}).retryable is False
+    assert classify_http(429, body, "p", {"Retry-After": "2"}).retryable is True
+    assert classify_http(429, body, "p").kind == "budget"
+
+
 def test_retry_after_headers():
     assert classify_http(429, b"{}", "p", {"retry-after-ms": "1500"}).retry_after == 1.5
     assert classify_http(429, b"{}", "p", {"Retry-After": "3"}).retry_after == 3.0
