@@ -43,7 +43,7 @@ SETTINGS_FIELDS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
         ("access_key", False, True),
         ("access_key_secret", False, True),
         ("session_token", False, True),
-        ("model", True, False),
+        ("model", False, False),
         ("small_fast_model", False, False),
     ),
     "azure": (("api_version", False, False),),

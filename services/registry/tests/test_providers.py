@@ -113,6 +113,7 @@ CREATE_CASES = [
     ({"display_name": "x" * 129}, "display_name"),
     ({"settings": {"region": "us-east-1"}}, "settings.region"),
     ({"type": "bedrock", "settings": {"model": "m"}}, "settings.region"),
+    ({"type": "bedrock", "settings": {}}, "settings.region"),
     ({"type": "bedrock", "settings": {"region": "r", "model": "m", "access_key": "AKIA1234"}}, "settings.access_key_secret"),
     ({"type": "bedrock", "settings": {"region": "r", "model": "m"}, "keys": ["sk-aaaaaaaaaa"]}, "keys"),
     ({"type": "azure", "settings": {"api_version": "1", "deployment": "x"}}, "settings.deployment"),
