@@ -114,6 +114,9 @@ async def providers_changed(conn: asyncpg.Connection, *provider_ids: str) -> int
 
 
 async def auth_revoked(conn: asyncpg.Connection, *, user_ids: list[str] | None = None,
-                       token_ids: list[str] | None = None) -> None:
-    if user_ids or token_ids:
-        await enqueue(conn, AuthRevoked(user_ids=list(user_ids or ()), token_ids=list(token_ids or ())))
+                       token_ids: list[str] | None = None, deleted_user_ids: list[str] | None = None) -> None:
+    """Queue ``auth.revoked``: caches drop these tokens/users; deleted users are also listed in user_ids."""
+    users = list(dict.fromkeys([*(user_ids or ()), *(deleted_user_ids or ())]))
+    if users or token_ids:
+        await enqueue(conn, AuthRevoked(user_ids=users, token_ids=list(token_ids or ()),
+                                        deleted_user_ids=list(deleted_user_ids or ())))

@@ -231,7 +231,7 @@ async def delete_user(reg: Registry, request: web.Request, actor: Actor) -> web.
         await conn.execute("DELETE FROM registry.group_members WHERE user_id = $1", uid)
         await conn.execute("UPDATE registry.users SET deleted_at = now(), updated_at = now() WHERE id = $1", uid)
         await audit(conn, actor, "user.delete", "user", uid, to_builtins(before), None)
-        await auth_revoked(conn, user_ids=[uid], token_ids=tokens)
+        await auth_revoked(conn, deleted_user_ids=[uid], token_ids=tokens)
     return web.Response(status=204)
 
 

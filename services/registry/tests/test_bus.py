@@ -127,6 +127,13 @@ async def test_changes_are_published_after_commit(registry, client, bus) -> None
     await revoked.wait_for(lambda m: tid in m.token_ids, 3)
     await asyncio.sleep(0.1)
     assert cache.cached(token) is None and await cache.verify(token) is None
+    # a deleted user is announced as deleted (services drop per-user data), a role change only evicts
+    await client.ok("PATCH", f"{U}/hank", {"roles": ["admin"]})
+    m = await revoked.wait_for(lambda m: user["id"] in m.user_ids, 3)
+    assert m.deleted_user_ids == []
+    await client.ok("DELETE", f"{U}/hank")
+    m = await revoked.wait_for(lambda m: user["id"] in m.deleted_user_ids, 3)
+    assert user["id"] in m.user_ids
 
 
 async def test_outbox_survives_a_crash_between_commit_and_publish(registry, start_registry, apps, bus) -> None:  # type: ignore[no-untyped-def]
