@@ -56,8 +56,13 @@ class KeyStateWatcher:
         return self._watch.loaded.is_set()
 
     def not_ready(self) -> str | None:
-        """A readiness check for ``app[STATE].checks``."""
-        return None if self.ready else "key state not loaded from keypool's bucket yet"
+        """A readiness check for ``app[STATE].checks``: not ready while NATS is up and the bucket not yet loaded.
+
+        With NATS down there is nothing to wait for: the gateway serves what it knows (contract, section 1).
+        """
+        if self.ready or not self._watch.bus.connected:
+            return None
+        return "key state not loaded from keypool's bucket yet"
 
     def replay(self) -> None:
         """Apply every known state again, e.g. after the provider set was rebuilt with fresh pools."""

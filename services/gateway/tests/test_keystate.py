@@ -186,7 +186,12 @@ async def test_watcher_survives_a_nats_server_restart(tmp_path):
     pools = Pools()
     w = KeyStateWatcher(b, pools)
     try:
-        await w.start()
+        await server.stop()
+        await eventually(lambda: not b.connected, 5, "disconnect seen")
+        await w.start(wait=0.2)
+        assert not w.ready and w.not_ready() is None  # NATS down: nothing to wait for, serve what we know
+        await server.start()
+        await eventually(lambda: w.ready, 10, "loaded once NATS is back")
         kv = await keys_bucket(b)
         await kv.put("p.k1", ks("k1", "revoked"))
         await eventually(lambda: ("p", "k1") in pools.state, 3, "first state")
