@@ -281,6 +281,17 @@ class Bus:
         except (ConnectionClosedError, OutboundBufferLimitError) as e:
             raise BusError(f"publish to {subject} failed: {e}") from e
 
+    async def publish_raw(self, subject: str, data: bytes, *, reply: str = "",
+                          headers: dict[str, str] | None = None) -> None:
+        """Publish encoded bytes without waiting for anything (the caller tracks acks on ``reply`` itself)."""
+        nc = self._require()
+        if not nc.is_connected:
+            raise BusError("NATS is disconnected")
+        try:
+            await nc.publish(subject, data, reply=reply, headers=self._headers(headers))
+        except (ConnectionClosedError, OutboundBufferLimitError) as e:
+            raise BusError(f"publish to {subject} failed: {e}") from e
+
     async def request(
         self, subject: str, msg: msgspec.Struct, reply_type: type[T] | Any, *, timeout: float = 2.0,
         headers: dict[str, str] | None = None,
@@ -297,7 +308,8 @@ class Bus:
         return decode(reply.data, reply_type)
 
     async def subscribe(self, subject: str, msg_type: Any, handler: Handler, *, queue: str = "") -> _Sub:
-        """Register a typed handler; a returned Struct is sent as the reply when the message has one."""
+        """Register a typed handler (``msg_type=bytes`` for raw payloads); a returned Struct is sent as the
+        reply when the message has one. Re-applied on every (re)connect."""
         sub = _Sub(subject, msg_type, handler, queue)
         self._subs.append(sub)
         if self.connected:
@@ -328,7 +340,7 @@ class Bus:
 
         async def cb(m: Msg) -> None:
             try:
-                obj = decode(m.data, sub.msg_type)
+                obj = m.data if sub.msg_type is bytes else decode(m.data, sub.msg_type)
             except DecodeError as e:
                 log.warning("dropping undecodable message", extra={"subject": m.subject, "error": str(e)})
                 return

@@ -84,13 +84,32 @@ def client_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 
 
 async def _chunks(resp: aiohttp.ClientResponse, idle: float) -> AsyncIterator[bytes]:
-    """The body as it arrives; TimeoutError when nothing arrives for ``idle`` seconds (the idle timeout)."""
-    while True:
-        async with asyncio.timeout(idle):
-            chunk = await resp.content.readany()
-        if not chunk:
-            return
-        yield chunk
+    """The body as it arrives; TimeoutError when nothing arrives for ``idle`` seconds (the idle timeout).
+
+    One timer per stream, re-armed lazily: a chunk only records the time it arrived, so the per-chunk
+    cost stays an assignment (an ``asyncio.timeout`` per chunk would schedule and cancel a timer each time).
+    """
+    loop = asyncio.get_running_loop()
+    content = resp.content
+    last = loop.time()
+
+    def check() -> None:
+        nonlocal handle
+        if loop.time() - last >= idle:
+            content.set_exception(TimeoutError(f"nothing received for {idle:g}s"))
+        else:
+            handle = loop.call_at(last + idle, check)
+
+    handle = loop.call_at(last + idle, check)
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                return
+            last = loop.time()
+            yield chunk
+    finally:
+        handle.cancel()
 
 
 def _filtered_headers(headers: CIMultiDictProxy[str], filt: ResponseFilter | None) -> CIMultiDict[str]:
@@ -217,7 +236,7 @@ class Gateway:
         adapter wants its body rewritten for the client (None: as is)."""
         adapter = provider.adapter
         t = provider.timeouts
-        # connect: sock_connect; first byte: the wait_for below; idle between chunks: _chunks() while relaying
+        # connect: sock_connect; first byte: the timeout below; idle between chunks: _chunks() while relaying
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=None)
         if caller.byok:
             keys: list[PoolKey | None] = [None]
@@ -241,11 +260,9 @@ class Gateway:
             except AdapterRefusal as e:
                 raise Refused(e.status, e.message) from None
             try:
-                resp = await asyncio.wait_for(
-                    self.session.request(out.method, out.url, headers=out.headers, data=out.body, timeout=timeout,
-                                         allow_redirects=False),
-                    t.connect + t.first_byte,
-                )
+                async with asyncio.timeout(t.connect + t.first_byte):  # no extra task per request, unlike wait_for
+                    resp = await self.session.request(out.method, out.url, headers=out.headers, data=out.body,
+                                                      timeout=timeout, allow_redirects=False)
             except TimeoutError:
                 raise Refused(504, f"provider {provider.name!r} did not answer within {t.connect + t.first_byte:.0f}s") from None
             except aiohttp.ClientError as e:

@@ -1,17 +1,25 @@
-"""Usage events to the ``AIGW_USAGE`` stream, off the request path.
+"""Usage events to the ``AIGW_USAGE`` stream, off the request path, acknowledged, never lost.
 
 The proxy calls :meth:`Recorder.emit`, which only encodes and enqueues. A
-background task publishes to JetStream (acked, ``Nats-Msg-Id`` = event id,
-many in flight at once); whatever cannot be published — NATS down, no ack —
-goes to the on-disk spool and is replayed when NATS is back. On shutdown the
-queue is flushed (or spooled) before the bus closes.
+background task publishes queued events in batches as plain NATS messages
+whose reply subject is a private inbox, one token per event: JetStream's
+acknowledgement lands there and clears the event from ``pending``. That costs
+one write per batch and one callback per ack, instead of a request/response
+round trip per event. Events not acknowledged within ``ack_timeout`` are
+published again (the ``Nats-Msg-Id`` dedup makes that safe); while NATS is
+unreachable they go to the on-disk spool, which is replayed when it returns.
+On shutdown, unacknowledged and queued events are spooled before the bus closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
+import uuid
 from contextlib import suppress
+from dataclasses import dataclass
 
 from aigw_common.bus import Bus, encode
 from aigw_common.errors import BusError
@@ -37,19 +45,34 @@ _KIND = {
 }
 
 
+@dataclass(slots=True)
+class _Pending:
+    subject: str
+    msg_id: str
+    data: bytes
+    sent_at: float
+    attempts: int
+
+
 class Recorder:
-    def __init__(self, bus: Bus, spool: Spool, *, max_in_flight: int = 128, queue_size: int = 100_000) -> None:
+    def __init__(self, bus: Bus, spool: Spool, *, queue_size: int = 100_000, ack_timeout: float = 3.0,
+                 max_attempts: int = 3, max_pending: int = 20_000, coalesce: float = 0.005) -> None:
         self.bus = bus
+        self.coalesce = coalesce
         self.spool = spool
-        self.max_in_flight = max_in_flight
-        self.published = 0
+        self.ack_timeout = ack_timeout
+        self.max_attempts = max_attempts
+        self.max_pending = max_pending
+        self.published = 0  # acknowledged by JetStream
         self.spooled = 0
         self._queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue(queue_size)
+        self._pending: dict[str, _Pending] = {}
+        self._inbox = f"_INBOX.aigw-usage.{uuid.uuid4().hex}"
+        self._tokens = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._replay_wake = asyncio.Event()
-        self._stream_ready = False
-        self._sem = asyncio.Semaphore(max_in_flight)
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._room.set()
 
     def emit(self, event: UsageEvent) -> None:
         item = (self.bus.subjects.usage(_KIND[type(event)]), event.event_id, encode(event))
@@ -58,13 +81,19 @@ class Recorder:
         except asyncio.QueueFull:
             self._to_spool(*item)
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
     async def start(self) -> None:
+        await self.bus.subscribe(self._inbox + ".*", bytes, self._on_ack)
         self.bus.on_connect(self._on_connect)
         self.bus.on_reconnect(self._on_connect)
         if self.bus.connected:
             await self._on_connect()
         self._tasks = [
             asyncio.create_task(self._publish_loop(), name="usage-publisher"),
+            asyncio.create_task(self._sweep_loop(), name="usage-ack-sweeper"),
             asyncio.create_task(self._replay_loop(), name="usage-spool-replay"),
         ]
         if self.spool.pending():
@@ -74,34 +103,73 @@ class Recorder:
         try:
             s = self.bus.subjects
             await self.bus.ensure_stream(s.usage_stream, [s.usage_all], duplicate_window=600.0)
-            self._stream_ready = True
         except Exception as e:  # noqa: BLE001 - any failure here means "retry on the next connect"; logged
             log.warning("could not ensure the usage stream", extra={"error": str(e)})
         self._replay_wake.set()
 
+    async def _on_ack(self, data: bytes, m: object) -> None:
+        token = getattr(m, "subject", "").rpartition(".")[2]
+        # a PubAck carries the stream sequence; anything else (no responders, an error) waits for the sweeper
+        if b'"seq"' in data and self._pending.pop(token, None) is not None:
+            self.published += 1
+            if len(self._pending) < self.max_pending:
+                self._room.set()
+
     async def _publish_loop(self) -> None:
         while True:
             item = await self._queue.get()
+            batch = [item]
+            while not self._queue.empty() and len(batch) < 512:
+                batch.append(self._queue.get_nowait())
             try:
-                await self._sem.acquire()
+                await self._send_batch(batch)
+                # let events gather for a moment: the NATS client then writes a whole batch in one syscall
+                await asyncio.sleep(self.coalesce)
             except asyncio.CancelledError:
-                self._to_spool(*item)
+                for it in batch:
+                    self._to_spool(*it)
                 raise
-            t = asyncio.create_task(self._publish_one(*item))
-            self._in_flight.add(t)
-            t.add_done_callback(self._in_flight.discard)
 
-    async def _publish_one(self, subject: str, msg_id: str, data: bytes) -> None:
-        try:
+    async def _send_batch(self, batch: list[tuple[str, str, bytes]]) -> None:
+        for i, (subject, msg_id, data) in enumerate(batch):
             if not self.bus.connected or self.spool.pending():
-                # keep order roughly intact: while a spool exists, new events join it
-                raise BusError("spooling")
-            await self.bus.js_publish(subject, None, msg_id=msg_id, data=data, timeout=5.0)  # type: ignore[arg-type]
-            self.published += 1
+                # while a spool exists new events join it, so the replay keeps their order
+                for it in batch[i:]:
+                    self._to_spool(*it)
+                return
+            if len(self._pending) >= self.max_pending:  # JetStream is slow to ack: wait for room
+                self._room.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), self.ack_timeout)
+            await self._send(subject, msg_id, data, 1)
+
+    async def _send(self, subject: str, msg_id: str, data: bytes, attempts: int) -> None:
+        token = str(next(self._tokens))
+        self._pending[token] = _Pending(subject, msg_id, data, time.monotonic(), attempts)
+        try:
+            await self.bus.publish_raw(subject, data, reply=f"{self._inbox}.{token}", headers={"Nats-Msg-Id": msg_id})
         except BusError:
-            self._to_spool(subject, msg_id, data)
-        finally:
-            self._sem.release()
+            p = self._pending.pop(token, None)
+            if p is not None:
+                self._to_spool(subject, msg_id, data)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.ack_timeout / 2))
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        now = time.monotonic()
+        late = [(t, p) for t, p in self._pending.items() if now - p.sent_at >= self.ack_timeout]
+        for token, p in late:
+            if self._pending.pop(token, None) is None:
+                continue
+            if self.bus.connected and p.attempts < self.max_attempts:
+                await self._send(p.subject, p.msg_id, p.data, p.attempts + 1)
+            else:
+                self._to_spool(p.subject, p.msg_id, p.data)
+        if late and len(self._pending) < self.max_pending:
+            self._room.set()
 
     def _to_spool(self, subject: str, msg_id: str, data: bytes) -> None:
         if self.spool.append(subject, msg_id, data):
@@ -112,8 +180,6 @@ class Recorder:
         while True:
             await self._replay_wake.wait()
             self._replay_wake.clear()
-            if not self.spool.pending():
-                continue
             while self.spool.pending():
                 if not self.bus.connected:
                     await asyncio.sleep(1.0)
@@ -124,6 +190,7 @@ class Recorder:
                     await asyncio.sleep(1.0)
 
     async def _replay_once(self) -> bool:
+        """Replay closed segments with acked publishes, deleting each once all of it is stored."""
         for seg in self.spool.segments():
             try:
                 for rec in self.spool.read(seg):
@@ -136,18 +203,19 @@ class Recorder:
         return True
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Publish what is queued (or spool it), then stop."""
+        """Publish what is queued and wait for its acks (up to ``timeout``); spool whatever is left."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self._queue.empty() and loop.time() < deadline:
+        while (not self._queue.empty() or self._pending) and loop.time() < deadline and self.bus.connected:
             await asyncio.sleep(0.02)
-        if self._in_flight:
-            await asyncio.wait(list(self._in_flight), timeout=max(0.1, deadline - loop.time()))
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with suppress(asyncio.CancelledError):
                 await t
+        for p in list(self._pending.values()):
+            self._to_spool(p.subject, p.msg_id, p.data)
+        self._pending.clear()
         while not self._queue.empty():
             self._to_spool(*self._queue.get_nowait())
         self.spool.close()
