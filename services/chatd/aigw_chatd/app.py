@@ -19,7 +19,7 @@ from aigw_common.bus import Bus, make_bus
 from aigw_common.crypto import PURPOSE_AT_REST, PURPOSE_BUS, Sealer
 from aigw_common.db import MigrationSet, create_pool, migrate
 from aigw_common.schemas import AuthRevoked
-from aigw_common.service import STATE, base_app
+from aigw_common.service import METRICS, STATE, base_app
 from aigw_common.settings import Settings
 from aiohttp import web
 from nats.aio.msg import Msg
@@ -94,7 +94,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession()
     d.runner = TurnRunner(store=d.store, hub=d.hub, directory=d.directory, identities=d.identities,
                           settings=settings, config=config, runner_id=d.replica_id, session=session,
-                          at_rest=d.at_rest, bus_sealer=bus_sealer)
+                          at_rest=d.at_rest, bus_sealer=bus_sealer, metrics=app[METRICS])
     state = app[STATE]
     state.checks.append(lambda: None if bus.connected else "not connected to NATS")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ import aiohttp
 from aigw_common.auth import IdentityCache
 from aigw_common.crypto import Sealer
 from aigw_common.errors import BusError, CryptoError
+from aigw_common.metrics import CollectorRegistry, Counter, Gauge, Histogram
 from aigw_common.schemas import Identity
 from aigw_common.settings import Settings
 
@@ -77,7 +79,7 @@ class _RunState:
 class TurnRunner:
     def __init__(self, *, store: Store, hub: ChatHub, directory: ProviderDirectory, identities: IdentityCache,
                  settings: Settings, config: ChatdConfig, runner_id: str, session: aiohttp.ClientSession,
-                 at_rest: Sealer, bus_sealer: Sealer) -> None:
+                 at_rest: Sealer, bus_sealer: Sealer, metrics: CollectorRegistry) -> None:
         self.store = store
         self.hub = hub
         self.directory = directory
@@ -92,6 +94,13 @@ class TurnRunner:
         self._running: dict[uuid.UUID, tuple[asyncio.Task[Any], _RunState]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.m_turns = Counter("aigw_chatd_turns_total", "Finished turns by outcome and error kind",
+                               ["outcome", "kind"], registry=metrics)
+        self.m_retries = Counter("aigw_chatd_turn_retries_total", "Model calls retried, by error kind", ["kind"],
+                                 registry=metrics)
+        self.m_running = Gauge("aigw_chatd_turns_running", "Turns running on this replica", registry=metrics)
+        self.m_duration = Histogram("aigw_chatd_turn_seconds", "Turn duration, first attempt to outcome",
+                                    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300), registry=metrics)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -109,10 +118,6 @@ class TurnRunner:
         state.lost = True
         task.cancel()
         return True
-
-    @property
-    def active(self) -> int:
-        return len(self._tasks)
 
     async def drain(self, grace: float) -> None:
         """Let running turns finish for up to ``grace`` seconds, then hand the rest back to the queue."""
@@ -165,6 +170,8 @@ class TurnRunner:
         assert me is not None
         hb = asyncio.create_task(self._heartbeat(turn, state, me))
         self._running[turn.chat_id] = (me, state)
+        self.m_running.inc()
+        started = time.monotonic()
         reply: str | None = None
         asst_id: uuid.UUID | None = None
         error: TurnError | None = None
@@ -184,6 +191,9 @@ class TurnRunner:
         finally:
             hb.cancel()
             self._running.pop(turn.chat_id, None)
+            self.m_running.dec()
+        self.m_duration.observe(time.monotonic() - started)
+        self.m_turns.labels("error" if error else "ok", error.kind if error else "").inc()
         if error is not None:
             log.info("turn failed", extra={"chat_id": chat_id, "turn_id": str(turn.id), "kind": error.kind,
                                            "retryable": error.retryable, "status_code": error.status_code})
@@ -300,6 +310,7 @@ class TurnRunner:
             except TurnError as e:
                 if not e.retryable or attempt >= self.config.max_attempts:
                     raise
+                self.m_retries.labels(e.kind).inc()
                 delay = backoff(attempt, base=self.config.backoff_base, cap=self.config.backoff_max,
                                 retry_after=e.retry_after, retry_after_cap=self.config.retry_after_cap)
                 log.info("retrying turn", extra={"chat_id": chat_id, "turn_id": str(turn.id), "attempt": attempt,

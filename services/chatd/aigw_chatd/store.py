@@ -311,9 +311,6 @@ class Store:
         )
         return r != "UPDATE 0"
 
-    async def turn_record(self, turn_id: uuid.UUID) -> asyncpg.Record | None:
-        return await self.pool.fetchrow("SELECT * FROM chatd.turns WHERE id = $1", turn_id)
-
     # ------------------------------------------------------------ audit
 
     @staticmethod

@@ -163,6 +163,10 @@ async def test_mid_stream_close_is_a_retryable_error(world):
     assert [m["role"] for m in chat["messages"]] == ["user"]
     assert chat["last_turn_summary"] is None
     assert len(world.mock.requests) == 3
+    async with world.http.get(world.replicas[0].url + "/metrics") as r:
+        metrics = await r.text()
+    assert 'aigw_chatd_turn_retries_total{kind="stream_closed"} 2.0' in metrics
+    assert 'aigw_chatd_turns_total{kind="stream_closed",outcome="error"} 1.0' in metrics
 
 
 async def test_budget_exhausted_is_not_retried(world):
