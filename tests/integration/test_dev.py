@@ -105,7 +105,7 @@ async def test_aigw_dev_serves_a_request_and_leaves_nothing_behind(state_root: P
                AIGW_SHUTDOWN_GRACE="3s")
     state = state_root / ".aigw"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aigw_common.cli", "dev", "--dir", str(state), env=env, cwd=state_root,
+        str(Path(sys.executable).parent / "aigw"), "dev", "--dir", str(state), env=env, cwd=state_root,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )
     assert proc.stdout is not None
