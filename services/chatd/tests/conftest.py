@@ -139,6 +139,18 @@ class World:
         return (event == "status" and data.get("status") in ("idle", "error") and not data.get("queue")
                 and "retry" not in data)
 
+    async def turn(self, user: StubUser, chat_id: str, content: str, replica: Chatd | None = None,
+                   ) -> list[tuple[str, Any]]:
+        """Watch the chat, post a message, and return the stream's events until the chat goes quiet."""
+        sse = await self.sse(user, chat_id, replica)
+        try:
+            assert (await sse.next())[0] == "snapshot"
+            await self.api(user, replica).ok("POST", f"/api/experimental/chats/{chat_id}/messages",
+                                             {"content": content}, status=202)
+            return await sse.until(self.turn_done)
+        finally:
+            await sse.close()
+
     async def setup_chat(self, **kw: Any) -> tuple[StubUser, str]:
         return await setup_chat(self, **kw)
 

@@ -17,10 +17,7 @@ async def test_direct_route_uses_the_users_key(world):
     own = "sk-direct-user-key-abcdef0123456789"
     member = world.registry.add_user(provider_keys={"openai": own})
     _, chat_id = await world.setup_chat(user=member)
-    sse = await world.sse(member, chat_id)
-    await sse.next()
-    await world.api(member).ok("POST", f"/api/experimental/chats/{chat_id}/messages", {"content": "hi"}, status=202)
-    await sse.until(world.turn_done)
+    await world.turn(member, chat_id, "hi")
     req = world.mock.requests[0]
     assert req.path == "/v1/chat/completions"
     assert req.headers["Authorization"] == f"Bearer {own}"
@@ -28,12 +25,7 @@ async def test_direct_route_uses_the_users_key(world):
 
     # without a key of their own, a direct turn fails closed (central keys never leave the gateway)
     other, chat2 = await world.setup_chat()
-    sse2 = await world.sse(other, chat2)
-    await sse2.next()
-    await world.api(other).ok("POST", f"/api/experimental/chats/{chat2}/messages", {"content": "hi"}, status=202)
-    events = await sse2.until(world.turn_done)
-    await sse.close()
-    await sse2.close()
+    events = await world.turn(other, chat2, "hi")
     err = next(d for e, d in events if e == "error")
     assert err["kind"] == "auth" and "own key" in err["message"]
     assert len([r for r in world.mock.requests if r.json().get("stream")]) == 1
@@ -43,11 +35,7 @@ async def test_provider_error_mid_stream_is_retried_then_persisted(world):
     await world.start()
     member, chat_id = await world.setup_chat(provider="claude", ptype="anthropic", model="claude-sonnet-4-0",
                                              fixture="anthropic/stream_error")
-    sse = await world.sse(member, chat_id)
-    await sse.next()
-    await world.api(member).ok("POST", f"/api/experimental/chats/{chat_id}/messages", {"content": "yo"}, status=202)
-    events = await sse.until(world.turn_done)
-    await sse.close()
+    events = await world.turn(member, chat_id, "yo")
     err = next(d for e, d in events if e == "error")
     assert err["kind"] == "overloaded" and err["retryable"] is True and err["provider"] == "claude"
     assert len(world.mock.requests) == 3

@@ -117,11 +117,7 @@ async def test_rate_limited_then_retried(world):
     member, chat_id = await world.setup_chat()
     world.mock.on_key(member.token, 429, headers={"Retry-After": "0"},
                       body={"error": {"message": "all keys cooling", "type": "rate_limit_error"}}, times=1)
-    sse = await world.sse(member, chat_id)
-    await sse.next()
-    await world.api(member).ok("POST", f"/api/experimental/chats/{chat_id}/messages", {"content": "hi"}, status=202)
-    events = await sse.until(world.turn_done)
-    await sse.close()
+    events = await world.turn(member, chat_id, "hi")
     retries = [d for e, d in events if e == "status" and "retry" in d]
     assert len(retries) == 1 and retries[0]["retry"]["error"]["kind"] == "rate_limit"
     assert retries[0]["retry"]["error"]["retryable"] is True
@@ -146,11 +142,7 @@ async def test_mid_stream_close_is_a_retryable_error(world):
     await world.start()
     member, chat_id = await world.setup_chat()
     world.mock.handler = _cut_stream
-    sse = await world.sse(member, chat_id)
-    await sse.next()
-    await world.api(member).ok("POST", f"/api/experimental/chats/{chat_id}/messages", {"content": "hi"}, status=202)
-    events = await sse.until(world.turn_done)
-    await sse.close()
+    events = await world.turn(member, chat_id, "hi")
     errors = [d for e, d in events if e == "error"]
     assert len(errors) == 1 and errors[0]["kind"] == "stream_closed" and errors[0]["retryable"] is True
     assert len([d for e, d in events if e == "status" and "retry" in d]) == 2  # 3 attempts in all
@@ -178,11 +170,7 @@ async def test_budget_exhausted_is_not_retried(world):
                                              "type": "budget_exceeded", "code": "budget_exceeded"}}, status=429)
 
     world.mock.handler = budget
-    sse = await world.sse(member, chat_id)
-    await sse.next()
-    await world.api(member).ok("POST", f"/api/experimental/chats/{chat_id}/messages", {"content": "hi"}, status=202)
-    await sse.until(world.turn_done)
-    await sse.close()
+    await world.turn(member, chat_id, "hi")
     chat = await world.api(member).ok("GET", f"/api/experimental/chats/{chat_id}")
     err = chat["last_error"]
     assert err["kind"] == "budget" and err["retryable"] is False and err["status_code"] == 429
@@ -217,11 +205,7 @@ async def test_byok_forwarded_and_never_logged(world, caplog):
     own_key = "sk-user-own-key-0123456789abcdef"
     member = world.registry.add_user(provider_keys={"openai": own_key})
     _, chat_id = await world.setup_chat(user=member)
-    sse = await world.sse(member, chat_id)
-    await sse.next()
-    await world.api(member).ok("POST", f"/api/experimental/chats/{chat_id}/messages", {"content": "hi"}, status=202)
-    await sse.until(world.turn_done)
-    await sse.close()
+    await world.turn(member, chat_id, "hi")
     req = world.mock.requests[0]
     assert req.headers["X-AIGW-Token"] == member.token
     assert req.headers["Authorization"] == f"Bearer {own_key}"
