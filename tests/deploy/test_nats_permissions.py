@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -82,6 +83,7 @@ def auth_nats() -> Iterator[AuthNats]:
     finally:
         proc.terminate()
         proc.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 async def _publish_errors(url: str, subjects: list[str]) -> set[str]:
