@@ -13,6 +13,7 @@ from aigw_common.auth import IdentityCache
 from aigw_common.bus import Bus, make_bus
 from aigw_common.crypto import PURPOSE_BUS, Sealer
 from aigw_common.errors import BusError
+from aigw_common.keystate import ensure_marks_stream
 from aigw_common.schemas import KeyMarked
 from aigw_common.service import HANDLER_CANCELLATION, METRICS, SETTINGS, STATE, base_app
 from aigw_common.settings import Settings
@@ -20,6 +21,7 @@ from aigw_common.settings import Settings
 from .breaker import STATE_NAMES, Breakers
 from .budget import BudgetGuard
 from .keys import KeyPools
+from .keystate import KeyReporter, KeyStateWatcher
 from .metrics import GatewayMetrics
 from .providers import ProviderLoader, ProviderSet
 from .proxy import Gateway
@@ -61,10 +63,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     bus_sealer = Sealer.from_keys(settings.encryption_keys, PURPOSE_BUS)
     pools = KeyPools()
     app[GATEWAY_ID] = pools.gateway_id
-    pools.sink = _mark_sink(bus)
+    marks = _MarkSink(bus)
+    pools.sink = marks
+    watcher = KeyStateWatcher(bus, pools, resync_interval=settings.revision_check_interval)
+    reporter = KeyReporter(bus, pools.gateway_id)
+    pools.observers.append(reporter.observe)
 
     def on_swap(s: ProviderSet) -> None:
         metrics.revision.set(s.revision)
+        watcher.replay()  # fleet state for keys the previous set did not know yet
 
     def on_breaker(key: tuple[str, str, str], state: int) -> None:
         metrics.circuit_state.labels(*key).set(state)
@@ -83,10 +90,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     breakers = Breakers(settings.breaker, on_state=on_breaker)
     gw = Gateway(settings, loader, pools, breakers, identities, recorder, guard, metrics, session, bus_sealer)
 
-    bus.on_connect(lambda: _ensure_marks_stream(bus))
+    bus.on_connect(marks.on_connect)
+    bus.on_reconnect(marks.on_connect)
     await bus.start(wait=2.0)
     await identities.start()
     await loader.start()
+    await watcher.start()  # the fleet's key state before we serve (bounded wait; NATS down → skip)
+    await reporter.start()
+    app[STATE].checks.append(watcher.not_ready)
     await recorder.start()
     await guard.start()
     spool_task = asyncio.create_task(_spool_gauges(recorder, metrics), name="spool-gauges")
@@ -100,36 +111,47 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         spool_task.cancel()
         await guard.stop()
         await loader.stop()
+        await reporter.stop()
+        await watcher.stop()
         await recorder.stop()
         await bus.close()
         await session.close()
 
 
-async def _ensure_marks_stream(bus: Bus) -> None:
-    s = bus.subjects
-    try:
-        await bus.ensure_stream(s.keys_marked_stream, [s.keys_marked], max_age=24 * 3600.0)
-    except Exception as e:  # noqa: BLE001 - retried on the next connect; logged
-        log.warning("could not ensure the key-marks stream", extra={"error": str(e)})
+class _MarkSink:
+    """Publishes key marks without making the request wait; marks that cannot go out now (NATS down)
+    are kept (bounded) and sent on reconnect, so the rest of the fleet still hears of them."""
 
+    def __init__(self, bus: Bus, max_backlog: int = 10_000) -> None:
+        self.bus = bus
+        self.backlog: list[KeyMarked] = []
+        self.max_backlog = max_backlog
+        self._tasks: set[asyncio.Task[None]] = set()
 
-def _mark_sink(bus: Bus):  # type: ignore[no-untyped-def]
-    """Publish a key mark without making the request wait for it."""
-    pending: set[asyncio.Task[None]] = set()
+    def __call__(self, mark: KeyMarked) -> None:
+        t = asyncio.get_running_loop().create_task(self._publish(mark))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
-    async def publish(mark: KeyMarked) -> None:
+    async def _publish(self, mark: KeyMarked) -> bool:
         try:
-            await bus.js_publish(bus.subjects.keys_marked, mark, msg_id=mark.event_id, timeout=2.0)
+            await self.bus.js_publish(self.bus.subjects.keys_marked, mark, msg_id=mark.event_id, timeout=2.0)
+            return True
         except BusError as e:
-            log.warning("key mark not published; this replica still applies it locally",
+            log.warning("key mark not published yet; applied locally, retried on reconnect",
                         extra={"provider_id": mark.provider_id, "key_id": mark.key_id, "error": str(e)})
+            if len(self.backlog) < self.max_backlog:
+                self.backlog.append(mark)
+            return False
 
-    def sink(mark: KeyMarked) -> None:
-        t = asyncio.get_running_loop().create_task(publish(mark))
-        pending.add(t)
-        t.add_done_callback(pending.discard)
-
-    return sink
+    async def on_connect(self) -> None:
+        try:
+            await ensure_marks_stream(self.bus)
+        except Exception as e:  # noqa: BLE001 - retried on the next connect; logged
+            log.warning("could not ensure the key-marks stream", extra={"error": str(e)})
+        backlog, self.backlog = self.backlog, []
+        for mark in backlog:
+            await self._publish(mark)
 
 
 async def _spool_gauges(recorder: Recorder, metrics: GatewayMetrics) -> None:
