@@ -94,6 +94,10 @@ def _budget_path(args: argparse.Namespace) -> str:
     return f"/api/v2/groups/{_seg(args.group)}/ai/budget"
 
 
+def _user_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", default="me", help=USER_HELP)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aigw admin", description="administer a running aigw (prints JSON)")
     p.add_argument("--registry-url", help="registry base URL (default: from AIGW_REGISTRY_ADDR)")
@@ -156,25 +160,25 @@ def _parser() -> argparse.ArgumentParser:
     us.add_parser("delete").add_argument("user", help=USER_HELP)
 
     t = res.add_parser("tokens", help="API tokens").add_subparsers(dest="verb", required=True)
-    t.add_parser("list").add_argument("--user", default="me", help=USER_HELP)
+    _user_opt(t.add_parser("list"))
     c = t.add_parser("create")
-    c.add_argument("--user", default="me", help=USER_HELP)
+    _user_opt(c)
     c.add_argument("--name", default="")
     c.add_argument("--expires-at", help="RFC 3339 time, e.g. 2030-01-01T00:00:00Z")
     r = t.add_parser("revoke")
     r.add_argument("token_id")
-    r.add_argument("--user", default="me", help=USER_HELP)
+    _user_opt(r)
 
     uk = res.add_parser("user-keys", help="a user's own provider keys (BYOK)").add_subparsers(dest="verb", required=True)
-    uk.add_parser("list").add_argument("--user", default="me", help=USER_HELP)
+    _user_opt(uk.add_parser("list"))
     s = uk.add_parser("set")
     s.add_argument("provider")
-    s.add_argument("--user", default="me", help=USER_HELP)
+    _user_opt(s)
     s.add_argument("--key", action="append")
     s.add_argument("--key-stdin", action="store_true")
     d = uk.add_parser("delete")
     d.add_argument("provider")
-    d.add_argument("--user", default="me", help=USER_HELP)
+    _user_opt(d)
 
     gr = res.add_parser("groups", help="groups and members").add_subparsers(dest="verb", required=True)
     gr.add_parser("list")

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from aigw_common.api import ApiError, conflict, json_response, not_found, read_json
+from aigw_common.api import ApiError, Validation, conflict, json_response, not_found, read_json
 from aigw_common.crypto import mask_secret
 from aiohttp import web
 
@@ -243,7 +243,7 @@ async def create_key(reg: Registry, request: web.Request, actor: Actor) -> web.R
         assert api_key is not None
         if row["type"] == "bedrock":
             raise ApiError(400, "a bedrock provider takes its credentials in settings, not keys", None,
-                           [v.Validation("api_key", "bedrock credentials live in settings.access_key / access_key_secret")])
+                           [Validation("api_key", "bedrock credentials live in settings.access_key / access_key_secret")])
         if not row["enabled"]:
             raise conflict(f"provider {row['name']!r} is disabled", "enable it before attaching keys")
         pid = str(row["id"])

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from aigw_common.api import ApiError, Validation
-from aigw_common.auth import ROLE_OWNER, ROLES
+from aigw_common.auth import ROLES
 from aigw_common.crypto import mask_secret
 from aigw_common.settings import PROVIDER_NAME_RE, RESERVED_PROVIDER_NAMES
 
@@ -295,25 +295,3 @@ def token_name(raw: str, field: str = "name") -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in v):
         raise Invalid(field, "must not contain control characters")
     return v
-
-
-__all__ = [
-    "PROVIDER_TYPES",
-    "ROLE_OWNER",
-    "Invalid",
-    "Problems",
-    "account_name",
-    "base_url",
-    "display_name",
-    "email",
-    "is_link_local",
-    "is_uuid",
-    "mask_settings",
-    "merge_settings",
-    "provider_name",
-    "provider_settings",
-    "provider_type",
-    "roles",
-    "secret_value",
-    "token_name",
-]
