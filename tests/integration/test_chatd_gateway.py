@@ -229,8 +229,6 @@ async def test_exhausted_budget_is_a_budget_error_on_the_chat(stack: Stack) -> N
     assert len(s.mock.requests) == before  # refused at the gateway, never reached the provider
 
 
-@pytest.mark.xfail(strict=False, reason="needs the registry's delete_user to publish "
-                                        "AuthRevoked(deleted_user_ids=[uid]) (schemas.AuthRevoked)")
 async def test_deleting_a_user_drops_their_skills(stack: Stack) -> None:
     s = stack
     frank_id, frank = await s.member("frank")
