@@ -434,11 +434,14 @@ class Gateway:
         return out
 
 
+START_DELAY = 1.0  # seconds a request may run before its "started" event is sent on its own
+
+
 class _Interception:
     """The record of one bridged request: emits its usage events and settles its budget reservation."""
 
     __slots__ = ("admission", "cancelled", "caller", "dump", "endpoint", "error", "extracted", "gw", "id", "info",
-                 "key", "provider", "t0", "client", "_session")
+                 "key", "provider", "t0", "client", "_session", "_start_timer", "started_at")
 
     def __init__(self, gw: Gateway, request: web.Request, provider: Provider, endpoint: Endpoint, caller: Caller,
                  info: RequestInfo, admission: Admission) -> None:
@@ -454,26 +457,40 @@ class _Interception:
         self.error: str | None = None
         self.cancelled = False
         self.t0 = time.monotonic()
+        self.started_at = time.time()
+        self._start_timer: asyncio.TimerHandle | None = None
         self.client = detect_client(request.headers)
         self._session = session_id(request.headers)
         self.dump = Dump(gw.dump_dir, provider.name, self.id) if gw.dump_dir is not None else None
 
     def start(self) -> None:
-        gw, ident, now = self.gw, self.caller.identity, time.time()
-        gw.m.in_flight.labels(self.provider.name).inc()
+        """Count the request in flight; its started/prompt events wait for the end (or ``START_DELAY``), so a
+        short request costs the bus one batch instead of two, while a long one still shows up as started."""
+        self.gw.m.in_flight.labels(self.provider.name).inc()
+        self._start_timer = asyncio.get_running_loop().call_later(START_DELAY, self._emit_start)
+
+    def _emit_start(self) -> None:
+        if self._start_timer is None:
+            return
+        self._start_timer = None
+        gw, ident = self.gw, self.caller.identity
         gw.recorder.emit(InterceptionStarted(
-            event_id=uuid.uuid4().hex, interception_id=self.id, at=now, user_id=ident.user_id,
+            event_id=uuid.uuid4().hex, interception_id=self.id, at=self.started_at, user_id=ident.user_id,
             group_ids=ident.group_ids, token_id=ident.token_id, provider_id=self.provider.id,
             provider_name=self.provider.name, provider_type=self.provider.type, endpoint=self.endpoint,
             model=self.info.model, client=self.client, session_id=self._session,
             credential_kind="byok" if self.caller.byok else "centralised", credential_hint=self.caller.hint,
             streaming=self.info.stream, reservation_micros=self.admission.reservation_micros,
+            gateway_id=self.admission.lease_holder,
         ))
         if self.info.prompt:
-            gw.recorder.emit(PromptRecorded(event_id=uuid.uuid4().hex, interception_id=self.id, at=now,
+            gw.recorder.emit(PromptRecorded(event_id=uuid.uuid4().hex, interception_id=self.id, at=self.started_at,
                                             prompt=self.info.prompt))
 
     def end(self, outcome: str, status: int) -> None:
+        if self._start_timer is not None:
+            self._start_timer.cancel()
+            self._emit_start()
         gw, now = self.gw, time.time()
         pname = self.provider.name
         ext = self.extracted

@@ -21,6 +21,7 @@ import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 
+from aigw_common import tracing
 from aigw_common.bus import Bus, encode
 from aigw_common.errors import BusError
 from aigw_common.schemas import (
@@ -52,6 +53,7 @@ class _Pending:
     data: bytes
     sent_at: float
     attempts: int
+    trace: dict[str, str] | None = None
 
 
 class Recorder:
@@ -65,7 +67,7 @@ class Recorder:
         self.max_pending = max_pending
         self.published = 0  # acknowledged by JetStream
         self.spooled = 0
-        self._queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[str, str, bytes, dict[str, str] | None]] = asyncio.Queue(queue_size)
         self._pending: dict[str, _Pending] = {}
         self._inbox = f"_INBOX.aigw-usage.{uuid.uuid4().hex}"
         self._tokens = itertools.count()
@@ -75,7 +77,9 @@ class Recorder:
         self._room.set()
 
     def emit(self, event: UsageEvent) -> None:
-        item = (self.bus.subjects.usage(_KIND[type(event)]), event.event_id, encode(event))
+        # the trace context of the request, captured now: the publisher task runs outside it
+        trace = tracing.inject({}) or None
+        item = (self.bus.subjects.usage(_KIND[type(event)]), event.event_id, encode(event), trace)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -130,8 +134,8 @@ class Recorder:
                     self._to_spool(*it)
                 raise
 
-    async def _send_batch(self, batch: list[tuple[str, str, bytes]]) -> None:
-        for i, (subject, msg_id, data) in enumerate(batch):
+    async def _send_batch(self, batch: list[tuple[str, str, bytes, dict[str, str] | None]]) -> None:
+        for i, (subject, msg_id, data, trace) in enumerate(batch):
             if not self.bus.connected or self.spool.pending():
                 # while a spool exists new events join it, so the replay keeps their order
                 for it in batch[i:]:
@@ -141,13 +145,15 @@ class Recorder:
                 self._room.clear()
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), self.ack_timeout)
-            await self._send(subject, msg_id, data, 1)
+            await self._send(subject, msg_id, data, 1, trace)
 
-    async def _send(self, subject: str, msg_id: str, data: bytes, attempts: int) -> None:
+    async def _send(self, subject: str, msg_id: str, data: bytes, attempts: int,
+                    trace: dict[str, str] | None = None) -> None:
         token = str(next(self._tokens))
-        self._pending[token] = _Pending(subject, msg_id, data, time.monotonic(), attempts)
+        self._pending[token] = _Pending(subject, msg_id, data, time.monotonic(), attempts, trace)
+        headers = {"Nats-Msg-Id": msg_id, **trace} if trace else {"Nats-Msg-Id": msg_id}
         try:
-            await self.bus.publish_raw(subject, data, reply=f"{self._inbox}.{token}", headers={"Nats-Msg-Id": msg_id})
+            await self.bus.publish_raw(subject, data, reply=f"{self._inbox}.{token}", headers=headers)
         except BusError:
             p = self._pending.pop(token, None)
             if p is not None:
@@ -165,13 +171,14 @@ class Recorder:
             if self._pending.pop(token, None) is None:
                 continue
             if self.bus.connected and p.attempts < self.max_attempts:
-                await self._send(p.subject, p.msg_id, p.data, p.attempts + 1)
+                await self._send(p.subject, p.msg_id, p.data, p.attempts + 1, p.trace)
             else:
                 self._to_spool(p.subject, p.msg_id, p.data)
         if late and len(self._pending) < self.max_pending:
             self._room.set()
 
-    def _to_spool(self, subject: str, msg_id: str, data: bytes) -> None:
+    def _to_spool(self, subject: str, msg_id: str, data: bytes, _trace: dict[str, str] | None = None) -> None:
+        """Spooled events keep their dedup id; their trace context is not kept (replays start no trace)."""
         if self.spool.append(subject, msg_id, data):
             self.spooled += 1
         self._replay_wake.set()
