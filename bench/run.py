@@ -158,6 +158,8 @@ async def main_async(args: argparse.Namespace) -> int:
             "gateway": (gw_url + "/openai/v1/chat/completions", gw_proc.pid),
         }
         scenarios = [("non-stream c1", False, 1), ("non-stream c64", False, 64), ("stream c16", True, 16)]
+        if args.only:
+            scenarios = [sc for sc in scenarios if sc[0] == args.only]
         results: list[Result] = []
         spy = None
         if args.profile:  # sample the gateway with py-spy while it is measured
@@ -206,6 +208,7 @@ def print_report(results: list[Result]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=3000, help="requests per scenario and path (c1 runs a quarter)")
+    ap.add_argument("--only", help="run one scenario, e.g. 'non-stream c1'")
     ap.add_argument("--profile", help="write a py-spy profile (raw, collapsed stacks) of the gateway to this file")
     sys.exit(asyncio.run(main_async(ap.parse_args())))
 
