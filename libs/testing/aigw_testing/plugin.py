@@ -48,7 +48,8 @@ def _with_db(url: str, db: str) -> str:
 
 
 @pytest.fixture
-async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
+async def database_url(pg_admin_url: str, apps: AppHarness) -> AsyncIterator[str]:
+    """A fresh database; it depends on ``apps`` so every app a test started stops before the database is dropped."""
     name = f"aigw_t_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(pg_admin_url)
     try:

@@ -17,7 +17,7 @@ from aigw_common.api import error_middleware
 from aigw_common.auth import IdentityCache
 from aigw_common.bus import Bus, make_bus
 from aigw_common.crypto import PURPOSE_AT_REST, PURPOSE_BUS, Sealer
-from aigw_common.db import MigrationSet, create_pool, migrate
+from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
 from aigw_common.schemas import AuthRevoked
 from aigw_common.service import METRICS, STATE, base_app
 from aigw_common.settings import Settings
@@ -112,4 +112,4 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await d.directory.stop()
         await session.close()
         await bus.close()
-        await pool.close()
+        await close_pool(pool)

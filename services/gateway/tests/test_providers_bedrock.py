@@ -176,6 +176,7 @@ async def test_byok_bedrock_api_key(bgw) -> None:  # type: ignore[no-untyped-def
     assert msg.content[0].text == "Hello! How can I help?"  # type: ignore[union-attr]
     seen = bgw.bedrock.requests[-1]
     assert seen.headers["Authorization"] == "Bearer ABSK-users-own-bedrock-key" and "X-Api-Key" not in seen.headers
+    await bgw.usage.wait_ended(1)
     [started] = bgw.usage.started()
     assert started.credential_kind == "byok"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aigw_common.api import error_middleware
 from aigw_common.bus import make_bus
-from aigw_common.db import MigrationSet, create_pool, migrate
+from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
 from aigw_common.service import METRICS, STATE, base_app
 from aigw_common.settings import Settings
 from aiohttp import web
@@ -61,7 +61,7 @@ def create_app(settings: Settings, *, relay_poll: float = 1.0) -> web.Applicatio
                     await task
                 await bus.close()
         finally:
-            await pool.close()
+            await close_pool(pool)
 
     app.cleanup_ctx.append(lifecycle)
     return app
