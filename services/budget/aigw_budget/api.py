@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 import asyncpg
 import msgspec
+from aiohttp import web
+
 from aigw_common.api import ApiError, bad_request, forbidden, json_response, not_found, read_json
 from aigw_common.auth import IdentityCache, authenticate, is_admin
 from aigw_common.schemas import Identity, ModelPrice
-from aiohttp import web
 
 from .errors import DB_ERRORS, classify
 from .ledger import TABLES

@@ -22,12 +22,13 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
 from aigw_common.bus import Bus, decode
 from aigw_common.errors import AigwError, DecodeError
 from aigw_common.metrics import CollectorRegistry, Counter
 from aigw_common.schemas import AnyUsageEvent
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 log = logging.getLogger(__name__)
 

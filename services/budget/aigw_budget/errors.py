@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+
 from aigw_common.errors import AigwError, DatabaseUnavailable
 
 # Failures that say "the database is not there right now" or "try the same thing again".

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+
 from aigw_common.schemas import BudgetState, LeaseGrant, LeaseItem
 
 from .errors import DB_ERRORS, classify
@@ -106,9 +107,9 @@ class Ledger:
         agg = await conn.fetchrow(
             """SELECT
                  coalesce((SELECT spent_micros FROM spend WHERE scope = $1 AND subject_id = $2 AND period_start = $3), 0) AS spent,
-                 coalesce(sum(greatest(granted_micros - recorded_micros, 0)), 0) AS held,
+                 coalesce(sum(greatest(granted_micros - recorded_micros, 0)), 0)::bigint AS held,
                  coalesce(sum(greatest(granted_micros - consumed_micros - inflight_micros, 0))
-                          FILTER (WHERE expires_at > $5), 0) AS idle,
+                          FILTER (WHERE expires_at > $5), 0)::bigint AS idle,
                  count(*) FILTER (WHERE expires_at > $5) AS active
                FROM leases
                WHERE scope = $1 AND subject_id = $2 AND period_start = $3 AND gateway_id <> $4 AND expires_at > $6""",
@@ -151,7 +152,7 @@ class Ledger:
                    SELECT b.scope, b.subject_id, b.spend_limit_micros, coalesce(s.spent_micros, 0) AS spent,
                      coalesce((SELECT sum(greatest(l.granted_micros - l.recorded_micros, 0)) FROM leases l
                                WHERE l.scope = b.scope AND l.subject_id = b.subject_id AND l.period_start = $1
-                                 AND l.expires_at > $2), 0) AS held
+                                 AND l.expires_at > $2), 0)::bigint AS held
                    FROM b LEFT JOIN spend s
                      ON s.scope = b.scope AND s.subject_id = b.subject_id AND s.period_start = $1
                    WHERE $3::text[] IS NULL OR (b.scope, b.subject_id) IN (SELECT * FROM unnest($3::text[], $4::text[]))""",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+
 from aigw_common.pricing import PriceTable, cost_micros
 from aigw_common.schemas import (
     AnyUsageEvent,

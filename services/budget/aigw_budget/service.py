@@ -14,6 +14,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from nats.aio.msg import Msg
+
 from aigw_common.bus import Bus
 from aigw_common.errors import AigwError
 from aigw_common.metrics import CollectorRegistry, Counter
@@ -29,7 +31,6 @@ from aigw_common.schemas import (
     BudgetState,
 )
 from aigw_common.settings import Settings
-from nats.aio.msg import Msg
 
 from .consumer import UsageConsumer
 from .errors import DB_ERRORS, classify

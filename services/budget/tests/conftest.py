@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+
 from aigw_budget.api import SERVICE
 from aigw_budget.app import MIGRATIONS, create_app
 from aigw_budget.service import BudgetService
@@ -87,6 +88,7 @@ async def budget(bus: Bus, make_settings, database_url: str, apps) -> AsyncItera
     await stub.start()
     app = create_app(settings)
     url = await apps.start(app)
+    await asyncio.wait_for(app[SERVICE].consumer.ready.wait(), 10)
     admin_user = stub.add_user(roles=["admin"], username="ada")
     member_user = stub.add_user(roles=["member"], group_ids=["grp-eng"], username="mo")
     async with aiohttp.ClientSession() as session:
@@ -117,3 +119,7 @@ def ended(iid: str, status: str = "ok", *, at: float | None = None) -> Intercept
 def ev() -> SimpleNamespace:
     """Usage event builders: ``ev.started(iid, …)``, ``ev.tokens(iid, n, input_tokens=…)``, ``ev.ended(iid)``."""
     return SimpleNamespace(started=started, tokens=tokens, ended=ended, new_id=lambda: uuid.uuid4().hex)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "soak: long-running test, excluded from the default run (-m 'not soak')")

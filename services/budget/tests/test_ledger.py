@@ -6,6 +6,7 @@ import time
 
 import asyncpg
 import pytest
+
 from aigw_budget.ledger import Ledger, decide
 from aigw_budget.names import Directory
 from aigw_budget.periods import month_of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+
 from aigw_budget.recorder import PriceBook
 from aigw_common.pricing import PriceTable, cost_micros, reservation_micros
 from aigw_common.schemas import ModelPrice, TokenCounts

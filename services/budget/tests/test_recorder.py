@@ -6,6 +6,7 @@ import time
 
 import asyncpg
 import pytest
+
 from aigw_budget.errors import RecordError
 from aigw_budget.periods import month_of
 from aigw_budget.recorder import PriceBook, Recorder
