@@ -182,7 +182,7 @@ class Recorder:
         """Add the not-yet-attributed cost to spend and to the admitting gateway's leases."""
         row = await conn.fetchrow(
             "SELECT user_id, group_ids, started_at, gateway_id, cost_micros, attributed_micros"
-            " FROM interceptions WHERE id = $1 FOR UPDATE",
+            " FROM interceptions WHERE id = $1 FOR NO KEY UPDATE",
             interception_id,
         )
         if row is None or row["started_at"] is None:
