@@ -33,8 +33,10 @@ proto: install
 bench: install
 	.venv/bin/python -m bench.run
 
+# Long runs (10-minute load, 30 s outages) plus every measured scenario; rewrites docs/reliability.md.
+# SOAK_ARGS=--soak-seconds=60 for a short run.
 soak: install
-	.venv/bin/pytest -m soak -p no:xdist $(SOAK_ARGS)
+	.venv/bin/pytest -m "soak or reliability" -p no:xdist --reliability-report=docs/reliability.md $(SOAK_ARGS)
 
 clean:
 	rm -rf .venv .tools .pytest_cache
