@@ -49,7 +49,8 @@ def _with_db(url: str, db: str) -> str:
 
 @pytest.fixture
 async def database_url(pg_admin_url: str, apps: AppHarness) -> AsyncIterator[str]:
-    """A fresh database; it depends on ``apps`` so every app a test started stops before the database is dropped."""
+    """A fresh database. Every app the test started is stopped before the database is dropped, whatever the
+    fixture order (an app still running would see its database vanish mid-shutdown)."""
     name = f"aigw_t_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(pg_admin_url)
     try:
@@ -57,6 +58,7 @@ async def database_url(pg_admin_url: str, apps: AppHarness) -> AsyncIterator[str
     finally:
         await conn.close()
     yield _with_db(pg_admin_url, name)
+    await apps.stop_all()
     conn = await asyncpg.connect(pg_admin_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
