@@ -46,14 +46,14 @@ _KIND = {
 }
 
 
+_Item = tuple[str, str, bytes, "dict[str, str] | None"]  # subject, dedup id, payload, trace headers
+
+
 @dataclass(slots=True)
 class _Pending:
-    subject: str
-    msg_id: str
-    data: bytes
+    items: list[_Item]
     sent_at: float
     attempts: int
-    trace: dict[str, str] | None = None
 
 
 class Recorder:
@@ -68,7 +68,8 @@ class Recorder:
         self.published = 0  # acknowledged by JetStream
         self.spooled = 0
         self._queue: asyncio.Queue[tuple[str, str, bytes, dict[str, str] | None]] = asyncio.Queue(queue_size)
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, _Pending] = {}  # reply token → the group it acknowledges
+        self._pending_events = 0
         self._inbox = f"_INBOX.aigw-usage.{uuid.uuid4().hex}"
         self._tokens = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
@@ -87,7 +88,7 @@ class Recorder:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return self._pending_events
 
     async def start(self) -> None:
         await self.bus.subscribe(self._inbox + ".*", bytes, self._on_ack)
@@ -114,10 +115,8 @@ class Recorder:
     async def _on_ack(self, data: bytes, m: object) -> None:
         token = getattr(m, "subject", "").rpartition(".")[2]
         # a PubAck carries the stream sequence; anything else (no responders, an error) waits for the sweeper
-        if b'"seq"' in data and self._pending.pop(token, None) is not None:
-            self.published += 1
-            if len(self._pending) < self.max_pending:
-                self._room.set()
+        if b'"seq"' in data and (p := self._take(token)) is not None:
+            self.published += len(p.items)
 
     async def _publish_loop(self) -> None:
         while True:
@@ -135,29 +134,46 @@ class Recorder:
                 raise
 
     async def _send_batch(self, batch: list[tuple[str, str, bytes, dict[str, str] | None]]) -> None:
-        for i, (subject, msg_id, data, trace) in enumerate(batch):
-            if not self.bus.connected or self.spool.pending():
-                # while a spool exists new events join it, so the replay keeps their order
-                for it in batch[i:]:
-                    self._to_spool(*it)
-                return
-            if len(self._pending) >= self.max_pending:  # JetStream is slow to ack: wait for room
-                self._room.clear()
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), self.ack_timeout)
-            await self._send(subject, msg_id, data, 1, trace)
+        if not self.bus.connected or self.spool.pending():
+            # while a spool exists new events join it, so the replay keeps their order
+            for it in batch:
+                self._to_spool(*it)
+            return
+        if self._pending_events >= self.max_pending:  # JetStream is slow to ack: wait for room
+            self._room.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), self.ack_timeout)
+        await self._send(batch, 1)
 
-    async def _send(self, subject: str, msg_id: str, data: bytes, attempts: int,
-                    trace: dict[str, str] | None = None) -> None:
+    async def _send(self, items: list[tuple[str, str, bytes, dict[str, str] | None]], attempts: int) -> None:
+        """Publish ``items`` in order; only the last asks for an ack.
+
+        One connection delivers in order and the stream stores in order, so the PubAck of the last message
+        means the whole group is stored (the usage stream has no discard-new limit that could refuse one in
+        the middle). No ack in time → the whole group goes again; ``Nats-Msg-Id`` drops what was stored.
+        """
         token = str(next(self._tokens))
-        self._pending[token] = _Pending(subject, msg_id, data, time.monotonic(), attempts, trace)
-        headers = {"Nats-Msg-Id": msg_id, **trace} if trace else {"Nats-Msg-Id": msg_id}
+        self._pending[token] = _Pending(items, time.monotonic(), attempts)
+        self._pending_events += len(items)
+        last = len(items) - 1
         try:
-            await self.bus.publish_raw(subject, data, reply=f"{self._inbox}.{token}", headers=headers)
+            for i, (subject, msg_id, data, trace) in enumerate(items):
+                headers = {"Nats-Msg-Id": msg_id, **trace} if trace else {"Nats-Msg-Id": msg_id}
+                await self.bus.publish_raw(subject, data, reply=f"{self._inbox}.{token}" if i == last else "",
+                                           headers=headers)
         except BusError:
-            p = self._pending.pop(token, None)
+            p = self._take(token)
             if p is not None:
-                self._to_spool(subject, msg_id, data)
+                for it in p.items:
+                    self._to_spool(*it)
+
+    def _take(self, token: str) -> _Pending | None:
+        p = self._pending.pop(token, None)
+        if p is not None:
+            self._pending_events -= len(p.items)
+            if self._pending_events < self.max_pending:
+                self._room.set()
+        return p
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -166,16 +182,16 @@ class Recorder:
 
     async def _sweep(self) -> None:
         now = time.monotonic()
-        late = [(t, p) for t, p in self._pending.items() if now - p.sent_at >= self.ack_timeout]
-        for token, p in late:
-            if self._pending.pop(token, None) is None:
+        late = [t for t, p in self._pending.items() if now - p.sent_at >= self.ack_timeout]
+        for token in late:
+            p = self._take(token)
+            if p is None:
                 continue
             if self.bus.connected and p.attempts < self.max_attempts:
-                await self._send(p.subject, p.msg_id, p.data, p.attempts + 1, p.trace)
+                await self._send(p.items, p.attempts + 1)
             else:
-                self._to_spool(p.subject, p.msg_id, p.data)
-        if late and len(self._pending) < self.max_pending:
-            self._room.set()
+                for it in p.items:
+                    self._to_spool(*it)
 
     def _to_spool(self, subject: str, msg_id: str, data: bytes, _trace: dict[str, str] | None = None) -> None:
         """Spooled events keep their dedup id; their trace context is not kept (replays start no trace)."""
@@ -221,8 +237,10 @@ class Recorder:
             with suppress(asyncio.CancelledError):
                 await t
         for p in list(self._pending.values()):
-            self._to_spool(p.subject, p.msg_id, p.data)
+            for it in p.items:
+                self._to_spool(*it)
         self._pending.clear()
+        self._pending_events = 0
         while not self._queue.empty():
             self._to_spool(*self._queue.get_nowait())
         self.spool.close()

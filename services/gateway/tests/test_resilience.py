@@ -194,3 +194,32 @@ async def test_midstream_upstream_break_is_an_in_band_error(gw):
     assert b"event: error" in body
     [ended] = await gw.usage.wait_ended(1)
     assert ended.status == "error" and ended.error
+
+
+async def test_lost_ack_resends_the_group_and_dedup_keeps_it_exactly_once(bus, tmp_path):
+    from aigw_common.schemas import InterceptionEnded as Ended
+    from aigw_gateway.recorder import Recorder
+    from aigw_gateway.spool import Spool
+
+    rec = Recorder(bus, Spool(tmp_path / "spool", 1 << 20), ack_timeout=0.3)
+    real_on_ack = rec._on_ack
+    dropped = []
+
+    async def lossy(data, m):  # the first acknowledgement is lost on the way back
+        if not dropped:
+            dropped.append(m)
+            return
+        await real_on_ack(data, m)
+
+    rec._on_ack = lossy  # type: ignore[method-assign]
+    await rec.start()
+    for i in range(5):
+        rec.emit(Ended(event_id=f"ev{i}", interception_id=f"i{i}", at=1.0, status="ok"))
+    for _ in range(100):
+        if rec.published == 5 and rec.in_flight == 0:
+            break
+        await asyncio.sleep(0.05)
+    await rec.stop()
+    assert dropped and rec.published == 5 and rec.spooled == 0
+    events = await stream_events(bus)
+    assert sorted(e.event_id for e in events) == [f"ev{i}" for i in range(5)]
