@@ -5,10 +5,17 @@ recorder replays closed segments in order and deletes each once every event
 in it is acknowledged (dedup ids make a replay after a crash harmless). When
 the spool is full new events are dropped and counted — the bound keeps a long
 outage from filling the disk.
+
+Each gateway process spools into its own directory (``gateway-<id>``, a new id
+per process) and holds an exclusive ``flock`` on ``<dir>/.lock`` while it runs.
+A new spool adopts the segments of sibling directories whose lock is free (their
+process is gone: stopped with NATS down, or crashed), so a restart replays them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import time
@@ -39,7 +46,32 @@ class Spool:
         self._current: Path | None = None
         self._size = 0
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _try_lock(self.dir)  # held while this spool is open: siblings see its process alive
+        self.adopted = self._adopt_orphans()
         self._size = sum(p.stat().st_size for p in self.dir.glob("*.jsonl"))
+
+    def _adopt_orphans(self) -> int:
+        """Move into this spool the segments of sibling spools (``<prefix>-<id>``) whose process is gone."""
+        prefix, sep, _ = self.dir.name.rpartition("-")
+        if not sep:
+            return 0
+        moved = 0
+        for other in sorted(self.dir.parent.glob(f"{prefix}-*")):
+            if other == self.dir or not other.is_dir() or (fd := _try_lock(other)) is None:
+                continue
+            try:
+                for seg in sorted(other.glob("*.jsonl")):
+                    target = self.dir / seg.name.replace(".open", "")
+                    seg.rename(target if not target.exists() else target.with_name(f"{time.time_ns():020d}.jsonl"))
+                    moved += 1
+                with contextlib.suppress(OSError):
+                    (other / ".lock").unlink()
+                    other.rmdir()
+            finally:
+                os.close(fd)
+        if moved:
+            log.warning("adopted usage spool segments of a gateway process that is gone", extra={"segments": moved})
+        return moved
 
     @property
     def size(self) -> int:
@@ -57,7 +89,7 @@ class Spool:
             return False
         if self._fh is None:
             self._current = self.dir / f"{time.time_ns():020d}.open.jsonl"
-            self._fh = open(self._current, "ab")  # noqa: SIM115 - kept open across appends
+            self._fh = open(self._current, "ab")
         self._fh.write(line)  # type: ignore[attr-defined]
         self._fh.flush()  # type: ignore[attr-defined]
         os.fsync(self._fh.fileno())  # type: ignore[attr-defined]
@@ -94,3 +126,20 @@ class Spool:
 
     def close(self) -> None:
         self._seal_current()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock: what is left here is adopted by the next process
+            self._lock = None
+
+
+def _try_lock(directory: Path) -> int | None:
+    """An fd holding an exclusive flock on ``directory/.lock``, or None when a live process holds it."""
+    try:
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # removed by another process adopting it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
