@@ -122,6 +122,10 @@ class UsageConsumer:
                 return await self._settle(m, "retry", m.nak(delay=delay))
             log.error("usage event rejected and terminated", extra={"event_id": ev.event_id, "error": e.message})
             return await self._settle(m, "rejected", m.term())
+        except Exception:
+            # a bug, not the event's fault: keep the event (redelivered later) and keep consuming
+            log.exception("usage event handler failed; redelivering later", extra={"event_id": ev.event_id})
+            return await self._settle(m, "failed", m.nak(delay=self.max_delay * 3))
         self._delay = self.min_delay
         outcome = "duplicate" if getattr(result, "duplicate", False) else "recorded"
         return await self._settle(m, outcome, m.ack())

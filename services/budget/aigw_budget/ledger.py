@@ -60,7 +60,9 @@ def decide(
         new = max(new, old)
     new = max(new, floor)
     if need_to > new:
-        if bound + others_idle >= need_to:
+        # idle headroom elsewhere (as last reported): ask for it back and have the caller retry,
+        # even when it would not cover the whole need, so no request is refused while room remains
+        if others_idle > 0:
             return Decision(new, reclaim=True)
         return Decision(new, exhausted=True)
     return Decision(new)

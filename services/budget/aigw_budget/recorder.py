@@ -30,7 +30,7 @@ from aigw_common.schemas import (
     ToolUsage,
 )
 
-from .errors import DB_ERRORS, classify
+from .errors import DB_ERRORS, RecordError, classify
 from .periods import month_of
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class Recorder:
 
     async def apply(self, ev: AnyUsageEvent) -> Applied:
         """Apply one event; raises DatabaseUnavailable (retry later) or RecordError (never retry)."""
+        check(ev)
         try:
             async with self.pool.acquire(timeout=self.acquire_timeout) as conn, conn.transaction():
                 return await self._apply(conn, ev)
@@ -207,6 +208,28 @@ class Recorder:
                 )
         await conn.execute("UPDATE interceptions SET attributed_micros = cost_micros WHERE id = $1", interception_id)
         return keys
+
+
+_MAX_AT = 253402300799.0  # 9999-12-31: what a datetime can hold
+_INT32 = 2**31 - 1
+_COUNT = 2**53
+
+
+def check(ev: AnyUsageEvent) -> None:
+    """Refuse values the schema admits but the tables cannot hold: a poison event, never retried."""
+    if not (0.0 <= ev.at <= _MAX_AT) or not ev.event_id or not ev.interception_id:
+        raise RecordError(f"event {ev.event_id!r}: time {ev.at!r} out of range or an empty id")
+    bounds: list[tuple[str, int, int]] = []
+    match ev:
+        case TokenUsage():
+            bounds = [(f, getattr(ev.tokens, f), _COUNT) for f in ev.tokens.__struct_fields__]
+        case InterceptionEnded():
+            bounds = [("status_code", ev.status_code, _INT32), ("duration_ms", ev.duration_ms, _INT32)]
+        case InterceptionStarted():
+            bounds = [("reservation_micros", ev.reservation_micros, _COUNT)]
+    for name, value, top in bounds:
+        if not 0 <= value <= top:
+            raise RecordError(f"event {ev.event_id!r}: {name} {value} out of range")
 
 
 def budget_keys(user_id: str | None, group_ids: list[str] | None) -> set[BudgetKey]:

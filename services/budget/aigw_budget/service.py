@@ -8,7 +8,6 @@ the arithmetic is in :mod:`aigw_budget.ledger`, the recording in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -82,9 +81,10 @@ class BudgetService:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=5)
+            for t in pending:
+                log.warning("background task did not stop in time", extra={"task": t.get_name()})
         self._tasks = []
 
     # ------------------------------------------------------------ recording

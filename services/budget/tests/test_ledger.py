@@ -44,6 +44,9 @@ def test_never_beyond_free_room() -> None:
 def test_idle_headroom_elsewhere_means_reclaim_not_refusal() -> None:
     d = decide(**base(spent=600, others_held=400, others_idle=250), item=item(target=300, need=200))
     assert d.granted == 0 and d.reclaim and not d.exhausted
+    # even when the idle headroom would not cover the whole need
+    d = decide(**base(spent=600, others_held=300, others_idle=50), item=item(target=300, need=200))
+    assert d.granted == 100 and d.reclaim and not d.exhausted
 
 
 def test_release_and_floor() -> None:

@@ -119,3 +119,20 @@ async def test_database_down_is_retryable(database_url: str, pool: asyncpg.Pool,
         await proxy.up()
         assert not (await rec.apply(ev.tokens("i7", 0, input_tokens=1))).duplicate
         ppool.terminate()
+
+
+@pytest.mark.parametrize("event", [
+    PromptRecorded(event_id="x1", interception_id="i8", at=1e300, prompt="p"),
+    PromptRecorded(event_id="x2", interception_id="i8", at=-5.0, prompt="p"),
+    PromptRecorded(event_id="", interception_id="i8", at=1.0, prompt="p"),
+])
+async def test_out_of_range_values_are_rejected_not_retried(recorder: Recorder, event) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RecordError):
+        await recorder.apply(event)
+
+
+async def test_out_of_range_counts_are_rejected(recorder: Recorder, ev) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RecordError):
+        await recorder.apply(ev.tokens("i9", 0, input_tokens=2**63))
+    with pytest.raises(RecordError):
+        await recorder.apply(ev.tokens("i9", 1, output_tokens=-5))

@@ -20,6 +20,7 @@ until the costs admitted under it are recorded: see docs/architecture.md,
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -28,6 +29,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from nats.aio.msg import Msg
 
 from aigw_common.bus import Bus
 from aigw_common.errors import AigwError
@@ -47,7 +50,6 @@ from aigw_common.schemas import (
     TokenCounts,
 )
 from aigw_common.settings import Settings
-from nats.aio.msg import Msg
 
 from .usage import RequestInfo
 
@@ -90,6 +92,7 @@ class _Lease:
     consumed: int = 0
     inflight: int = 0
     waiting: int = 0  # reservations of acquire() calls waiting for this lease
+    waiters: collections.Counter[int] = field(default_factory=collections.Counter)  # the same, by reservation size
     expires: float = 0.0  # monotonic; unusable after
     seq: int = 0
     exhausted_at: float = -1e9  # monotonic time the service last said the need cannot be met
@@ -174,6 +177,7 @@ class BudgetGuard:
         while True:
             for lease in short:
                 lease.waiting += r
+                lease.waiters[r] += 1
                 lease.changed.clear()
                 self._refill(lease)
             try:
@@ -189,6 +193,9 @@ class BudgetGuard:
             finally:
                 for lease in short:
                     lease.waiting -= r
+                    lease.waiters[r] -= 1
+                    if lease.waiters[r] <= 0:
+                        del lease.waiters[r]
             adm, short = self._admit(identity, model, info)
             if adm.allowed or not short:
                 return adm
@@ -302,7 +309,12 @@ class BudgetGuard:
                     lease.changed.set()
                     return
                 if lease.retry_at is not None and lease.waiting > 0:
-                    await asyncio.sleep(max(0.0, lease.retry_at - time.monotonic()))
+                    spare = lease.available(time.monotonic())
+                    if 0 < spare < min(lease.waiters, default=0):
+                        # a fragment too small for anyone waiting here: pool it at the service, where it can
+                        # be combined with other replicas' fragments (whoever asks next gets the sum)
+                        await self._request(lease, target=lease.consumed + lease.inflight, need=0)
+                    await asyncio.sleep(max(0.0, lease.retry_at - time.monotonic()) if lease.retry_at else 0.0)
                     continue
                 if not lease.again:
                     return
@@ -375,16 +387,18 @@ class BudgetGuard:
         self.prices = PriceTable(msg.prices)
 
     async def _on_reclaim(self, msg: BudgetReclaim, _m: Msg | None) -> None:
-        """Another replica waits for this budget: hand back headroom nobody here is using or waiting for."""
+        """Another replica waits for this budget: hand back headroom nobody here is using or waiting for.
+
+        Report even when there is nothing to hand back, so the service stops counting stale idle headroom.
+        """
         if msg.requester == self.id:
             return
         lease = self.leases.get((msg.scope, msg.subject_id))
-        if lease is None or lease.busy:
+        if lease is None or lease.busy or time.monotonic() >= lease.expires:
             return
         keep = lease.consumed + lease.inflight + lease.waiting
-        if lease.granted > keep and time.monotonic() < lease.expires:
-            lease.busy = True
-            await self._release(lease, keep)
+        lease.busy = True
+        await self._release(lease, min(lease.granted, keep) if lease.granted > keep else lease.granted)
 
     async def sync(self) -> bool:
         """Fetch every budget and the price table; False when the budget service did not answer."""
