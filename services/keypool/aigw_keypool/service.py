@@ -30,6 +30,7 @@ from aigw_common.keystate import (
 from aigw_common.schemas import KeyMarked, KeyReport, KeysExhausted, KeyState, RegistrySnapshot
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import InvalidKeyError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .logic import (
@@ -187,6 +188,11 @@ class KeyPoolService:
         self.metrics.marks.labels(mark.state).inc()
         try:
             await self.apply_mark(mark)
+        except InvalidKeyError:  # a NATS error, but no retry can make these ids a bucket key: poison
+            log.error("dropping key mark whose ids cannot name a key", extra={"provider_id": mark.provider_id,
+                                                                             "key_id": mark.key_id})
+            await m.term()
+            return
         except TRANSIENT as e:
             log.warning("key mark not applied; redelivering", extra={"error": str(e)})
             with contextlib.suppress(*TRANSIENT):
