@@ -19,7 +19,11 @@ IDENTITIES = web.AppKey("keypool_identities", IdentityCache)
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        dt = datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, OSError, ValueError):  # a mark's "until" far beyond what a datetime holds
+        dt = datetime.max.replace(tzinfo=UTC) if ts > 0 else datetime.min.replace(tzinfo=UTC)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def key_health(request: web.Request) -> web.Response:
