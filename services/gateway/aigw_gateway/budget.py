@@ -249,8 +249,9 @@ class BudgetGuard:
         resets = datetime.fromtimestamp(b.period_end, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         period = datetime.fromtimestamp(b.period_start or wall, UTC).strftime("%Y-%m")
         if exhausted:
+            held = "" if b.spent >= b.limit else ", the rest reserved by requests in flight"
             msg = (f"{b.label()} budget of {_usd(b.limit)} for {period} is exhausted "
-                   f"(spent {_usd(b.spent)}; this request may cost up to {_usd(r)}); resets {resets}")
+                   f"(spent {_usd(b.spent)}{held}; this request may cost up to {_usd(r)}); resets {resets}")
             return Admission(False, message=msg, retry_after=max(1.0, b.period_end - wall))
         msg = (f"{b.label()} budget of {_usd(b.limit)} for {period} has no room for this request right now "
                f"(it may cost up to {_usd(r)}); the budget resets {resets}")
