@@ -22,6 +22,7 @@ from aigw_common.settings import Settings
 
 from .harness import AppHarness
 from .infra import Infra
+from .system import start_system  # noqa: F401 - a fixture: the whole stack behind fault proxies
 from .upstream import MockUpstream
 
 

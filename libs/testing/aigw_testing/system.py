@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import msgspec
+import pytest
 from aiohttp import web
 
 from aigw_common.bus import Bus, Subjects
@@ -304,6 +305,21 @@ class System:
         return info.num_pending, info.num_ack_pending
 
 
+@pytest.fixture
+async def start_system(apps, base_env, database_url, nats_url, mock_upstream):  # type: ignore[no-untyped-def]
+    """``s = await start_system(services=…, env=…)``: the stack behind fault proxies, closed after the test."""
+    started: list[System] = []
+
+    async def start(**kw: Any) -> System:
+        s = await System.start(apps, base_env, database_url, nats_url, mock_upstream, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        await s.close()
+
+
 # ---------------------------------------------------------------- steady traffic
 
 
@@ -457,4 +473,4 @@ class ServiceProcess:
 
 
 __all__ = ["ANTHROPIC_KEY", "OPENAI_KEY", "STACK", "Api", "Ledger", "Member", "Outcome", "Resp", "ServiceProcess",
-           "System", "Traffic", "free_port", "rss_bytes"]
+           "System", "Traffic", "free_port", "rss_bytes", "start_system"]
