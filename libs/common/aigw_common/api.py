@@ -98,6 +98,11 @@ async def read_json(request: web.Request, typ: type[T]) -> T:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    # A body announced over the limit is refused from its headers, before any of it is read (aiohttp alone
+    # would wait for the body and count it up to the limit first).
+    if request.content_length is not None and request.content_length > request.client_max_size:
+        return ApiError(413, "request body too large",
+                        f"{request.content_length} bytes; the limit is {request.client_max_size}").response()
     try:
         return await handler(request)
     except ApiError as e:
