@@ -16,6 +16,7 @@ is tested on its own, without a broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -64,16 +65,20 @@ class UsageConsumer:
     async def run(self) -> None:
         """Consume until cancelled, re-subscribing after NATS trouble."""
         while True:
+            psub = None
             try:
                 await self.bus.wait_connected()
                 psub = await self._subscribe()
                 self.ready.set()
                 await self._loop(psub)
-            except asyncio.CancelledError:
-                raise
             except _NATS_ERRORS as e:
                 log.warning("usage consumer: NATS trouble; re-subscribing", extra={"error": repr(e)})
                 await asyncio.sleep(1.0)
+            finally:
+                if psub is not None:
+                    # a pull subscription left behind keeps the connection's drain waiting at shutdown
+                    with contextlib.suppress(*_NATS_ERRORS):
+                        await psub.unsubscribe()
 
     async def _subscribe(self) -> Any:
         s = self.bus.subjects
@@ -101,7 +106,7 @@ class UsageConsumer:
                 async with sem:
                     await self.handle(m)
 
-            await asyncio.gather(*(one(m) for m in msgs))
+            await asyncio.gather(*(one(m) for m in msgs), return_exceptions=True)
 
     async def handle(self, m: Msg) -> str:
         """Process one message and settle it with the broker; returns the outcome (for metrics and tests)."""

@@ -37,13 +37,6 @@ log = logging.getLogger(__name__)
 
 BudgetKey = tuple[str, str]  # (scope, subject id)
 
-_KIND = {
-    InterceptionStarted: "started",
-    TokenUsage: "tokens",
-    PromptRecorded: "prompt",
-    ToolUsage: "tool",
-    InterceptionEnded: "ended",
-}
 
 
 class PriceBook:
@@ -98,7 +91,7 @@ class Recorder:
         claimed = await conn.fetchval(
             "INSERT INTO processed_events (event_id, interception_id, kind) VALUES ($1, $2, $3)"
             " ON CONFLICT (event_id) DO NOTHING RETURNING true",
-            ev.event_id, ev.interception_id, _KIND[type(ev)],
+            ev.event_id, ev.interception_id, type(ev).__struct_config__.tag.split(".", 1)[1],
         )
         if not claimed:
             return Applied(duplicate=True, budgets=[])
