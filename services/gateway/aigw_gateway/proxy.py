@@ -325,7 +325,8 @@ class Gateway:
             info = parse_request(endpoint, body)
         except ValueError as e:
             raise Refused(400, f"invalid request body: {e}") from None
-        admission = self.guard.admit(caller.identity, provider.name, info.model, info)
+        # in memory when the lease has room; only a short lease waits (bounded) for a refill
+        admission = await self.guard.acquire(caller.identity, provider.name, info.model, info)
         if not admission.allowed:
             raise Refused(429, admission.message or "budget exhausted", retry_after=admission.retry_after)
         bkey = (provider.name, endpoint, info.model)
