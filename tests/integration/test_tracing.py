@@ -147,9 +147,6 @@ def _importable(mod: str) -> bool:
 @pytest.mark.skipif(not (_importable("aigw_gateway.app") and _importable("aigw_budget.app")
                          and _importable("aigw_registry.app")),
                     reason="needs the gateway, registry and budget services")
-@pytest.mark.xfail(strict=False, reason=(
-    "until the gateway's Recorder captures tracing.inject({}) in emit() and passes it as js_publish(headers=...), "
-    "and budget's UsageConsumer.handle runs inside tracing.consumer_span(..., m.headers, m.subject)"))
 async def test_gateway_request_and_its_usage_in_budget_share_one_trace(  # type: ignore[no-untyped-def]
     spans: InMemorySpanExporter, database_url, mock_upstream, make_settings, apps
 ) -> None:

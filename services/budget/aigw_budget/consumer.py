@@ -26,6 +26,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from aigw_common import tracing
 from aigw_common.bus import Bus, decode
 from aigw_common.errors import AigwError, DecodeError
 from aigw_common.metrics import CollectorRegistry, Counter
@@ -104,7 +105,9 @@ class UsageConsumer:
 
             async def one(m: Msg) -> None:
                 async with sem:
-                    await self.handle(m)
+                    # continue the gateway request's trace (its context rides in the NATS headers)
+                    with tracing.consumer_span("budget usage", m.headers, m.subject):
+                        await self.handle(m)
 
             await asyncio.gather(*(one(m) for m in msgs), return_exceptions=True)
 
