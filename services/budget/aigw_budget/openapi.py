@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+from aiohttp import web
+
 from aigw_common.openapi import Query, Route, document_route, serve_document
 from aigw_common.schemas import ModelPrice
-from aiohttp import web
 
 from .api import BudgetBody, PriceBody
 

@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from .config import ChatdConfig
 from .deps import Deps
 from .hub import ChatHub
+from .openapi import add_document
 from .providers import ProviderDirectory
 from .routes import ChatRoutes
 from .runner import TurnRunner
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, config: ChatdConfig | None = None) -> web.
     app[DEPS] = deps
     ChatRoutes(deps).register(app.router)
     SkillRoutes(deps).register(app.router)
+    add_document(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_streams)
     return app

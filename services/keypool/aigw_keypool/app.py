@@ -13,6 +13,7 @@ from aigw_common.settings import Settings
 from aiohttp import web
 
 from .api import IDENTITIES, SERVICE, add_routes
+from .openapi import add_document
 from .service import KeyPoolService
 
 MIGRATIONS: tuple[MigrationSet, ...] = ()
@@ -21,6 +22,7 @@ MIGRATIONS: tuple[MigrationSet, ...] = ()
 def create_app(settings: Settings) -> web.Application:
     app = base_app("keypool", settings, middlewares=[error_middleware])
     add_routes(app)
+    add_document(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         bus = make_bus(settings, "keypool")

@@ -1,0 +1,40 @@
+"""``/api/v2/openapi.json`` of keypool: the key health route (``api.add_routes``) described for clients and fuzzers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from aiohttp import web
+
+from aigw_common.openapi import Route, document_route, serve_document
+
+
+class KeyHealthOut(msgspec.Struct):
+    id: str
+    hint: str
+    position: int
+    state: Literal["valid", "cooling", "revoked"]
+    until: str | None
+    last_status: int | None
+    failures_1m: int
+    successes_1m: int
+
+
+class KeyHealthList(msgspec.Struct):
+    provider: str
+    provider_id: str
+    keys: list[KeyHealthOut]
+
+
+ROUTES: list[Route] = [
+    Route("GET", "/api/v2/ai/providers/{idOrName}/keys/health", None, "admin",
+          "Fleet-wide health of a provider's keys (state, cooldown, last minute's outcomes)", "keys",
+          response=KeyHealthList),
+    document_route("/api/v2/openapi.json"),
+]
+
+
+def add_document(app: web.Application) -> None:
+    serve_document(app, ROUTES, title="aigw keypool", unavailable=True,
+                   description="Key health of aigw's provider key pools. Errors are {message, detail, validations}.")
