@@ -24,7 +24,7 @@ LIMIT = 64 * 1024  # AIGW_MAX_BODY_BYTES for these tests
 SERVICES = ("registry", "keypool", "budget", "gateway")
 ENDPOINTS = ["/openai/v1/chat/completions", "/openai/v1/responses", "/anthropic/v1/messages",
              "/anthropic/v1/messages/count_tokens", "/api/v2/aibridge/openai/v1/chat/completions"]
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture
