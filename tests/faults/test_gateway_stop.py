@@ -51,7 +51,7 @@ async def test_gateway_sigterm_mid_stream_finishes_the_stream(start_system, tmp_
     s: System = await start_system(services=SERVICES)
     m = await s.member("graceful")
     gw = await _gateway(s, tmp_path, "gw-term", AIGW_SHUTDOWN_GRACE="20s")
-    s.upstream.play("openai/chatcompletions/simple", event_delay=0.03)
+    s.upstream.play("openai/chatcompletions/simple", event_delay=0.01)
     stopping: list[asyncio.Task[int]] = []
     t0 = time.monotonic()
     text, finished, error = await _stream(_client(gw, m.token), lambda: stopping.append(asyncio.create_task(gw.stop())))

@@ -78,16 +78,18 @@ def _tokens(**over: Any) -> dict[str, Any]:
     return _event(**{"kind": "usage.tokens", "model": "gpt-4o-mini", "tokens": {"input_tokens": 10}, **over})
 
 
-BUDGET_POISON: list[tuple[str, bytes]] = [
-    ("not JSON", b"\x00\xffnot json"),
-    ("unknown kind", msgspec.json.encode(_event(kind="usage.exploded"))),
-    ("wrong field type", msgspec.json.encode(_event(at="yesterday"))),
-    ("NUL in a text column", msgspec.json.encode(_event(interception_id="a\x00b"))),
-    ("time out of range", msgspec.json.encode(_event(at=1e300))),
-    ("negative time", msgspec.json.encode(_event(at=-1e18))),
-    ("token count over bigint", msgspec.json.encode(_tokens(tokens={"input_tokens": 2**63}))),
-    ("negative token count", msgspec.json.encode(_tokens(tokens={"output_tokens": -5}))),
-]
+def budget_poison() -> list[tuple[str, bytes]]:
+    """Built when the test runs: the events carry the current time."""
+    return [
+        ("not JSON", b"\x00\xffnot json"),
+        ("unknown kind", msgspec.json.encode(_event(kind="usage.exploded"))),
+        ("wrong field type", msgspec.json.encode(_event(at="yesterday"))),
+        ("NUL in a text column", msgspec.json.encode(_event(interception_id="a\x00b"))),
+        ("time out of range", msgspec.json.encode(_event(at=1e300))),
+        ("negative time", msgspec.json.encode(_event(at=-1e18))),
+        ("token count over bigint", msgspec.json.encode(_tokens(tokens={"input_tokens": 2**63}))),
+        ("negative token count", msgspec.json.encode(_tokens(tokens={"output_tokens": -5}))),
+    ]
 
 
 async def _budget(bus: Bus, make_settings, database_url: str, apps):  # type: ignore[no-untyped-def]
@@ -125,15 +127,16 @@ async def _budget_round(bus: Bus, consumer, poison: list[bytes]) -> None:  # typ
 async def test_budget_usage_consumer_terminates_poison(bus, make_settings, database_url, apps, logs,  # type: ignore[no-untyped-def]
                                                        reliability) -> None:
     consumer = await _budget(bus, make_settings, database_url, apps)
-    for name, data in BUDGET_POISON:
+    poison = budget_poison()
+    for name, data in poison:
         before = len(logs.errors("aigw_budget"))
         await _budget_round(bus, consumer, [data])
         assert len(logs.errors("aigw_budget")) > before, f"{name}: terminated without a log line"
     await _delivered_once(bus, bus.subjects.usage_stream, consumer.durable)
     terminated = {k: consumer.outcomes.labels(k)._value.get() for k in ("malformed", "rejected")}
-    assert sum(terminated.values()) == len(BUDGET_POISON), terminated
+    assert sum(terminated.values()) == len(poison), terminated
     reliability.record("Poison on the budget usage consumer",
-                       client="—", usage=f"{len(BUDGET_POISON)} kinds of poison each terminated after one delivery "
+                       client="—", usage=f"{len(poison)} kinds of poison each terminated after one delivery "
                                           "with an error log line; the next good event recorded",
                        measured=f"deliveries = messages (no redelivery); outcomes {terminated}")
 
@@ -203,13 +206,15 @@ def _mark(**over: Any) -> dict[str, Any]:
     return m
 
 
-KEYPOOL_POISON: list[tuple[str, bytes]] = [
-    ("not JSON", b"{{{"),
-    ("unknown state", msgspec.json.encode(_mark(state="melted"))),
-    ("key id not a valid KV key", msgspec.json.encode(_mark(key_id="a b*c"))),
-    ("empty provider id", msgspec.json.encode(_mark(provider_id=""))),
-    ("wrong type", msgspec.json.encode(_mark(status_code="429"))),
-]
+def keypool_poison() -> list[tuple[str, bytes]]:
+    """Built when the test runs: a cooling mark whose ``until`` has passed would be a no-op, not poison."""
+    return [
+        ("not JSON", b"{{{"),
+        ("unknown state", msgspec.json.encode(_mark(state="melted"))),
+        ("key id not a valid KV key", msgspec.json.encode(_mark(key_id="a b*c"))),
+        ("empty provider id", msgspec.json.encode(_mark(provider_id=""))),
+        ("wrong type", msgspec.json.encode(_mark(status_code="429"))),
+    ]
 
 
 async def test_keypool_marks_consumer_terminates_poison(bus, make_settings, apps, logs, reliability) -> None:  # type: ignore[no-untyped-def]
@@ -217,7 +222,8 @@ async def test_keypool_marks_consumer_terminates_poison(bus, make_settings, apps
     kv = await keys_bucket(bus)
     s = bus.subjects
     durable = s.durable("keypool")
-    for i, (name, data) in enumerate(KEYPOOL_POISON):
+    poison = keypool_poison()
+    for i, (name, data) in enumerate(poison):
         before = len(logs.errors("aigw_keypool"))
         await bus.js.publish(s.keys_marked, data)
         good = KeyMarked(event_id=uuid.uuid4().hex, provider_id=p.id, key_id=p.keys[i % 2].id, state="cooling",
@@ -240,6 +246,6 @@ async def test_keypool_marks_consumer_terminates_poison(bus, make_settings, apps
     r = await _health(url, p.name, token)
     assert r[0] == 200 and r[1]["keys"][0]["state"] == "cooling", r
     reliability.record("Poison on the keypool marks consumer",
-                       client="—", usage=f"{len(KEYPOOL_POISON)} kinds of poison each terminated after one delivery "
+                       client="—", usage=f"{len(poison)} kinds of poison each terminated after one delivery "
                                           "with a log line; the next good mark applied",
                        measured="deliveries = messages (no redelivery)")
