@@ -63,7 +63,7 @@ async def test_gateway_sigterm_mid_stream_finishes_the_stream(start_system, tmp_
     assert ledger.by_status() == {"ok": 1}
     reliability.record("Gateway stopped (SIGTERM) mid-stream",
                        client="the whole answer: in-flight streams drain before the process exits (code 0)",
-                       usage="1 interception ok with its tokens, applied once",
+                       usage="1 interception, status ok, applied once",
                        measured=f"stream ended and process exited {took:.1f} s after it started")
 
 
