@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from aigw_gateway.app import RECORDER
-from aigw_testing.system import Ledger, System, Traffic
+from aigw_testing.faultproxy import FaultProxy
+from aigw_testing.system import Ledger, Outcome, System, Traffic
 from aigw_testing.wait import eventually
 
 pytestmark = pytest.mark.reliability
@@ -33,28 +35,40 @@ async def _no_backlog(s: System) -> bool:
     return await s.consumer_backlog() == (0, 0)
 
 
-async def nats_outage(start_system, reliability, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    s: System = await start_system()
+async def _outage(s: System, proxy: FaultProxy, seconds: float, *, during: Callable[[], Awaitable[None]] | None = None,
+                  sample: Callable[[], None] | None = None) -> tuple[Traffic, list[Outcome], float, Ledger]:
+    """Steady traffic; ``proxy`` down for ``seconds`` (``during`` runs once it is down, ``sample`` every 0.2 s),
+    then up again. Every request must succeed and every usage event be applied once; returns how long after the
+    proxy came back the last event was applied (measured after the traffic stopped: an upper bound)."""
     m = await s.member("steady")
-    client = s.openai(m.token)
-    recorder = s.app["gateway"][RECORDER]
-    traffic = Traffic(client, RATE).start()
+    traffic = Traffic(s.openai(m.token), RATE).start()
     await asyncio.sleep(1.0)
-    await s.nats.down()
+    await proxy.down()
     t_down = time.monotonic()
-    spooled_during = 0
+    if during is not None:
+        await during()
     while time.monotonic() - t_down < seconds:
         await asyncio.sleep(0.2)
-        spooled_during = max(spooled_during, recorder.spool.size)
-    await s.nats.up()
+        if sample is not None:
+            sample()
+    await proxy.up()
     t_up = time.monotonic()
     await asyncio.sleep(1.5)
     outcomes = await traffic.stop()
     failed = traffic.failures()
-    assert not failed, f"{len(failed)} of {len(outcomes)} requests failed while NATS was down: {failed[:3]}"
-    assert spooled_during > 0, "usage events never went to the spool while NATS was down"
-    took, ledger = await _settled(s, len(outcomes), 30 + seconds, t_up)
+    assert not failed, f"{len(failed)} of {len(outcomes)} requests failed during the outage: {failed[:3]}"
+    took, ledger = await _settled(s, len(outcomes), 60 + seconds, t_up)
     assert ledger.by_status() == {"ok": len(outcomes)}, ledger.by_status()
+    return traffic, outcomes, took, ledger
+
+
+async def nats_outage(start_system, reliability, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    s: System = await start_system()
+    recorder = s.app["gateway"][RECORDER]
+    peak = [0]
+    traffic, outcomes, took, ledger = await _outage(
+        s, s.nats, seconds, sample=lambda: peak.__setitem__(0, max(peak[0], recorder.spool.size)))
+    assert peak[0] > 0, "usage events never went to the spool while NATS was down"
     assert not recorder.spool.pending() and recorder.spool.dropped == 0
     during = sum(1 for o in outcomes if 1.0 <= o.at <= 1.0 + seconds)
     reliability.record(
@@ -62,7 +76,7 @@ async def nats_outage(start_system, reliability, seconds: float) -> None:  # typ
         client=f"{len(outcomes)} of {len(outcomes)} requests answered whole ({during} during the outage); "
                f"p99 {traffic.p(0.99) * 1000:.0f} ms",
         usage=f"{ledger.events} events of {len(outcomes)} interceptions, each applied once; spool replayed, 0 dropped",
-        measured=f"spool peaked at {spooled_during} B; every event applied ≤ {took:.1f} s after NATS returned")
+        measured=f"spool peaked at {peak[0]} B; every event applied ≤ {took:.1f} s after NATS returned")
 
 
 async def test_nats_down_under_steady_traffic(start_system, reliability) -> None:  # type: ignore[no-untyped-def]
@@ -76,29 +90,17 @@ async def test_nats_down_30s_under_steady_traffic(start_system, reliability) -> 
 
 
 async def postgres_outage(start_system, reliability, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    s: System = await start_system()
-    m = await s.member("steady")
-    client = s.openai(m.token)
-    traffic = Traffic(client, RATE).start()
-    await asyncio.sleep(1.0)
-    await s.pg.down()
-    # the control plane answers 503 (retry later), never 500, while its database is gone
-    admin = s.api(s.owner_token)
-    r = await admin.call("GET", s.url("budget", "/api/v2/ai/usage"))
-    assert r.status == 503 and r.headers.get("Retry-After"), r
-    await asyncio.sleep(seconds)
-    await s.pg.up()
-    t_up = time.monotonic()
-    await asyncio.sleep(1.5)
-    outcomes = await traffic.stop()
-    failed = traffic.failures()
-    assert not failed, f"{len(failed)} of {len(outcomes)} requests failed while Postgres was down: {failed[:3]}"
-    took, ledger = await _settled(s, len(outcomes), 60 + seconds, t_up)
-    assert ledger.by_status() == {"ok": len(outcomes)}, ledger.by_status()
     from aigw_budget.api import SERVICE
 
-    outcomes_by = s.app["budget"][SERVICE].consumer.outcomes
-    naks = outcomes_by.labels("retry")._value.get() + outcomes_by.labels("deferred")._value.get()
+    s: System = await start_system()
+
+    async def control_plane_says_retry() -> None:  # 503 + Retry-After, never 500, while its database is gone
+        r = await s.owner.call("GET", s.url("budget", "/api/v2/ai/usage"))
+        assert r.status == 503 and r.headers.get("Retry-After"), r
+
+    _traffic, outcomes, took, ledger = await _outage(s, s.pg, seconds, during=control_plane_says_retry)
+    counts = s.app["budget"][SERVICE].consumer.outcomes
+    naks = counts.labels("retry")._value.get() + counts.labels("deferred")._value.get()
     assert naks > 0, "the budget consumer never deferred an event: Postgres was not really down for it"
     reliability.record(
         f"Postgres down {seconds:g} s under steady traffic",

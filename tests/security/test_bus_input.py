@@ -9,7 +9,6 @@ Hypothesis then throws arbitrary usage-event-shaped JSON at the budget consumer.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from typing import Any
@@ -32,31 +31,6 @@ from aigw_testing.stack import wait_ready
 from aigw_testing.wait import eventually
 
 pytestmark = pytest.mark.reliability
-
-
-class Logs(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def errors(self, logger: str) -> list[str]:
-        return [f"{r.getMessage()} {getattr(r, 'error', '')}" for r in self.records
-                if r.name.startswith(logger) and r.levelno >= logging.WARNING]
-
-
-@pytest.fixture
-def logs():  # type: ignore[no-untyped-def]
-    h = Logs()
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(h)
-    root.setLevel(logging.INFO)
-    yield h
-    root.removeHandler(h)
-    root.setLevel(old)
 
 
 async def _delivered_once(bus: Bus, stream: str, durable: str) -> None:

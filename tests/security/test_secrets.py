@@ -12,12 +12,10 @@ all of it is searched for each key, and for the part of it a hint never shows.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import nats
 import pytest
 
-from aigw_common.logging import JsonFormatter
 from aigw_testing.system import ANTHROPIC_KEY, OPENAI_KEY, Api, Resp, System
 
 pytestmark = pytest.mark.reliability
@@ -30,18 +28,6 @@ REJECTED_BYOK = "zzbyok-rejected-Xs3Dc6Fv9Gb2"
 BAD_KEY = "zzbad key-with-space-Qa2Ws5Ed8"
 SECRETS = [OPENAI_KEY, ANTHROPIC_KEY, *EXTRA_KEYS, BEDROCK_SECRET, BEDROCK_ACCESS, STORED_BYOK, HEADER_BYOK,
            REJECTED_BYOK, BAD_KEY]
-
-
-class Capture(logging.Handler):
-    """Every record as the production JSON formatter writes it."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter("test"))
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
 
 
 class Recording(Api):
@@ -58,18 +44,6 @@ class Recording(Api):
         r = await super().call(method, url, body, **kw)
         self.sink.append(f"{method} {url} -> {r.status} {r.headers} {r.raw.decode(errors='replace')}")
         return r
-
-
-@pytest.fixture
-def logs():  # type: ignore[no-untyped-def]
-    cap = Capture()
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(cap)
-    root.setLevel(logging.DEBUG)
-    yield cap
-    root.removeHandler(cap)
-    root.setLevel(old)
 
 
 async def test_provider_keys_never_leak(start_system, nats_url, tmp_path, logs, reliability) -> None:  # type: ignore[no-untyped-def]
