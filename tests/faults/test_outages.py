@@ -21,6 +21,7 @@ from aigw_testing.wait import eventually
 
 pytestmark = pytest.mark.reliability
 RATE = 10.0  # requests per second
+OUTAGES = [3.0, pytest.param(30.0, marks=[pytest.mark.soak, pytest.mark.timeout(300)])]  # seconds; 30 s in make soak
 
 
 async def _settled(s: System, n: int, timeout: float, since: float) -> tuple[float, Ledger]:  # noqa: ASYNC109
@@ -79,14 +80,9 @@ async def nats_outage(start_system, reliability, seconds: float) -> None:  # typ
         measured=f"spool peaked at {peak[0]} B; every event applied ≤ {took:.1f} s after NATS returned")
 
 
-async def test_nats_down_under_steady_traffic(start_system, reliability) -> None:  # type: ignore[no-untyped-def]
-    await nats_outage(start_system, reliability, 3.0)
-
-
-@pytest.mark.soak
-@pytest.mark.timeout(300)
-async def test_nats_down_30s_under_steady_traffic(start_system, reliability) -> None:  # type: ignore[no-untyped-def]
-    await nats_outage(start_system, reliability, 30.0)
+@pytest.mark.parametrize("seconds", OUTAGES)
+async def test_nats_down_under_steady_traffic(start_system, reliability, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    await nats_outage(start_system, reliability, seconds)
 
 
 async def postgres_outage(start_system, reliability, seconds: float) -> None:  # type: ignore[no-untyped-def]
@@ -110,14 +106,9 @@ async def postgres_outage(start_system, reliability, seconds: float) -> None:  #
         measured=f"{naks:.0f} deliveries deferred; every event applied ≤ {took:.1f} s after Postgres returned")
 
 
-async def test_postgres_down_under_steady_traffic(start_system, reliability) -> None:  # type: ignore[no-untyped-def]
-    await postgres_outage(start_system, reliability, 3.0)
-
-
-@pytest.mark.soak
-@pytest.mark.timeout(300)
-async def test_postgres_down_30s_under_steady_traffic(start_system, reliability) -> None:  # type: ignore[no-untyped-def]
-    await postgres_outage(start_system, reliability, 30.0)
+@pytest.mark.parametrize("seconds", OUTAGES)
+async def test_postgres_down_under_steady_traffic(start_system, reliability, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    await postgres_outage(start_system, reliability, seconds)
 
 
 async def test_registry_stopped_and_restarted(start_system, reliability) -> None:  # type: ignore[no-untyped-def]
