@@ -163,8 +163,8 @@ async def main_async(args: argparse.Namespace) -> int:
         results: list[Result] = []
         spy = None
         if args.profile:  # sample the gateway with py-spy while it is measured
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(gw_proc.pid), "-o", args.profile, "-f", "raw", "-r", "200"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cmd = ["py-spy", "record", "-p", str(gw_proc.pid), "-o", args.profile, "-f", "raw", "-r", "200"]
+            spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 - not waited on
         for scen, stream, conc in scenarios:
             n = args.requests if conc > 1 else max(200, args.requests // 4)
             for name, (url, pid) in paths.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import nats
 import pytest
+
 from aigw_common.embedded import EmbeddedNats, EmbeddedPostgres, find_postgres_bin_dir
 
 

@@ -22,6 +22,7 @@ import aiohttp
 import nats
 import pytest
 import yaml
+
 from aigw_common.embedded import find_nats_server, free_port, log_tail
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from aigw_common.cli import available_services
 from aigw_common.embedded import find_postgres_bin_dir, free_port
 

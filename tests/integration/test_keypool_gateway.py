@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
+
 from aigw_common.embedded import EmbeddedNats
 from aigw_common.settings import Settings
 from aigw_gateway.app import BUS, GATEWAY_ID, LOADER, POOLS
@@ -27,7 +29,6 @@ from aigw_keypool.app import create_app as keypool_app
 from aigw_registry.app import create_app as registry_app
 from aigw_testing.upstream import MockUpstream
 from aigw_testing.wait import eventually
-from aiohttp import web
 
 CHAT = "openai/chatcompletions/simple"
 KEYS = ["sk-fleet-one-1111", "sk-fleet-two-2222", "sk-fleet-three-3333"]

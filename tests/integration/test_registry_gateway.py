@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import aiohttp
 import openai
+from aiohttp import web
+
 from aigw_gateway.app import LOADER
 from aigw_gateway.app import create_app as gateway_app
 from aigw_registry.app import create_app as registry_app
 from aigw_testing.upstream import MockUpstream
 from aigw_testing.wait import eventually
-from aiohttp import web
 
 CHAT = "openai/chatcompletions/simple"
 TAKEOVER = 1.0  # the contract: live on every gateway within one second

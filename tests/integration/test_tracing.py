@@ -13,11 +13,6 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
-from aigw_common import tracing
-from aigw_common.bus import Bus
-from aigw_common.schemas import AuthRevoked
-from aigw_common.service import base_app
-from aigw_common.settings import Settings
 from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,6 +20,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from opentelemetry.util._once import Once
+
+from aigw_common import tracing
+from aigw_common.bus import Bus
+from aigw_common.schemas import AuthRevoked
+from aigw_common.service import base_app
+from aigw_common.settings import Settings
 
 
 def _reset_globals() -> None:
@@ -151,6 +152,7 @@ async def test_gateway_request_and_its_usage_in_budget_share_one_trace(  # type:
     spans: InMemorySpanExporter, database_url, mock_upstream, make_settings, apps
 ) -> None:
     import openai
+
     from aigw_testing.stack import start_stack
 
     token = "aigw_" + "t" * 40

@@ -20,7 +20,12 @@ import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError, NoServersError, OutboundBufferLimitError
+from nats.errors import (
+    ConnectionClosedError,
+    NoRespondersError,
+    NoServersError,
+    OutboundBufferLimitError,
+)
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
@@ -163,6 +168,7 @@ class Bus:
     _on_connect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _on_reconnect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _closing: bool = False
+    _cb_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -238,7 +244,9 @@ class Bus:
     async def _reconnected_cb(self) -> None:
         log.info("nats reconnected")
         for cb in list(self._on_reconnect):
-            asyncio.create_task(self._run_cb(cb))
+            t = asyncio.create_task(self._run_cb(cb))
+            self._cb_tasks.add(t)  # keep a reference until done (the loop holds tasks weakly)
+            t.add_done_callback(self._cb_tasks.discard)
 
     async def close(self) -> None:
         """Drain subscriptions and close; safe to call twice."""

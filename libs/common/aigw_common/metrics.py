@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client import Counter, Gauge, Histogram  # re-exported for services
+from prometheus_client import (  # re-exported for services
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 __all__ = ["CollectorRegistry", "Counter", "Gauge", "Histogram", "metrics_handler", "new_registry"]
 

@@ -6,7 +6,12 @@ import pytest
 
 from aigw_common.bus import Bus, Subjects
 from aigw_common.errors import BusError
-from aigw_common.schemas import AuthVerifyReply, AuthVerifyRequest, InterceptionEnded, ProvidersChanged
+from aigw_common.schemas import (
+    AuthVerifyReply,
+    AuthVerifyRequest,
+    InterceptionEnded,
+    ProvidersChanged,
+)
 
 
 async def test_publish_subscribe_typed(bus: Bus):

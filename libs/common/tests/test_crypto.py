@@ -1,6 +1,13 @@
 import pytest
 
-from aigw_common.crypto import PURPOSE_AT_REST, PURPOSE_BUS, Sealer, hash_token, mask_secret, new_token
+from aigw_common.crypto import (
+    PURPOSE_AT_REST,
+    PURPOSE_BUS,
+    Sealer,
+    hash_token,
+    mask_secret,
+    new_token,
+)
 from aigw_common.errors import CryptoError
 
 A, B = b"a" * 32, b"b" * 32

@@ -45,7 +45,7 @@ class Infra:
         try:
             from aigw_common.embedded import EmbeddedPostgres
         except ImportError:
-            EmbeddedPostgres = None  # noqa: N806
+            EmbeddedPostgres = None
         if EmbeddedPostgres is not None:
             import tempfile
 
@@ -63,9 +63,9 @@ class Infra:
         url = os.environ.get("AIGW_TEST_NATS_URL", DEFAULT_NATS)
         if reachable(url):
             return url
-        from aigw_common.embedded import EmbeddedNats
-
         import tempfile
+
+        from aigw_common.embedded import EmbeddedNats
 
         n = EmbeddedNats(tempfile.mkdtemp(prefix="aigw-test-nats-"))
         url = asyncio.run(n.start())

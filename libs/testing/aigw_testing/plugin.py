@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import nats
 import pytest
+
 from aigw_common.bus import Bus, Subjects
 from aigw_common.crypto import generate_key
 from aigw_common.settings import Settings

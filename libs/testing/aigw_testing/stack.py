@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
+
 from aigw_common.cli import available_services, load_service
 from aigw_common.settings import Settings
 

@@ -252,7 +252,7 @@ class System:
         finally:
             await conn.close()
 
-    async def ledger(self, expect: int | None = None, timeout: float = 30.0) -> Ledger:  # noqa: ASYNC109
+    async def ledger(self, expect: int | None = None, timeout: float = 30.0) -> Ledger:
         """Wait until the budget service has applied every usage event published so far (and, with ``expect``,
         until that many interceptions have ended), then check each event was applied exactly once: the
         processed ids are exactly the published ids, and every interception's tokens are the sum of its

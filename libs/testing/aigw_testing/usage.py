@@ -6,7 +6,13 @@ import asyncio
 from collections import defaultdict
 
 from aigw_common.bus import Bus, decode
-from aigw_common.schemas import AnyUsageEvent, InterceptionEnded, InterceptionStarted, TokenUsage, ToolUsage
+from aigw_common.schemas import (
+    AnyUsageEvent,
+    InterceptionEnded,
+    InterceptionStarted,
+    TokenUsage,
+    ToolUsage,
+)
 
 
 class UsageCollector:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition",  # noqa: ASYNC109
+async def eventually(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition",
                      *, interval: float = 0.02) -> float:
     """Poll ``check`` (sync or async) until it is truthy; return the seconds it took, fail after ``timeout``."""
     t0 = time.monotonic()

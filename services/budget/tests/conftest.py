@@ -25,7 +25,7 @@ from aigw_testing.registry_stub import RegistryStub, StubUser
 
 @pytest.fixture
 def eventually() -> Callable[..., Awaitable[None]]:
-    async def wait(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0,  # noqa: ASYNC109
+    async def wait(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0,
                    what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while True:

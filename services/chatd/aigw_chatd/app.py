@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
+from nats.aio.msg import Msg
+
 from aigw_common.api import error_middleware
 from aigw_common.auth import IdentityCache
 from aigw_common.bus import Bus, make_bus
@@ -21,8 +24,6 @@ from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
 from aigw_common.schemas import AuthRevoked
 from aigw_common.service import METRICS, STATE, base_app
 from aigw_common.settings import Settings
-from aiohttp import web
-from nats.aio.msg import Msg
 
 from .config import ChatdConfig
 from .deps import Deps

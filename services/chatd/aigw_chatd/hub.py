@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from nats.aio.msg import Msg
+
 from aigw_common.bus import Bus
 from aigw_common.errors import BusError
 from aigw_common.schemas import ChatEvent
-from nats.aio.msg import Msg
 
 log = logging.getLogger(__name__)
 

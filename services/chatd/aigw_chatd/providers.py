@@ -14,10 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from nats.aio.msg import Msg
+
 from aigw_common.bus import Bus
 from aigw_common.errors import BusError
 from aigw_common.schemas import ProvidersChanged, RegistrySnapshot, SnapshotRequest
-from nats.aio.msg import Msg
 
 log = logging.getLogger(__name__)
 

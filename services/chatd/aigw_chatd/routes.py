@@ -12,6 +12,8 @@ from datetime import datetime
 
 import asyncpg
 import msgspec
+from aiohttp import web
+
 from aigw_common.api import (
     ApiError,
     bad_request,
@@ -24,7 +26,6 @@ from aigw_common.api import (
 from aigw_common.auth import authenticate, bearer_token, is_admin, is_owner
 from aigw_common.crypto import hash_token
 from aigw_common.schemas import Identity
-from aiohttp import web
 
 from .deps import Deps
 from .runner import skill_invocation, token_aad

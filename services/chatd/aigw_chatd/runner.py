@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
 from aigw_common.auth import IdentityCache
 from aigw_common.crypto import Sealer
 from aigw_common.errors import BusError, CryptoError

@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from aiohttp import web
+
 from aigw_common.api import (
     ApiError,
     Validation,
@@ -28,7 +30,6 @@ from aigw_common.api import (
 )
 from aigw_common.auth import authenticate, is_owner
 from aigw_common.schemas import Identity
-from aiohttp import web
 
 from .store import Store
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import aiohttp
 import msgspec
+
 from aigw_common.logging import redact
 
 USER_AGENT = "aigw-chatd/0.1.0"

@@ -12,12 +12,13 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
+
 from aigw_chatd.app import DEPS, create_app
 from aigw_chatd.config import ChatdConfig
 from aigw_common.bus import Bus
 from aigw_common.settings import Settings
 from aigw_testing.registry_stub import RegistryStub, StubUser
-from aiohttp import web
 
 FAST = ChatdConfig(backoff_base=0.05, backoff_max=0.2, retry_after_cap=0.2, lease=5.0, heartbeat=1.0,
                    sweep_interval=0.5, keepalive=1.0, control_timeout=1.0, read_timeout=10.0, summary_timeout=5.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+
 from aigw_common.schemas import AuthRevoked
 
 SKILLS = "/api/experimental/users/{}/skills"

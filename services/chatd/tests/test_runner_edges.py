@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import asyncpg
+
 from aigw_chatd.config import ChatdConfig
 from aigw_chatd.runner import token_aad
 from aigw_common.crypto import PURPOSE_AT_REST, Sealer, hash_token

@@ -7,9 +7,10 @@ import logging
 import uuid
 
 import asyncpg
+from aiohttp import web
+
 from aigw_common.crypto import hash_token
 from aigw_common.schemas import AuthRevoked
-from aiohttp import web
 
 SIMPLE = "openai/chatcompletions/simple"
 

@@ -6,6 +6,7 @@ import logging
 
 import msgspec
 import pytest
+
 from aigw_chatd.runner import prompt_of, skill_invocation
 from aigw_chatd.upstream import (
     ChatMessage,

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import quote
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from aigw_common.durations import parse_duration
 from aigw_common.errors import AigwError
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import bedrock
 from .errors import Api

@@ -147,7 +147,7 @@ class _MarkSink:
     async def on_connect(self) -> None:
         try:
             await ensure_marks_stream(self.bus)
-        except Exception as e:  # noqa: BLE001 - retried on the next connect; logged
+        except Exception as e:
             log.warning("could not ensure the key-marks stream", extra={"error": str(e)})
         backlog, self.backlog = self.backlog, []
         for mark in backlog:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
+
 from aigw_common.errors import AigwError
 
 PRELUDE = 12

@@ -37,7 +37,15 @@ from aigw_common.schemas import (
 from aigw_common.settings import Settings
 
 from . import routing
-from .adapters import Adapter, AdapterRefusal, Endpoint, Outgoing, ResponseFilter, configure, guess_api
+from .adapters import (
+    Adapter,
+    AdapterRefusal,
+    Endpoint,
+    Outgoing,
+    ResponseFilter,
+    configure,
+    guess_api,
+)
 from .breaker import Breakers
 from .budget import Admission, BudgetGuard
 from .clients import detect_client, session_id
@@ -47,7 +55,14 @@ from .keys import KeyPools, PoolKey
 from .metrics import GatewayMetrics
 from .providers import Provider, ProviderLoader
 from .recorder import Recorder
-from .usage import Extracted, RequestInfo, extract_blocking, inject_include_usage, parse_request, stream_extractor
+from .usage import (
+    Extracted,
+    RequestInfo,
+    extract_blocking,
+    inject_include_usage,
+    parse_request,
+    stream_extractor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -441,8 +456,25 @@ START_DELAY = 1.0  # seconds a request may run before its "started" event is sen
 class _Interception:
     """The record of one bridged request: emits its usage events and settles its budget reservation."""
 
-    __slots__ = ("admission", "cancelled", "caller", "dump", "endpoint", "error", "extracted", "gw", "id", "info",
-                 "key", "provider", "t0", "client", "_session", "_start_timer", "started_at")
+    __slots__ = (
+        "_session",
+        "_start_timer",
+        "admission",
+        "caller",
+        "cancelled",
+        "client",
+        "dump",
+        "endpoint",
+        "error",
+        "extracted",
+        "gw",
+        "id",
+        "info",
+        "key",
+        "provider",
+        "started_at",
+        "t0",
+    )
 
     def __init__(self, gw: Gateway, request: web.Request, provider: Provider, endpoint: Endpoint, caller: Caller,
                  info: RequestInfo, admission: Admission) -> None:

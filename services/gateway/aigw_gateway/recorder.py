@@ -108,7 +108,7 @@ class Recorder:
         try:
             s = self.bus.subjects
             await self.bus.ensure_stream(s.usage_stream, [s.usage_all], duplicate_window=600.0)
-        except Exception as e:  # noqa: BLE001 - any failure here means "retry on the next connect"; logged
+        except Exception as e:
             log.warning("could not ensure the usage stream", extra={"error": str(e)})
         self._replay_wake.set()
 
@@ -229,7 +229,8 @@ class Recorder:
         """Publish what is queued and wait for its acks (up to ``timeout``); spool whatever is left."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (not self._queue.empty() or self._pending) and loop.time() < deadline and self.bus.connected:
+        # a bounded drain at shutdown: acks arrive on the subscription's task
+        while (not self._queue.empty() or self._pending) and loop.time() < deadline and self.bus.connected:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         for t in self._tasks:
             t.cancel()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+
 from aigw_common.schemas import TokenCounts
 
 Endpoint = Literal["chat_completions", "responses", "messages"]

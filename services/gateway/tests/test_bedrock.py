@@ -8,6 +8,7 @@ import dataclasses
 import aiohttp
 import msgspec
 import pytest
+
 from aigw_gateway import bedrock
 from aigw_gateway.eventstream import BedrockSSE
 from aigw_testing.txtar import load

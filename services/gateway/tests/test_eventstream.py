@@ -9,10 +9,11 @@ import uuid
 
 import msgspec
 import pytest
+from botocore.eventstream import EventStreamBuffer
+
 from aigw_gateway import eventstream as es
 from aigw_testing.txtar import load
 from aigw_testing.upstream import split_events
-from botocore.eventstream import EventStreamBuffer
 
 # Vectors from the AWS event-stream test suite (as carried by botocore's unit tests).
 EMPTY = b"\x00\x00\x00\x10\x00\x00\x00\x00\x05\xc2H\xeb}\x98\xc8\xff"

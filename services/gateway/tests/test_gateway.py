@@ -57,7 +57,7 @@ async def marks(gw, bus, n: int, timeout: float = 3.0) -> list[KeyMarked]:
             await sub.unsubscribe()
             if len(out) >= n:
                 return out
-        except (TimeoutError, Exception):  # noqa: BLE001 - polling until the deadline
+        except (TimeoutError, Exception):
             pass
         assert time.monotonic() < deadline, "marks not published"
         await asyncio.sleep(0.1)

@@ -6,6 +6,8 @@ import asyncio
 import time
 
 import pytest
+from multidict import CIMultiDict
+
 from aigw_common.bus import Bus, Subjects, encode
 from aigw_common.embedded import EmbeddedNats
 from aigw_common.keystate import keys_bucket
@@ -13,7 +15,6 @@ from aigw_common.schemas import KeyReport, KeyState
 from aigw_gateway.keystate import KeyReporter, KeyStateWatcher, parse_ratelimit
 from aigw_testing.faultproxy import FaultProxy
 from aigw_testing.wait import eventually
-from multidict import CIMultiDict
 
 NOW = 1_700_000_000.0
 

@@ -6,6 +6,7 @@ import aiohttp
 import anthropic
 import msgspec
 import pytest
+
 from aigw_testing.txtar import load
 from aigw_testing.upstream import split_events
 

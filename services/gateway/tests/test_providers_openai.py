@@ -5,8 +5,9 @@ from __future__ import annotations
 import aiohttp
 import openai
 import pytest
-from aigw_testing.txtar import load
 from aiohttp import web
+
+from aigw_testing.txtar import load
 
 FIXTURES = [
     ("openai/chatcompletions/simple", "chat_completions"),

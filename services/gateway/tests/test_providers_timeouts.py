@@ -7,8 +7,9 @@ import asyncio
 import anthropic
 import openai
 import pytest
-from aigw_gateway.adapters import Timeouts
 from aiohttp import web
+
+from aigw_gateway.adapters import Timeouts
 
 FAST = {"connect_timeout": "1s", "first_byte_timeout": "500ms", "idle_timeout": "0.5"}
 

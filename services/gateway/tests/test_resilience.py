@@ -118,9 +118,9 @@ async def test_nats_outage_keeps_serving_and_loses_no_usage_event(apps, make_set
 
 async def test_spool_survives_a_restart(apps, make_settings, registry, mock_upstream, bus, tmp_path):
     """Events spooled while NATS was unreachable are replayed by the next gateway process on the same data dir."""
+    from aigw_common.schemas import InterceptionEnded as Ended
     from aigw_gateway.recorder import Recorder
     from aigw_gateway.spool import Spool
-    from aigw_common.schemas import InterceptionEnded as Ended
 
     spool_dir = tmp_path / "spool"
     dead = Bus(servers=("nats://127.0.0.1:1",), name="dead", subjects=Subjects(bus.subjects.prefix))

@@ -8,10 +8,11 @@ import hashlib
 import os
 
 import pytest
-from aigw_gateway import sigv4
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
+
+from aigw_gateway import sigv4
 
 AKID = "AKIDEXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"

@@ -17,6 +17,9 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from aigw_common.schemas import TokenCounts
 from aigw_gateway import usage
 from aigw_gateway.usage import (
@@ -28,8 +31,6 @@ from aigw_gateway.usage import (
     stream_extractor,
 )
 from aigw_testing.txtar import Fixture, load_all
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 
 def endpoint_of(name: str) -> str:

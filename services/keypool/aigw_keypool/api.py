@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from aiohttp import web
+
 from aigw_common.api import ApiError, forbidden, json_response, not_found
 from aigw_common.auth import IdentityCache, authenticate, is_admin
 from aigw_common.keystate import effective
-from aiohttp import web
 
 from .service import KeyPoolService
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from aiohttp import web
+
 from aigw_common.api import error_middleware
 from aigw_common.auth import IdentityCache
 from aigw_common.bus import make_bus
 from aigw_common.db import MigrationSet
 from aigw_common.service import METRICS, STATE, base_app
 from aigw_common.settings import Settings
-from aiohttp import web
 
 from .api import IDENTITIES, SERVICE, add_routes
 from .openapi import add_document

@@ -13,11 +13,12 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from nats.aio.msg import Msg
+
 from aigw_common.bus import Bus
 from aigw_common.errors import BusError
 from aigw_common.keystate import TRANSIENT, wait_event
 from aigw_common.schemas import ProviderConfig, ProvidersChanged, RegistrySnapshot, SnapshotRequest
-from nats.aio.msg import Msg
 
 log = logging.getLogger(__name__)
 

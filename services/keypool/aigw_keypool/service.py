@@ -16,6 +16,11 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import InvalidKeyError
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
 from aigw_common.bus import Bus, decode
 from aigw_common.errors import DecodeError
 from aigw_common.keystate import (
@@ -28,10 +33,6 @@ from aigw_common.keystate import (
     wait_event,
 )
 from aigw_common.schemas import KeyMarked, KeyReport, KeysExhausted, KeyState, RegistrySnapshot
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import InvalidKeyError
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .logic import (
     Stats,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
 from aigw_common.bus import decode, encode
 from aigw_common.errors import BusError
 from aigw_common.keystate import KeyStateWatch, kv_key
 from aigw_common.schemas import KeyState
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 log = logging.getLogger(__name__)
 

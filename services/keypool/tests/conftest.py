@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import pytest
+
 from aigw_common.bus import Bus
 from aigw_common.keystate import ensure_marks_stream, keys_bucket
 from aigw_testing import wait

@@ -8,6 +8,8 @@ import uuid
 
 import aiohttp
 import pytest
+from nats.js.errors import KeyNotFoundError
+
 from aigw_common.bus import decode
 from aigw_common.keystate import kv_key
 from aigw_common.schemas import (
@@ -19,7 +21,6 @@ from aigw_common.schemas import (
     RateLimitInfo,
 )
 from aigw_keypool.app import create_app
-from nats.js.errors import KeyNotFoundError
 
 
 async def read(kv, provider_id: str, key_id: str) -> KeyState | None:

@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from aigw_common.api import bad_request, forbidden, json_response
 from aiohttp import web
+
+from aigw_common.api import bad_request, forbidden, json_response
 
 from . import identity as ident
 from . import providers as prov

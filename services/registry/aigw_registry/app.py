@@ -12,12 +12,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from aiohttp import web
+
 from aigw_common.api import error_middleware
 from aigw_common.bus import make_bus
 from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
 from aigw_common.service import METRICS, STATE, base_app
 from aigw_common.settings import Settings
-from aiohttp import web
 
 from .api import REGISTRY, add_routes
 from .core import SCHEMA, Registry

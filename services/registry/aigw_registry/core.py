@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+
 from aigw_common.auth import ROLE_ADMIN, ROLE_OWNER
 from aigw_common.bus import Bus, encode
 from aigw_common.crypto import PURPOSE_AT_REST, PURPOSE_BUS, Sealer

@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from aiohttp import web
+
 from aigw_common.api import (
     ApiError,
     conflict,
@@ -24,7 +26,6 @@ from aigw_common.api import (
 )
 from aigw_common.auth import ROLE_OWNER, bearer_token, same_token
 from aigw_common.crypto import hash_token, mask_secret, new_token
-from aiohttp import web
 
 from . import validate as v
 from .core import OWNER_LOCK, Actor, Registry, audit, auth_revoked, new_id

@@ -14,12 +14,13 @@ import asyncio
 import logging
 
 import asyncpg
+from nats.errors import ConnectionClosedError, FlushTimeoutError
+from nats.errors import TimeoutError as NatsTimeout
+
 from aigw_common.bus import Bus, decode
 from aigw_common.errors import BusError
 from aigw_common.metrics import Counter, Gauge
 from aigw_common.schemas import AuthRevoked, ProvidersChanged
-from nats.errors import ConnectionClosedError, FlushTimeoutError
-from nats.errors import TimeoutError as NatsTimeout
 
 from .core import Registry
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from aiohttp import web
+
 from aigw_common.api import ApiError, Validation, conflict, json_response, not_found, read_json
 from aigw_common.crypto import mask_secret
-from aiohttp import web
 
 from . import validate as v
 from .core import Actor, Registry, audit, auth_revoked, new_id, providers_changed

@@ -13,6 +13,8 @@ import re
 
 import asyncpg
 import msgspec
+from nats.aio.msg import Msg
+
 from aigw_common.auth import same_token
 from aigw_common.bus import Bus
 from aigw_common.metrics import Counter
@@ -26,7 +28,6 @@ from aigw_common.schemas import (
     SnapshotRequest,
     UserProviderKey,
 )
-from nats.aio.msg import Msg
 
 from .core import Registry
 from .providers import fetch_keys, settings_of

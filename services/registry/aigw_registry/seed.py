@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import msgspec
+
 from aigw_common.auth import ROLE_OWNER
 from aigw_common.crypto import hash_token
 from aigw_common.errors import ConfigError

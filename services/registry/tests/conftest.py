@@ -9,11 +9,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+
 from aigw_common.settings import Settings
 from aigw_registry.api import REGISTRY
 from aigw_registry.app import create_app
 from aigw_registry.core import Registry
-from aiohttp import web
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+from nats.aio.msg import Msg
+
 from aigw_common.auth import IdentityCache
 from aigw_common.crypto import PURPOSE_BUS, Sealer, generate_key, hash_token, key_id
 from aigw_common.schemas import (
@@ -18,7 +20,6 @@ from aigw_common.schemas import (
 from aigw_registry.core import SYSTEM
 from aigw_registry.providers import insert_provider
 from aigw_registry.responders import build_snapshot, verify_token
-from nats.aio.msg import Msg
 
 P = "/api/v2/ai/providers"
 U = "/api/v2/users"

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+
 from aigw_common.errors import ConfigError
 from aigw_common.settings import Settings
 from aigw_registry.seed import SeedConflict, canonical_hash
