@@ -69,8 +69,8 @@ async def test_gateway_soak_at_fixed_rate(start_system, tmp_path, soak_seconds: 
                                            f"(bound {RSS_GROWTH_BOUND / 2**20:.0f} MiB)"
         assert ledger.by_status() == {"ok": len(outcomes)}, ledger.by_status()
         reliability.record(
-            f"Load: {RATE:g} req/s for {soak_seconds / 60:g} min (half streamed)",
-            client=f"{len(outcomes)} requests, {len(failed)} failed; p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
+            f"Load: {RATE:g} req/s, half streamed (gateway process)",
+            client=f"{soak_seconds / 60:g} min, {len(outcomes)} requests, {len(failed)} failed; p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
                    f"(bound {P99_BOUND * 1000:.0f} ms)",
             usage=f"{ledger.events} events of {len(outcomes)} interceptions, each applied once",
             measured=f"gateway RSS {base / 2**20:.0f} MiB after {warmup:.0f} s warm-up → {samples[-1][1] / 2**20:.0f} "
