@@ -24,7 +24,7 @@ RATE = 10.0  # requests per second
 OUTAGES = [3.0, pytest.param(30.0, marks=[pytest.mark.soak, pytest.mark.timeout(300)])]  # seconds; 30 s in make soak
 
 
-async def _settled(s: System, n: int, timeout: float, since: float) -> tuple[float, Ledger]:  # noqa: ASYNC109
+async def _settled(s: System, n: int, timeout: float, since: float) -> tuple[float, Ledger]:
     """The ledger once every event is applied, and how long after ``since`` (monotonic) that was."""
     ledger = await s.ledger(expect=n, timeout=timeout)
     took = time.monotonic() - since
