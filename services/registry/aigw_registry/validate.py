@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from aigw_common.api import ApiError, Validation
 from aigw_common.auth import ROLES
 from aigw_common.crypto import mask_secret
+from aigw_common.durations import parse_duration
 from aigw_common.settings import PROVIDER_NAME_RE, RESERVED_PROVIDER_NAMES
 
 PROVIDER_TYPES = ("openai", "anthropic", "bedrock", "copilot", "openai-compat", "azure", "openrouter")
@@ -45,9 +46,14 @@ SETTINGS_FIELDS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
         ("session_token", False, True),
         ("model", False, False),
         ("small_fast_model", False, False),
+        ("thinking_mode", False, False),
     ),
     "azure": (("api_version", False, False),),
 }
+# Upstream timeouts every type accepts (durations such as "30s", "10m"; the gateway's defaults otherwise).
+TIMEOUT_FIELDS = ("connect_timeout", "first_byte_timeout", "idle_timeout")
+THINKING_MODES = frozenset({"budget", "adaptive", "adaptive-only"})
+MAX_TIMEOUT_SECONDS = 86400.0
 
 
 class Invalid(ValueError):
@@ -201,7 +207,7 @@ def secret_value(raw: str, field: str) -> str:
 
 def provider_settings(p: Problems, ptype: str, raw: Mapping[str, str], field: str = "settings") -> dict[str, str]:
     """Validate the settings object of a provider type into ``p``; returns it trimmed, empties dropped."""
-    spec = SETTINGS_FIELDS.get(ptype, ())
+    spec = SETTINGS_FIELDS.get(ptype, ()) + tuple((t, False, False) for t in TIMEOUT_FIELDS)
     known = {f for f, _, _ in spec}
     for k in raw:
         if k not in known:
@@ -219,6 +225,16 @@ def provider_settings(p: Problems, ptype: str, raw: Mapping[str, str], field: st
         elif len(v) > 256 or any(ord(c) < 32 for c in v):
             p.add(f"{field}.{name}", "must be at most 256 printable characters")
         out[name] = v
+    for name in TIMEOUT_FIELDS:
+        if name in out:
+            try:
+                secs = parse_duration(out[name])
+            except ValueError:
+                secs = -1.0
+            if not 0 < secs <= MAX_TIMEOUT_SECONDS:
+                p.add(f"{field}.{name}", "must be a duration above 0 and at most 1 day, e.g. 30s or 10m")
+    if "thinking_mode" in out and out["thinking_mode"] not in THINKING_MODES:
+        p.add(f"{field}.thinking_mode", f"expected one of {', '.join(sorted(THINKING_MODES))}")
     if ptype == "bedrock" and bool(out.get("access_key")) != bool(out.get("access_key_secret")):
         p.add(f"{field}.access_key_secret", "access_key and access_key_secret go together")
     return out

@@ -258,3 +258,18 @@ async def test_concurrent_updates_of_one_provider(client, registry) -> None:  # 
     await client.ok("POST", P, {**BASE, "name": "r"})
     rs = await asyncio.gather(client.patch(f"{P}/q", {"name": "z"}), client.patch(f"{P}/r", {"name": "z"}))
     assert sorted(r.status for r in rs) == [200, 409]
+
+
+async def test_timeout_and_thinking_settings(client) -> None:  # type: ignore[no-untyped-def]
+    """Upstream timeouts for any type, thinking_mode for Bedrock; values are checked, not passed blindly."""
+    p = await client.ok("POST", P, {**BASE, "name": "slow", "settings": {"idle_timeout": "10m", "first_byte_timeout": "90s"}})
+    assert p["settings"] == {"idle_timeout": "10m", "first_byte_timeout": "90s"}
+    for bad in ("soon", "0s", "2d"):
+        r = await client.post(P, {**BASE, "name": "bad-timeout", "settings": {"connect_timeout": bad}})
+        assert r.status == 400 and r.body["validations"][0]["field"] == "settings.connect_timeout", bad
+    bed = await client.ok("POST", P, {"name": "bed2", "type": "bedrock", "base_url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+                                      "settings": {"region": "us-east-1", "thinking_mode": "adaptive-only"}})
+    assert bed["settings"]["thinking_mode"] == "adaptive-only"
+    r = await client.post(P, {"name": "bed3", "type": "bedrock", "base_url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+                              "settings": {"region": "us-east-1", "thinking_mode": "sometimes"}})
+    assert r.status == 400 and r.body["validations"][0]["field"] == "settings.thinking_mode"
