@@ -20,6 +20,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from .aio import wait_event
 from .bus import Bus, decode
 from .errors import BusError, DecodeError
 from .schemas import KeyState, KeyStateName
@@ -31,20 +32,6 @@ DEFAULT_COOLDOWN = 60.0  # contract: a 429 without Retry-After cools the key for
 
 # Errors a JetStream call raises when NATS is away or restarting: retry later.
 TRANSIENT = (nats.errors.Error, TimeoutError, BusError, OSError)
-
-
-async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
-    """Wait for ``event`` up to ``seconds``; True when set.
-
-    Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that
-    arrives as the event fires, and a loop built on it then never stops.
-    """
-    try:
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
 
 
 def is_failure(status: int) -> bool:

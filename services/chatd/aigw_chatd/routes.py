@@ -266,8 +266,9 @@ class ChatRoutes:
             try:
                 await _send(resp, "snapshot", msgspec.json.encode(snapshot))
                 while not self.d.hub.closed:
-                    try:
-                        item = await asyncio.wait_for(q.get(), self.d.config.keepalive)
+                    try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the client-gone cancel
+                        async with asyncio.timeout(self.d.config.keepalive):
+                            item = await q.get()
                     except TimeoutError:
                         await resp.write(b": keepalive\n\n")
                         continue

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from aigw_common.aio import stop_task, wait_event
 from aigw_common.bus import Bus
 from aigw_common.crypto import Sealer
 from aigw_common.errors import BusError, CryptoError
@@ -111,11 +112,7 @@ class ProviderLoader:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await stop_task(self._task)
 
     async def _kick(self) -> None:
         self._wake.set()
@@ -126,10 +123,7 @@ class ProviderLoader:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval if self.loaded else 1.0)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.interval if self.loaded else 1.0)
             self._wake.clear()
             if self.bus.connected:
                 await self.refresh()

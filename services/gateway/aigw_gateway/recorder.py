@@ -18,10 +18,10 @@ import itertools
 import logging
 import time
 import uuid
-from contextlib import suppress
 from dataclasses import dataclass
 
 from aigw_common import tracing
+from aigw_common.aio import stop_task, wait_event
 from aigw_common.bus import Bus, encode
 from aigw_common.errors import BusError
 from aigw_common.schemas import (
@@ -141,8 +141,7 @@ class Recorder:
             return
         if self._pending_events >= self.max_pending:  # JetStream is slow to ack: wait for room
             self._room.clear()
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), self.ack_timeout)
+            await wait_event(self._room, self.ack_timeout)
         await self._send(batch, 1)
 
     async def _send(self, items: list[tuple[str, str, bytes, dict[str, str] | None]], attempts: int) -> None:
@@ -233,10 +232,7 @@ class Recorder:
         while (not self._queue.empty() or self._pending) and loop.time() < deadline and self.bus.connected:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with suppress(asyncio.CancelledError):
-                await t
+            await stop_task(t)
         for p in list(self._pending.values()):
             for it in p.items:
                 self._to_spool(*it)

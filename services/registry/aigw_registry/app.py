@@ -8,12 +8,12 @@ bootstrap owner (under an advisory lock, before anything can read) → bus
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
+from aigw_common.aio import stop_task
 from aigw_common.api import error_middleware
 from aigw_common.bus import make_bus
 from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
@@ -57,9 +57,7 @@ def create_app(settings: Settings, *, relay_poll: float = 1.0) -> web.Applicatio
             try:
                 yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop_task(task)
                 await bus.close()
         finally:
             await close_pool(pool)

@@ -10,13 +10,13 @@ committed but never published.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import asyncpg
 from nats.errors import ConnectionClosedError, FlushTimeoutError
 from nats.errors import TimeoutError as NatsTimeout
 
+from aigw_common.aio import wait_event
 from aigw_common.bus import Bus, decode
 from aigw_common.errors import BusError
 from aigw_common.metrics import Counter, Gauge
@@ -77,10 +77,7 @@ class Relay:
         delay = self.poll
         rounds = 0
         while True:
-            try:
-                await asyncio.wait_for(self.reg.outbox_wake.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_event(self.reg.outbox_wake, delay)
             self.reg.outbox_wake.clear()
             if not self.bus.connected:
                 delay = self.poll
