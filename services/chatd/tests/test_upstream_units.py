@@ -115,7 +115,8 @@ def test_skill_invocation():
 
 
 def test_credentials_never_in_string_forms(caplog):
-    key, token = Secret("sk-ant-" + "very-secret-key-12345678")  # built, so no key-shaped literal is committed, Secret("aigw_tok_very_secret_value_1234")
+    # the fake key is built at run time, so no key-shaped literal is committed
+    key, token = Secret("sk-ant-" + "very-secret-key-12345678"), Secret("aigw_tok_very_secret_value_1234")
     routes = [
         gateway_route("http://gw", "claude", "anthropic", token=token, provider_key=key, chat_id="c1"),
         gateway_route("http://gw", "openai", "openai", token=token, provider_key=None, chat_id="c1"),
