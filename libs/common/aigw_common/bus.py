@@ -32,6 +32,7 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
 from . import tracing
+from .aio import stop_task
 from .errors import BusError, DecodeError
 from .schemas import Message
 
@@ -252,11 +253,7 @@ class Bus:
         """Drain subscriptions and close; safe to call twice."""
         self._closing = True
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await stop_task(self._task)
         if self.nc is not None and not self.nc.is_closed:
             try:
                 if self.nc.is_connected:

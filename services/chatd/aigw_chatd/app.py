@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 from nats.aio.msg import Msg
 
+from aigw_common.aio import stop_task
 from aigw_common.api import error_middleware
 from aigw_common.auth import IdentityCache
 from aigw_common.bus import Bus, make_bus
@@ -107,11 +108,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await d.runner.drain(settings.shutdown_grace)
-        sweeper.cancel()
-        try:
-            await sweeper
-        except asyncio.CancelledError:
-            pass
+        await stop_task(sweeper)
         await d.directory.stop()
         await session.close()
         await bus.close()

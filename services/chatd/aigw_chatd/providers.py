@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
+from aigw_common.aio import stop_task
 from aigw_common.bus import Bus
 from aigw_common.errors import BusError
 from aigw_common.schemas import ProvidersChanged, RegistrySnapshot, SnapshotRequest
@@ -56,11 +57,7 @@ class ProviderDirectory:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await stop_task(self._task)
 
     async def _on_changed(self, msg: ProvidersChanged, _m: Msg) -> None:
         if self.revision is None or msg.revision != self.revision:

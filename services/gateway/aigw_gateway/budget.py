@@ -32,6 +32,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from aigw_common.aio import stop_task
 from aigw_common.bus import Bus
 from aigw_common.errors import AigwError
 from aigw_common.metrics import CollectorRegistry, Counter
@@ -148,9 +149,7 @@ class BudgetGuard:
 
     async def stop(self) -> None:
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await stop_task(self._loop_task)
         # hand back idle headroom so other replicas may use it at once (best effort)
         if self.bus.connected:
             for lease in list(self.leases.values()):

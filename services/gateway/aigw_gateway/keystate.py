@@ -15,7 +15,6 @@ the 429s start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from aigw_common.aio import stop_task
 from aigw_common.bus import Bus
 from aigw_common.durations import parse_duration
 from aigw_common.errors import BusError
@@ -183,9 +183,7 @@ class KeyReporter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         await self.flush()
 

@@ -9,12 +9,12 @@ which clears the state of replaced/re-enabled keys and purges removed ones.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 
+from aigw_common.aio import stop_task
 from aigw_common.bus import Bus
 from aigw_common.errors import BusError
 from aigw_common.keystate import TRANSIENT, wait_event
@@ -44,9 +44,7 @@ class RegistryView:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
     async def _on_changed(self, _msg: ProvidersChanged, _m: Msg) -> None:
         self._wake.set()

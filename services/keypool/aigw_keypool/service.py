@@ -21,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import InvalidKeyError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from aigw_common.aio import stop_task
 from aigw_common.bus import Bus, decode
 from aigw_common.errors import DecodeError
 from aigw_common.keystate import (
@@ -91,10 +92,7 @@ class KeyPoolService:
 
     async def stop(self) -> None:
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await stop_task(t)
         await self.registry.stop()
         await self.mirror.stop()
         for t in list(self._spawned):
