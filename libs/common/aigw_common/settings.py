@@ -25,6 +25,9 @@ DEFAULT_PORTS = {"gateway": 8080, "registry": 8081, "keypool": 8082, "budget": 8
 PROVIDER_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 RESERVED_PROVIDER_NAMES = frozenset({"api", "healthz", "readyz", "metrics"})
 
+# Provider types the services know how to serve; an env provider of another type is skipped with a warning.
+PROVIDER_TYPES = ("openai", "anthropic", "bedrock", "copilot", "openai-compat", "azure", "openrouter")
+
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
@@ -131,6 +134,14 @@ class ProviderSeed:
 
 
 @dataclass(frozen=True, slots=True)
+class SkippedSeed:
+    """An indexed env provider whose type no service knows: skipped (the registry warns once), never fatal."""
+
+    variable: str  # e.g. "AIGW_PROVIDER_0_TYPE"
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = None
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
@@ -159,6 +170,7 @@ class Settings:
     allow_link_local_base_urls: bool = False
     admin_token: str | None = field(default=None, repr=False)  # for `aigw admin` only
     providers: tuple[ProviderSeed, ...] = ()
+    skipped_providers: tuple[SkippedSeed, ...] = ()
     aws_env: Mapping[str, str] = field(default_factory=dict, repr=False)  # AWS_ENV_VARS that are set
 
     def __repr__(self) -> str:
@@ -330,7 +342,7 @@ def _bedrock_settings(env: Mapping[str, str], prefix: str) -> dict[str, str]:
     return out
 
 
-def _indexed_providers(env: Mapping[str, str]) -> list[ProviderSeed]:
+def _indexed_providers(env: Mapping[str, str], skipped: list[SkippedSeed]) -> list[ProviderSeed]:
     indices: dict[int, dict[str, str]] = {}
     for var, value in env.items():
         m = _PROVIDER_VAR.match(var)
@@ -343,6 +355,10 @@ def _indexed_providers(env: Mapping[str, str]) -> list[ProviderSeed]:
         ptype = (f.get("TYPE") or "").strip().lower()
         if not ptype:
             raise ConfigError(f"{prefix}TYPE is required when other {prefix}* variables are set")
+        if ptype not in PROVIDER_TYPES:
+            # checked before any other field: a type we cannot serve is skipped whatever else is set
+            skipped.append(SkippedSeed(prefix + "TYPE", ptype))
+            continue
         name = _provider_name(prefix + "NAME", f.get("NAME") or ptype)
         base = f.get("BASE_URL")
         settings: dict[str, str] = {}
@@ -464,7 +480,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
 
     seeds = _legacy_providers(env)
     legacy_names = {s.name for s in seeds}
-    for s in _indexed_providers(env):
+    skipped: list[SkippedSeed] = []
+    for s in _indexed_providers(env, skipped):
         if s.name in legacy_names:
             raise ConfigError(
                 f"{s.source} declares provider {s.name!r}, which a legacy AIGW_{s.name.upper()}_* variable "
@@ -474,5 +491,6 @@ def _parse(env: Mapping[str, str]) -> Settings:
             raise ConfigError(f"{s.source} declares provider {s.name!r} twice")
         seeds.append(s)
     kw["providers"] = tuple(seeds)
+    kw["skipped_providers"] = tuple(skipped)
     kw["aws_env"] = {k: env[k] for k in AWS_ENV_VARS if env.get(k)}
     return Settings(**kw)  # type: ignore[arg-type]

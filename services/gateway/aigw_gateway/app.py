@@ -71,6 +71,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
     def on_swap(s: ProviderSet) -> None:
         metrics.revision.set(s.revision)
+        metrics.providers_failed.set(len(s.failed))
         watcher.replay()  # fleet state for keys the previous set did not know yet
 
     def on_breaker(key: tuple[str, str, str], state: int) -> None:

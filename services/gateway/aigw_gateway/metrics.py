@@ -20,6 +20,7 @@ class GatewayMetrics:
     failovers: Counter
     exhaustions: Counter
     revision: Gauge
+    providers_failed: Gauge
     usage_spooled: Gauge
     usage_dropped: Gauge
 
@@ -38,6 +39,7 @@ class GatewayMetrics:
             failovers=Counter("aigw_gateway_keypool_failovers_total", "Attempts moved to the next key", ["provider", "reason"], registry=r),
             exhaustions=Counter("aigw_gateway_keypool_exhaustions_total", "Requests with no usable key", ["provider"], registry=r),
             revision=Gauge("aigw_gateway_provider_set_revision", "Revision of the provider set in use", registry=r),
+            providers_failed=Gauge("aigw_gateway_providers_failed", "Enabled providers of the current set that could not be loaded", registry=r),
             usage_spooled=Gauge("aigw_gateway_usage_spool_bytes", "Bytes of usage events waiting in the spool", registry=r),
             usage_dropped=Gauge("aigw_gateway_usage_dropped_total", "Usage events dropped because the spool was full", registry=r),
         )

@@ -50,10 +50,13 @@ class ProviderSet:
     revision: int = -1
     by_name: Mapping[str, Provider] = field(default_factory=dict)
     by_id: Mapping[str, Provider] = field(default_factory=dict)
+    failed: tuple[str, ...] = ()  # enabled providers of the snapshot that could not be loaded
 
 
 def build_set(snap: RegistrySnapshot, sealer: Sealer, pools: KeyPools) -> ProviderSet:
+    """Load every enabled provider; one that cannot be loaded is skipped (and named) while the rest serve."""
     by_name: dict[str, Provider] = {}
+    failed: list[str] = []
     live: set[tuple[str, str]] = set()
     for pc in snap.providers:
         if not pc.enabled:
@@ -61,16 +64,21 @@ def build_set(snap: RegistrySnapshot, sealer: Sealer, pools: KeyPools) -> Provid
         adapter = adapter_for(pc.type)
         if adapter is None:
             log.warning("skipping provider of unsupported type", extra={"provider": pc.name, "type": pc.type})
+            failed.append(pc.name)
             continue
         try:
             p = _build_provider(pc, adapter, sealer, pools)
-        except CryptoError as e:
+        except (CryptoError, msgspec.DecodeError) as e:
             log.error("cannot open provider secrets; check AIGW_ENCRYPTION_KEYS", extra={"provider": pc.name, "error": str(e)})
+            failed.append(pc.name)
             continue
         by_name[p.name] = p
         live.update((p.id, k.id) for k in p.pool.keys)
     pools.retain(live)
-    return ProviderSet(snap.revision, by_name, {p.id: p for p in by_name.values()})
+    if failed and not by_name:
+        log.error("no provider could be loaded; the gateway serves no provider until this is fixed",
+                  extra={"revision": snap.revision, "failed": sorted(failed)})
+    return ProviderSet(snap.revision, by_name, {p.id: p for p in by_name.values()}, tuple(failed))
 
 
 def _build_provider(pc: ProviderConfig, adapter: Adapter, sealer: Sealer, pools: KeyPools) -> Provider:

@@ -17,7 +17,9 @@ from nats.aio.msg import Msg
 
 from aigw_common.auth import same_token
 from aigw_common.bus import Bus
-from aigw_common.metrics import Counter
+from aigw_common.errors import CryptoError
+from aigw_common.metrics import Counter, Gauge
+from aigw_common.settings import PROVIDER_TYPES
 from aigw_common.schemas import (
     AuthVerifyReply,
     AuthVerifyRequest,
@@ -42,8 +44,12 @@ async def current_revision(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT revision FROM registry.state"))
 
 
-async def build_snapshot(reg: Registry) -> RegistrySnapshot:
-    """Every enabled, live provider with its ordered keys; revision and data from one consistent read."""
+async def build_snapshot(reg: Registry, skipped: list[str] | None = None) -> RegistrySnapshot:
+    """Every enabled, live provider with its ordered keys; revision and data from one consistent read.
+
+    A row that cannot be served — secrets that do not open with AIGW_ENCRYPTION_KEYS, a type this
+    version does not know — is left out (its name appended to ``skipped``) so the others still load.
+    """
     async with reg.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         revision = await current_revision(conn)
         rows = await conn.fetch(
@@ -53,14 +59,27 @@ async def build_snapshot(reg: Registry) -> RegistrySnapshot:
     providers = []
     for r in rows:
         pid = str(r["id"])
-        settings = settings_of(reg, r)
+        if r["type"] not in PROVIDER_TYPES:
+            log.error("skipping stored provider of unsupported type", extra={"provider": r["name"], "type": r["type"]})
+            if skipped is not None:
+                skipped.append(r["name"])
+            continue
+        try:
+            settings = settings_of(reg, r)
+            sealed_keys = [SealedKey(id=str(k["id"]), position=k["position"], hint=k["hint"],
+                                     sealed=reg.for_bus.seal(reg.open("provider-key", str(k["id"]), k["api_key_sealed"])))
+                           for k in keys[pid]]
+        except (CryptoError, msgspec.DecodeError) as e:
+            log.error("skipping stored provider whose secrets cannot be opened; check AIGW_ENCRYPTION_KEYS",
+                      extra={"provider": r["name"], "error": str(e)})
+            if skipped is not None:
+                skipped.append(r["name"])
+            continue
         providers.append(ProviderConfig(
             id=pid, name=r["name"], type=r["type"], display_name=r["display_name"], base_url=r["base_url"],
             enabled=r["enabled"], allow_byok=r["allow_byok"],
             settings_sealed=reg.for_bus.seal(msgspec.json.encode(settings)) if settings else None,
-            keys=[SealedKey(id=str(k["id"]), position=k["position"], hint=k["hint"],
-                            sealed=reg.for_bus.seal(reg.open("provider-key", str(k["id"]), k["api_key_sealed"])))
-                  for k in keys[pid]],
+            keys=sealed_keys,
             updated_at=r["updated_at"].timestamp(),
         ))
     return RegistrySnapshot(revision=revision, providers=providers)
@@ -104,6 +123,9 @@ class Responders:
         self._cached: RegistrySnapshot | None = None
         self.requests = Counter("aigw_registry_bus_requests_total", "Bus requests answered by the registry",
                                 ["subject", "outcome"], registry=metrics_registry)
+        self.skipped = Gauge("aigw_registry_snapshot_providers_skipped",
+                             "Enabled providers left out of the last snapshot because they cannot be loaded",
+                             registry=metrics_registry)
 
     async def subscribe(self, bus: Bus) -> None:
         await bus.subscribe(bus.subjects.registry_snapshot, SnapshotRequest, self.on_snapshot, queue=QUEUE)
@@ -115,7 +137,12 @@ class Responders:
             async with self.reg.pool.acquire() as conn:
                 if await current_revision(conn) == cached.revision:
                     return cached
-        snap = await build_snapshot(self.reg)
+        skipped: list[str] = []
+        snap = await build_snapshot(self.reg, skipped)
+        self.skipped.set(len(skipped))
+        if skipped and not snap.providers:
+            log.error("no enabled provider can be loaded; gateways serve no provider until this is fixed",
+                      extra={"revision": snap.revision, "skipped": sorted(skipped)})
         self._cached = snap
         return snap
 

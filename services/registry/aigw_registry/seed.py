@@ -3,10 +3,17 @@
 Runs in one transaction under an advisory lock, before the registry answers
 anything, so two replicas starting at once do the work once. A provider the
 env declares is inserted (with its env keys) when no row of that name exists;
-left alone when the stored row's canonical hash — SHA-256 over type, base URL
-and settings, never API keys — matches; and fails startup with both sides
-named when it does not. A soft-deleted row stays deleted. The registry is the
-source of truth once a row exists: env keys are only used on insert.
+left alone when the stored row's canonical hash matches; and fails startup
+with both sides named when it does not. A soft-deleted row stays deleted. The
+registry is the source of truth once a row exists: env keys are only used on
+insert.
+
+The hash is SHA-256 over exactly the runtime fields env seeding can set and
+that must agree: type, base URL and, for Bedrock, region, access key id,
+secret, model and small fast model. Settings only the API manages (timeouts,
+``thinking_mode``, ``api_version``) and the Bedrock session token — rotated
+often, set only on insert like keys — are never part of it, so changing them
+through the API never stops the next start.
 """
 
 from __future__ import annotations
@@ -45,10 +52,17 @@ class SeedReport:
     owner_created: bool = False
 
 
+# Per type, the settings env seeding sets that take part in the conflict check.
+HASHED_SETTINGS: dict[str, frozenset[str]] = {
+    "bedrock": frozenset({"region", "access_key", "access_key_secret", "model", "small_fast_model"}),
+}
+
+
 def canonical(ptype: str, base_url: str, settings: Mapping[str, str]) -> dict[str, str]:
     """The fields that identify a provider's configuration (flattened, so differences can be named)."""
+    hashed = HASHED_SETTINGS.get(ptype, frozenset())
     out = {"type": ptype, "base_url": base_url}
-    out.update({f"settings.{k}": val for k, val in sorted(settings.items()) if val})
+    out.update({f"settings.{k}": val for k, val in sorted(settings.items()) if val and k in hashed})
     return out
 
 
@@ -89,12 +103,6 @@ def _prepare(seed: ProviderSeed, allow_link_local: bool) -> tuple[str, dict[str,
 
 
 async def _seed_one(reg: Registry, conn: asyncpg.Connection, seed: ProviderSeed, report: SeedReport) -> None:
-    if seed.type not in v.PROVIDER_TYPES:
-        log.warning("skipping env provider of unknown type",
-                    extra={"provider": seed.name, "type": seed.type, "source": seed.source,
-                           "known_types": ",".join(v.PROVIDER_TYPES)})
-        report.skipped.append(seed.name)
-        return
     base, settings, keys = _prepare(seed, reg.settings.allow_link_local_base_urls)
     row = await conn.fetchrow(
         "SELECT id, type, base_url, settings_sealed FROM registry.ai_providers"
@@ -145,6 +153,10 @@ async def reconcile(reg: Registry) -> SeedReport:
     report = SeedReport()
     async with reg.transaction() as conn:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SEED_LOCK)
+        for sk in reg.settings.skipped_providers:
+            log.warning(f"skipping env provider of unknown type: {sk.variable}={sk.type!r}",
+                        extra={"variable": sk.variable, "type": sk.type, "known_types": ",".join(v.PROVIDER_TYPES)})
+            report.skipped.append(sk.variable)
         for seed in reg.settings.providers:
             await _seed_one(reg, conn, seed, report)
         if reg.settings.bootstrap_token:

@@ -18,9 +18,8 @@ from aigw_common.api import ApiError, Validation
 from aigw_common.auth import ROLES
 from aigw_common.crypto import mask_secret
 from aigw_common.durations import parse_duration
-from aigw_common.settings import PROVIDER_NAME_RE, RESERVED_PROVIDER_NAMES
+from aigw_common.settings import PROVIDER_NAME_RE, PROVIDER_TYPES, RESERVED_PROVIDER_NAMES
 
-PROVIDER_TYPES = ("openai", "anthropic", "bedrock", "copilot", "openai-compat", "azure", "openrouter")
 MAX_API_KEY_BYTES = 10 * 1024
 MAX_KEYS_PER_PROVIDER = 100
 MAX_NAME = 63

@@ -209,3 +209,33 @@ async def test_key_rotation(registry_settings, start_registry, apps) -> None:  #
     assert ident and opener.open(ident.provider_keys[0].sealed) == "sk-gina-own-key-0003"
     await c.ok("PATCH", f"{P}/bed", {"settings": {"model": "claude-2"}})
     assert await r2.reg.pool.fetchval("SELECT settings_key_id FROM registry.ai_providers WHERE name = 'bed'") == key_id(base64.b64decode(new))
+
+
+async def test_misconfigured_rows_skipped_while_the_rest_load(registry, client, caplog) -> None:  # type: ignore[no-untyped-def]
+    """An undecryptable secret or an unsupported stored type leaves that provider out, not the snapshot."""
+    import logging
+
+    from aigw_registry.responders import Responders
+    from aigw_common.metrics import new_registry
+
+    await _setup_data(client)
+    await client.ok("POST", P, {"name": "gem", "type": "openai", "base_url": "http://127.0.0.1:7013/v1"})
+    pool = registry.reg.pool
+    # a value that does not open (sealed elsewhere, or damaged)
+    await pool.execute("UPDATE registry.ai_providers SET settings_sealed = 'v1.deadbeef.garbage' WHERE name = 'bed'")
+    await pool.execute("UPDATE registry.ai_providers SET type = 'gemini' WHERE name = 'gem'")
+    skipped: list[str] = []
+    snap = await build_snapshot(registry.reg, skipped)
+    assert [p.name for p in snap.providers] == ["oai"] and sorted(skipped) == ["bed", "gem"]
+
+    # a bad key makes its provider unservable too; when nothing loads, one error says so and a gauge shows it
+    await pool.execute("UPDATE registry.ai_provider_keys SET api_key_sealed = 'v1.x.y'")
+    caplog.set_level(logging.ERROR)
+    resp = Responders(registry.reg, new_registry())
+    snap = await resp.snapshot()
+    assert snap.providers == []
+    assert resp.skipped._value.get() == 3  # type: ignore[attr-defined]
+    loud = [r for r in caplog.records if "no enabled provider can be loaded" in r.getMessage()]
+    assert len(loud) == 1 and sorted(loud[0].__dict__["skipped"]) == ["bed", "gem", "oai"]
+    await resp.snapshot()  # cached per revision: no second error for the same state
+    assert len([r for r in caplog.records if "no enabled provider can be loaded" in r.getMessage()]) == 1

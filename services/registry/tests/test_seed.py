@@ -93,12 +93,68 @@ async def test_soft_deleted_stays_deleted(start_registry, apps) -> None:  # type
 
 async def test_unknown_type_skipped_with_log(start_registry, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.INFO)
+    # unknown types are skipped whatever else is set: with a base URL, without one, with a name the
+    # API would refuse, with Bedrock-only fields
     r = await start_registry(AIGW_PROVIDER_0_TYPE="gemini", AIGW_PROVIDER_0_NAME="gem",
                              AIGW_PROVIDER_0_BASE_URL="https://gem.example.com",
-                             AIGW_PROVIDER_1_TYPE="openai", AIGW_PROVIDER_1_NAME="o2")
+                             AIGW_PROVIDER_1_TYPE="openai", AIGW_PROVIDER_1_NAME="o2",
+                             AIGW_PROVIDER_2_TYPE="Vertex", AIGW_PROVIDER_2_NAME="Not A Name",
+                             AIGW_PROVIDER_2_REGION="eu")
     assert [p["name"] for p in (await r.client.ok("GET", P))["providers"]] == ["o2"]
     rec = [x for x in caplog.records if "unknown type" in x.getMessage()]
-    assert rec and rec[0].__dict__["provider"] == "gem" and rec[0].__dict__["type"] == "gemini"
+    assert len(rec) == 2
+    assert rec[0].__dict__["variable"] == "AIGW_PROVIDER_0_TYPE" and rec[0].__dict__["type"] == "gemini"
+    assert "AIGW_PROVIDER_0_TYPE" in rec[0].getMessage()
+    assert rec[1].__dict__["variable"] == "AIGW_PROVIDER_2_TYPE" and rec[1].__dict__["type"] == "vertex"
+
+
+def test_unknown_type_without_base_url_parses() -> None:
+    s = Settings.from_env({"AIGW_PROVIDER_0_TYPE": "gemini"})
+    assert s.providers == () and [(x.variable, x.type) for x in s.skipped_providers] == [("AIGW_PROVIDER_0_TYPE", "gemini")]
+    # an unknown type never takes a name from a valid provider either
+    s = Settings.from_env({"AIGW_OPENAI_KEY": "sk-x", "AIGW_PROVIDER_0_TYPE": "gemini", "AIGW_PROVIDER_0_NAME": "openai"})
+    assert [p.name for p in s.providers] == ["openai"]
+
+
+async def test_api_only_settings_never_conflict(start_registry, apps) -> None:  # type: ignore[no-untyped-def]
+    """Every setting no env variable governs can change through the API, and the registry still restarts."""
+    env = {**ENV, "AIGW_BEDROCK_SESSION_TOKEN": "envsession-0000001",
+           "AIGW_PROVIDER_1_TYPE": "azure", "AIGW_PROVIDER_1_NAME": "az",
+           "AIGW_PROVIDER_1_BASE_URL": "https://az.example.com/openai", "AIGW_PROVIDER_1_API_VERSION": "2024-06-01",
+           "AIGW_PROVIDER_1_KEY": "az-key-000000001"}
+    r = await start_registry(**env)
+    changes = [
+        ("bedrock", {"session_token": "apisession-0000002"}),
+        ("bedrock", {"session_token": None}),
+        ("bedrock", {"thinking_mode": "adaptive"}),
+        ("az", {"api_version": "2025-01-01"}),
+    ] + [(name, {t: "17s"}) for name in ("bedrock", "openai", "local", "az")
+         for t in ("connect_timeout", "first_byte_timeout", "idle_timeout")]
+    for name, change in changes:
+        await r.client.ok("PATCH", f"{P}/{name}", {"settings": change})
+        await apps.stop(r.app)
+        # the same env, and a rotated session token, both restart cleanly
+        for e in (env, {**env, "AIGW_BEDROCK_SESSION_TOKEN": "rotated-session-0003"}):
+            r = await start_registry(**e)
+            await apps.stop(r.app)
+        r = await start_registry(**env)
+    ps = {p["name"]: p for p in (await r.client.ok("GET", P))["providers"]}
+    assert ps["bedrock"]["settings"]["thinking_mode"] == "adaptive" and "session_token" not in ps["bedrock"]["settings"]
+    assert ps["az"]["settings"]["api_version"] == "2025-01-01"
+    assert all(ps[n]["settings"]["idle_timeout"] == "17s" for n in ("bedrock", "openai", "local", "az"))
+    # a field env seeding does govern still conflicts
+    for field_, value in (("region", "eu-central-1"), ("model", "other-model"), ("small_fast_model", "small"),
+                          ("access_key", "AKIAAPIKEY000002"), ("access_key_secret", "apisecret/00000002")):
+        await r.client.ok("PATCH", f"{P}/bedrock", {"settings": {field_: value}})
+        await apps.stop(r.app)
+        with pytest.raises(SeedConflict, match=f"settings.{field_}"):
+            await start_registry(**env)
+        r = await start_registry()  # no env: nothing to reconcile
+        await r.client.ok("PATCH", f"{P}/bedrock", {"settings": {"region": "us-west-2", "model": "anthropic.claude-sonnet",
+                                                             "small_fast_model": None, "access_key": "AKIAENVKEY000001",
+                                                             "access_key_secret": "envsecret/0000000001"}})
+        await apps.stop(r.app)
+        r = await start_registry(**env)
 
 
 async def test_bad_env_values_fail_startup(start_registry) -> None:  # type: ignore[no-untyped-def]
@@ -139,5 +195,8 @@ async def test_bootstrap_owner_once(start_registry, apps, owner_token) -> None: 
 def test_canonical_hash_ignores_order_and_empty() -> None:
     a = canonical_hash("bedrock", "https://x", {"region": "r", "model": "m"})
     assert a == canonical_hash("bedrock", "https://x", {"model": "m", "region": "r", "session_token": ""})
+    assert a == canonical_hash("bedrock", "https://x", {"model": "m", "region": "r", "session_token": "t",
+                                                        "thinking_mode": "adaptive", "idle_timeout": "5s"})
+    assert canonical_hash("azure", "https://x", {"api_version": "1"}) == canonical_hash("azure", "https://x", {})
     assert a != canonical_hash("bedrock", "https://x", {"model": "m", "region": "r2"})
     assert a != canonical_hash("anthropic", "https://x", {"model": "m", "region": "r"})
