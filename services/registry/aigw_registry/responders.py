@@ -19,7 +19,6 @@ from aigw_common.auth import same_token
 from aigw_common.bus import Bus
 from aigw_common.errors import CryptoError
 from aigw_common.metrics import Counter, Gauge
-from aigw_common.settings import PROVIDER_TYPES
 from aigw_common.schemas import (
     AuthVerifyReply,
     AuthVerifyRequest,
@@ -30,6 +29,7 @@ from aigw_common.schemas import (
     SnapshotRequest,
     UserProviderKey,
 )
+from aigw_common.settings import PROVIDER_TYPES
 
 from .core import Registry
 from .providers import fetch_keys, settings_of

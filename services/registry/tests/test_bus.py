@@ -215,8 +215,8 @@ async def test_misconfigured_rows_skipped_while_the_rest_load(registry, client, 
     """An undecryptable secret or an unsupported stored type leaves that provider out, not the snapshot."""
     import logging
 
-    from aigw_registry.responders import Responders
     from aigw_common.metrics import new_registry
+    from aigw_registry.responders import Responders
 
     await _setup_data(client)
     await client.ok("POST", P, {"name": "gem", "type": "openai", "base_url": "http://127.0.0.1:7013/v1"})
