@@ -1,215 +1,361 @@
-"""``make bench``: gateway overhead against a bare aiohttp pass-through proxy, in one run.
+"""``make bench``: what aigw costs per request with the whole system running, against a bare aiohttp proxy.
 
-Three paths to the same mock upstream (a separate process replaying a recorded
-OpenAI chat completion): direct, through a bare aiohttp proxy, and through the
-gateway (recording to real JetStream, metrics and key pool on). For each
-scenario it reports throughput, latency and the CPU time the proxy process
-spent per request (from /proc), and the gateway/bare CPU ratio — the number
-the target (≤ 1.5) is about.
+One run starts, each as its own process: the mock upstream (synthetic bodies,
+0 or 50 ms before the first byte), a bare aiohttp pass-through proxy, and the
+real system the way ``aigw dev`` starts it (embedded Postgres and NATS, then
+registry, keypool, budget, chatd, gateway… as child processes). It then sets
+up what users run — an OpenAI and an Anthropic provider with three pooled keys
+each, a member in a group with a group budget in force and the seeded price
+table — and drives each scenario through the bare proxy and through the
+gateway (and straight at the mock, for the latency floor).
+
+Per scenario and path it reports req/s, p50/p99 latency, time to first byte
+for streams, CPU ms per request of the proxy process, and CPU ms per request
+of the whole system (gateway + every service + NATS + Postgres, from /proc,
+measured until the budget service has recorded the run's usage), with the
+ratios against the bare proxy. The proxy under test is pinned to core 0 and
+everything else to the other cores when the machine has them.
+
+    make bench                         # every scenario, both latencies
+    python -m bench.run --seconds 3 --only 'chat c64'
+    python -m bench.run --profile /tmp/gw.txt   # py-spy (if on PATH) samples the gateway
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from aigw_common.bus import Bus, Subjects
-from aigw_common.crypto import generate_key
-from aigw_testing.infra import DEFAULT_NATS, reachable
-from aigw_testing.plugin import cleanup_jetstream
-from aigw_testing.registry_stub import RegistryStub
+from . import procs
+from .system import BenchSystem
 
 ROOT = Path(__file__).resolve().parents[1]
-CLK = os.sysconf("SC_CLK_TCK")
+MODELS = {"openai": "gpt-4.1", "anthropic": "claude-sonnet-4-5"}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    api: str  # chat | messages | responses
+    stream: bool
+    concurrency: int
+
+    def request(self, token: str) -> tuple[str, bytes, dict[str, str]]:
+        """(path below the proxy's provider root, body, headers)."""
+        s = b',"stream":true' if self.stream else b""
+        if self.api == "messages":
+            body = (b'{"model":"claude-sonnet-4-5","max_tokens":256,'
+                    b'"messages":[{"role":"user","content":"how many angels"}]' + s + b"}")
+            return "/v1/messages", body, {"x-api-key": token, "anthropic-version": "2023-06-01",
+                                          "content-type": "application/json"}
+        if self.api == "responses":
+            return "/v1/responses", b'{"model":"gpt-4.1","input":"how many angels"' + s + b"}", {
+                "authorization": f"Bearer {token}", "content-type": "application/json"}
+        return "/v1/chat/completions", (b'{"model":"gpt-4.1","messages":[{"role":"user","content":"how many angels"}]'
+                                        + s + b"}"), {"authorization": f"Bearer {token}", "content-type": "application/json"}
 
 
-async def wait_http(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            try:
-                async with s.get(url) as r:
-                    if r.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+SCENARIOS = [
+    Scenario("chat c1", "chat", False, 1),
+    Scenario("chat c64", "chat", False, 64),
+    Scenario("chat stream c16", "chat", True, 16),
+    Scenario("messages c64", "messages", False, 64),
+    Scenario("responses stream c16", "responses", True, 16),
+]
 
 
 @dataclass
 class Result:
-    path: str
     scenario: str
+    latency_ms: int
+    path: str
     requests: int
     errors: int
     seconds: float
     p50_ms: float
     p99_ms: float
-    cpu_ms_per_req: float | None
+    ttfb_p50_ms: float | None
+    cpu_ms: float | None  # the proxy process (tree) per request
+    system_ms: float | None  # every process of the system per request
+    first_error: str = ""
 
 
-async def drive(url: str, token: str, *, stream: bool, concurrency: int, total: int, pid: int | None) -> tuple[int, int, float, list[float], float | None]:
-    body = b'{"model":"gpt-4.1","messages":[{"role":"user","content":"how many angels"}]' + (b',"stream":true}' if stream else b"}")
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+@dataclass
+class Target:
+    """One path under test: where to send, and which processes to charge."""
+
+    name: str
+    base: str  # URL the scenario's path is appended to, per API family
+    anthropic_base: str
+    proxy_pids: list[int] = field(default_factory=list)
+    system_pids: list[int] = field(default_factory=list)
+
+
+async def drive(target: Target, scen: Scenario, token: str, seconds: float,
+                settle: Settle | None) -> tuple[int, int, float, list[float], list[float], float | None, float | None, str]:
+    path, body, headers = scen.request(token)
+    url = (target.anthropic_base if scen.api == "messages" else target.base) + path
     lat: list[float] = []
+    ttfb: list[float] = []
     errors = 0
-    remaining = total
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn) as s:
+    first_error = ""
+    conn = aiohttp.TCPConnector(limit=scen.concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
         async def one() -> None:
-            nonlocal errors
+            nonlocal errors, first_error
             t = time.perf_counter()
-            async with s.post(url, data=body, headers=headers) as r:
-                await r.read()
-                if r.status != 200:
-                    errors += 1
+            try:
+                async with s.post(url, data=body, headers=headers) as r:
+                    await r.content.readany()
+                    ttfb.append(time.perf_counter() - t)
+                    rest = await r.read()
+                    if r.status != 200:
+                        errors += 1
+                        first_error = first_error or f"{r.status} {rest[:200]!r}"
+            except (aiohttp.ClientError, TimeoutError) as e:
+                errors += 1
+                first_error = first_error or repr(e)
             lat.append(time.perf_counter() - t)
 
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await one()
-
-        # warm up (connections, identity cache, JIT-free but caches)
-        for _ in range(min(50, total // 10)):
+        for _ in range(min(20, scen.concurrency * 2)):  # warm up: connections, identity cache, leases
             await one()
         lat.clear()
-        errors = 0
-        remaining = total
-        c0 = cpu_seconds(pid) if pid else None
+        ttfb.clear()
+        errors, first_error = 0, ""
+        stop_at = 0.0
+
+        async def worker() -> None:
+            while time.perf_counter() < stop_at:
+                await one()
+
+        c0 = procs.tree_cpu(target.proxy_pids) if target.proxy_pids else None
+        s0 = procs.tree_cpu(target.system_pids) if target.system_pids else None
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        stop_at = t0 + seconds
+        await asyncio.gather(*(worker() for _ in range(scen.concurrency)))
         elapsed = time.perf_counter() - t0
-        cpu = (cpu_seconds(pid) - c0) if pid and c0 is not None else None
-    return total, errors, elapsed, lat, cpu
+        cpu = procs.tree_cpu(target.proxy_pids) - c0 if c0 is not None else None
+        if settle is not None:
+            await settle.wait()
+        system = procs.tree_cpu(target.system_pids) - s0 if s0 is not None else None
+    return len(lat), errors, elapsed, lat, ttfb, cpu, system, first_error
+
+
+class Settle:
+    """Waits until the budget service has recorded every usage event (its counter stops moving)."""
+
+    def __init__(self, metrics_url: str) -> None:
+        self.url = metrics_url
+
+    async def _count(self, http: aiohttp.ClientSession) -> float:
+        async with http.get(self.url) as r:
+            text = await r.text()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("aigw_budget_usage_events_total{"))
+
+    async def wait(self, quiet: float = 0.6, limit: float = 60.0) -> None:
+        async with aiohttp.ClientSession() as http:
+            last, since, deadline = -1.0, time.monotonic(), time.monotonic() + limit
+            while time.monotonic() < deadline:
+                n = await self._count(http)
+                if n != last:
+                    last, since = n, time.monotonic()
+                elif time.monotonic() - since >= quiet:
+                    return
+                await asyncio.sleep(0.1)
 
 
 def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with s.get(url) as r:
+                    if r.status < 500:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    nats_url = os.environ.get("AIGW_TEST_NATS_URL", DEFAULT_NATS)
-    procs: list[subprocess.Popen[bytes]] = []
-    embedded = None
-    if not reachable(nats_url):
-        from aigw_common.embedded import EmbeddedNats
-
-        embedded = EmbeddedNats(tempfile.mkdtemp(prefix="aigw-bench-nats-"))
-        nats_url = await embedded.start()
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    key = generate_key()
-    bus = Bus(servers=(nats_url,), name="bench", subjects=Subjects(prefix))
+    cores = sorted(os.sched_getaffinity(0))
+    notes: list[str] = []
+    tmp = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
+    os.chmod(tmp, 0o755)  # under root the embedded Postgres runs as an unprivileged user that must enter it
+    procs_started: list[subprocess.Popen[bytes]] = []
+    system = BenchSystem(tmp, workers=1)
     try:
-        mock_port, bare_port, gw_port = free_port(), free_port(), free_port()
-        mock_url = f"http://127.0.0.1:{mock_port}"
-        procs.append(spawn(["-m", "bench.servers", "mock", str(mock_port)]))
-        procs.append(spawn(["-m", "bench.servers", "bare", str(bare_port), mock_url]))
-        await bus.start(wait=5)
-        import base64
-
-        reg = await RegistryStub(bus, (base64.b64decode(key),)).start()
-        reg.put_provider("openai", "openai", mock_url + "/v1", ["sk-bench-key-1", "sk-bench-key-2"])
-        user = reg.add_user()
-        data_dir = tempfile.mkdtemp(prefix="aigw-bench-")
-        gw_env = {"AIGW_NATS_URL": nats_url, "AIGW_BUS_PREFIX": prefix, "AIGW_ENCRYPTION_KEYS": key,
-                  "AIGW_GATEWAY_ADDR": f"127.0.0.1:{gw_port}", "AIGW_DATA_DIR": data_dir, "AIGW_LOG_LEVEL": "WARNING"}
-        gw_proc = spawn(["-m", "aigw_common.cli", "gateway"], gw_env)
-        procs.append(gw_proc)
-        gw_url = f"http://127.0.0.1:{gw_port}"
-        for u in (mock_url + "/ping", f"http://127.0.0.1:{bare_port}/ping", gw_url + "/readyz"):
-            await wait_http(u)
-        # wait for the gateway to load the provider set
-        for _ in range(100):
-            async with aiohttp.ClientSession() as s, s.get(gw_url + "/metrics") as r:
-                if "aigw_gateway_provider_set_revision 1.0" in await r.text():
-                    break
-            await asyncio.sleep(0.1)
-
-        paths = {
-            "direct": (mock_url + "/v1/chat/completions", None),
-            "bare": (f"http://127.0.0.1:{bare_port}/v1/chat/completions", procs[1].pid),
-            "gateway": (gw_url + "/openai/v1/chat/completions", gw_proc.pid),
-        }
-        scenarios = [("non-stream c1", False, 1), ("non-stream c64", False, 64), ("stream c16", True, 16)]
-        if args.only:
-            scenarios = [sc for sc in scenarios if sc[0] == args.only]
+        mocks = {}
+        for lat in args.latencies:
+            port = free_port()
+            procs_started.append(spawn(["-m", "bench.servers", "mock", str(port), str(lat)]))
+            mocks[lat] = f"http://127.0.0.1:{port}"
+        bare_ports = {lat: free_port() for lat in args.latencies}
+        bares = {}
+        for lat, port in bare_ports.items():
+            p = spawn(["-m", "bench.servers", "bare", str(port), mocks[lat]])
+            procs_started.append(p)
+            bares[lat] = p
+        for lat in args.latencies:
+            await wait_http(mocks[lat] + "/ping")
+            await wait_http(f"http://127.0.0.1:{bare_ports[lat]}/ping")
+        print("bench: starting the system (embedded Postgres + NATS, every service)…", flush=True)
+        await system.start(mocks)
+        gw_pids = system.gateway_pids()
+        control = system.control_pids()
+        if len(cores) >= 2:
+            procs.pin(gw_pids + [p.pid for p in bares.values()], {cores[0]})
+            procs.pin(control + [p.pid for p in procs_started if p not in bares.values()] + [os.getpid()],
+                      set(cores[1:]))
+            notes.append(f"proxy under test pinned to core {cores[0]}; load generator, mock and control plane on "
+                         f"core(s) {','.join(map(str, cores[1:]))}")
+            if len(cores) == 2:
+                notes.append("only 2 cores: the load generator, the mock upstream and the whole control plane "
+                             "share one core, so req/s at high concurrency is bounded by that core, not the proxy")
+        else:
+            notes.append("1 core: nothing can be kept apart; CPU per request still holds, req/s does not")
         results: list[Result] = []
+        scenarios = [s for s in SCENARIOS if not args.only or s.name == args.only]
         spy = None
-        if args.profile:  # sample the gateway with py-spy while it is measured
-            cmd = ["py-spy", "record", "-p", str(gw_proc.pid), "-o", args.profile, "-f", "raw", "-r", "200"]
-            spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 - not waited on
-        for scen, stream, conc in scenarios:
-            n = args.requests if conc > 1 else max(200, args.requests // 4)
-            for name, (url, pid) in paths.items():
-                total, errors, secs, lat, cpu = await drive(url, user.token, stream=stream, concurrency=conc, total=n, pid=pid)
-                lat.sort()
-                results.append(Result(name, scen, total, errors, secs, statistics.median(lat) * 1000,
-                                      lat[int(len(lat) * 0.99) - 1] * 1000, cpu * 1000 / total if cpu is not None else None))
+        if args.profile:
+            if shutil.which("py-spy"):
+                cmd = ["py-spy", "record", "-p", str(gw_pids[0]), "-o", args.profile, "-f", "raw", "-r", "200"]
+                spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,  # noqa: ASYNC220 - stopped by SIGINT below
+                                       stderr=subprocess.DEVNULL)
+            else:
+                notes.append("--profile: py-spy is not on PATH (uv pip install py-spy)")
+        settle = Settle(system.budget_metrics_url)
+        for lat in args.latencies:
+            targets = [
+                Target("direct", mocks[lat], mocks[lat]),
+                Target("bare", f"http://127.0.0.1:{bare_ports[lat]}", f"http://127.0.0.1:{bare_ports[lat]}",
+                       [bares[lat].pid], [bares[lat].pid]),
+                Target("gateway", f"{system.gateway_url}/openai{lat}", f"{system.gateway_url}/anthropic{lat}",
+                       gw_pids, gw_pids + control),
+            ]
+            for scen in scenarios:
+                for t in targets:
+                    n, err, secs, lat_s, ttfb, cpu, sys_cpu, first = await drive(
+                        t, scen, system.member_token, args.seconds, settle if t.name == "gateway" else None)
+                    lat_s.sort()
+                    ttfb.sort()
+                    results.append(Result(
+                        scen.name, lat, t.name, n, err, secs, statistics.median(lat_s) * 1000 if lat_s else 0.0,
+                        lat_s[max(0, int(len(lat_s) * 0.99) - 1)] * 1000 if lat_s else 0.0,
+                        statistics.median(ttfb) * 1000 if (ttfb and scen.stream) else None,
+                        cpu * 1000 / n if (cpu is not None and n) else None,
+                        sys_cpu * 1000 / n if (sys_cpu is not None and n) else None, first))
+                    print(f"  {scen.name:<22} {lat:>3} ms  {t.name:<8} {n / secs:>7.0f} req/s"
+                          + (f"  errors {err}: {first}" if err else ""), flush=True)
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)
-        print_report(results)
-        bad = [r for r in results if r.errors]
-        return 1 if bad else 0
+        if args.workers_row and len(cores) >= 2:
+            results += await workers_row(system, args.latencies[0], args.seconds, cores)
+        print_report(results, notes)
+        return 1 if any(r.errors for r in results) else 0
     finally:
-        for p in procs:
+        for p in procs_started:
             p.terminate()
-        for p in procs:
+        await system.stop()
+        for p in procs_started:
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        await bus.close()
-        await cleanup_jetstream(nats_url, prefix)
-        if embedded is not None:
-            await embedded.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def print_report(results: list[Result]) -> None:
-    print(f"{'scenario':<16}{'path':<9}{'req':>7}{'err':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}{'vs bare':>9}")
-    by = {(r.scenario, r.path): r for r in results}
+async def workers_row(system: BenchSystem, lat: int, seconds: float, cores: list[int]) -> list[Result]:
+    """req/s of chat c64 through a gateway with 1 and with 2 worker processes, each unpinned (all cores)."""
+    out: list[Result] = []
+    scen = Scenario("chat c64", "chat", False, 64)
+    for n in (1, 2):
+        url, pids = await system.extra_gateway(n, lat)
+        procs.pin([*pids, os.getpid()], set(cores))
+        t = Target(f"{n} worker" + ("s" if n > 1 else ""), f"{url}/openai{lat}", f"{url}/anthropic{lat}", pids, pids)
+        count, err, secs, lat_s, _, cpu, _, first = await drive(t, scen, system.member_token, seconds, None)
+        lat_s.sort()
+        out.append(Result("workers chat c64", 0, t.name, count, err, secs, statistics.median(lat_s) * 1000,
+                          lat_s[max(0, int(len(lat_s) * 0.99) - 1)] * 1000, None,
+                          cpu * 1000 / count if cpu is not None and count else None, None, first))
+        await system.stop_extra_gateway()
+    return out
+
+
+def print_report(results: list[Result], notes: list[str]) -> None:
+    print()
+    hdr = (f"{'scenario':<22}{'lat':>5} {'path':<10}{'req':>7}{'err':>5}{'req/s':>8}{'p50':>8}{'p99':>8}"
+           f"{'ttfb':>8}{'cpu/req':>9}{'ctl/req':>9}{'sys/req':>9}{'cpu x':>7}{'sys x':>7}")
+    print(hdr)
+    print("-" * len(hdr))
+    by = {(r.scenario, r.latency_ms, r.path): r for r in results}
     for r in results:
-        ratio = ""
-        bare = by.get((r.scenario, "bare"))
-        if r.path == "gateway" and bare and bare.cpu_ms_per_req and r.cpu_ms_per_req:
-            ratio = f"{r.cpu_ms_per_req / bare.cpu_ms_per_req:.2f}x"
-        cpu = f"{r.cpu_ms_per_req:.3f}" if r.cpu_ms_per_req is not None else "-"
-        print(f"{r.scenario:<16}{r.path:<9}{r.requests:>7}{r.errors:>5}{r.requests / r.seconds:>9.0f}"
-              f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{cpu:>12}{ratio:>9}")
+        bare = by.get((r.scenario, r.latency_ms, "bare"))
+        cx = sx = ""
+        if r.path == "gateway" and bare and bare.cpu_ms and r.cpu_ms:
+            cx = f"{r.cpu_ms / bare.cpu_ms:.2f}"
+            if r.system_ms:
+                sx = f"{r.system_ms / bare.cpu_ms:.2f}"
+
+        ctl = r.system_ms - r.cpu_ms if (r.path == "gateway" and r.system_ms is not None
+                                         and r.cpu_ms is not None) else None
+
+        def f(v: float | None, w: int = 8, d: int = 2) -> str:
+            return f"{v:>{w}.{d}f}" if v is not None else f"{'-':>{w}}"
+
+        print(f"{r.scenario:<22}{r.latency_ms:>5} {r.path:<10}{r.requests:>7}{r.errors:>5}"
+              f"{r.requests / r.seconds:>8.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{f(r.ttfb_p50_ms)}"
+              f"{f(r.cpu_ms, 9, 3)}{f(ctl, 9, 3)}{f(r.system_ms, 9, 3)}{cx:>7}{sx:>7}")
+    print()
+    print("lat: upstream latency before the first byte (ms); p50/p99/ttfb in ms; cpu/req: CPU ms per request of the")
+    print("proxy process(es); ctl/req: the rest of the system (control plane + usage pipeline); sys/req: CPU ms per request of the whole system (gateway, registry, keypool, budget,")
+    print("chatd, NATS, Postgres) until the usage is recorded; cpu x / sys x: against the bare proxy's cpu/req.")
+    added = []
+    for r in results:
+        d = by.get((r.scenario, r.latency_ms, "direct"))
+        if r.path == "gateway" and r.ttfb_p50_ms is not None and d and d.ttfb_p50_ms is not None:
+            added.append(f"{r.scenario} @{r.latency_ms} ms: +{r.ttfb_p50_ms - d.ttfb_p50_ms:.2f} ms")
+    if added:
+        print("time to first byte added by the gateway (p50, vs direct): " + "; ".join(added))
+    for n in notes:
+        print(f"note: {n}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--requests", type=int, default=3000, help="requests per scenario and path (c1 runs a quarter)")
-    ap.add_argument("--only", help="run one scenario, e.g. 'non-stream c1'")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per scenario and path")
+    ap.add_argument("--latencies", type=lambda v: [int(x) for x in v.split(",")], default=[0, 50],
+                    help="upstream latencies in ms, comma list (default 0,50)")
+    ap.add_argument("--only", help="run one scenario, e.g. 'chat c64'")
     ap.add_argument("--profile", help="write a py-spy profile (raw, collapsed stacks) of the gateway to this file")
+    ap.add_argument("--no-workers-row", dest="workers_row", action="store_false",
+                    help="skip the 1-vs-2 gateway worker processes row")
     sys.exit(asyncio.run(main_async(ap.parse_args())))
 
 

@@ -1,40 +1,142 @@
-"""Processes the benchmark measures: the mock upstream and a bare aiohttp pass-through proxy.
+"""Processes the benchmark measures against: the mock upstream and a bare aiohttp pass-through proxy.
 
-    python -m bench.servers mock PORT
+    python -m bench.servers mock PORT LATENCY_MS
     python -m bench.servers bare PORT UPSTREAM_URL
+
+The mock answers the three bridged APIs with small synthetic bodies written here
+(the shapes of OpenAI chat completions, OpenAI Responses and Anthropic Messages,
+blocking and streamed), so the benchmark depends on no test corpus. It waits
+``LATENCY_MS`` before the first byte, like a model's time to first token.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 
 import aiohttp
 from aiohttp import web
 
-from aigw_testing.txtar import load
-from aigw_testing.upstream import split_events
-
-FIXTURE = "openai/chatcompletions/simple"
+_WORDS = ["Nine", " angels", " can", " dance", " on", " the", " head", " of", " a", " pin", ",", " they", " say", "."]
 
 
-def mock_app() -> web.Application:
-    fx = load(FIXTURE)
-    blocking = fx.response("non-streaming").body
-    events = split_events(fx.response("streaming").body)
+def _sse(data: object, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def chat_blocking(model: str) -> bytes:
+    return json.dumps({
+        "id": "chatcmpl-bench1", "object": "chat.completion", "created": 1764400000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(_WORDS), "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 24, "completion_tokens": len(_WORDS), "total_tokens": 24 + len(_WORDS),
+                  "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}},
+    }).encode()
+
+
+def chat_stream(model: str) -> list[bytes]:
+    base = {"id": "chatcmpl-bench1", "object": "chat.completion.chunk", "created": 1764400000, "model": model}
+    out = [_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
+    out += [_sse({**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}) for w in _WORDS]
+    out.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    out.append(_sse({**base, "choices": [], "usage": {"prompt_tokens": 24, "completion_tokens": len(_WORDS),
+                                                        "total_tokens": 24 + len(_WORDS)}}))
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def messages_blocking(model: str) -> bytes:
+    return json.dumps({
+        "id": "msg_bench1", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "".join(_WORDS)}], "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 24, "output_tokens": len(_WORDS), "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0},
+    }).encode()
+
+
+def messages_stream(model: str) -> list[bytes]:
+    msg = {"id": "msg_bench1", "type": "message", "role": "assistant", "model": model, "content": [],
+           "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 24, "output_tokens": 1}}
+    out = [_sse({"type": "message_start", "message": msg}, "message_start"),
+           _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                "content_block_start")]
+    out += [_sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}},
+                 "content_block_delta") for w in _WORDS]
+    out.append(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+    out.append(_sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                     "usage": {"output_tokens": len(_WORDS)}}, "message_delta"))
+    out.append(_sse({"type": "message_stop"}, "message_stop"))
+    return out
+
+
+def responses_stream(model: str) -> list[bytes]:
+    resp = {"id": "resp_bench1", "object": "response", "created_at": 1764400000, "status": "in_progress",
+            "model": model, "output": [], "usage": None}
+    item = {"id": "msg_bench1", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    text = "".join(_WORDS)
+    seq = iter(range(1000))
+    out = [_sse({"type": "response.created", "sequence_number": next(seq), "response": resp}, "response.created"),
+           _sse({"type": "response.in_progress", "sequence_number": next(seq), "response": resp},
+                "response.in_progress"),
+           _sse({"type": "response.output_item.added", "sequence_number": next(seq), "output_index": 0,
+                 "item": item}, "response.output_item.added"),
+           _sse({"type": "response.content_part.added", "sequence_number": next(seq), "item_id": "msg_bench1",
+                 "output_index": 0, "content_index": 0, "part": part}, "response.content_part.added")]
+    out += [_sse({"type": "response.output_text.delta", "sequence_number": next(seq), "item_id": "msg_bench1",
+                  "output_index": 0, "content_index": 0, "delta": w}, "response.output_text.delta") for w in _WORDS]
+    done_part = {**part, "text": text}
+    done_item = {**item, "status": "completed", "content": [done_part]}
+    usage = {"input_tokens": 24, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": len(_WORDS),
+             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 24 + len(_WORDS)}
+    out += [_sse({"type": "response.output_text.done", "sequence_number": next(seq), "item_id": "msg_bench1",
+                  "output_index": 0, "content_index": 0, "text": text}, "response.output_text.done"),
+            _sse({"type": "response.content_part.done", "sequence_number": next(seq), "item_id": "msg_bench1",
+                  "output_index": 0, "content_index": 0, "part": done_part}, "response.content_part.done"),
+            _sse({"type": "response.output_item.done", "sequence_number": next(seq), "output_index": 0,
+                  "item": done_item}, "response.output_item.done"),
+            _sse({"type": "response.completed", "sequence_number": next(seq),
+                  "response": {**resp, "status": "completed", "output": [done_item], "usage": usage}},
+                 "response.completed")]
+    return out
+
+
+def mock_app(latency_ms: float) -> web.Application:
+    """One handler per bridged endpoint; the model echoes the request's (so prices apply)."""
+    delay = latency_ms / 1000.0
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if b'"stream":true' in body.replace(b" ", b""):
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            for e in events:
-                await resp.write(e)
-            await resp.write_eof()
-            return resp
-        return web.Response(body=blocking, content_type="application/json")
+        body = await request.json()
+        model, stream = str(body.get("model", "")), bool(body.get("stream"))
+        path = request.path
+        if delay:
+            await asyncio.sleep(delay)
+        if path.endswith("/chat/completions"):
+            blocking, events = (None, chat_stream(model)) if stream else (chat_blocking(model), None)
+        elif path.endswith("/messages"):
+            blocking, events = (None, messages_stream(model)) if stream else (messages_blocking(model), None)
+        elif path.endswith("/responses") and stream:
+            blocking, events = None, responses_stream(model)
+        else:
+            return web.json_response({"error": {"message": f"bench mock: no {path}", "type": "invalid_request_error"}},
+                                     status=404)
+        if blocking is not None:
+            return web.Response(body=blocking, content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        for e in events or ():
+            await resp.write(e)
+        await resp.write_eof()
+        return resp
+
+    async def ping(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_get("/ping", ping)
+    app.router.add_post("/{tail:.*}", handle)
     return app
 
 
@@ -69,7 +171,7 @@ def bare_app(upstream: str) -> web.Application:
 
 def main(argv: list[str]) -> None:
     kind, port = argv[0], int(argv[1])
-    app = mock_app() if kind == "mock" else bare_app(argv[2])
+    app = mock_app(float(argv[2]) if len(argv) > 2 else 0.0) if kind == "mock" else bare_app(argv[2])
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 

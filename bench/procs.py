@@ -1,0 +1,69 @@
+"""CPU accounting from ``/proc``: what one process, or a whole process tree, has spent.
+
+A tree's figure is the user+system time of every live process in it plus the
+time of the children each has already reaped (``cutime``/``cstime``), so a
+Postgres backend or a gateway worker that exited during the run still counts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _children_map() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (f := _stat(int(d))) is not None:
+            out.setdefault(int(f[1]), []).append(int(d))
+    return out
+
+
+def tree(root: int) -> list[int]:
+    """``root`` and every descendant alive now."""
+    kids = _children_map()
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, ()))
+    return out
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system time of these processes and of the children they reaped."""
+    total = 0
+    for pid in pids:
+        f = _stat(pid)
+        if f is not None:  # fields after the name: 11 utime, 12 stime, 13 cutime, 14 cstime
+            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return total / CLK
+
+
+def tree_cpu(roots: Iterable[int]) -> float:
+    return cpu_seconds(p for r in roots for p in tree(r))
+
+
+def pin(roots: Iterable[int], cores: set[int]) -> None:
+    """Move every thread of these trees onto ``cores`` (what ``taskset -a -p`` does)."""
+    for r in roots:
+        for pid in tree(r):
+            try:
+                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    os.sched_setaffinity(tid, cores)
+                except OSError:
+                    pass  # exited in between: nothing to pin
