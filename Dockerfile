@@ -52,11 +52,12 @@ ENV PATH=/app/.venv/bin:${PATH} \
     AIGW_REGISTRY_ADDR=0.0.0.0:8081 \
     AIGW_KEYPOOL_ADDR=0.0.0.0:8082 \
     AIGW_BUDGET_ADDR=0.0.0.0:8083 \
-    AIGW_CHATD_ADDR=0.0.0.0:8084
+    AIGW_CHATD_ADDR=0.0.0.0:8084 \
+    AIGW_CONSOLE_ADDR=0.0.0.0:8085
 WORKDIR /var/lib/aigw
 VOLUME ["/var/lib/aigw"]
 USER ${AIGW_UID}:${AIGW_UID}
-EXPOSE 8080 8081 8082 8083 8084
+EXPOSE 8080 8081 8082 8083 8084 8085
 # The service handles SIGTERM itself: /readyz turns 503, in-flight requests drain (AIGW_SHUTDOWN_GRACE), connections close.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["aigw"]

@@ -9,7 +9,7 @@ ifeq ($(UV),)
 UV := .tools/bin/uv
 endif
 
-.PHONY: dev test install lint proto bench soak clean
+.PHONY: dev test install browser lint proto bench soak clean
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -21,8 +21,20 @@ install: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
 dev: install
 	.venv/bin/aigw dev
 
-test: install
+# The console's browser tests drive Debian's Chromium through Playwright (the `browser` group; never a
+# downloaded browser). Installed here when missing and we are root; without it those tests skip, saying why.
+test: browser
 	.venv/bin/pytest $(PYTEST_ARGS)
+
+browser: install
+	$(UV) sync --frozen --all-packages --group browser
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+	      || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)) \
+	      || echo "make: could not install chromium; the console's browser tests will skip"; \
+	  else echo "make: chromium is missing and this is not root with apt-get; the console's browser tests will skip"; fi; \
+	fi
 
 lint: install
 	.venv/bin/ruff check libs services tests

@@ -100,7 +100,7 @@ async def test_aigw_dev_serves_a_request_and_leaves_nothing_behind(state_root: P
 
     mock_upstream.play("openai/chatcompletions/simple")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIGW_", "OTEL_"))}
-    ports = {svc: free_port() for svc in ("gateway", "registry", "keypool", "budget", "chatd")}
+    ports = {svc: free_port() for svc in ("gateway", "registry", "keypool", "budget", "chatd", "console")}
     env.update({f"AIGW_{svc.upper()}_ADDR": f"127.0.0.1:{p}" for svc, p in ports.items()})
     env.update(AIGW_OPENAI_BASE_URL=mock_upstream.url + "/v1", AIGW_OPENAI_KEY="sk-upstream",
                AIGW_SHUTDOWN_GRACE="3s")
@@ -129,6 +129,10 @@ async def test_aigw_dev_serves_a_request_and_leaves_nothing_behind(state_root: P
         assert resp.choices[0].message.content
         assert mock_upstream.count_by_key["sk-upstream"] == 1
 
+        console = f"http://127.0.0.1:{ports['console']}/"
+        assert f"  console   {console}" in out, "the console line, aligned with the other services"
+        await _console_signs_in(console, token)
+
         proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal does
         rest, _ = await asyncio.wait_for(proc.communicate(), 40)
         seen.append(rest.decode(errors="replace"))
@@ -143,3 +147,16 @@ async def test_aigw_dev_serves_a_request_and_leaves_nothing_behind(state_root: P
     # data is kept for next time
     assert (state / "postgres" / "pgdata" / "PG_VERSION").exists()
     assert (state / "nats" / "jetstream").exists()
+
+
+async def _console_signs_in(console: str, token: str) -> None:
+    """The printed console URL shows the sign-in form; the owner token opens a session on /providers."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(console) as r:
+            assert r.status == 200 and 'name="token"' in await r.text()
+        async with http.post(console + "signin", data={"token": token}) as r:
+            assert r.status == 200 and r.url.path == "/providers", (r.status, r.url)
+        async with http.get(console + "api/v2/ai/providers") as r:
+            assert r.status == 200 and "providers" in await r.json()

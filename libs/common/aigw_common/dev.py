@@ -198,9 +198,13 @@ def banner(stack: DevStack) -> str:
     assert s is not None
     lines = ["", "aigw is up.", ""]
     for c in stack.children:
-        lines.append(f"  {c.name:<9} {c.url}   (log: {c.log})")
+        url = c.url + "/" if c.name == "console" else c.url  # the console is a page to open, not an API base
+        lines.append(f"  {c.name:<9} {url}   (log: {c.log})")
     gw_addr = s.addrs["gateway"]
     gw = f"http://{_local(gw_addr.host)}:{gw_addr.port}"
+    console = next((c for c in stack.children if c.name == "console"), None)
+    if console is not None:
+        lines += ["", f"  Admin console: open {console.url}/ and sign in with the owner token below."]
     lines += ["", f"  owner token: {stack.token}", f"  (kept in {stack.state / 'owner-token'}; data in {stack.state})", ""]
     openai_like = next((p for p in s.providers if p.type not in ("anthropic", "bedrock")), None)
     anthropic_like = next((p for p in s.providers if p.type in ("anthropic", "bedrock")), None)

@@ -20,8 +20,11 @@ from urllib.parse import urlsplit
 from .durations import parse_duration
 from .errors import ConfigError
 
-SERVICES = ("gateway", "registry", "keypool", "budget", "chatd")
-DEFAULT_PORTS = {"gateway": 8080, "registry": 8081, "keypool": 8082, "budget": 8083, "chatd": 8084}
+SERVICES = ("gateway", "registry", "keypool", "budget", "chatd", "console")
+DEFAULT_PORTS = {"gateway": 8080, "registry": 8081, "keypool": 8082, "budget": 8083, "chatd": 8084,
+                 "console": 8085}
+# The services whose admin APIs the console routes to; AIGW_<NAME>_URL says where (default: its local ADDR).
+CONSOLE_UPSTREAMS = ("registry", "keypool", "budget", "chatd")
 PROVIDER_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 RESERVED_PROVIDER_NAMES = frozenset({"api", "healthz", "readyz", "metrics"})
 
@@ -74,6 +77,8 @@ _SCALARS = frozenset(
         "AIGW_BEDROCK_SMALL_FAST_MODEL",
     }
     | {f"AIGW_{s.upper()}_ADDR" for s in SERVICES}
+    | {f"AIGW_{s.upper()}_URL" for s in CONSOLE_UPSTREAMS}
+    | {"AIGW_CONSOLE_SESSION_TTL"}
 )
 # The standard AWS credential chain's variables (not AIGW_*): captured here so the gateway's
 # Bedrock signer never reads the process environment itself.
@@ -172,6 +177,8 @@ class Settings:
     providers: tuple[ProviderSeed, ...] = ()
     skipped_providers: tuple[SkippedSeed, ...] = ()
     aws_env: Mapping[str, str] = field(default_factory=dict, repr=False)  # AWS_ENV_VARS that are set
+    service_urls: Mapping[str, str] = field(default_factory=dict)  # AIGW_<CONSOLE_UPSTREAM>_URL that are set
+    console_session_ttl: float = 12 * 3600.0
 
     def __repr__(self) -> str:
         return (
@@ -188,6 +195,14 @@ class Settings:
         if not self.database_url:
             raise ConfigError("AIGW_DATABASE_URL is required (aigw dev sets it for you)")
         return self.database_url
+
+    def service_url(self, name: str) -> str:
+        """Where the console reaches ``name``: ``AIGW_<NAME>_URL``, else that service's local listen address."""
+        if url := self.service_urls.get(name):
+            return url
+        a = self.addrs[name]
+        host = "127.0.0.1" if a.host in ("0.0.0.0", "", "::") else a.host
+        return f"http://[{host}]:{a.port}" if ":" in host else f"http://{host}:{a.port}"
 
     def require_encryption_keys(self) -> tuple[bytes, ...]:
         if not self.encryption_keys:
@@ -477,6 +492,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["allow_link_local_base_urls"] = _bool("AIGW_ALLOW_LINK_LOCAL_BASE_URLS", v)
     if v := get("AIGW_ADMIN_TOKEN"):
         kw["admin_token"] = v.strip()
+    kw["service_urls"] = {s: _url(f"AIGW_{s.upper()}_URL", v) for s in CONSOLE_UPSTREAMS
+                          if (v := get(f"AIGW_{s.upper()}_URL"))}
+    if v := get("AIGW_CONSOLE_SESSION_TTL"):
+        kw["console_session_ttl"] = _duration("AIGW_CONSOLE_SESSION_TTL", v)
 
     seeds = _legacy_providers(env)
     legacy_names = {s.name for s in seeds}

@@ -1,0 +1,1 @@
+"""aigw admin console."""

@@ -1,0 +1,257 @@
+"""console service: the admin console in the browser, and the admin APIs on the same origin.
+
+``GET /`` is the sign-in form (or a redirect to ``/providers`` with a session);
+``POST /signin`` checks the token with the registry and sets the session
+cookie; ``/providers`` … ``/audit`` are the pages; ``/api/...`` is relayed to
+the owning service (:mod:`aigw_console.proxy`); ``/static/...`` the script and
+style sheet. The console owns no data and holds no secret of its own: no
+database, no bus, only the signed-in browser's token on the way through.
+See docs/console.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from aigw_common.api import ApiError, error_middleware, unauthorized
+from aigw_common.db import MigrationSet
+from aigw_common.metrics import Counter
+from aigw_common.service import METRICS, base_app
+from aigw_common.settings import CONSOLE_UPSTREAMS, Settings
+
+from . import pages
+from .proxy import ProxyMetrics, forward
+from .session import (
+    SAFE_METHODS,
+    Me,
+    Session,
+    WhoCache,
+    clear_session_cookie,
+    csrf_ok,
+    read_session,
+    same_origin,
+    set_session_cookie,
+    valid_token_shape,
+)
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[MigrationSet, ...] = ()
+MAX_BODY = 1024 * 1024  # the largest admin body is a skill (64 KiB) or a key (10 KiB)
+
+_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    upstreams: dict[str, URL]
+    session_ttl: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConsoleConfig:
+        return cls({s: URL(settings.service_url(s)) for s in CONSOLE_UPSTREAMS}, settings.console_session_ttl)
+
+
+@dataclass(slots=True)
+class Runtime:
+    http: aiohttp.ClientSession
+
+
+CONFIG = web.AppKey("console_config", ConsoleConfig)
+RUNTIME = web.AppKey("console_runtime", Runtime)
+ASSETS = web.AppKey("console_assets", dict)
+WHO = web.AppKey("console_who", WhoCache)
+PROXY_METRICS = web.AppKey("console_proxy_metrics", ProxyMetrics)
+SIGNINS = web.AppKey("console_signins", Counter)
+
+
+class SignInRefused(Exception):
+    """The registry answered, and the answer is no (401 or 403): the token cannot open a session."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+async def who_is(app: web.Application, token: str) -> Me:
+    """The token's user (cached a few seconds); :class:`SignInRefused` or :class:`ApiError` (503) otherwise."""
+    cache = app[WHO]
+    if (me := cache.get(token)) is not None:
+        return me
+    url = app[CONFIG].upstreams["registry"].joinpath("api", "v2", "users", "me")
+    try:
+        async with app[RUNTIME].http.get(url, headers={"Authorization": f"Bearer {token}"},
+                                         timeout=aiohttp.ClientTimeout(total=10, sock_connect=5)) as r:
+            if r.status == 401:
+                raise SignInRefused(401, "That token is unknown, expired or revoked.")
+            if r.status == 403:
+                raise SignInRefused(403, "That token may not manage aigw: it has gateway scope (LLM calls only). "
+                                         "Sign in with an admin-scope token.")
+            if r.status != 200:
+                raise ApiError(503, f"the registry answered {r.status}; try again")
+            body = await r.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        raise ApiError(503, "the registry is unavailable; try again", headers={"Retry-After": "1"}) from None
+    me = Me(str(body["id"]), str(body["username"]), tuple(body.get("roles") or ()), tuple(body.get("groups") or ()))
+    cache.put(token, me)
+    return me
+
+
+def _html(body: str, status: int = 200) -> web.Response:
+    return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+def _safe_next(value: str | None) -> str:
+    """Only one of our own pages: never an open redirect."""
+    page = (value or "").strip("/")
+    return f"/{page}" if page in pages.PAGES else "/providers"
+
+
+async def index(request: web.Request) -> web.Response:
+    app = request.app
+    session = read_session(request, app[CONFIG].session_ttl)
+    if session is not None:
+        try:
+            await who_is(app, session.token)
+            return _redirect(_safe_next(request.query.get("next")))
+        except SignInRefused:
+            pass
+    nxt = request.query.get("next", "")
+    resp = _html(pages.signin_page(app[ASSETS], next_path=_safe_next(nxt) if nxt else ""))
+    if session is not None:
+        clear_session_cookie(resp, request)
+    return resp
+
+
+async def signin(request: web.Request) -> web.Response:
+    app = request.app
+    if not same_origin(request):
+        app[SIGNINS].labels("cross-site").inc()
+        return _html(pages.signin_page(app[ASSETS], "Sign-in must come from this page."), 403)
+    form = await request.post()
+    token = str(form.get("token") or "").strip()
+    nxt = str(form.get("next") or "")
+    if not valid_token_shape(token):
+        app[SIGNINS].labels("malformed").inc()
+        return _html(pages.signin_page(app[ASSETS], "Paste an aigw API token.", nxt), 400)
+    try:
+        await who_is(app, token)
+    except SignInRefused as e:
+        app[SIGNINS].labels(str(e.status)).inc()
+        return _html(pages.signin_page(app[ASSETS], e.message, nxt), e.status)
+    except ApiError as e:
+        return _html(pages.signin_page(app[ASSETS], e.message[:1].upper() + e.message[1:] + ".", nxt), e.status)
+    app[SIGNINS].labels("ok").inc()
+    resp = _redirect(_safe_next(nxt))
+    set_session_cookie(resp, request, Session(token, int(time.time())), app[CONFIG].session_ttl)
+    return resp
+
+
+async def signout(request: web.Request) -> web.Response:
+    session = read_session(request, request.app[CONFIG].session_ttl)
+    if session is not None:
+        form = await request.post()
+        if not csrf_ok(request, session, str(form.get("csrf") or "")):
+            return _html(pages.error_page(request.app[ASSETS], "Not signed out",
+                                          "The request did not come from this console."), 403)
+        request.app[WHO].drop(session.token)
+    resp = _redirect("/")
+    clear_session_cookie(resp, request)
+    return resp
+
+
+def page_handler(page: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        app = request.app
+        session = read_session(request, app[CONFIG].session_ttl)
+        if session is None:
+            return _redirect(f"/?next={page}")
+        try:
+            me = await who_is(app, session.token)
+        except SignInRefused:
+            resp = _redirect(f"/?next={page}")
+            clear_session_cookie(resp, request)
+            return resp
+        except ApiError as e:
+            return _html(pages.error_page(app[ASSETS], "Console unavailable", e.message), e.status)
+        return _html(pages.app_page(page, me, session.csrf, app[ASSETS]))
+
+    return handle
+
+
+async def static(request: web.Request) -> web.Response:
+    asset = request.app[ASSETS].get(request.match_info["name"])
+    if asset is None:
+        raise web.HTTPNotFound()
+    versioned = request.query.get("v") == asset.version
+    etag = f'"{asset.version}"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable" if versioned else "no-cache"}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=asset.body, content_type=asset.content_type, charset="utf-8", headers=headers)
+
+
+async def api(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    session = read_session(request, app[CONFIG].session_ttl)
+    if session is None:
+        raise unauthorized("not signed in to the console")
+    if request.method not in SAFE_METHODS and not csrf_ok(request, session):
+        raise ApiError(403, "missing or wrong CSRF token, or a cross-site request",
+                       "send the page's csrf-token in X-CSRF-Token from this origin")
+    return await forward(request, app[RUNTIME].http, app[CONFIG].upstreams, session.token, app[PROXY_METRICS])
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    resp = await handler(request)
+    if not resp.prepared:
+        h = resp.headers
+        h.setdefault("Content-Security-Policy", _CSP)
+        h.setdefault("X-Content-Type-Options", "nosniff")
+        h.setdefault("Referrer-Policy", "no-referrer")
+        h.setdefault("X-Frame-Options", "DENY")
+        h.setdefault("Cache-Control", "no-store")
+    return resp
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = base_app("console", settings, middlewares=[security_headers, error_middleware], client_max_size=MAX_BODY)
+    app[CONFIG] = ConsoleConfig.from_settings(settings)
+    app[ASSETS] = pages.load_assets()
+    app[WHO] = WhoCache()
+    app[PROXY_METRICS] = ProxyMetrics.create(app[METRICS])
+    app[SIGNINS] = Counter("aigw_console_signins_total", "Console sign-in attempts by outcome", ["outcome"],
+                           registry=app[METRICS])
+    app.router.add_get("/", index)
+    app.router.add_post("/signin", signin)
+    app.router.add_post("/signout", signout)
+    for p in pages.PAGES:
+        app.router.add_get(f"/{p}", page_handler(p))
+    app.router.add_get("/static/{name}", static)
+    app.router.add_route("*", "/api/{tail:.*}", api)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
+                                     cookie_jar=aiohttp.DummyCookieJar())
+        app[RUNTIME] = Runtime(http)
+        try:
+            yield
+        finally:
+            await http.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
