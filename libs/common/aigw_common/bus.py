@@ -10,6 +10,7 @@ unique prefix each so they can run in parallel on one server).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,9 @@ from .schemas import Message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=msgspec.Struct)
+# How long JetStream remembers a usage event id: a gateway replaying its spool after a long outage must
+# still find the ids it published before, so the replay cannot record anything twice.
+USAGE_DUPLICATE_WINDOW = 600.0
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
@@ -162,6 +166,7 @@ class Bus:
     name: str
     subjects: Subjects = field(default_factory=Subjects)
     connect_timeout: float = 2.0
+    js_replicas: int = 1  # replicas of every stream and bucket this bus creates (AIGW_JS_REPLICAS)
     nc: NatsClient | None = None
     _subs: list[_Sub] = field(default_factory=list)
     _connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -368,25 +373,47 @@ class Bus:
     def js(self) -> JetStreamContext:
         return self._require().jetstream()
 
+    def jetstream(self, timeout: float) -> JetStreamContext:
+        """A JetStream context whose API calls give up after ``timeout`` (the default waits 5 s)."""
+        return self._require().jetstream(timeout=timeout)
+
     async def ensure_stream(
         self, name: str, subjects: list[str], *, max_age: float | None = None, duplicate_window: float = 120.0,
         max_bytes: int | None = None,
     ) -> None:
-        """Create the stream, or update its subjects if it exists: idempotent for every replica."""
-        cfg = StreamConfig(
+        """Create the stream with ``js_replicas`` replicas, or bring an existing one to this configuration.
+
+        An existing stream is updated in place (never deleted and recreated: it holds events not yet
+        consumed), and only when something differs, so every replica of every service may call this at
+        each (re)connect. A replica count change is such an update: JetStream then adds or removes peers
+        and copies the data to the new ones.
+        """
+        want = StreamConfig(
             name=name, subjects=subjects, duplicate_window=duplicate_window, max_age=max_age,
-            max_bytes=max_bytes if max_bytes is not None else -1,
+            max_bytes=max_bytes if max_bytes is not None else -1, num_replicas=self.js_replicas,
         )
         js = self.js
         try:
-            await js.stream_info(name)
+            info = await js.stream_info(name)
         except NotFoundError:
             try:
-                await js.add_stream(cfg)
+                await js.add_stream(want)
                 return
             except nats.js.errors.BadRequestError:
-                pass  # another replica created it between our calls
-        await js.update_stream(cfg)
+                info = await js.stream_info(name)  # another replica created it between our calls
+        have = info.config
+        if _stream_differs(have, want):
+            log.info("updating stream configuration", extra={
+                "stream": name, "replicas": f"{have.num_replicas}->{want.num_replicas}"})
+            await js.update_stream(dataclasses.replace(
+                have, subjects=want.subjects, duplicate_window=want.duplicate_window, max_age=want.max_age,
+                max_bytes=want.max_bytes, num_replicas=want.num_replicas))
+
+    async def ensure_usage_stream(self) -> None:
+        """``AIGW_USAGE``: the one definition every publisher and consumer ensures (a second copy with
+        other settings would flip the stream's configuration at each start of either side)."""
+        s = self.subjects
+        await self.ensure_stream(s.usage_stream, [s.usage_all], duplicate_window=USAGE_DUPLICATE_WINDOW)
 
     async def js_publish(
         self, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None, timeout: float = 2.0,
@@ -406,13 +433,27 @@ class Bus:
             raise BusError(f"jetstream publish to {subject} failed: {e}") from e
 
 
+def _stream_differs(have: StreamConfig, want: StreamConfig) -> bool:
+    def seconds(v: float | None) -> float:
+        return float(v or 0.0)
+
+    return (
+        sorted(have.subjects or []) != sorted(want.subjects or [])
+        or abs(seconds(have.duplicate_window) - seconds(want.duplicate_window)) > 1e-3
+        or abs(seconds(have.max_age) - seconds(want.max_age)) > 1e-3
+        or (have.max_bytes if have.max_bytes is not None else -1) != want.max_bytes
+        or (have.num_replicas or 1) != want.num_replicas
+    )
+
+
 def now() -> float:
     return time.time()
 
 
 def make_bus(settings: Any, service: str) -> Bus:
     """A bus for ``service`` from :class:`~aigw_common.settings.Settings`."""
-    return Bus(servers=tuple(settings.nats_urls), name=f"aigw-{service}", subjects=Subjects(settings.bus_prefix))
+    return Bus(servers=tuple(settings.nats_urls), name=f"aigw-{service}", subjects=Subjects(settings.bus_prefix),
+               js_replicas=settings.js_replicas)
 
 
 __all__ = ["Bus", "Message", "Subjects", "decode", "decoder_for", "encode", "make_bus"]

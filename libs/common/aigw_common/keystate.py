@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import nats.errors
-from nats.js.api import KeyValueConfig, StorageType
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, BucketNotFoundError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from .aio import wait_event
 from .bus import Bus, decode
@@ -68,21 +71,88 @@ async def ensure_marks_stream(bus: Bus) -> None:
     await bus.ensure_stream(s.keys_marked_stream, [s.keys_marked], max_age=MARKS_MAX_AGE)
 
 
-async def keys_bucket(bus: Bus) -> KeyValue:
-    """The key-state bucket, created (file storage, one revision per key) when missing."""
-    js = bus.js
+async def keys_bucket(bus: Bus, *, timeout: float = 5.0) -> KeyValue:
+    """The key-state bucket, created (file storage, one revision per key, ``bus.js_replicas`` replicas) when
+    missing; an existing bucket with another replica count is scaled in place (its stream updated).
+    ``timeout`` bounds each JetStream API call (no leader answers during an election)."""
+    js = bus.jetstream(timeout)
     name = bus.subjects.keys_bucket
     try:
-        return await js.key_value(name)
+        kv = await js.key_value(name)
     except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE))
-    except BadRequestError:  # another process created it between our calls
-        return await js.key_value(name)
+        try:
+            return await js.create_key_value(KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE,
+                                                            replicas=bus.js_replicas))
+        except BadRequestError:  # another process created it between our calls
+            kv = await js.key_value(name)
+    stream = f"KV_{name}"
+    cfg = (await js.stream_info(stream)).config
+    if (cfg.num_replicas or 1) != bus.js_replicas:
+        log.info("scaling the key-state bucket", extra={"bucket": name,
+                                                        "replicas": f"{cfg.num_replicas}->{bus.js_replicas}"})
+        await js.update_stream(dataclasses.replace(cfg, num_replicas=bus.js_replicas))
+    return kv
 
 
 OnChange = Callable[[str, str, KeyState | None], None]
+
+# Idle heartbeat of the watch's consumer. The consumer lives on one JetStream node; when that node dies
+# while this client stays connected to another one, nothing else tells the client. Two missed heartbeats
+# make the ordered consumer recreate itself on a live node from the next revision (nats-py's KV watch
+# uses 5 s, i.e. ten seconds of deafness after a node loss).
+WATCH_HEARTBEAT = 0.5
+# JetStream API calls of the watch (create the consumer, and recreate it after a loss) give up after this:
+# while a stream elects a leader nobody answers, and a short timeout retries sooner once one is elected.
+WATCH_API_TIMEOUT = 1.0
+
+
+class _BucketWatch:
+    """Latest value of every key, then every change, as ``KeyValue.Entry`` (``None`` once the initial values
+    are through) — ``KeyValue.watchall`` with a short heartbeat, so a lost consumer is noticed in a second."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[KeyValue.Entry | None] = asyncio.Queue()
+        self._sub: Any = None
+        self._init_done = False
+
+    @classmethod
+    async def open(cls, bus: Bus) -> _BucketWatch:
+        w = cls()
+        bucket = bus.subjects.keys_bucket
+        prefix = f"$KV.{bucket}."
+
+        async def cb(m: Msg) -> None:
+            meta = m.metadata
+            op = (m.headers or {}).get(KV_OP)
+            w._queue.put_nowait(KeyValue.Entry(bucket=bucket, key=m.subject[len(prefix):], value=m.data,
+                                               revision=meta.sequence.stream, delta=meta.num_pending,
+                                               created=meta.timestamp, operation=op))
+            if meta.num_pending == 0 and not w._init_done:
+                w._init_done = True
+                w._queue.put_nowait(None)
+
+        w._sub = await bus.jetstream(WATCH_API_TIMEOUT).subscribe(prefix + ">", stream=f"KV_{bucket}", cb=cb, ordered_consumer=True,
+                                        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                                        idle_heartbeat=WATCH_HEARTBEAT, inactive_threshold=300.0)
+        try:
+            info = await w._sub.consumer_info()
+        except BaseException:
+            with contextlib.suppress(*TRANSIENT):
+                await w._sub.unsubscribe()
+            raise
+        if info.num_pending == 0 and w._sub.delivered == 0 and not w._init_done:
+            w._init_done = True  # an empty bucket: nothing will come to say the initial values are through
+            w._queue.put_nowait(None)
+        return w
+
+    def __aiter__(self) -> _BucketWatch:
+        return self
+
+    async def __anext__(self) -> KeyValue.Entry | None:
+        return await self._queue.get()
+
+    async def stop(self) -> None:
+        await self._sub.unsubscribe()
 
 
 class KeyStateWatch:
@@ -131,8 +201,8 @@ class KeyStateWatch:
             self._resync.clear()
             watcher = None
             try:
-                self.kv = await keys_bucket(self.bus)
-                watcher = await self.kv.watchall()
+                self.kv = await keys_bucket(self.bus, timeout=WATCH_API_TIMEOUT)
+                watcher = await _BucketWatch.open(self.bus)
                 delay = 0.2
                 consume = asyncio.create_task(self._consume(watcher))
                 resync = asyncio.create_task(self._resync.wait())
@@ -149,13 +219,14 @@ class KeyStateWatch:
             except TRANSIENT as e:
                 log.warning("key-state watch failed; retrying", extra={"error": str(e), "retry_in": delay})
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # short cap: during a JetStream leader election the next try usually succeeds within seconds
+                delay = min(delay * 2, 1.0)
             finally:
                 if watcher is not None:
                     with contextlib.suppress(*TRANSIENT):
                         await watcher.stop()
 
-    async def _consume(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _consume(self, watcher: _BucketWatch) -> None:
         seen: set[str] | None = set()
         async for entry in watcher:
             if entry is None:  # end of the initial values

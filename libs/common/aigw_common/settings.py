@@ -39,6 +39,7 @@ _SCALARS = frozenset(
     {
         "AIGW_DATABASE_URL",
         "AIGW_NATS_URL",
+        "AIGW_JS_REPLICAS",
         "AIGW_ENCRYPTION_KEYS",
         "AIGW_BOOTSTRAP_TOKEN",
         "AIGW_GATEWAY_URL",
@@ -150,6 +151,7 @@ class SkippedSeed:
 class Settings:
     database_url: str | None = None
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    js_replicas: int = 1  # replicas of every stream and bucket aigw creates (3 on a 3-node cluster)
     encryption_keys: tuple[bytes, ...] = ()
     bootstrap_token: str | None = None
     addrs: Mapping[str, ListenAddr] = field(
@@ -425,6 +427,11 @@ def _parse(env: Mapping[str, str]) -> Settings:
         if not urls:
             raise ConfigError("AIGW_NATS_URL is set but holds no URL")
         kw["nats_urls"] = urls
+    if v := get("AIGW_JS_REPLICAS"):
+        replicas = _int("AIGW_JS_REPLICAS", v, minimum=1)
+        if replicas > 5:
+            raise ConfigError(f"AIGW_JS_REPLICAS={v!r}: JetStream allows at most 5 replicas")
+        kw["js_replicas"] = replicas
     if v := get("AIGW_ENCRYPTION_KEYS"):
         kw["encryption_keys"] = _encryption_keys("AIGW_ENCRYPTION_KEYS", v)
     if v := get("AIGW_BOOTSTRAP_TOKEN"):

@@ -23,6 +23,7 @@ from aigw_common.settings import Settings
 
 from .harness import AppHarness
 from .infra import Infra
+from .natscluster import nats_cluster  # noqa: F401 - a fixture: a three-node JetStream cluster of its own
 from .system import start_system  # noqa: F401 - a fixture: the whole stack behind fault proxies
 from .upstream import MockUpstream
 

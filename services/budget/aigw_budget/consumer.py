@@ -83,7 +83,7 @@ class UsageConsumer:
 
     async def _subscribe(self) -> Any:
         s = self.bus.subjects
-        await self.bus.ensure_stream(s.usage_stream, [s.usage_all])
+        await self.bus.ensure_usage_stream()
         cfg = ConsumerConfig(
             durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=max(self.batch * 4, 256),

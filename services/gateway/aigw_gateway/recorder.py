@@ -106,8 +106,7 @@ class Recorder:
 
     async def _on_connect(self) -> None:
         try:
-            s = self.bus.subjects
-            await self.bus.ensure_stream(s.usage_stream, [s.usage_all], duplicate_window=600.0)
+            await self.bus.ensure_usage_stream()
         except Exception as e:
             log.warning("could not ensure the usage stream", extra={"error": str(e)})
         self._replay_wake.set()
