@@ -97,6 +97,7 @@ class Result:
     cpu_ms: float | None  # the proxy process (tree) per request
     system_ms: float | None  # every process of the system per request
     first_error: str = ""
+    parts: dict[str, float] = field(default_factory=dict)  # CPU ms per request by component (gateway path)
 
 
 @dataclass
@@ -108,10 +109,12 @@ class Target:
     anthropic_base: str
     proxy_pids: list[int] = field(default_factory=list)
     system_pids: list[int] = field(default_factory=list)
+    components: dict[str, list[int]] = field(default_factory=dict)  # name -> roots, for the breakdown
 
 
 async def drive(target: Target, scen: Scenario, token: str, seconds: float,
-                settle: Settle | None) -> tuple[int, int, float, list[float], list[float], float | None, float | None, str]:
+                settle: Settle | None, parts: dict[str, float] | None = None,
+                ) -> tuple[int, int, float, list[float], list[float], float | None, float | None, str]:
     path, body, headers = scen.request(token)
     url = (target.anthropic_base if scen.api == "messages" else target.base) + path
     lat: list[float] = []
@@ -150,6 +153,7 @@ async def drive(target: Target, scen: Scenario, token: str, seconds: float,
 
         c0 = procs.tree_cpu(target.proxy_pids) if target.proxy_pids else None
         s0 = procs.tree_cpu(target.system_pids) if target.system_pids else None
+        p0 = {k: procs.tree_cpu(v) for k, v in target.components.items()}
         t0 = time.perf_counter()
         stop_at = t0 + seconds
         await asyncio.gather(*(worker() for _ in range(scen.concurrency)))
@@ -158,6 +162,8 @@ async def drive(target: Target, scen: Scenario, token: str, seconds: float,
         if settle is not None:
             await settle.wait()
         system = procs.tree_cpu(target.system_pids) - s0 if s0 is not None else None
+        if parts is not None:
+            parts.update({k: procs.tree_cpu(v) - p0[k] for k, v in target.components.items()})
     return len(lat), errors, elapsed, lat, ttfb, cpu, system, first_error
 
 
@@ -256,12 +262,13 @@ async def main_async(args: argparse.Namespace) -> int:
                 Target("bare", f"http://127.0.0.1:{bare_ports[lat]}", f"http://127.0.0.1:{bare_ports[lat]}",
                        [bares[lat].pid], [bares[lat].pid]),
                 Target("gateway", f"{system.gateway_url}/openai{lat}", f"{system.gateway_url}/anthropic{lat}",
-                       gw_pids, gw_pids + control),
+                       gw_pids, gw_pids + control, system.components()),
             ]
             for scen in scenarios:
                 for t in targets:
+                    parts: dict[str, float] = {}
                     n, err, secs, lat_s, ttfb, cpu, sys_cpu, first = await drive(
-                        t, scen, system.member_token, args.seconds, settle if t.name == "gateway" else None)
+                        t, scen, system.member_token, args.seconds, settle if t.name == "gateway" else None, parts)
                     lat_s.sort()
                     ttfb.sort()
                     results.append(Result(
@@ -269,7 +276,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         lat_s[max(0, int(len(lat_s) * 0.99) - 1)] * 1000 if lat_s else 0.0,
                         statistics.median(ttfb) * 1000 if (ttfb and scen.stream) else None,
                         cpu * 1000 / n if (cpu is not None and n) else None,
-                        sys_cpu * 1000 / n if (sys_cpu is not None and n) else None, first))
+                        sys_cpu * 1000 / n if (sys_cpu is not None and n) else None, first,
+                        {k: v * 1000 / n for k, v in parts.items()} if n else {}))
                     print(f"  {scen.name:<22} {lat:>3} ms  {t.name:<8} {n / secs:>7.0f} req/s"
                           + (f"  errors {err}: {first}" if err else ""), flush=True)
         if spy is not None:
@@ -336,6 +344,10 @@ def print_report(results: list[Result], notes: list[str]) -> None:
     print("lat: upstream latency before the first byte (ms); p50/p99/ttfb in ms; cpu/req: CPU ms per request of the")
     print("proxy process(es); ctl/req: the rest of the system (control plane + usage pipeline); sys/req: CPU ms per request of the whole system (gateway, registry, keypool, budget,")
     print("chatd, NATS, Postgres) until the usage is recorded; cpu x / sys x: against the bare proxy's cpu/req.")
+    for r in results:
+        if r.parts:
+            print(f"{r.scenario} @{r.latency_ms} ms, CPU ms/request by process: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in sorted(r.parts.items(), key=lambda kv: -kv[1])))
     added = []
     for r in results:
         d = by.get((r.scenario, r.latency_ms, "direct"))

@@ -137,6 +137,15 @@ class BenchSystem:
         pid = self._child("gateway")
         return tree(pid) if pid else []
 
+    def components(self) -> dict[str, list[int]]:
+        """Every process of the system by name (roots of their trees), for the per-process breakdown."""
+        assert self.stack is not None
+        out = {c.name: [c.proc.pid] for c in self.stack.children}
+        for name, server in (("nats", self.stack.nats), ("postgres", self.stack.pg)):
+            if server is not None and server.proc is not None:
+                out[name] = [server.proc.pid]
+        return out
+
     def control_pids(self) -> list[int]:
         """Every other process of the system: the other services, NATS and Postgres (roots of their trees)."""
         assert self.stack is not None

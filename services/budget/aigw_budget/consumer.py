@@ -1,8 +1,9 @@
 """The JetStream side of recording: a durable pull consumer on ``AIGW_USAGE``.
 
-Only transport lives here: fetch, decode, hand the event to a handler, then
-ack / nak / term by what happened. The handler (:class:`~aigw_budget.recorder.Recorder`)
-is tested on its own, without a broker.
+Only transport lives here: fetch, decode, hand the events to a handler, then
+ack / nak / term each by what happened. The handlers (:class:`~aigw_budget.recorder.Recorder`
+for one event, :class:`~aigw_budget.batch.BatchRecorder` for a fetched batch in one
+transaction — the normal path) are tested on their own, without a broker.
 
 - decoded and applied (or a duplicate) → ack, after the commit: a crash in
   between redelivers, and the event id makes the redelivery a no-op;
@@ -35,6 +36,8 @@ from aigw_common.schemas import AnyUsageEvent
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any], Awaitable[object]]
+# events in → per event, what applying it gave (an object with ``duplicate``) or the AigwError that refused it
+BatchHandler = Callable[[list[Any]], Awaitable[list[object]]]
 
 _NATS_ERRORS = (
     nats.errors.Error,
@@ -46,10 +49,12 @@ _NATS_ERRORS = (
 class UsageConsumer:
     def __init__(
         self, bus: Bus, handler: Handler, registry: CollectorRegistry, *, durable: str = "budget_usage",
-        batch: int = 64, concurrency: int = 8, ack_wait: float = 30.0, min_delay: float = 1.0, max_delay: float = 10.0,
+        batch: int = 256, concurrency: int = 8, ack_wait: float = 30.0, min_delay: float = 1.0, max_delay: float = 10.0,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.bus = bus
         self.handler = handler
+        self.batch_handler = batch_handler
         self.durable = bus.subjects.durable(durable)
         self.batch = batch
         self.concurrency = concurrency
@@ -102,6 +107,9 @@ class UsageConsumer:
                 msgs = await psub.fetch(self.batch, timeout=1.0)
             except nats.errors.TimeoutError:
                 continue
+            if self.batch_handler is not None:
+                await self.handle_batch(msgs)
+                continue
 
             async def one(m: Msg) -> None:
                 async with sem:
@@ -137,6 +145,47 @@ class UsageConsumer:
         self._delay = self.min_delay
         outcome = "duplicate" if getattr(result, "duplicate", False) else "recorded"
         return await self._settle(m, outcome, m.ack())
+
+    async def handle_batch(self, msgs: list[Msg]) -> list[str]:
+        """Process a fetched batch with one call of the batch handler, then settle each message by its outcome."""
+        events: list[Any] = []
+        kept: list[Msg] = []
+        out: list[str] = []
+        for m in msgs:
+            try:
+                events.append(decode(m.data, AnyUsageEvent))
+                kept.append(m)
+            except DecodeError as e:
+                log.error("malformed usage event terminated", extra={"subject": m.subject, "error": str(e)})
+                out.append(await self._settle(m, "malformed", m.term()))
+        if not kept:
+            return out
+        assert self.batch_handler is not None
+        if self._pause_until > asyncio.get_running_loop().time():
+            return out + [await self._settle(m, "deferred", m.nak(delay=self._delay)) for m in kept]
+        with contextlib.ExitStack() as spans:  # each message continues its gateway request's trace
+            for m in kept:
+                spans.enter_context(tracing.consumer_span("budget usage", m.headers, m.subject))
+            try:
+                outcomes = await self.batch_handler(events)
+            except AigwError as e:
+                if not e.retryable:  # the handler reports refused data per event; this is a bug
+                    raise
+                delay = self._backoff()
+                log.warning("usage batch deferred", extra={"events": len(kept), "error": e.message, "retry_in": delay})
+                return out + [await self._settle(m, "retry", m.nak(delay=delay)) for m in kept]
+            except Exception:
+                log.exception("usage batch handler failed; redelivering later", extra={"events": len(kept)})
+                return out + [await self._settle(m, "failed", m.nak(delay=self.max_delay * 3)) for m in kept]
+            self._delay = self.min_delay
+            for m, ev, res in zip(kept, events, outcomes, strict=True):
+                if isinstance(res, AigwError):
+                    log.error("usage event rejected and terminated", extra={"event_id": ev.event_id, "error": res.message})
+                    out.append(await self._settle(m, "rejected", m.term()))
+                else:
+                    outcome = "duplicate" if getattr(res, "duplicate", False) else "recorded"
+                    out.append(await self._settle(m, outcome, m.ack()))
+        return out
 
     def _backoff(self) -> float:
         delay = self._delay

@@ -31,6 +31,7 @@ from aigw_common.schemas import (
 )
 from aigw_common.settings import Settings
 
+from .batch import BatchRecorder
 from .consumer import UsageConsumer
 from .errors import DB_ERRORS, classify
 from .ledger import Ledger
@@ -53,7 +54,8 @@ class BudgetService:
         self.directory = Directory(pool)
         self.ledger = Ledger(pool, self.directory, ttl=lease_ttl, grace=lease_grace)
         self.recorder = Recorder(pool, self.prices)
-        self.consumer = UsageConsumer(bus, self.record, registry)
+        self.batches = BatchRecorder(self.recorder)
+        self.consumer = UsageConsumer(bus, self.record, registry, batch_handler=self.record_batch)
         self.retention_deleted = Counter(
             "aigw_budget_retention_deleted_total", "Interceptions deleted by retention", registry=registry
         )
@@ -96,6 +98,14 @@ class BudgetService:
         if applied.budgets:
             self.mark_dirty(applied.budgets)
         return applied
+
+    async def record_batch(self, events: list[AnyUsageEvent]) -> list[Applied | AigwError]:
+        res = await self.batches.apply_batch(events)
+        if res.unpriced:
+            self.unpriced.inc(res.unpriced)
+        if res.budgets:
+            self.mark_dirty(list(res.budgets))
+        return res.outcomes
 
     def mark_dirty(self, keys: list[BudgetKey]) -> None:
         self._dirty.update(keys)
