@@ -222,7 +222,7 @@ async def security_headers(request: web.Request, handler: Callable[[web.Request]
         h = resp.headers
         h.setdefault("Content-Security-Policy", _CSP)
         h.setdefault("X-Content-Type-Options", "nosniff")
-        h.setdefault("Referrer-Policy", "no-referrer")
+        h.setdefault("Referrer-Policy", "same-origin")  # "no-referrer" would make Chromium send Origin: null on our own form posts
         h.setdefault("X-Frame-Options", "DENY")
         h.setdefault("Cache-Control", "no-store")
     return resp

@@ -558,6 +558,12 @@
       h("div", { class: "cols" }, h("div", {}, h("h2", {}, "Top users"), topTable(byUser.rows, "users", "user")), h("div", {}, h("h2", {}, "Top models"), topTable(byModel.rows, "models", "model"))));
   }
 
+  // Axis labels with as many decimals as the scale needs ($0.0012, not $0.00).
+  function axisMoney(v, max) {
+    const digits = Math.min(6, Math.max(2, Math.ceil(-Math.log10(max / 1e6)) + 1));
+    return "$" + (v / 1e6).toFixed(digits);
+  }
+
   function chart(days, stacks, value, metric) {
     const W = 960, H = 260, L = 70, R = 10, T = 10, Bm = 40;
     const totals = days.map((d) => stacks.reduce((a, st) => a + value(st.byDay[d] || { spend_micros: 0, input_tokens: 0, output_tokens: 0, cache_read_tokens: 0, cache_write_tokens: 0 }), 0));
@@ -568,7 +574,7 @@
       const y = T + ((H - T - Bm) * i) / 4;
       const v = max * (1 - i / 4);
       svg.append(s("line", { x1: L, x2: W - R, y1: y, y2: y, stroke: "#e3e5e8" }),
-        s("text", { x: L - 6, y: y + 4, "text-anchor": "end", "font-size": 11, fill: "#6b7280" }, metric === "spend" ? money(v).replace(/(\.\d\d)\d+/, "$1") : num(Math.round(v))));
+        s("text", { x: L - 6, y: y + 4, "text-anchor": "end", "font-size": 11, fill: "#6b7280" }, metric === "spend" ? axisMoney(v, max) : num(Math.round(v))));
     }
     days.forEach((d, i) => {
       let y = H - Bm;
