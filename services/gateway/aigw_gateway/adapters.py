@@ -7,18 +7,17 @@ format (OpenAI or Anthropic).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
-from urllib.parse import quote
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiMapping
+from yarl import URL
 
 from aigw_common.durations import parse_duration
 from aigw_common.errors import AigwError
 
-from . import bedrock
+from . import bedrock, paths
 from .errors import Api
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ class Outgoing:
     """An upstream request as the proxy will send it."""
 
     method: str
-    url: str
+    url: URL  # built from parsed parts (paths.build), sent as is
     headers: CIMultiDict[str]
     body: bytes
     context: object = None  # what an adapter's prepare() learned, for its response_filter() (Bedrock: the plan)
@@ -98,11 +97,16 @@ class Adapter:
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         raise NotImplementedError
 
-    def passthrough(self, method: str, path: str) -> bool:
-        raise NotImplementedError
+    passthrough_routes: tuple[Route, ...] = ()
 
-    def upstream_url(self, provider: Provider, path: str, query: str) -> str:
-        raise NotImplementedError
+    def passthrough(self, method: str, path: str) -> bool:
+        """Whether ``method path`` is on this type's pass-through allowlist (``path`` passed paths.refusal)."""
+        segs = paths.segments(path)
+        return any(r.match(method, segs) for r in self.passthrough_routes)
+
+    def upstream_url(self, provider: Provider, path: str, query: MultiMapping[str]) -> URL:
+        """The upstream URL of a client route: ``path``'s segments under the provider's base URL."""
+        return paths.build(provider.base, paths.segments(path), query)
 
     def set_credential(self, headers: CIMultiDict[str], credential: str) -> None:
         raise NotImplementedError
@@ -116,11 +120,53 @@ class Adapter:
         return out
 
 
-def _with_query(url: str, query: str) -> str:
-    return f"{url}?{query}" if query else url
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One pass-through route: methods and path segments, ``{id}`` standing for one id segment
+    (``[A-Za-z0-9_.:-]+``, never ``.`` or ``..``)."""
+
+    methods: frozenset[str]
+    parts: tuple[str, ...]
+
+    def match(self, method: str, segs: list[str]) -> bool:
+        if method not in self.methods or len(segs) != len(self.parts):
+            return False
+        for want, seg in zip(self.parts, segs, strict=True):
+            if want == "{id}":
+                if seg in (".", "..") or not paths.ID_SEGMENT.fullmatch(seg):
+                    return False
+            elif want != seg:
+                return False
+        return True
 
 
-_OPENAI_PASSTHROUGH = re.compile(r"^/v1/(models(/[^/]+)?|responses/.+|conversations(/.*)?)$")
+def routes(*spec: str) -> tuple[Route, ...]:
+    """``routes("GET|DELETE /v1/responses/{id}", …)`` → the allowlist."""
+    out = []
+    for line in spec:
+        methods, _, path = line.partition(" ")
+        out.append(Route(frozenset(methods.split("|")), tuple(paths.segments(path))))
+    return tuple(out)
+
+
+# As OpenAI's API reference lists them (models, stored responses, conversations and their items).
+OPENAI_PASSTHROUGH = routes(
+    "GET /v1/models",
+    "GET /v1/models/{id}",
+    "GET|DELETE /v1/responses/{id}",
+    "GET /v1/responses/{id}/input_items",
+    "POST /v1/responses/{id}/cancel",
+    "POST /v1/conversations",
+    "GET|POST|DELETE /v1/conversations/{id}",
+    "GET|POST /v1/conversations/{id}/items",
+    "GET|DELETE /v1/conversations/{id}/items/{id}",
+)
+# Anthropic (and Bedrock, which maps these onto its own API).
+ANTHROPIC_PASSTHROUGH = routes(
+    "GET /v1/models",
+    "GET /v1/models/{id}",
+    "POST /v1/messages/count_tokens",
+)
 
 
 class OpenAIAdapter(Adapter):
@@ -137,17 +183,13 @@ class OpenAIAdapter(Adapter):
                 return "responses"
         return None
 
-    def passthrough(self, method: str, path: str) -> bool:
-        m = _OPENAI_PASSTHROUGH.match(path)
-        if not m:
-            return False
-        if path.startswith("/v1/models"):
-            return method == "GET"
-        return True
+    passthrough_routes = OPENAI_PASSTHROUGH
 
-    def upstream_url(self, provider: Provider, path: str, query: str) -> str:
-        rest = path[3:] if path.startswith("/v1/") else path
-        return _with_query(provider.base_url + rest, query)
+    def upstream_url(self, provider: Provider, path: str, query: MultiMapping[str]) -> URL:
+        segs = paths.segments(path)
+        if self.route_prefix and segs[:1] == [self.route_prefix[1:]]:
+            segs = segs[1:]  # the base URL includes /v1
+        return paths.build(provider.base, segs, query)
 
     def set_credential(self, headers: CIMultiDict[str], credential: str) -> None:
         headers["Authorization"] = f"Bearer {credential}"
@@ -160,24 +202,15 @@ class OpenAIAdapter(Adapter):
         return None
 
 
-_ANTHROPIC_MODELS = re.compile(r"^/v1/models(/[^/]+)?$")
-
-
 class AnthropicAdapter(Adapter):
     """Anthropic Messages: the base URL does not include ``/v1``."""
 
     api: Api = "anthropic"
 
+    passthrough_routes = ANTHROPIC_PASSTHROUGH
+
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         return "messages" if method == "POST" and path == "/v1/messages" else None
-
-    def passthrough(self, method: str, path: str) -> bool:
-        if method == "GET" and _ANTHROPIC_MODELS.match(path):
-            return True
-        return method == "POST" and path == "/v1/messages/count_tokens"
-
-    def upstream_url(self, provider: Provider, path: str, query: str) -> str:
-        return _with_query(provider.base_url + path, query)
 
     def set_credential(self, headers: CIMultiDict[str], credential: str) -> None:
         headers.popall("Authorization", None)
@@ -201,7 +234,17 @@ class CompatAdapter(OpenAIAdapter):
     keyless = True
 
 
-_COPILOT_PASSTHROUGH = re.compile(r"^/(models(/[^/]+)?|agents(/.*)?|mcp(/.*)?|\.well-known/.+)$")
+# Copilot's API has no /v1: models, extensions (agents) and its MCP endpoint (streamable HTTP: GET, POST, DELETE).
+COPILOT_PASSTHROUGH = routes(
+    "GET /models",
+    "GET /models/{id}",
+    "GET /agents",
+    "GET|POST /agents/{id}",
+    "GET|POST /agents/{id}/{id}",
+    "GET|POST|DELETE /mcp",
+    "GET|POST|DELETE /mcp/{id}",
+    "GET /.well-known/{id}",
+)
 
 
 class CopilotAdapter(OpenAIAdapter):
@@ -212,16 +255,7 @@ class CopilotAdapter(OpenAIAdapter):
 
     byok_only = True
     route_prefix = ""
-
-    def passthrough(self, method: str, path: str) -> bool:
-        if not _COPILOT_PASSTHROUGH.match(path):
-            return False
-        if path.startswith(("/models", "/.well-known/")):
-            return method == "GET"
-        return True
-
-    def upstream_url(self, provider: Provider, path: str, query: str) -> str:
-        return _with_query(provider.base_url + path, query)
+    passthrough_routes = COPILOT_PASSTHROUGH
 
 
 def _looks_like_jwt(token: str) -> bool:
@@ -236,11 +270,11 @@ class AzureAdapter(OpenAIAdapter):
     ``Authorization``; any other user credential goes out as ``api-key``.
     """
 
-    def upstream_url(self, provider: Provider, path: str, query: str) -> str:
+    def upstream_url(self, provider: Provider, path: str, query: MultiMapping[str]) -> URL:
         version = provider.settings.get("api_version")
-        if isinstance(version, str) and version and not any(
-                p.startswith("api-version=") for p in query.split("&")):
-            query = f"{query}&api-version={quote(version)}" if query else f"api-version={quote(version)}"
+        if isinstance(version, str) and version and "api-version" not in query:
+            query = MultiDict(query)
+            query["api-version"] = version
         return super().upstream_url(provider, path, query)
 
     def set_credential(self, headers: CIMultiDict[str], credential: str) -> None:
@@ -286,9 +320,6 @@ class BedrockAdapter(AnthropicAdapter):
         self._configs[provider.id] = (provider.settings, provider.base_url, cfg)
         return cfg
 
-    def upstream_url(self, provider: Provider, path: str, query: str) -> str:
-        return _with_query(provider.base_url + path, query)  # replaced by prepare(); kept for dumps
-
     def prepare(self, provider: Provider, endpoint: Endpoint | None, out: Outgoing) -> Outgoing:
         h = out.headers
         betas = h.getall("anthropic-beta", [])
@@ -296,19 +327,19 @@ class BedrockAdapter(AnthropicAdapter):
         if bearer is None and (a := h.get("Authorization", ""))[:7].lower() == "bearer ":
             bearer = a[7:].strip()
         try:
-            req = bedrock.plan(self.config(provider), out.method, _path_of(out.url, provider.base_url), out.body,
+            req = bedrock.plan(self.config(provider), out.method, _path_of(out.url, provider.base), out.body,
                                betas, bearer=bearer)
         except ValueError as e:
             raise AdapterRefusal(400, f"invalid request body: {e}") from None
         except bedrock.sigv4.CredentialsError as e:
             raise AdapterRefusal(502, f"provider {provider.name!r}: {e}") from None
         if req is None:
-            raise AdapterRefusal(404, f"{out.method} {_path_of(out.url, provider.base_url)} has no Bedrock equivalent")
+            raise AdapterRefusal(404, f"{out.method} {_path_of(out.url, provider.base)} has no Bedrock equivalent")
         for name in ("Authorization", "X-Api-Key", "Host", "Content-Type", "Accept", "anthropic-version",
                      "anthropic-beta"):
             h.popall(name, None)
         h.update(req.headers)
-        return Outgoing(req.method, str(req.url), h, req.body, req)
+        return Outgoing(req.method, req.url, h, req.body, req)
 
     def response_filter(self, provider: Provider, out: Outgoing, status: int,
                         headers: Mapping[str, str]) -> ResponseFilter | None:
@@ -318,8 +349,10 @@ class BedrockAdapter(AnthropicAdapter):
         return bedrock.response_filter(req.kind, req.stream, status, headers)
 
 
-def _path_of(url: str, base_url: str) -> str:
-    return url[len(base_url):].partition("?")[0] if url.startswith(base_url) else url
+def _path_of(url: URL, base: URL) -> str:
+    """The client route of a URL built by upstream_url (the base URL's path taken off)."""
+    prefix = base.path.rstrip("/")
+    return url.path[len(prefix):] if url.path.startswith(prefix + "/") else url.path
 
 
 _OPENAI = OpenAIAdapter()

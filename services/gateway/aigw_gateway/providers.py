@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from yarl import URL
 
 from aigw_common.aio import stop_task, wait_event
 from aigw_common.bus import Bus
@@ -40,6 +41,7 @@ class Provider:
     pool: KeyPool
     adapter: Adapter
     timeouts: Timeouts
+    base: URL  # base_url parsed once; upstream URLs are built from it (paths.build)
 
     def __repr__(self) -> str:
         return f"Provider(name={self.name!r}, type={self.type!r}, base_url={self.base_url!r}, keys={len(self.pool.keys)})"
@@ -92,7 +94,7 @@ def _build_provider(pc: ProviderConfig, adapter: Adapter, sealer: Sealer, pools:
     return Provider(
         id=pc.id, name=pc.name, type=pc.type, display_name=pc.display_name, base_url=pc.base_url.rstrip("/"),
         allow_byok=pc.allow_byok, settings=settings, pool=KeyPool(pc.id, keys), adapter=adapter,
-        timeouts=Timeouts.from_settings(settings),
+        timeouts=Timeouts.from_settings(settings), base=URL(pc.base_url.rstrip("/")),
     )
 
 

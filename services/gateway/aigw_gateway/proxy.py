@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from aigw_common.auth import IdentityCache
 from aigw_common.crypto import Sealer, mask_secret
@@ -36,7 +37,7 @@ from aigw_common.schemas import (
 )
 from aigw_common.settings import Settings
 
-from . import routing
+from . import paths, routing
 from .adapters import (
     Adapter,
     AdapterRefusal,
@@ -65,6 +66,8 @@ from .usage import (
 )
 
 log = logging.getLogger(__name__)
+
+MAX_MODEL_BYTES = 256
 
 # Never forwarded upstream: hop-by-hop, recomputed, our own, and client credentials (set per attempt).
 _DROP_REQUEST = frozenset(
@@ -173,6 +176,8 @@ class Gateway:
     # ------------------------------------------------------------ entry
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if (why := paths.refusal(request.raw_path)) is not None:
+            return self._bad_path(request, why)
         target = routing.split(request.path)
         if target is None:
             return error_response(guess_api(request.path), 404, f"no route for {request.path}")
@@ -191,6 +196,14 @@ class Gateway:
             return await self._bridged(request, provider, endpoint, target.path, caller, body)
         except Refused as r:
             return error_response(adapter.api, r.status, r.message, retry_after=r.retry_after)
+
+    def _bad_path(self, request: web.Request, why: str) -> web.Response:
+        """400 before routing, in the format of the provider the path names (when it names one)."""
+        target = routing.split(request.path)
+        provider = self.loader.current.by_name.get(target.provider) if target is not None else None
+        api = provider.adapter.api if provider is not None else guess_api(request.path)
+        log.info("refused a hostile path", extra={"reason": why, "method": request.method})
+        return error_response(api, 400, f"invalid request path: {why}")
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -244,7 +257,7 @@ class Gateway:
     # ------------------------------------------------------------ upstream attempts
 
     async def _send(
-        self, request: web.Request, provider: Provider, endpoint: Endpoint | None, url: str,
+        self, request: web.Request, provider: Provider, endpoint: Endpoint | None, url: URL,
         headers: CIMultiDict[str], body: bytes, caller: Caller,
     ) -> tuple[aiohttp.ClientResponse, PoolKey | None, ResponseFilter | None, Outgoing]:
         """Walk the key pool (or make the single BYOK attempt); return the response to relay and how the
@@ -272,8 +285,13 @@ class Gateway:
                 adapter.set_credential(h, key.secret)
             try:
                 out = adapter.prepare(provider, endpoint, Outgoing(request.method, url, h, body))
+                paths.check_under(out.url, provider.base)
             except AdapterRefusal as e:
                 raise Refused(e.status, e.message) from None
+            except paths.UnsafeUpstream as e:
+                log.warning("refused an upstream URL outside the provider's base path",
+                            extra={"provider": provider.name, "error": str(e)})
+                raise Refused(400, "the request would leave the provider's API path") from None
             try:
                 async with asyncio.timeout(t.connect + t.first_byte):  # no extra task per request, unlike wait_for
                     resp = await self.session.request(out.method, out.url, headers=out.headers, data=out.body,
@@ -304,11 +322,20 @@ class Gateway:
                           retry_after=soonest)
         raise Refused(502, f"every key of provider {provider.name!r} was rejected by the provider (revoked)")
 
+    @staticmethod
+    def _upstream_url(provider: Provider, path: str, request: web.Request) -> URL:
+        try:
+            return provider.adapter.upstream_url(provider, path, request.query)
+        except paths.UnsafeUpstream as e:
+            log.warning("refused an upstream URL outside the provider's base path",
+                        extra={"provider": provider.name, "error": str(e)})
+            raise Refused(400, "the request would leave the provider's API path") from None
+
     # ------------------------------------------------------------ pass-through
 
     async def _passthrough(self, request: web.Request, provider: Provider, path: str, caller: Caller,
                            body: bytes) -> web.StreamResponse:
-        url = provider.adapter.upstream_url(provider, path, request.query_string)
+        url = self._upstream_url(provider, path, request)
         resp, _key, filt, _sent = await self._send(request, provider, None, url, upstream_headers(request.headers), body,
                                             caller)
         try:
@@ -340,6 +367,8 @@ class Gateway:
             info = parse_request(endpoint, body)
         except ValueError as e:
             raise Refused(400, f"invalid request body: {e}") from None
+        if len(info.model.encode()) > MAX_MODEL_BYTES:  # breakers, metrics and records are keyed by it
+            raise Refused(400, f"model: longer than {MAX_MODEL_BYTES} bytes")
         # in memory when the lease has room; only a short lease waits (bounded) for a refill
         admission = await self.guard.acquire(caller.identity, provider.name, info.model, info)
         if not admission.allowed:
@@ -360,7 +389,7 @@ class Gateway:
         outcome = "error"
         status = 0
         try:
-            url = provider.adapter.upstream_url(provider, path, request.query_string)
+            url = self._upstream_url(provider, path, request)
             headers = upstream_headers(request.headers)
             try:
                 resp, key, filt, sent = await self._send(request, provider, endpoint, url, headers, body, caller)
