@@ -88,7 +88,8 @@ class Stack:
     async def member(self, name: str) -> tuple[str, str]:
         user = await self.owner.ok("POST", self.urls["registry"] + "/api/v2/users",
                                    {"username": name, "roles": ["member"]}, status=201)
-        tok = await self.owner.ok("POST", self.urls["registry"] + f"/api/v2/users/{user['id']}/tokens", {}, status=201)
+        tok = await self.owner.ok("POST", self.urls["registry"] + f"/api/v2/users/{user['id']}/tokens",
+                                  {"scope": "admin"}, status=201)
         return user["id"], tok["token"]
 
     async def chat(self, token: str, model_config_id: str) -> str:

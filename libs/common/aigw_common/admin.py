@@ -164,7 +164,11 @@ def _parser() -> argparse.ArgumentParser:
     c = t.add_parser("create")
     _user_opt(c)
     c.add_argument("--name", default="")
-    c.add_argument("--expires-at", help="RFC 3339 time, e.g. 2030-01-01T00:00:00Z")
+    c.add_argument("--scope", choices=["gateway", "admin"], default="gateway",
+                   help="gateway (default): LLM routes only; admin: also the admin APIs the user's roles allow")
+    exp = c.add_mutually_exclusive_group()
+    exp.add_argument("--expires-at", help="RFC 3339 time, e.g. 2030-01-01T00:00:00Z (default: 90 days from now)")
+    exp.add_argument("--no-expiry", action="store_true", help="a token that never expires (owners only)")
     r = t.add_parser("revoke")
     r.add_argument("token_id")
     _user_opt(r)
@@ -277,8 +281,10 @@ def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO) -> Any:
         if verb == "list":
             return reg.call("GET", base)
         if verb == "create":
-            body = {"name": args.name}
-            if args.expires_at:
+            body: dict[str, Any] = {"name": args.name, "scope": args.scope}
+            if args.no_expiry:
+                body["expires_at"] = None
+            elif args.expires_at:
                 body["expires_at"] = args.expires_at
             return reg.call("POST", base, body)
         if verb == "revoke":

@@ -29,6 +29,12 @@ ROLE_ADMIN = "admin"
 ROLE_MEMBER = "member"
 ROLES = (ROLE_OWNER, ROLE_ADMIN, ROLE_MEMBER)
 
+SCOPE_GATEWAY = "gateway"  # LLM routes only
+SCOPE_ADMIN = "admin"  # LLM routes and the control-plane routes the user's roles allow
+SCOPES = (SCOPE_GATEWAY, SCOPE_ADMIN)
+GATEWAY_SCOPE_REFUSED = ("this token has gateway scope (LLM routes only); the control-plane APIs need a token "
+                         "created with \"scope\": \"admin\"")
+
 
 def is_admin(identity: Identity) -> bool:
     return ROLE_OWNER in identity.roles or ROLE_ADMIN in identity.roles
@@ -85,9 +91,15 @@ class IdentityCache:
 
     def cached(self, token: str) -> Identity | None:
         e = self._entries.get(hash_token(token))
-        if e is not None and e.expires > time.monotonic():
+        if e is not None and self._fresh(e, time.monotonic()):
             return e.identity
         return None
+
+    @staticmethod
+    def _fresh(e: _Entry, now: float) -> bool:
+        """Still inside the cache TTL, and the token itself has not expired meanwhile."""
+        return e.expires > now and (e.identity is None or e.identity.expires_at is None
+                                    or e.identity.expires_at > time.time())
 
     async def verify(self, token: str) -> Identity | None:
         """Return the identity for ``token``, or None when unknown/revoked/expired. Raises BusError if the registry cannot be asked."""
@@ -95,7 +107,7 @@ class IdentityCache:
         now = time.monotonic()
         e = self._entries.get(h)
         if e is not None:
-            if e.expires > now and (e.identity is None or e.identity.expires_at is None or e.identity.expires_at > time.time()):
+            if self._fresh(e, now):
                 return e.identity
             del self._entries[h]
         reply = await self.bus.request(
@@ -109,8 +121,10 @@ class IdentityCache:
 
 
 async def authenticate(request: web.Request, cache: IdentityCache) -> Identity:
-    """Control-plane authentication for services other than the registry: 401 on a bad token, 503 if unverifiable."""
-    from .api import ApiError, unauthorized
+    """Control-plane authentication for services other than the registry: 401 on a bad token, 403 on a
+    gateway-scoped one, 503 if unverifiable. Every control-plane route goes through here (the registry's
+    own ``authenticate`` applies the same rule from its database)."""
+    from .api import ApiError, forbidden, unauthorized
 
     token = bearer_token(request)
     if not token:
@@ -122,7 +136,9 @@ async def authenticate(request: web.Request, cache: IdentityCache) -> Identity:
         raise ApiError(503, "identity service unavailable, try again", headers={"Retry-After": "1"}) from None
     if ident is None:
         raise unauthorized()
+    if ident.scope != SCOPE_ADMIN:
+        raise forbidden(GATEWAY_SCOPE_REFUSED)
     return ident
 
 
-__all__ = ["ROLES", "IdentityCache", "authenticate", "bearer_token", "is_admin", "is_owner", "same_token"]
+__all__ = ["ROLES", "SCOPES", "SCOPE_ADMIN", "SCOPE_GATEWAY", "IdentityCache", "authenticate", "bearer_token", "is_admin", "is_owner", "same_token"]

@@ -67,13 +67,19 @@ class UserProviderKey(msgspec.Struct, frozen=True, kw_only=True):
     sealed: str  # the user's stored credential, sealed for the bus
 
 
+TokenScope = Literal["gateway", "admin"]
+
+
 class Identity(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str
     username: str
     roles: list[str]
     group_ids: list[str] = []
     token_id: str
-    expires_at: float | None = None
+    # "gateway": LLM routes only; "admin": also the control-plane routes the roles allow. A reply without it
+    # (an older registry) is read as the lesser scope.
+    scope: TokenScope = "gateway"
+    expires_at: float | None = None  # epoch seconds; caches drop the identity once it has passed
     provider_keys: list[UserProviderKey] = []
 
 

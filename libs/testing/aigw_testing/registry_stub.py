@@ -39,6 +39,8 @@ class StubUser:
     token: str
     token_id: str
     provider_keys: dict[str, str] = field(default_factory=dict)  # provider name → clear key
+    scope: str = "admin"  # tests of the control-plane APIs call them with the user's token
+    expires_at: float | None = None
 
 
 class RegistryStub:
@@ -75,7 +77,8 @@ class RegistryStub:
                 keys.append(UserProviderKey(provider_id=p.id, provider_name=pname, hint=mask_secret(key),
                                             sealed=self.sealer.seal(key)))
         return AuthVerifyReply(identity=Identity(user_id=u.user_id, username=u.username, roles=u.roles,
-                                                 group_ids=u.group_ids, token_id=u.token_id, provider_keys=keys))
+                                                 group_ids=u.group_ids, token_id=u.token_id, provider_keys=keys,
+                                                 scope=u.scope, expires_at=u.expires_at))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ state
 
@@ -105,11 +108,11 @@ class RegistryStub:
 
     def add_user(self, *, roles: list[str] | None = None, group_ids: list[str] | None = None,
                  username: str | None = None, token: str | None = None,
-                 provider_keys: dict[str, str] | None = None) -> StubUser:
+                 provider_keys: dict[str, str] | None = None, scope: str = "admin") -> StubUser:
         n = next(self._ids)
         u = StubUser(user_id=f"user-{n}-{uuid.uuid4().hex[:6]}", username=username or f"user{n}", roles=roles or ["member"],
                      group_ids=group_ids or [], token=token or new_token(), token_id=f"tok-{n}",
-                     provider_keys=provider_keys or {})
+                     provider_keys=provider_keys or {}, scope=scope)
         self.users[hash_token(u.token)] = u
         return u
 

@@ -225,10 +225,11 @@ class System:
     def url(self, service: str, path: str) -> str:
         return self.urls[service] + path
 
-    async def member(self, username: str, roles: Sequence[str] = ("member",)) -> Member:
+    async def member(self, username: str, roles: Sequence[str] = ("member",), scope: str = "admin") -> Member:
+        """A new user with one token; admin scope unless asked, since most tests also call the admin APIs."""
         reg = self.urls["registry"]
         u = await self.owner.ok("POST", reg + "/api/v2/users", {"username": username, "roles": list(roles)})
-        t = await self.owner.ok("POST", reg + f"/api/v2/users/{u['id']}/tokens", {"name": "t"})
+        t = await self.owner.ok("POST", reg + f"/api/v2/users/{u['id']}/tokens", {"name": "t", "scope": scope})
         return Member(u["id"], username, t["token"], t["id"])
 
     def openai(self, token: str, gateway: str = "gateway", provider: str = "openai", **kw: Any):  # type: ignore[no-untyped-def]

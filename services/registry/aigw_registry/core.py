@@ -40,6 +40,7 @@ class Actor:
     username: str
     roles: tuple[str, ...]
     token_id: str | None = None
+    scope: str = "admin"  # the API refuses gateway-scoped tokens before an Actor is built
 
     @property
     def is_owner(self) -> bool:

@@ -24,7 +24,13 @@ from aigw_common.api import (
     read_json,
     unauthorized,
 )
-from aigw_common.auth import ROLE_OWNER, bearer_token, same_token
+from aigw_common.auth import (
+    GATEWAY_SCOPE_REFUSED,
+    ROLE_OWNER,
+    SCOPE_ADMIN,
+    bearer_token,
+    same_token,
+)
 from aigw_common.crypto import hash_token, mask_secret, new_token
 
 from . import validate as v
@@ -60,14 +66,16 @@ async def authenticate(reg: Registry, request: web.Request) -> Actor:
         raise unauthorized("missing token: send Authorization: Bearer <aigw token>")
     h = hash_token(token)
     row = await reg.pool.fetchrow(
-        "SELECT t.id, t.token_hash, u.id AS user_id, u.username, u.roles FROM registry.api_tokens t"
+        "SELECT t.id, t.token_hash, t.scope, u.id AS user_id, u.username, u.roles FROM registry.api_tokens t"
         " JOIN registry.users u ON u.id = t.user_id"
         " WHERE t.token_hash = $1 AND u.deleted_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())",
         h,
     )
     if row is None or not same_token(row["token_hash"], h):
         raise unauthorized()
-    return Actor(str(row["user_id"]), row["username"], tuple(row["roles"]), str(row["id"]))
+    if row["scope"] != SCOPE_ADMIN:  # every registry route is control plane
+        raise forbidden(GATEWAY_SCOPE_REFUSED)
+    return Actor(str(row["user_id"]), row["username"], tuple(row["roles"]), str(row["id"]), row["scope"])
 
 
 def is_self(actor: Actor, ref: str) -> bool:
@@ -240,19 +248,21 @@ async def delete_user(reg: Registry, request: web.Request, actor: Actor) -> web.
 
 
 def token_out(r: asyncpg.Record) -> TokenOut:
-    return TokenOut(id=str(r["id"]), user_id=str(r["user_id"]), name=r["name"], hint=r["hint"],
+    return TokenOut(id=str(r["id"]), user_id=str(r["user_id"]), name=r["name"], hint=r["hint"], scope=r["scope"],
                     created_at=r["created_at"], expires_at=r["expires_at"])
 
 
-_TOKEN_COLS = "id, user_id, name, hint, created_at, expires_at"
+_TOKEN_COLS = "id, user_id, name, hint, scope, created_at, expires_at"
+TOKEN_DEFAULT_LIFETIME = timedelta(days=90)
+TOKEN_MAX_LIFETIME = timedelta(days=36500)
 
 
 async def insert_token(conn: asyncpg.Connection, actor: Actor, user_id: str, token: str, name: str,
-                       expires_at: datetime | None, action: str = "token.create") -> asyncpg.Record:
+                       expires_at: datetime | None, scope: str, action: str = "token.create") -> asyncpg.Record:
     row = await conn.fetchrow(
-        f"INSERT INTO registry.api_tokens (id, user_id, name, token_hash, hint, expires_at)"
-        f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_TOKEN_COLS}",
-        new_id(), user_id, name, hash_token(token), mask_secret(token), expires_at)
+        f"INSERT INTO registry.api_tokens (id, user_id, name, token_hash, hint, expires_at, scope)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_TOKEN_COLS}",
+        new_id(), user_id, name, hash_token(token), mask_secret(token), expires_at, scope)
     await audit(conn, actor, action, "token", str(row["id"]), None, to_builtins(token_out(row)))
     return row
 
@@ -269,19 +279,25 @@ async def create_token(reg: Registry, request: web.Request, actor: Actor) -> web
     body = await read_json(request, TokenCreate)
     p = v.Problems()
     name = p.check(v.token_name, body.name) or ""
-    expires = body.expires_at
-    if expires is not None:
-        if expires.tzinfo is None:
-            expires = expires.replace(tzinfo=UTC)
-        if expires <= datetime.now(UTC):
+    now = datetime.now(UTC)
+    expires: datetime | None
+    if body.expires_at is msgspec.UNSET:
+        expires = now + TOKEN_DEFAULT_LIFETIME
+    elif body.expires_at is None:
+        if not actor.is_owner:
+            raise forbidden("only an owner may create a token that never expires; give expires_at a date")
+        expires = None
+    else:
+        expires = body.expires_at if body.expires_at.tzinfo else body.expires_at.replace(tzinfo=UTC)
+        if expires <= now:
             p.add("expires_at", "must be in the future")
-        elif expires > datetime.now(UTC) + timedelta(days=36500):
+        elif expires > now + TOKEN_MAX_LIFETIME:
             p.add("expires_at", "must be within 100 years")
     async with reg.transaction() as conn:
         user = await target_user(conn, request, actor, lock="FOR SHARE")
         p.raise_if_any()
         token = new_token()
-        row = await insert_token(conn, actor, str(user["id"]), token, name, expires)
+        row = await insert_token(conn, actor, str(user["id"]), token, name, expires, body.scope)
     t = token_out(row)
     return json_response(TokenCreated(**msgspec.structs.asdict(t), token=token), status=201)
 

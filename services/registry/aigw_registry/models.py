@@ -7,7 +7,7 @@ and generate ``/api/v2/openapi.json``, so the document cannot drift from the cod
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -153,9 +153,15 @@ class UserList(Out):
 # ------------------------------------------------------------------ tokens
 
 
+TokenScope = Literal["gateway", "admin"]
+
+
 class TokenCreate(Body):
     name: str = ""
-    expires_at: DateTime | None = None
+    # "gateway" (default): LLM routes only; "admin": also the control-plane APIs the user's roles allow
+    scope: TokenScope = "gateway"
+    # absent: 90 days from now; null: never (an owner's explicit choice only)
+    expires_at: DateTime | UnsetType | None = UNSET
 
 
 class TokenOut(Out):
@@ -163,6 +169,7 @@ class TokenOut(Out):
     user_id: str
     name: str
     hint: str
+    scope: TokenScope
     created_at: DateTime
     expires_at: DateTime | None
 

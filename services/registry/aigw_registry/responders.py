@@ -91,7 +91,7 @@ async def verify_token(reg: Registry, token_hash: str) -> Identity | None:
         return None
     async with reg.pool.acquire() as conn:
         row = await conn.fetchrow(
-            "SELECT t.id, t.token_hash, t.expires_at, u.id AS user_id, u.username, u.roles"
+            "SELECT t.id, t.token_hash, t.scope, t.expires_at, u.id AS user_id, u.username, u.roles"
             " FROM registry.api_tokens t JOIN registry.users u ON u.id = t.user_id"
             " WHERE t.token_hash = $1 AND u.deleted_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())",
             token_hash)
@@ -106,7 +106,7 @@ async def verify_token(reg: Registry, token_hash: str) -> Identity | None:
     uid = str(row["user_id"])
     return Identity(
         user_id=uid, username=row["username"], roles=list(row["roles"]),
-        group_ids=[str(g["group_id"]) for g in groups], token_id=str(row["id"]),
+        group_ids=[str(g["group_id"]) for g in groups], token_id=str(row["id"]), scope=row["scope"],
         expires_at=row["expires_at"].timestamp() if row["expires_at"] else None,
         provider_keys=[UserProviderKey(
             provider_id=str(k["provider_id"]), provider_name=k["name"], hint=k["hint"],

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import msgspec
 
-from aigw_common.auth import ROLE_OWNER
+from aigw_common.auth import ROLE_OWNER, SCOPE_ADMIN
 from aigw_common.crypto import hash_token
 from aigw_common.errors import ConfigError
 from aigw_common.settings import ProviderSeed
@@ -130,8 +130,16 @@ async def _seed_one(reg: Registry, conn: asyncpg.Connection, seed: ProviderSeed,
 
 
 async def _bootstrap_owner(conn: asyncpg.Connection, token: str) -> bool:
+    """Create the first owner with ``token`` (admin scope, no expiry: the operator chose it in config).
+
+    At most once per database: once an owner has existed the flag stays set, so a revoked bootstrap
+    token is never brought back by the next start.
+    """
+    if await conn.fetchval("SELECT bootstrapped FROM registry.state FOR UPDATE"):
+        return False
     if await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM registry.users WHERE deleted_at IS NULL AND $1 = ANY(roles))", ROLE_OWNER):
+        await conn.execute("UPDATE registry.state SET bootstrapped = true")
         return False
     if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM registry.api_tokens WHERE token_hash = $1)",
                            hash_token(token)):
@@ -143,7 +151,8 @@ async def _bootstrap_owner(conn: asyncpg.Connection, token: str) -> bool:
         n += 1
         username = f"owner-{n}"
     user = await insert_user(conn, SYSTEM, username, None, [ROLE_OWNER], action="user.bootstrap")
-    await insert_token(conn, SYSTEM, user.id, token, "bootstrap", None, action="token.bootstrap")
+    await insert_token(conn, SYSTEM, user.id, token, "bootstrap", None, SCOPE_ADMIN, action="token.bootstrap")
+    await conn.execute("UPDATE registry.state SET bootstrapped = true")
     log.info("created the bootstrap owner", extra={"username": username})
     return True
 

@@ -69,10 +69,10 @@ class Client:
         assert r.status == expected, f"{method} {path}: {r}"
         return r.body
 
-    async def new_user(self, username: str, roles: list[str]) -> tuple[dict[str, Any], str]:
-        """Create a user and a token for them; returns (user, token)."""
+    async def new_user(self, username: str, roles: list[str], scope: str = "admin") -> tuple[dict[str, Any], str]:
+        """Create a user and a token for them (admin scope unless asked: most tests call the admin APIs)."""
         user = await self.ok("POST", "/api/v2/users", {"username": username, "roles": roles})
-        tok = await self.ok("POST", f"/api/v2/users/{user['id']}/tokens", {"name": "t"})
+        tok = await self.ok("POST", f"/api/v2/users/{user['id']}/tokens", {"name": "t", "scope": scope})
         return user, tok["token"]
 
 

@@ -43,7 +43,7 @@ async def test_admin_commands(registry, tmp_path) -> None:  # type: ignore[no-un
     u = await ok("users", "create", "ivy", "--role", "admin", "--email", "ivy@example.com")
     assert u["roles"] == ["admin"]
     assert (await ok("users", "update", "ivy", "--role", "member"))["roles"] == ["member"]
-    t = await ok("tokens", "create", "--user", "ivy", "--name", "ci")
+    t = await ok("tokens", "create", "--user", "ivy", "--name", "ci", "--scope", "admin")
     assert t["token"].startswith("aigw_")
     assert [x["name"] for x in (await ok("tokens", "list", "--user", "ivy"))["tokens"]] == ["ci"]
     rc, me, _ = await run(url, "users", "get", "me", token=t["token"])

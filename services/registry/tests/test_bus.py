@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 from nats.aio.msg import Msg
@@ -93,7 +94,8 @@ async def test_snapshot_and_verify_over_nats(registry, client, bus) -> None:  # 
                               AuthVerifyReply, timeout=5)
     ident = reply.identity
     assert ident is not None and ident.user_id == user["id"] and ident.username == "gina"
-    assert ident.roles == ["member"] and ident.group_ids == [g["id"]] and ident.expires_at is None
+    assert ident.roles == ["member"] and ident.group_ids == [g["id"]] and ident.scope == "admin"
+    assert ident.expires_at is not None and 89 * 86400 < ident.expires_at - time.time() <= 90 * 86400
     assert [(k.provider_name, k.hint, opener.open(k.sealed)) for k in ident.provider_keys] == [
         ("oai", "sk-…0003", "sk-gina-own-key-0003")]
     for bad in (hash_token("aigw_nope"), "not-a-hash", ""):

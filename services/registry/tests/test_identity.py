@@ -20,7 +20,7 @@ async def test_user_token_lifecycle(client, registry) -> None:  # type: ignore[n
     assert (await client.post(U, {"username": "BOB.SMITH"})).status == 409
     assert [u["username"] for u in (await client.ok("GET", U))["users"]] == ["Bob.Smith", "owner"]
 
-    tok = await client.ok("POST", f"{U}/{bob['id']}/tokens", {"name": "laptop",
+    tok = await client.ok("POST", f"{U}/{bob['id']}/tokens", {"name": "laptop", "scope": "admin",
                           "expires_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()})
     assert tok["token"].startswith("aigw_") and tok["name"] == "laptop" and tok["expires_at"]
     b = client.as_(tok["token"])
@@ -94,7 +94,7 @@ async def test_last_owner_and_owner_protection(client) -> None:  # type: ignore[
     assert (await a.patch(f"{U}/adm", {"roles": ["owner"]})).status == 403
     o2 = await client.ok("POST", U, {"username": "o2", "roles": ["owner"]})
     # two owners demoting each other at once: one of them must stay
-    t2 = (await client.ok("POST", f"{U}/o2/tokens", {}))["token"]
+    t2 = (await client.ok("POST", f"{U}/o2/tokens", {"scope": "admin"}))["token"]
     rs = await asyncio.gather(client.patch(f"{U}/o2", {"roles": ["member"]}),
                               client.as_(t2).patch(f"{U}/owner", {"roles": ["member"]}))
     assert sorted(r.status for r in rs) in ([200, 409], [200, 401], [200, 403])
