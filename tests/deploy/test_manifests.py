@@ -223,6 +223,18 @@ def test_prometheus_scrapes_every_service(compose: Obj) -> None:
 # ---------------------------------------------------------------- kustomize base
 
 
+def test_compose_console_gets_no_secret(compose: Obj) -> None:
+    c = compose["services"]["console"]
+    assert c["command"] == ["console"] and c["image"] == compose["services"]["gateway"]["image"]
+    assert "env_file" not in c, "the console holds no secret: no deploy/.env"
+    assert not any(_is_secret_name(k) for k in c["environment"]), c["environment"]
+    for svc in ("registry", "keypool", "budget", "chatd"):
+        assert c["environment"][f"AIGW_{svc.upper()}_URL"] == f"http://{svc}:{PORTS[svc]}"
+    assert "127.0.0.1:8085/readyz" in " ".join(c["healthcheck"]["test"])
+    assert c["depends_on"]["registry"]["condition"] == "service_healthy"
+    assert c.get("read_only") is True and "ALL" in c.get("cap_drop", [])
+
+
 def test_python_renderer_matches_kustomize() -> None:
     if kustomize_command() is None:
         pytest.skip("neither kustomize nor kubectl on PATH: the tests use the Python renderer")
@@ -280,7 +292,7 @@ def test_every_service_has_a_deployment_with_probes_resources_and_nonroot(k8s_ob
 
 def test_every_container_is_nonroot_with_resources(k8s_objects: list[Obj]) -> None:
     workloads = [o for o in k8s_objects if o["kind"] in ("Deployment", "StatefulSet")]
-    assert len(workloads) == len(SERVICES) + 1  # + NATS
+    assert len(workloads) == len(SERVICES) + 2  # + NATS + the console
     for w in workloads:
         pod = w["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, w["metadata"]["name"]
@@ -288,6 +300,24 @@ def test_every_container_is_nonroot_with_resources(k8s_objects: list[Obj]) -> No
         for c in containers(w):
             assert c["resources"]["requests"] and c["resources"]["limits"], c["name"]
             assert "readinessProbe" in c and "livenessProbe" in c
+
+
+def test_console_deployment_holds_no_secret_and_reaches_the_control_plane(k8s_objects: list[Obj]) -> None:
+    config = find(k8s_objects, "ConfigMap", "aigw-config")["data"]
+    assert config["AIGW_CONSOLE_ADDR"] == "0.0.0.0:8085"
+    for svc in ("registry", "keypool", "budget", "chatd"):
+        assert config[f"AIGW_{svc.upper()}_URL"] == f"http://aigw-{svc}:{PORTS[svc]}"
+    d = find(k8s_objects, "Deployment", "aigw-console")
+    pod = d["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"] == ["console"] and {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8085}
+    assert [e["configMapRef"]["name"] for e in c["envFrom"]] == ["aigw-config"], "no aigw-secrets"
+    assert "env" not in c and "aigw.io/nats-client" not in d["spec"]["template"]["metadata"]["labels"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    svc = find(k8s_objects, "Service", "aigw-console")
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8085, "targetPort": "http"}]
+    pol = find(k8s_objects, "NetworkPolicy", "aigw-control-plane-ingress")["spec"]
+    assert "console" in pol["podSelector"]["matchExpressions"][0]["values"]
 
 
 def test_gateway_has_pdb_and_hpa(k8s_objects: list[Obj]) -> None:
@@ -307,7 +337,7 @@ def test_servicemonitor_selects_every_service(k8s_objects: list[Obj]) -> None:
     sel = sm["spec"]["selector"]["matchLabels"]
     selected = {o["metadata"]["name"] for o in k8s_objects
                 if o["kind"] == "Service" and sel.items() <= o["metadata"].get("labels", {}).items()}
-    assert selected == {f"aigw-{s}" for s in SERVICES}
+    assert selected == {f"aigw-{s}" for s in (*SERVICES, "console")}
     assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
 
 
