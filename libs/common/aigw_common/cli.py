@@ -7,11 +7,14 @@ import asyncio
 import importlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
 
 from .errors import AigwError, ConfigError
 from .logging import setup_logging
 from .settings import SERVICES, Settings
+
+_T = TypeVar("_T")
 
 
 def load_service(name: str):  # type: ignore[no-untyped-def]
@@ -35,7 +38,7 @@ def available_services() -> list[str]:
     return out
 
 
-async def run_one(name: str, settings: Settings) -> None:
+async def run_one(name: str, settings: Settings, *, reuse_port: bool = False) -> None:
     from . import tracing
     from .service import serve
 
@@ -43,7 +46,28 @@ async def run_one(name: str, settings: Settings) -> None:
     mod = load_service(name)
     app = mod.create_app(settings)
     addr = settings.addrs[name]
-    await serve(app, addr.host, addr.port, grace=settings.shutdown_grace)
+    await serve(app, addr.host, addr.port, grace=settings.shutdown_grace, reuse_port=reuse_port)
+
+
+def run_loop(main: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run`` on uvloop when it is installed (production), else on the standard loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def run_service(name: str, settings: Settings, *, reuse_port: bool = False) -> int:
+    """Serve one service in this process until SIGTERM/SIGINT; returns the exit code."""
+    try:
+        run_loop(run_one(name, settings, reuse_port=reuse_port))
+        return 0
+    except AigwError as e:
+        print(f"aigw {name}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 async def run_migrations(settings: Settings) -> list[str]:
@@ -89,12 +113,15 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
 
         return dev_main(args.dir, env)
     setup_logging(args.cmd, fmt=settings.log_format, level=settings.log_level)
+    if args.cmd == "gateway" and settings.gateway_workers > 1:
+        from .workers import supervise
+
+        return asyncio.run(supervise(args.cmd, settings, env, settings.gateway_workers))
+    if args.cmd != "migrate":
+        return run_service(args.cmd, settings)
     try:
-        if args.cmd == "migrate":
-            applied = asyncio.run(run_migrations(settings))
-            print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
-            return 0
-        asyncio.run(run_one(args.cmd, settings))
+        applied = asyncio.run(run_migrations(settings))
+        print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
         return 0
     except AigwError as e:
         print(f"aigw {args.cmd}: {e}", file=sys.stderr)

@@ -81,13 +81,16 @@ def base_app(
 
 
 async def serve(app: web.Application, host: str, port: int, *, grace: float = 20.0,
-                stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop``), then shut down in order."""
+                stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``), then shut down in order.
+
+    ``reuse_port``: several worker processes bind the same address (``AIGW_GATEWAY_WORKERS``).
+    """
     state = app[STATE]
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace,
                            handler_cancellation=app.get(HANDLER_CANCELLATION, False))
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024)
     await site.start()
     log.info("listening", extra={"service": state.name, "addr": f"{host}:{port}"})
     stop = stop or asyncio.Event()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ _SCALARS = frozenset(
         "AIGW_DATABASE_URL",
         "AIGW_NATS_URL",
         "AIGW_JS_REPLICAS",
+        "AIGW_GATEWAY_WORKERS",
         "AIGW_ENCRYPTION_KEYS",
         "AIGW_BOOTSTRAP_TOKEN",
         "AIGW_GATEWAY_URL",
@@ -152,6 +154,7 @@ class Settings:
     database_url: str | None = None
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     js_replicas: int = 1  # replicas of every stream and bucket aigw creates (3 on a 3-node cluster)
+    gateway_workers: int = 1  # gateway processes sharing the port (SO_REUSEPORT) under one supervisor
     encryption_keys: tuple[bytes, ...] = ()
     bootstrap_token: str | None = None
     addrs: Mapping[str, ListenAddr] = field(
@@ -427,6 +430,14 @@ def _parse(env: Mapping[str, str]) -> Settings:
         if not urls:
             raise ConfigError("AIGW_NATS_URL is set but holds no URL")
         kw["nats_urls"] = urls
+    if v := get("AIGW_GATEWAY_WORKERS"):
+        if v.strip().lower() == "auto":
+            kw["gateway_workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+                os.cpu_count() or 1)
+        else:
+            kw["gateway_workers"] = _int("AIGW_GATEWAY_WORKERS", v, minimum=1)
+            if kw["gateway_workers"] > 256:
+                raise ConfigError(f"AIGW_GATEWAY_WORKERS={v!r}: at most 256 (or auto = one per core)")
     if v := get("AIGW_JS_REPLICAS"):
         replicas = _int("AIGW_JS_REPLICAS", v, minimum=1)
         if replicas > 5:

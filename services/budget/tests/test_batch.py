@@ -42,19 +42,15 @@ def history(rng: random.Random, p: str, at0: float) -> list[AnyUsageEvent]:
     """A shuffled, partly replayed history of 25 interceptions, every id prefixed with ``p``."""
     out: list[AnyUsageEvent] = []
     for n in range(25):
-        iid, seq = f"{p}i{n}", 0
+        iid = f"{p}i{n}"
         evs: list[AnyUsageEvent] = []
-
-        def eid() -> str:
-            nonlocal seq
-            seq += 1
-            return f"{iid}e{seq}"
+        ids = iter([f"{iid}e{k}" for k in range(1, 64)])
 
         has_started = rng.random() < 0.85
         if has_started:
             groups = [f"{p}g{rng.randrange(3)}" for _ in range(rng.randrange(3))]
             evs.append(InterceptionStarted(
-                event_id=eid(), interception_id=iid, at=at0 + n, user_id=f"{p}u{rng.randrange(4)}" if rng.random() < 0.9
+                event_id=next(ids), interception_id=iid, at=at0 + n, user_id=f"{p}u{rng.randrange(4)}" if rng.random() < 0.9
                 else None, group_ids=groups, provider_id="p1", provider_name="openai", provider_type="openai",
                 endpoint="chat_completions", model=rng.choice(["m1", "m2", "mystery", ""]), gateway_id=f"{p}gw",
                 metadata={"k": str(n)}, reservation_micros=rng.randrange(1000), key_id=f"k{n % 3}"))
@@ -63,17 +59,17 @@ def history(rng: random.Random, p: str, at0: float) -> list[AnyUsageEvent]:
             counts = TokenCounts(input_tokens=rng.randrange(5000), output_tokens=rng.randrange(2000),
                                  cache_read_tokens=rng.randrange(3000), cache_write_tokens=rng.randrange(100),
                                  reasoning_tokens=rng.randrange(50))
-            evs.append(TokenUsage(event_id=eid(), interception_id=iid, at=at0 + n + rng.random(), model=model,
+            evs.append(TokenUsage(event_id=next(ids), interception_id=iid, at=at0 + n + rng.random(), model=model,
                                   tokens=counts))
         for _ in range(rng.randrange(3)):
-            evs.append(PromptRecorded(event_id=eid(), interception_id=iid, at=at0 + n + rng.choice([0.0, 0.5, 0.5]),
+            evs.append(PromptRecorded(event_id=next(ids), interception_id=iid, at=at0 + n + rng.choice([0.0, 0.5, 0.5]),
                                       prompt=f"prompt {rng.randrange(100)}"))
         for _ in range(rng.randrange(3)):
-            evs.append(ToolUsage(event_id=eid(), interception_id=iid, at=at0 + n + 0.2, name=f"tool{rng.randrange(3)}",
-                                 call_id=f"c{seq}", arguments='{"x": 1}', injected=rng.random() < 0.3,
+            evs.append(ToolUsage(event_id=next(ids), interception_id=iid, at=at0 + n + 0.2, name=f"tool{rng.randrange(3)}",
+                                 call_id=f"c{rng.randrange(10**6)}", arguments='{"x": 1}', injected=rng.random() < 0.3,
                                  error=rng.choice([None, "boom"])))
         if rng.random() < 0.9:
-            evs.append(InterceptionEnded(event_id=eid(), interception_id=iid, at=at0 + n + 1,
+            evs.append(InterceptionEnded(event_id=next(ids), interception_id=iid, at=at0 + n + 1,
                                          status=rng.choice(["ok", "error", "cancelled"]), status_code=200,
                                          duration_ms=rng.randrange(5000)))
         out.extend(evs)
