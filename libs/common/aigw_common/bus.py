@@ -23,6 +23,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import (
     ConnectionClosedError,
+    MaxPayloadError,
     NoRespondersError,
     NoServersError,
     OutboundBufferLimitError,
@@ -30,14 +31,15 @@ from nats.errors import (
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from . import tracing
 from .aio import stop_task
-from .errors import BusError, DecodeError
+from .errors import BusError, DecodeError, PayloadTooLarge
 from .schemas import Message
 
 log = logging.getLogger(__name__)
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
 T = TypeVar("T", bound=msgspec.Struct)
 # How long JetStream remembers a usage event id: a gateway replaying its spool after a long outage must
 # still find the ids it published before, so the replay cannot record anything twice.
@@ -182,6 +184,13 @@ class Bus:
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts (its INFO ``max_payload``; NATS' 1 MiB default before the
+        first connect). Headers count against it too: leave them room."""
+        nc = self.nc
+        return nc.max_payload if nc is not None else DEFAULT_MAX_PAYLOAD
+
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
@@ -288,6 +297,8 @@ class Bus:
             raise BusError("NATS is disconnected")
         try:
             await nc.publish(subject, encode(msg), headers=self._headers(headers))
+        except MaxPayloadError as e:
+            raise PayloadTooLarge(f"publish to {subject}: message larger than the server's max_payload") from e
         except (ConnectionClosedError, OutboundBufferLimitError) as e:
             raise BusError(f"publish to {subject} failed: {e}") from e
 
@@ -299,6 +310,8 @@ class Bus:
             raise BusError("NATS is disconnected")
         try:
             await nc.publish(subject, data, reply=reply, headers=self._headers(headers))
+        except MaxPayloadError as e:
+            raise PayloadTooLarge(f"publish to {subject}: {len(data)} bytes exceed the server's max_payload") from e
         except (ConnectionClosedError, OutboundBufferLimitError) as e:
             raise BusError(f"publish to {subject} failed: {e}") from e
 
@@ -423,13 +436,21 @@ class Bus:
         h = self._headers(headers) or {}
         if msg_id:
             h["Nats-Msg-Id"] = msg_id
+        payload = data if data is not None else encode(msg)
         try:
-            await self.js.publish(subject, data if data is not None else encode(msg), timeout=timeout, headers=h)
+            await self.js.publish(subject, payload, timeout=timeout, headers=h)
         except (NatsTimeout, TimeoutError) as e:
             raise BusError(f"jetstream publish to {subject} timed out") from e
-        except NoRespondersError as e:
-            raise BusError(f"no stream for {subject}") from e
-        except (ConnectionClosedError, OutboundBufferLimitError) as e:
+        except (NoRespondersError, NoStreamResponseError) as e:  # nats-py raises the latter when no stream listens
+            raise NoStream(f"no stream for {subject}") from e
+        except MaxPayloadError as e:
+            raise PayloadTooLarge(f"jetstream publish to {subject}: {len(payload)} bytes exceed max_payload") from e
+        except APIError as e:
+            # the stream answered with an error: 5xx and "not found" may pass (a stream being created, a leader
+            # election); anything else (a message the stream refuses by size or rule) never will
+            retry = (e.code or 0) >= 500 or e.code == 404
+            raise BusError(f"jetstream publish to {subject} refused: {e.description or e}", retryable=retry) from e
+        except nats.errors.Error as e:  # connection closed, draining, reconnecting, outbound buffer full…
             raise BusError(f"jetstream publish to {subject} failed: {e}") from e
 
 
@@ -444,6 +465,10 @@ def _stream_differs(have: StreamConfig, want: StreamConfig) -> bool:
         or (have.max_bytes if have.max_bytes is not None else -1) != want.max_bytes
         or (have.num_replicas or 1) != want.num_replicas
     )
+
+
+class NoStream(BusError):
+    """No JetStream stream takes the subject (deleted, or not created yet): ensure it, then retry."""
 
 
 def now() -> float:

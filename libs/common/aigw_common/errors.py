@@ -30,6 +30,12 @@ class BusError(AigwError):
     retryable = True
 
 
+class PayloadTooLarge(BusError):
+    """A message is larger than the NATS server's ``max_payload``: sending it again will never work."""
+
+    retryable = False
+
+
 class DecodeError(AigwError):
     """A message could not be decoded into its schema: poison, never retried."""
 
