@@ -237,3 +237,29 @@ async def test_deleting_a_user_drops_their_skills(stack: Stack) -> None:
     while (await s.owner.ok("GET", s.urls["chatd"] + f"/api/experimental/users/{frank_id}/skills"))["skills"]:
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.1)
+
+
+async def test_a_message_at_chatd_size_limit_is_answered_and_recorded_and_recording_goes_on(stack: Stack) -> None:
+    """chatd accepts 1 MiB messages, more than NATS' default max_payload: the chat fan-out and the gateway's usage
+    events must cope (the fan-out skips the event it cannot carry; the recorded prompt is cut and flagged)."""
+    _uid, token = await stack.member("bigtalker")
+    chat_id = await stack.chat(token, await _model_config(stack))
+    api = stack.api(token)
+    url = f"{stack.urls['chatd']}/api/experimental/chats/{chat_id}"
+    big = "ß" * (1024 * 1024 // 2)  # exactly 1 MiB of UTF-8
+    for n, content in enumerate((big, "and a small one"), start=1):
+        await api.ok("POST", url + "/messages", {"content": content}, status=202)
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:  # polled, not streamed: an SSE line of 1 MiB is more than the test client reads in one line
+            chat = await api.ok("GET", url)
+            if chat["status"] != "running" and len([m for m in chat["messages"] if m["role"] == "assistant"]) == n:
+                break
+            assert asyncio.get_running_loop().time() < deadline, chat["status"]
+            await asyncio.sleep(0.1)
+        assert chat["status"] == "idle" and chat["last_error"] is None
+    got = await stack.interceptions(chat_id, 2)  # the two turns (and chatd's summary calls, also recorded)
+    assert all(i["status"] == "ok" for i in got)
+    [cut] = [i for i in got if i["prompt"] and big.startswith(i["prompt"])]
+    assert cut["prompt_truncated"] and len(cut["prompt"].encode()) <= 65536
+    [small] = [i for i in got if i["prompt"] == "and a small one"]
+    assert not small["prompt_truncated"]

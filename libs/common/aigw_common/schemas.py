@@ -165,6 +165,9 @@ class UsageEvent(Message, kw_only=True):
     event_id: str
     interception_id: str
     at: float
+    # Some text of this event was cut to fit (AIGW_RECORD_PROMPT_BYTES for prompts and tool arguments, the
+    # server's max_payload for any field): what is recorded is a prefix, cut on a UTF-8 boundary.
+    truncated: bool = False
 
 
 class InterceptionStarted(UsageEvent, kw_only=True, tag="usage.started"):

@@ -66,6 +66,8 @@ _SCALARS = frozenset(
         "AIGW_CHATD_SERVICE_TOKEN",
         "AIGW_CHATD_SUMMARY_MODEL",
         "AIGW_ALLOW_LINK_LOCAL_BASE_URLS",
+        "AIGW_RECORD_PROMPTS",
+        "AIGW_RECORD_PROMPT_BYTES",
         "AIGW_ADMIN_TOKEN",  # the token `aigw admin` sends (services ignore it)
         "AIGW_OPENAI_KEY",
         "AIGW_OPENAI_BASE_URL",
@@ -178,6 +180,8 @@ class Settings:
     chatd_service_token: str | None = None
     chatd_summary_model: str | None = None
     allow_link_local_base_urls: bool = False
+    record_prompts: bool = True  # AIGW_RECORD_PROMPTS: false records usage and tool names, no prompt text
+    record_prompt_bytes: int = 65536  # AIGW_RECORD_PROMPT_BYTES: longer prompts/tool arguments are cut
     admin_token: str | None = field(default=None, repr=False)  # for `aigw admin` only
     providers: tuple[ProviderSeed, ...] = ()
     skipped_providers: tuple[SkippedSeed, ...] = ()
@@ -508,6 +512,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["chatd_summary_model"] = v.strip()
     if v := get("AIGW_ALLOW_LINK_LOCAL_BASE_URLS"):
         kw["allow_link_local_base_urls"] = _bool("AIGW_ALLOW_LINK_LOCAL_BASE_URLS", v)
+    if v := get("AIGW_RECORD_PROMPTS"):
+        kw["record_prompts"] = _bool("AIGW_RECORD_PROMPTS", v)
+    if v := get("AIGW_RECORD_PROMPT_BYTES"):
+        kw["record_prompt_bytes"] = _size("AIGW_RECORD_PROMPT_BYTES", v)
     if v := get("AIGW_ADMIN_TOKEN"):
         kw["admin_token"] = v.strip()
     kw["service_urls"] = {s: _url(f"AIGW_{s.upper()}_URL", v) for s in CONSOLE_UPSTREAMS

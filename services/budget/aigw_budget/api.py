@@ -336,7 +336,7 @@ def _cursor_decode(c: str) -> tuple[datetime, str]:
 _ICOLS = (
     "i.id, i.user_id, i.provider_name, i.model, i.client, i.session_id, i.credential_kind, i.status, i.started_at,"
     " i.ended_at, i.occurred_at, i.cost_micros, i.input_tokens, i.output_tokens, i.cache_read_tokens,"
-    " i.cache_write_tokens, i.reasoning_tokens, i.prompt"
+    " i.cache_write_tokens, i.reasoning_tokens, i.prompt, i.prompt_truncated"
 )
 
 
@@ -348,9 +348,9 @@ def _interception(r: asyncpg.Record, tools: list[asyncpg.Record]) -> dict[str, A
         "ended_at": iso(r["ended_at"]), "cost_micros": r["cost_micros"],
         "token_usage": {k: r[k] for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                                           "reasoning_tokens")},
-        "prompt": r["prompt"],
+        "prompt": r["prompt"], "prompt_truncated": r["prompt_truncated"],
         "tool_calls": [{"name": t["name"], "call_id": t["call_id"], "arguments": t["arguments"],
-                        "injected": t["injected"], "error": t["error"]} for t in tools],
+                        "injected": t["injected"], "error": t["error"], "truncated": t["truncated"]} for t in tools],
     }
 
 
@@ -358,7 +358,7 @@ async def _tools(pool: asyncpg.Pool, ids: list[str]) -> dict[str, list[asyncpg.R
     out: dict[str, list[asyncpg.Record]] = {i: [] for i in ids}
     if ids:
         for t in await pool.fetch(
-            "SELECT interception_id, name, call_id, arguments, injected, error FROM tool_usages"
+            "SELECT interception_id, name, call_id, arguments, injected, error, truncated FROM tool_usages"
             " WHERE interception_id = ANY($1::text[]) ORDER BY at, event_id", ids,
         ):
             out[t["interception_id"]].append(t)

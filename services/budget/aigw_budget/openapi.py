@@ -61,6 +61,7 @@ class ToolCallOut(msgspec.Struct):
     arguments: str
     injected: bool
     error: str | None
+    truncated: bool
 
 
 class InterceptionOut(msgspec.Struct):
@@ -77,6 +78,7 @@ class InterceptionOut(msgspec.Struct):
     cost_micros: int
     token_usage: TokenUsageOut
     prompt: str | None
+    prompt_truncated: bool
     tool_calls: list[ToolCallOut]
 
 

@@ -103,20 +103,21 @@ class Recorder:
                 unpriced = await self._tokens(conn, ev, at)
             case PromptRecorded():
                 await conn.execute(
-                    "INSERT INTO prompts (event_id, interception_id, at, prompt) VALUES ($1, $2, $3, $4)",
-                    ev.event_id, ev.interception_id, at, ev.prompt,
+                    "INSERT INTO prompts (event_id, interception_id, at, prompt, truncated) VALUES ($1, $2, $3, $4, $5)",
+                    ev.event_id, ev.interception_id, at, ev.prompt, ev.truncated,
                 )
                 await conn.execute(
-                    "UPDATE interceptions SET prompt = $2, prompt_at = $3"
+                    "UPDATE interceptions SET prompt = $2, prompt_at = $3, prompt_truncated = $4"
                     " WHERE id = $1 AND (prompt_at IS NULL OR prompt_at <= $3)",
-                    ev.interception_id, ev.prompt, ev.at,
+                    ev.interception_id, ev.prompt, ev.at, ev.truncated,
                 )
                 return Applied(duplicate=False, budgets=[])
             case ToolUsage():
                 await conn.execute(
-                    "INSERT INTO tool_usages (event_id, interception_id, at, name, call_id, arguments, injected, error)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO tool_usages (event_id, interception_id, at, name, call_id, arguments, injected, error,"
+                    " truncated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     ev.event_id, ev.interception_id, at, ev.name, ev.call_id, ev.arguments, ev.injected, ev.error,
+                    ev.truncated,
                 )
                 return Applied(duplicate=False, budgets=[])
             case InterceptionEnded():

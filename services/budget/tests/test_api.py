@@ -112,8 +112,9 @@ async def test_usage_and_interceptions(budget, ev) -> None:  # type: ignore[no-u
     status, page = await budget.member.call("GET", "/api/v2/ai/interceptions", client="codex", session="s1")
     first = page["interceptions"][0]
     assert set(first) == {"id", "user_id", "provider", "model", "client", "session_id", "credential_kind", "status",
-                          "started_at", "ended_at", "cost_micros", "token_usage", "prompt", "tool_calls"}
-    assert first["tool_calls"] == [{"name": "bash", "call_id": "c9", "arguments": "{}", "injected": False, "error": None}]
+                          "started_at", "ended_at", "cost_micros", "token_usage", "prompt", "prompt_truncated", "tool_calls"}
+    assert first["tool_calls"] == [{"name": "bash", "call_id": "c9", "arguments": "{}", "injected": False, "error": None,
+                                    "truncated": False}]
     assert first["token_usage"] == {"input_tokens": 1000, "output_tokens": 10, "cache_read_tokens": 5,
                                     "cache_write_tokens": 0, "reasoning_tokens": 2}
     assert {i["id"] for i in page["interceptions"]} == {f"m{i}" for i in range(5)}

@@ -82,6 +82,18 @@ async def test_prompt_last_wins_and_tools_recorded(recorder: Recorder, pool: asy
         "get_weather", "c1", '{"city":"Paris"}', True, "boom")
 
 
+async def test_truncation_flags_are_stored_with_prompt_and_tool(recorder: Recorder, pool: asyncpg.Pool) -> None:
+    at = time.time()
+    await recorder.apply(PromptRecorded(event_id="pt", interception_id="i9", at=at, prompt="cut he", truncated=True))
+    await recorder.apply(ToolUsage(event_id="tt", interception_id="i9", at=at, name="write", arguments='{"a": "b',
+                                   truncated=True))
+    await recorder.apply(ToolUsage(event_id="tu", interception_id="i9", at=at, name="read", arguments="{}"))
+    assert await pool.fetchval("SELECT prompt_truncated FROM interceptions WHERE id = 'i9'") is True
+    assert await pool.fetchval("SELECT truncated FROM prompts WHERE event_id = 'pt'") is True
+    rows = await pool.fetch("SELECT name, truncated FROM tool_usages WHERE interception_id = 'i9' ORDER BY name")
+    assert [(r["name"], r["truncated"]) for r in rows] == [("read", False), ("write", True)]
+
+
 async def test_unknown_model_costs_zero_and_is_flagged(recorder: Recorder, pool: asyncpg.Pool, ev) -> None:  # type: ignore[no-untyped-def]
     await recorder.apply(ev.started("i4", model="mystery-1"))
     res = await recorder.apply(ev.tokens("i4", 0, model="mystery-1", input_tokens=10))

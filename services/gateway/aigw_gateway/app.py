@@ -25,7 +25,7 @@ from .keystate import KeyReporter, KeyStateWatcher
 from .metrics import GatewayMetrics
 from .providers import ProviderLoader, ProviderSet
 from .proxy import Gateway
-from .recorder import Recorder
+from .recorder import Recorder, RecordPolicy
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     loader = ProviderLoader(bus, bus_sealer, pools, interval=settings.revision_check_interval, on_swap=on_swap)
     identities = IdentityCache(bus, ttl=settings.identity_ttl)
     spool = Spool(settings.data_dir / "spool" / f"gateway-{pools.gateway_id}", settings.spool_max_bytes)
-    recorder = Recorder(bus, spool)
+    recorder = Recorder(bus, spool, registry=app[METRICS],
+                        policy=RecordPolicy(settings.record_prompts, settings.record_prompt_bytes))
     guard = BudgetGuard(bus, settings, app[METRICS])
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",))

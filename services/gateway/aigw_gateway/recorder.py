@@ -9,6 +9,14 @@ round trip per event. Events not acknowledged within ``ack_timeout`` are
 published again (the ``Nats-Msg-Id`` dedup makes that safe); while NATS is
 unreachable they go to the on-disk spool, which is replayed when it returns.
 On shutdown, unacknowledged and queued events are spooled before the bus closes.
+
+Recording never stops (docs/security.md, "Recording"): every event is sized in
+:meth:`Recorder.emit` — prompts and tool arguments cut to ``AIGW_RECORD_PROMPT_BYTES``
+(or left out with ``AIGW_RECORD_PROMPTS=false``), then the whole event to the
+server's ``max_payload`` — each cut on a UTF-8 boundary and flagged
+``truncated``. Any publish failure is logged (rate-limited), counted in
+``aigw_gateway_usage_publish_failures_total`` and spooled; the background tasks
+are supervised and restarted if anything escapes them.
 """
 
 from __future__ import annotations
@@ -18,13 +26,18 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+import msgspec
 
 from aigw_common import tracing
 from aigw_common.aio import stop_task, wait_event
-from aigw_common.bus import Bus, encode
-from aigw_common.errors import BusError
+from aigw_common.bus import Bus, NoStream, decode, encode
+from aigw_common.errors import AigwError, BusError, PayloadTooLarge
+from aigw_common.metrics import CollectorRegistry, Counter, new_registry
 from aigw_common.schemas import (
+    AnyUsageEvent,
     InterceptionEnded,
     InterceptionStarted,
     PromptRecorded,
@@ -48,6 +61,45 @@ _KIND = {
 
 _Item = tuple[str, str, bytes, "dict[str, str] | None"]  # subject, dedup id, payload, trace headers
 
+HEADER_ROOM = 4096  # of max_payload, kept for the headers (dedup id, trace context, signatures)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPolicy:
+    """What of a request's text is recorded (``AIGW_RECORD_PROMPTS``, ``AIGW_RECORD_PROMPT_BYTES``)."""
+
+    prompts: bool = True
+    prompt_bytes: int = 65536
+
+
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 encoding fits ``max_bytes`` (never half a character)."""
+    if len(text) * 4 <= max_bytes:  # fits whatever the characters (cheap test for the usual case)
+        return text
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max(0, max_bytes)].decode("utf-8", "ignore")
+
+
+def fit_event(ev: UsageEvent, data: bytes, limit: int) -> tuple[UsageEvent, bytes] | None:
+    """Cut the longest text fields of ``ev`` until its encoding fits ``limit`` bytes; None when it cannot.
+
+    Removing k bytes of UTF-8 from a string removes at least k bytes of its JSON (escapes only add), so each
+    round either fits or empties one field; the loop ends after at most one round per text field.
+    """
+    while len(data) > limit:
+        texts = [(len(v), f) for f in ev.__struct_fields__ if isinstance(v := getattr(ev, f), str) and v]
+        if not texts:
+            return None
+        _, name = max(texts)
+        value: str = getattr(ev, name)
+        over = len(data) - limit
+        keep = len(value.encode("utf-8", "surrogatepass")) - over - 16
+        ev = msgspec.structs.replace(ev, **{name: cut_utf8(value, keep) if keep > 0 else ""}, truncated=True)
+        data = encode(ev)
+    return ev, data
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -58,8 +110,20 @@ class _Pending:
 
 class Recorder:
     def __init__(self, bus: Bus, spool: Spool, *, queue_size: int = 100_000, ack_timeout: float = 3.0,
-                 max_attempts: int = 3, max_pending: int = 20_000, coalesce: float = 0.005) -> None:
+                 max_attempts: int = 3, max_pending: int = 20_000, coalesce: float = 0.005,
+                 policy: RecordPolicy | None = None, registry: CollectorRegistry | None = None) -> None:
         self.bus = bus
+        self.policy = policy or RecordPolicy()
+        r = registry if registry is not None else new_registry()
+        self.m_failures = Counter("aigw_gateway_usage_publish_failures_total",
+                                  "Usage publishes that failed (the events were spooled)", ["reason"], registry=r)
+        self.m_truncated = Counter("aigw_gateway_usage_truncated_total", "Usage events recorded with text cut",
+                                   ["cause"], registry=r)
+        self.m_unsendable = Counter("aigw_gateway_usage_unsendable_total",
+                                    "Usage events that could not be made to fit max_payload (dropped)", registry=r)
+        self.m_restarts = Counter("aigw_gateway_usage_task_restarts_total",
+                                  "Usage recorder tasks restarted after an unexpected error", ["task"], registry=r)
+        self._last_log: dict[str, float] = {}
         self.coalesce = coalesce
         self.spool = spool
         self.ack_timeout = ack_timeout
@@ -78,13 +142,52 @@ class Recorder:
         self._room.set()
 
     def emit(self, event: UsageEvent) -> None:
+        """Size ``event`` (policy, then max_payload) and queue it; never raises, never waits."""
+        pol = self.policy
+        if isinstance(event, PromptRecorded):
+            if not pol.prompts:
+                return
+            if len(event.prompt) * 4 > pol.prompt_bytes and (cut := cut_utf8(event.prompt, pol.prompt_bytes)) != event.prompt:
+                event = msgspec.structs.replace(event, prompt=cut, truncated=True)
+                self.m_truncated.labels("prompt_bytes").inc()
+        elif isinstance(event, ToolUsage) and event.arguments:
+            if not pol.prompts:
+                event = msgspec.structs.replace(event, arguments="")
+            elif len(event.arguments) * 4 > pol.prompt_bytes and \
+                    (cut := cut_utf8(event.arguments, pol.prompt_bytes)) != event.arguments:
+                event = msgspec.structs.replace(event, arguments=cut, truncated=True)
+                self.m_truncated.labels("prompt_bytes").inc()
+        data = encode(event)
+        if len(data) > (limit := self.payload_limit()):
+            fitted = fit_event(event, data, limit)
+            if fitted is None:
+                self.m_unsendable.inc()
+                log.error("usage event cannot fit max_payload; dropped",
+                          extra={"event_id": event.event_id, "kind": _KIND[type(event)], "bytes": len(data)})
+                return
+            event, data = fitted
+            self.m_truncated.labels("max_payload").inc()
         # the trace context of the request, captured now: the publisher task runs outside it
         trace = tracing.inject({}) or None
-        item = (self.bus.subjects.usage(_KIND[type(event)]), event.event_id, encode(event), trace)
+        item = (self.bus.subjects.usage(_KIND[type(event)]), event.event_id, data, trace)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
+            self._failed("queue_full", "usage queue full")
             self._to_spool(*item)
+
+    def payload_limit(self) -> int:
+        """The largest event body that goes out with its headers under the server's ``max_payload``."""
+        mp = self.bus.max_payload
+        return max(mp - HEADER_ROOM, mp // 2)
+
+    def _failed(self, reason: str, error: object) -> None:
+        """Count a publish failure; log it at most every 5 s per reason (an outage must not flood the log)."""
+        self.m_failures.labels(reason).inc()
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -1e9) >= 5.0:
+            self._last_log[reason] = now
+            log.warning("usage publish failed; events spooled", extra={"reason": reason, "error": str(error)})
 
     @property
     def in_flight(self) -> int:
@@ -97,19 +200,40 @@ class Recorder:
         if self.bus.connected:
             await self._on_connect()
         self._tasks = [
-            asyncio.create_task(self._publish_loop(), name="usage-publisher"),
-            asyncio.create_task(self._sweep_loop(), name="usage-ack-sweeper"),
-            asyncio.create_task(self._replay_loop(), name="usage-spool-replay"),
+            asyncio.create_task(self._supervise("publisher", self._publish_loop), name="usage-publisher"),
+            asyncio.create_task(self._supervise("ack-sweeper", self._sweep_loop), name="usage-ack-sweeper"),
+            asyncio.create_task(self._supervise("spool-replay", self._replay_loop), name="usage-spool-replay"),
         ]
         if self.spool.pending():
             self._replay_wake.set()
 
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run ``loop`` for as long as the recorder runs: whatever escapes it is logged, counted, and the loop
+        restarts (with a growing pause, so a persistent fault cannot spin)."""
+        pause = 0.1
+        while True:
+            try:
+                await loop()
+                raise RuntimeError("loop returned")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("usage recorder task failed; restarting", extra={"task": name})
+                self.m_restarts.labels(name).inc()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
     async def _on_connect(self) -> None:
+        await self._ensure_stream()
+        self._replay_wake.set()
+
+    async def _ensure_stream(self) -> bool:
         try:
             await self.bus.ensure_usage_stream()
-        except Exception as e:
+        except Exception as e:  # nats-py raises its own hierarchy here; we retry on the next failure
             log.warning("could not ensure the usage stream", extra={"error": str(e)})
-        self._replay_wake.set()
+            return False
+        return True
 
     async def _on_ack(self, data: bytes, m: object) -> None:
         token = getattr(m, "subject", "").rpartition(".")[2]
@@ -125,16 +249,18 @@ class Recorder:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._send_batch(batch)
-                # let events gather for a moment: the NATS client then writes a whole batch in one syscall
-                await asyncio.sleep(self.coalesce)
             except asyncio.CancelledError:
                 for it in batch:
                     self._to_spool(*it)
                 raise
+            # let events gather for a moment: the NATS client then writes a whole batch in one syscall
+            await asyncio.sleep(self.coalesce)
 
     async def _send_batch(self, batch: list[tuple[str, str, bytes, dict[str, str] | None]]) -> None:
         if not self.bus.connected or self.spool.pending():
             # while a spool exists new events join it, so the replay keeps their order
+            if not self.bus.connected:
+                self._failed("disconnected", "NATS is disconnected")
             for it in batch:
                 self._to_spool(*it)
             return
@@ -159,7 +285,9 @@ class Recorder:
                 headers = {"Nats-Msg-Id": msg_id, **trace} if trace else {"Nats-Msg-Id": msg_id}
                 await self.bus.publish_raw(subject, data, reply=f"{self._inbox}.{token}" if i == last else "",
                                            headers=headers)
-        except BusError:
+        except Exception as e:  # BusError, or anything nats-py raises that we did not map: never lose the group
+            self._failed("too_large" if isinstance(e, PayloadTooLarge) else
+                         "bus" if isinstance(e, BusError) else "error", e)
             p = self._take(token)
             if p is not None:
                 for it in p.items:
@@ -188,6 +316,7 @@ class Recorder:
             if self.bus.connected and p.attempts < self.max_attempts:
                 await self._send(p.items, p.attempts + 1)
             else:
+                self._failed("no_ack", f"no acknowledgement after {p.attempts} attempts")
                 for it in p.items:
                     self._to_spool(*it)
 
@@ -211,17 +340,51 @@ class Recorder:
                     await asyncio.sleep(1.0)
 
     async def _replay_once(self) -> bool:
-        """Replay closed segments with acked publishes, deleting each once all of it is stored."""
+        """Replay closed segments with acked publishes, deleting each once all of it is stored.
+
+        A missing stream is created again; an event no server limit will ever accept is cut to fit (or, when
+        it cannot be, dropped and counted) so one bad record cannot hold the spool back forever.
+        """
         for seg in self.spool.segments():
             try:
                 for rec in self.spool.read(seg):
-                    await self.bus.js_publish(rec.subject, None, msg_id=rec.msg_id, data=bytes(rec.data), timeout=5.0)  # type: ignore[arg-type]
-                    self.published += 1
+                    await self._replay_record(rec.subject, rec.msg_id, bytes(rec.data))
+            except NoStream as e:
+                self._failed("no_stream", e)
+                await self._ensure_stream()
+                return False
             except BusError as e:
+                self._failed("bus", e)
                 log.warning("spool replay interrupted", extra={"error": str(e)})
                 return False
             self.spool.done(seg)
         return True
+
+    async def _replay_record(self, subject: str, msg_id: str, data: bytes) -> None:
+        """Publish one spooled event; one refused for good (too large for the server or the stream) is cut to
+        half its size and tried again, a few times, then dropped and counted."""
+        ev: UsageEvent | None = None
+        for _ in range(4):
+            try:
+                await self.bus.js_publish(subject, None, msg_id=msg_id, data=data, timeout=5.0)  # type: ignore[arg-type]
+            except BusError as e:
+                if e.retryable:
+                    raise
+                error = e
+            else:
+                self.published += 1
+                return
+            try:
+                ev = ev or decode(data, AnyUsageEvent)
+            except AigwError:
+                break  # not an event at all: nothing to cut
+            fitted = fit_event(ev, data, min(self.payload_limit(), len(data) // 2))
+            if fitted is None:
+                break
+            ev, data = fitted
+            self.m_truncated.labels("max_payload").inc()
+        self.m_unsendable.inc()
+        log.error("spooled usage event refused for good; dropped", extra={"event_id": msg_id, "error": str(error)})
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Publish what is queued and wait for its acks (up to ``timeout``); spool whatever is left."""
