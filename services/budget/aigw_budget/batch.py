@@ -105,19 +105,20 @@ FROM jsonb_to_recordset($1::jsonb) AS e(
 WHERE i.id = e.id"""
 
 _PROMPT_ROWS = """
-INSERT INTO prompts (event_id, interception_id, at, prompt)
-SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(event_id text, interception_id text, at timestamptz, prompt text)"""
+INSERT INTO prompts (event_id, interception_id, at, prompt, truncated)
+SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(event_id text, interception_id text, at timestamptz, prompt text,
+  truncated boolean)"""
 
 _PROMPT_LATEST = """
-UPDATE interceptions i SET prompt = e.prompt, prompt_at = e.at
-FROM jsonb_to_recordset($1::jsonb) AS e(id text, prompt text, at double precision)
+UPDATE interceptions i SET prompt = e.prompt, prompt_at = e.at, prompt_truncated = e.truncated
+FROM jsonb_to_recordset($1::jsonb) AS e(id text, prompt text, at double precision, truncated boolean)
 WHERE i.id = e.id AND (i.prompt_at IS NULL OR i.prompt_at <= e.at)"""
 
 _TOOL_ROWS = """
-INSERT INTO tool_usages (event_id, interception_id, at, name, call_id, arguments, injected, error)
+INSERT INTO tool_usages (event_id, interception_id, at, name, call_id, arguments, injected, error, truncated)
 SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(
   event_id text, interception_id text, at timestamptz, name text, call_id text, arguments text, injected boolean,
-  error text)"""
+  error text, truncated boolean)"""
 
 _ENDED = """
 UPDATE interceptions i SET status = e.status, status_code = e.status_code, duration_ms = e.duration_ms,
@@ -212,7 +213,8 @@ class BatchRecorder:
         if tools:
             await conn.execute(_TOOL_ROWS, [
                 {"event_id": ev.event_id, "interception_id": ev.interception_id, "at": _iso(ev.at), "name": ev.name,
-                 "call_id": ev.call_id, "arguments": ev.arguments, "injected": ev.injected, "error": ev.error}
+                 "call_id": ev.call_id, "arguments": ev.arguments, "injected": ev.injected, "error": ev.error,
+                 "truncated": ev.truncated}
                 for ev in tools])
         ended = {ev.interception_id: ev for ev in mine if isinstance(ev, InterceptionEnded)}  # last wins
         if ended:
@@ -273,15 +275,15 @@ class BatchRecorder:
     @staticmethod
     async def _prompts(conn: asyncpg.Connection, prompts: list[PromptRecorded]) -> None:
         await conn.execute(_PROMPT_ROWS, [
-            {"event_id": ev.event_id, "interception_id": ev.interception_id, "at": _iso(ev.at), "prompt": ev.prompt}
-            for ev in prompts])
+            {"event_id": ev.event_id, "interception_id": ev.interception_id, "at": _iso(ev.at), "prompt": ev.prompt,
+             "truncated": ev.truncated} for ev in prompts])
         latest: dict[str, PromptRecorded] = {}
         for ev in prompts:  # the latest by time; on a tie the later one, as one-by-one application does
             cur = latest.get(ev.interception_id)
             if cur is None or cur.at <= ev.at:
                 latest[ev.interception_id] = ev
-        await conn.execute(_PROMPT_LATEST, [{"id": ev.interception_id, "prompt": ev.prompt, "at": ev.at}
-                                            for ev in latest.values()])
+        await conn.execute(_PROMPT_LATEST, [{"id": ev.interception_id, "prompt": ev.prompt, "at": ev.at,
+                                             "truncated": ev.truncated} for ev in latest.values()])
 
     @staticmethod
     async def _attribute(conn: asyncpg.Connection, ids: list[str]) -> set[BudgetKey]:

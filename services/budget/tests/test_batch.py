@@ -63,11 +63,11 @@ def history(rng: random.Random, p: str, at0: float) -> list[AnyUsageEvent]:
                                   tokens=counts))
         for _ in range(rng.randrange(3)):
             evs.append(PromptRecorded(event_id=next(ids), interception_id=iid, at=at0 + n + rng.choice([0.0, 0.5, 0.5]),
-                                      prompt=f"prompt {rng.randrange(100)}"))
+                                      prompt=f"prompt {rng.randrange(100)}", truncated=rng.random() < 0.3))
         for _ in range(rng.randrange(3)):
             evs.append(ToolUsage(event_id=next(ids), interception_id=iid, at=at0 + n + 0.2, name=f"tool{rng.randrange(3)}",
                                  call_id=f"c{rng.randrange(10**6)}", arguments='{"x": 1}', injected=rng.random() < 0.3,
-                                 error=rng.choice([None, "boom"])))
+                                 error=rng.choice([None, "boom"]), truncated=rng.random() < 0.3))
         if rng.random() < 0.9:
             evs.append(InterceptionEnded(event_id=next(ids), interception_id=iid, at=at0 + n + 1,
                                          status=rng.choice(["ok", "error", "cancelled"]), status_code=200,
