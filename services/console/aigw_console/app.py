@@ -32,6 +32,7 @@ from .session import (
     SAFE_METHODS,
     Me,
     Session,
+    SignInLimiter,
     WhoCache,
     clear_session_cookie,
     csrf_ok,
@@ -69,6 +70,7 @@ CONFIG = web.AppKey("console_config", ConsoleConfig)
 RUNTIME = web.AppKey("console_runtime", Runtime)
 ASSETS = web.AppKey("console_assets", dict)
 WHO = web.AppKey("console_who", WhoCache)
+LIMITER = web.AppKey("console_signin_limiter", SignInLimiter)
 PROXY_METRICS = web.AppKey("console_proxy_metrics", ProxyMetrics)
 SIGNINS = web.AppKey("console_signins", Counter)
 
@@ -143,17 +145,28 @@ async def signin(request: web.Request) -> web.Response:
     form = await request.post()
     token = str(form.get("token") or "").strip()
     nxt = str(form.get("next") or "")
+    addr = request.remote or ""
+    if (wait := app[LIMITER].retry_after(addr)) > 0:
+        app[SIGNINS].labels("limited").inc()
+        resp = _html(pages.signin_page(app[ASSETS], "Too many failed sign-ins; wait a minute.", nxt), 429)
+        resp.headers["Retry-After"] = str(int(wait) + 1)
+        return resp
     if not valid_token_shape(token):
         app[SIGNINS].labels("malformed").inc()
+        app[LIMITER].failed(addr)
         return _html(pages.signin_page(app[ASSETS], "Paste an aigw API token.", nxt), 400)
     try:
-        await who_is(app, token)
+        me = await who_is(app, token)
     except SignInRefused as e:
         app[SIGNINS].labels(str(e.status)).inc()
+        app[LIMITER].failed(addr)
+        log.info("console sign-in refused", extra={"status": e.status, "remote": addr})
         return _html(pages.signin_page(app[ASSETS], e.message, nxt), e.status)
     except ApiError as e:
         return _html(pages.signin_page(app[ASSETS], e.message[:1].upper() + e.message[1:] + ".", nxt), e.status)
     app[SIGNINS].labels("ok").inc()
+    app[LIMITER].succeeded(addr)
+    log.info("console sign-in", extra={"user": me.username, "user_id": me.id, "remote": addr})
     resp = _redirect(_safe_next(nxt))
     set_session_cookie(resp, request, Session(token, int(time.time())), app[CONFIG].session_ttl)
     return resp
@@ -233,6 +246,7 @@ def create_app(settings: Settings) -> web.Application:
     app[CONFIG] = ConsoleConfig.from_settings(settings)
     app[ASSETS] = pages.load_assets()
     app[WHO] = WhoCache()
+    app[LIMITER] = SignInLimiter()
     app[PROXY_METRICS] = ProxyMetrics.create(app[METRICS])
     app[SIGNINS] = Counter("aigw_console_signins_total", "Console sign-in attempts by outcome", ["outcome"],
                            registry=app[METRICS])

@@ -145,3 +145,40 @@ class WhoCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+@dataclass(slots=True)
+class SignInLimiter:
+    """Failed sign-ins per client address: ``max_failures`` per ``window`` seconds, then a wait.
+
+    Tokens are long random strings, so this is not what keeps them safe; it keeps a script from turning
+    the sign-in form into a free way to make the registry check tokens. Bounded: the oldest addresses
+    are forgotten first. Behind a reverse proxy every browser shares the proxy's address, so the limit
+    is generous.
+    """
+
+    max_failures: int = 20
+    window: float = 60.0
+    max_entries: int = 10_000
+    _entries: OrderedDict[str, tuple[float, int]] = field(default_factory=OrderedDict)
+
+    def retry_after(self, addr: str, now: float | None = None) -> float:
+        """Seconds until ``addr`` may try again (0: now)."""
+        now = time.monotonic() if now is None else now
+        e = self._entries.get(addr)
+        if e is None or now - e[0] >= self.window:
+            return 0.0
+        return self.window - (now - e[0]) if e[1] >= self.max_failures else 0.0
+
+    def failed(self, addr: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        start, n = self._entries.get(addr, (now, 0))
+        if now - start >= self.window:
+            start, n = now, 0
+        self._entries[addr] = (start, n + 1)
+        self._entries.move_to_end(addr)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def succeeded(self, addr: str) -> None:
+        self._entries.pop(addr, None)

@@ -29,3 +29,11 @@ async def console_system(start_system: Any) -> System:
     s: System = await start_system(services=("registry", "keypool", "budget", "gateway"))
     await start_console(s)
     return s
+
+
+@pytest.fixture
+async def console_chat_system(start_system: Any) -> System:
+    """The same, with chatd (for the members' own chats)."""
+    s: System = await start_system(services=("registry", "keypool", "budget", "gateway", "chatd"))
+    await start_console(s)
+    return s

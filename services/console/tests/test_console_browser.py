@@ -101,6 +101,10 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     await page.fill("input[name=name]", "mockai")
     await page.select_option("select[name=type]", "openai")
     await page.fill("input[name=base_url]", upstream)
+    await page.select_option("select[name=type]", "azure")  # the form asks for the type's own settings
+    await expect(page.locator("input[name=s_api_version]")).to_be_visible()
+    await page.select_option("select[name=type]", "openai")
+    await expect(page.locator("input[name=s_api_version]")).to_have_count(0)
     await page.fill("input[name=display_name]", "Mock AI")
     await page.fill("form:has(input[name=name]) input[name=api_key]", K1)
     await page.click("text=Create provider")
@@ -218,10 +222,10 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     await _shot(page, "audit")
 
 
-async def test_a_member_sees_only_their_own(console_system: System, browser: Any) -> None:
+async def test_a_member_sees_only_their_own(console_chat_system: System, browser: Any) -> None:
     from playwright.async_api import expect
 
-    s = console_system
+    s = console_chat_system
     console = s.urls["console"]
     alice = await s.member("alice-member")
     bob = await s.member("bobby-other-member")
@@ -236,6 +240,11 @@ async def test_a_member_sees_only_their_own(console_system: System, browser: Any
                      {"spend_limit_micros": 7_000_000, "period": "month"})
     bob_byok = await s.api(bob.token).call("PUT", reg + "/api/v2/users/me/ai/provider-keys/openai",
                                            {"api_key": "zzbob-own-key-3Fh6Jk8"})
+    chats = s.url("chatd", "/api/experimental/chats")
+    mc = await s.owner.ok("POST", chats + "/model-configs",
+                          {"display_name": "GPT", "provider": "openai", "model": "gpt-4.1"})
+    alice_chat = await s.api(alice.token).ok("POST", chats, {"model_config_id": mc["id"], "title": "alice plans"})
+    bob_chat = await s.api(bob.token).ok("POST", chats, {"model_config_id": mc["id"], "title": "bobby secret plans"})
     for who in (alice.token, bob.token):
         r = await s.openai(who).chat.completions.create(
             model="gpt-4.1", messages=[{"role": "user", "content": f"hello from {who[-6:]}"}])
@@ -249,6 +258,7 @@ async def test_a_member_sees_only_their_own(console_system: System, browser: Any
     owner = await s.owner.ok("GET", reg + "/api/v2/users/me")
     forbidden = {bob.id, bob.username, owner["id"], *bobs, *(t["hint"] for t in bob_tokens),
                  *(t["id"] for t in bob_tokens)}
+    forbidden |= {bob_chat["id"], "bobby secret plans"}
     if bob_byok.status == 200:
         forbidden.add(bob_byok.body["hint"])
 
@@ -275,6 +285,7 @@ async def test_a_member_sees_only_their_own(console_system: System, browser: Any
             await expect(page.locator("tr[data-budget^='user:']")).to_have_count(1)
         if p == "people":
             await expect(page.locator('section[data-detail="alice-member"]')).to_be_visible()
+            await expect(page.locator(f'tr[data-chat="{alice_chat["id"]}"]')).to_contain_text("alice plans")
         if p == "usage":
             await expect(page.locator('[data-total="interceptions"]')).to_have_attribute("data-value", "1")
         html = await page.content()

@@ -128,6 +128,25 @@ async def test_api_route_injects_the_session_token_and_refuses_the_rest(console_
                 or any(e["action"].startswith("provider.create") for e in entries)
 
 
+async def test_gateway_scope_tokens_and_guessing_are_refused(console_system: System) -> None:
+    s = console_system
+    reg = s.url("registry", "")
+    user = await s.owner.ok("POST", reg + "/api/v2/users", {"username": "carol", "roles": ["admin"]})
+    scoped = await s.owner.call("POST", reg + f"/api/v2/users/{user['id']}/tokens", {"scope": "admin"})
+    async with _client() as http:
+        if scoped.status == 201:  # the registry knows scopes: a default (gateway) token may not sign in
+            plain = await s.owner.ok("POST", reg + f"/api/v2/users/{user['id']}/tokens", {"name": "llm"})
+            async with http.post(s.urls["console"] + "/signin", data={"token": plain["token"]}) as r:
+                assert r.status == 403 and "gateway scope" in await r.text()
+            await _sign_in(http, s.urls["console"], scoped.body["token"])
+        # a script guessing tokens is slowed down: after the limit, 429 even for a good token
+        for i in range(20):
+            async with http.post(s.urls["console"] + "/signin", data={"token": f"aigw_guess_{i:04d}_xxxxxxxx"}) as r:
+                assert r.status == 401
+        async with http.post(s.urls["console"] + "/signin", data={"token": s.owner_token}) as r:
+            assert r.status == 429 and int(r.headers["Retry-After"]) > 0
+
+
 async def test_sign_in_from_another_site_is_refused(console_system: System) -> None:
     s = console_system
     async with _client() as http:

@@ -184,24 +184,50 @@
   // ================================================================== Providers
 
   const TYPES = ["openai", "anthropic", "bedrock", "azure", "openai-compat", "openrouter", "copilot"];
+  // Provider settings by type (docs/architecture.md section 5): [field, secret]. Secrets are write-only.
+  const SETTINGS = {
+    bedrock: [["region", false], ["access_key", true], ["access_key_secret", true], ["session_token", true], ["model", false], ["small_fast_model", false], ["thinking_mode", false]],
+    azure: [["api_version", false]],
+  };
+  const TIMEOUTS = ["connect_timeout", "first_byte_timeout", "idle_timeout"];
+  // The settings inputs for a type; current (masked) values are placeholders, never values to resend.
+  function settingsFields(type, current) {
+    const fields = [...(SETTINGS[type] || []), ...TIMEOUTS.map((t) => [t, false])];
+    return fields.map(([name, secret]) => field(name.replace(/_/g, " ") + (secret ? " (write-only)" : ""),
+      h("input", { name: "s_" + name, type: secret ? "password" : "text", autocomplete: "off", size: 14,
+        placeholder: (current && current[name]) || (TIMEOUTS.includes(name) ? "e.g. 30s" : ""), value: !secret && current && current[name] ? current[name] : "" })));
+  }
+  // Settings typed into a form: only non-empty fields (on edit, an untouched field keeps its stored value).
+  function settingsOf(f, current) {
+    const out = {};
+    for (const el of f.querySelectorAll("input[name^=s_]")) {
+      const k = el.name.slice(2), v = el.value.trim();
+      if (v && v !== (current || {})[k]) out[k] = v;
+    }
+    return out;
+  }
 
   async function providersPage() {
     if (!ADMIN) return memberProviders();
     const data = await api("GET", "/api/v2/ai/providers");
     const sel = params().get("provider");
+    const settingsBox = h("span", { class: "settings" }, settingsFields("openai"));
     const createForm = form(async (f) => {
       const body = { name: val(f, "name"), type: val(f, "type"), base_url: val(f, "base_url"), enabled: val(f, "enabled"), allow_byok: val(f, "allow_byok") };
       if (val(f, "display_name")) body.display_name = val(f, "display_name");
       if (val(f, "api_key")) body.keys = [val(f, "api_key")];
+      const st = settingsOf(f);
+      if (Object.keys(st).length) body.settings = st;
       await change(`Provider ${body.name} created`, () => api("POST", "/api/v2/ai/providers", body), (p) => go({ provider: p.name }));
     },
       field("Name", h("input", { name: "name", required: true, pattern: "[a-z0-9]+(-[a-z0-9]+)*", placeholder: "openai" })),
-      field("Type", h("select", { name: "type" }, TYPES.map((t) => h("option", { value: t }, t)))),
+      field("Type", h("select", { name: "type", onchange: (ev) => settingsBox.replaceChildren(...settingsFields(ev.target.value)) }, TYPES.map((t) => h("option", { value: t }, t)))),
       field("Base URL", h("input", { name: "base_url", required: true, type: "url", size: 34, placeholder: "https://api.openai.com/v1" })),
       field("Display name", h("input", { name: "display_name" })),
       field("First key (write-only)", h("input", { name: "api_key", type: "password", autocomplete: "off" })),
       field("Enabled", h("input", { name: "enabled", type: "checkbox", checked: true })),
       field("BYOK", h("input", { name: "allow_byok", type: "checkbox", checked: true })),
+      settingsBox,
       h("button", { class: "primary", type: "submit" }, "Create provider"));
     const list = listView({
       name: "providers", rows: data.providers, text: (p) => [p.name, p.display_name, p.type, p.base_url].join(" "),
@@ -231,12 +257,15 @@
     const healthNote = h("p", { class: "muted" }, "Checking key health…");
     const edit = form(async (f) => {
       const body = { display_name: val(f, "display_name"), base_url: val(f, "base_url"), enabled: val(f, "enabled"), allow_byok: val(f, "allow_byok") };
+      const st = settingsOf(f, p.settings);
+      if (Object.keys(st).length) body.settings = st;
       await change(`Provider ${p.name} saved`, () => api("PATCH", ref, body), route);
     },
       field("Display name", h("input", { name: "display_name", value: p.display_name })),
       field("Base URL", h("input", { name: "base_url", type: "url", size: 40, value: p.base_url })),
       field("Enabled", h("input", { name: "enabled", type: "checkbox", checked: p.enabled })),
       field("BYOK", h("input", { name: "allow_byok", type: "checkbox", checked: p.allow_byok })),
+      settingsFields(p.type, p.settings),
       h("button", { type: "submit" }, "Save"));
     const addKey = form(async (f) => {
       const body = { api_key: val(f, "api_key") };
@@ -424,7 +453,40 @@
         field("Provider", configs.length ? h("select", { name: "provider" }, configs.map((p) => h("option", { value: p.name }, p.name))) : h("input", { name: "provider", required: true })),
         field("Key (write-only)", h("input", { name: "api_key", type: "password", required: true, autocomplete: "off" })),
         h("button", { class: "primary", type: "submit" }, "Store key")),
+      self ? chatsPanel() : null,
       ADMIN && !self ? h("p", {}, h("a", { href: "/people", onclick: (ev) => { ev.preventDefault(); go({}); } }, "‹ All people")) : null);
+  }
+
+  // Your own chats (chatd lists only the caller's); a chat opens with its messages.
+  function chatsPanel() {
+    const box = h("div", { "data-chats": "" }, h("p", { class: "muted" }, "Loading chats…"));
+    const cursors = [];
+    let cursor = "";
+    async function load() {
+      try {
+        const data = await api("GET", "/api/experimental/chats", undefined, { limit: 20, cursor });
+        box.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, ["Title", "Status", "Updated"].map((t) => h("th", {}, t)))),
+          h("tbody", {}, data.chats.length ? data.chats.map((c) => h("tr", { class: "clickable", "data-chat": c.id, onclick: () => openChat(c.id) },
+            h("td", {}, c.title || "(untitled)"), h("td", {}, badge(c.status, c.status === "idle" ? "ok" : c.status)), h("td", {}, when(c.updated_at || c.created_at)))) : h("tr", {}, h("td", { colspan: 3, class: "muted" }, "No chats.")))),
+          h("div", { class: "pager" },
+            h("button", { type: "button", disabled: !cursor, onclick: () => { cursor = cursors.pop() || ""; load(); } }, "‹ Newer"),
+            h("button", { type: "button", disabled: !data.next_cursor, onclick: () => { cursors.push(cursor); cursor = data.next_cursor; load(); } }, "Older ›")));
+      } catch (e) {
+        if (e.status !== 401) box.replaceChildren(h("p", { class: "muted" }, "Chats unavailable: " + errText(e)));
+      }
+    }
+    async function openChat(id) {
+      try {
+        const c = await api("GET", "/api/experimental/chats/" + enc(id));
+        box.replaceChildren(h("p", {}, h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); load(); } }, "‹ All chats")),
+          h("h3", {}, c.title || "(untitled)", " ", badge(c.status, c.status === "idle" ? "ok" : c.status)),
+          c.messages.map((m) => h("div", { class: "card", "data-message": m.id }, h("b", {}, m.role), " ", h("small", { class: "muted" }, when(m.created_at)), h("pre", {}, m.content))));
+      } catch (e) {
+        if (e.status !== 401) flash(errText(e), true);
+      }
+    }
+    load();
+    return [h("h3", {}, "Your chats"), box];
   }
 
   // ================================================================== Budgets
