@@ -64,13 +64,18 @@ def read_session(request: web.Request, ttl: float, now: float | None = None) -> 
     return Session(token, issued)
 
 
+def _secure(request: web.Request) -> bool:
+    """TLS here, or the browser's page is https (TLS ended at a proxy in front of us): a Secure cookie."""
+    return request.secure or request.headers.get("Origin", "").startswith("https://")
+
+
 def set_session_cookie(response: web.StreamResponse, request: web.Request, session: Session, ttl: float) -> None:
     response.set_cookie(COOKIE, session.cookie_value(), max_age=int(ttl), path="/", httponly=True,
-                        samesite="Strict", secure=request.secure)
+                        samesite="Strict", secure=_secure(request))
 
 
 def clear_session_cookie(response: web.StreamResponse, request: web.Request) -> None:
-    response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict", secure=request.secure)
+    response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict", secure=_secure(request))
 
 
 def valid_token_shape(token: str) -> bool:

@@ -147,6 +147,18 @@ async def test_gateway_scope_tokens_and_guessing_are_refused(console_system: Sys
             assert r.status == 429 and int(r.headers["Retry-After"]) > 0
 
 
+async def test_cookie_is_secure_when_the_page_is_https(console_system: System) -> None:
+    """TLS ended at an ingress: the browser's Origin says https, so the cookie is Secure."""
+    s = console_system
+    host = s.urls["console"].removeprefix("http://")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(s.urls["console"] + "/signin", data={"token": s.owner_token}, allow_redirects=False,
+                             headers={"Origin": f"https://{host}"}) as r:
+            assert r.status == 303 and r.headers["Location"] == "/providers"
+            cookie = r.cookies[COOKIE]
+            assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Strict"
+
+
 async def test_sign_in_from_another_site_is_refused(console_system: System) -> None:
     s = console_system
     async with _client() as http:
