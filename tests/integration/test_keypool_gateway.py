@@ -281,3 +281,30 @@ async def test_gateways_keep_serving_through_a_nats_restart_and_converge(fleet_f
         assert states == ["revoked", "cooling", "valid"]
     finally:
         await server.stop()
+
+
+async def test_reset_returns_a_revoked_key_to_every_gateway_within_a_second(fleet_factory):
+    """POST …/keys/{keyId}/reset on keypool: audited in the registry's log, and every gateway uses the key again."""
+    f: Fleet = await fleet_factory()
+    mock = f.mock
+    mock.on_key(KEYS[0], 401, times=1)  # the provider refused it once (a transient auth glitch, say)
+    await f.chat("a")
+    await eventually(f.everyone(0, "revoked"), PROPAGATION, "key 1 revoked everywhere")
+    n = mock.count_by_key[KEYS[0]]
+    await f.chat("b")
+    assert mock.count_by_key[KEYS[0]] == n
+
+    t0 = time.monotonic()
+    body = await f.admin("POST", f"/api/v2/ai/providers/fleet/keys/{f.kid(0)}/reset", base=f.keypool_url)
+    assert body["id"] == f.kid(0) and body["state"] == "valid" and body["reason"] == "reset"
+    took = await eventually(f.everyone(0, "valid"), PROPAGATION, "every gateway uses key 1 again")
+    print(f"\nreset reached every gateway in {(time.monotonic() - t0) * 1000:.0f} ms (wait {took * 1000:.0f} ms)")
+    await f.chat("a")
+    await f.chat("b")
+    assert mock.count_by_key[KEYS[0]] == n + 2
+    health = await f.health()
+    assert health["keys"][0]["state"] == "valid" and health["keys"][0]["reason"] == "reset"
+    audit = (await f.admin("GET", "/api/v2/audit-logs", None))["audit_logs"]
+    resets = [a for a in audit if a["action"] == "provider_key.reset"]
+    assert len(resets) == 1 and resets[0]["resource_id"] == f.kid(0)
+    assert resets[0]["before"]["state"] == "revoked" and resets[0]["after"]["state"] == "valid"

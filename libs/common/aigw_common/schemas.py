@@ -126,6 +126,10 @@ class KeyState(Message, kw_only=True, tag="keys.state"):
     until: float | None = None
     status_code: int = 0
     updated_at: float = 0.0
+    # why the key is in this state: rate_limited | budget_exhausted | auth_rejected | cooldown_over | reset | recovered
+    reason: str = ""
+    next_check_at: float | None = None  # revoked: when keypool next re-checks the key with the provider
+    checks: int = 0  # revoked: re-checks the provider refused so far (the backoff doubles with each)
 
 
 class KeyStat(msgspec.Struct, frozen=True, kw_only=True):
@@ -210,10 +214,14 @@ class ToolUsage(UsageEvent, kw_only=True, tag="usage.tool"):
 
 
 class InterceptionEnded(UsageEvent, kw_only=True, tag="usage.ended"):
-    status: Literal["ok", "error", "cancelled"]
+    status: Literal["ok", "error", "cancelled", "interrupted"]  # interrupted: the client went away mid-request
     status_code: int = 0
     duration_ms: int = 0
     error: str | None = None
+    # the pool key that finally answered (after failover), for centralised calls; the started event may
+    # have gone out before any key answered
+    key_id: str | None = None
+    key_hint: str = ""
 
 
 AnyUsageEvent = InterceptionStarted | TokenUsage | PromptRecorded | ToolUsage | InterceptionEnded

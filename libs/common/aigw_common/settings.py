@@ -68,6 +68,8 @@ _SCALARS = frozenset(
         "AIGW_ALLOW_LINK_LOCAL_BASE_URLS",
         "AIGW_RECORD_PROMPTS",
         "AIGW_RECORD_PROMPT_BYTES",
+        "AIGW_KEY_RECHECK_MIN",
+        "AIGW_KEY_RECHECK_MAX",
         "AIGW_ADMIN_TOKEN",  # the token `aigw admin` sends (services ignore it)
         "AIGW_OPENAI_KEY",
         "AIGW_OPENAI_BASE_URL",
@@ -182,6 +184,8 @@ class Settings:
     allow_link_local_base_urls: bool = False
     record_prompts: bool = True  # AIGW_RECORD_PROMPTS: false records usage and tool names, no prompt text
     record_prompt_bytes: int = 65536  # AIGW_RECORD_PROMPT_BYTES: longer prompts/tool arguments are cut
+    key_recheck_min: float = 60.0  # keypool re-checks a revoked key after this, doubling up to key_recheck_max
+    key_recheck_max: float = 3600.0
     admin_token: str | None = field(default=None, repr=False)  # for `aigw admin` only
     providers: tuple[ProviderSeed, ...] = ()
     skipped_providers: tuple[SkippedSeed, ...] = ()
@@ -516,6 +520,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["record_prompts"] = _bool("AIGW_RECORD_PROMPTS", v)
     if v := get("AIGW_RECORD_PROMPT_BYTES"):
         kw["record_prompt_bytes"] = _size("AIGW_RECORD_PROMPT_BYTES", v)
+    if v := get("AIGW_KEY_RECHECK_MIN"):
+        kw["key_recheck_min"] = _duration("AIGW_KEY_RECHECK_MIN", v)
+    if v := get("AIGW_KEY_RECHECK_MAX"):
+        kw["key_recheck_max"] = _duration("AIGW_KEY_RECHECK_MAX", v)
+    if float(kw.get("key_recheck_min", 60.0)) <= 0 or float(kw.get("key_recheck_max", 3600.0)) < float(kw.get("key_recheck_min", 60.0)):  # type: ignore[arg-type]
+        raise ConfigError("AIGW_KEY_RECHECK_MIN must be positive and no more than AIGW_KEY_RECHECK_MAX")
     if v := get("AIGW_ADMIN_TOKEN"):
         kw["admin_token"] = v.strip()
     kw["service_urls"] = {s: _url(f"AIGW_{s.upper()}_URL", v) for s in CONSOLE_UPSTREAMS

@@ -277,6 +277,7 @@ _GROUP_KEYS = {
     "model": "i.model",
     "day": "to_char(i.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     "group": "g.group_id",
+    "key": "coalesce(i.key_id, '')",  # the pool key that answered; '' for BYOK and keyless calls
 }
 _TOTALS = (
     "count(*) AS interceptions, coalesce(sum(i.cost_micros), 0)::bigint AS spend_micros,"
@@ -293,7 +294,7 @@ async def get_usage(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     group_by = request.query.get("group_by")
     if group_by is not None and group_by not in _GROUP_KEYS:
-        raise bad_request("group_by must be one of user, group, provider, model, day", "group_by")
+        raise bad_request("group_by must be one of user, group, provider, model, day, key", "group_by")
     now = datetime.now(UTC)
     start = _time_param(request, "from") or month_of(now).start
     end = _time_param(request, "to") or now
@@ -336,7 +337,7 @@ def _cursor_decode(c: str) -> tuple[datetime, str]:
 _ICOLS = (
     "i.id, i.user_id, i.provider_name, i.model, i.client, i.session_id, i.credential_kind, i.status, i.started_at,"
     " i.ended_at, i.occurred_at, i.cost_micros, i.input_tokens, i.output_tokens, i.cache_read_tokens,"
-    " i.cache_write_tokens, i.reasoning_tokens, i.prompt, i.prompt_truncated"
+    " i.cache_write_tokens, i.reasoning_tokens, i.prompt, i.prompt_truncated, i.key_id, i.credential_hint"
 )
 
 
@@ -344,6 +345,9 @@ def _interception(r: asyncpg.Record, tools: list[asyncpg.Record]) -> dict[str, A
     return {
         "id": r["id"], "user_id": r["user_id"], "provider": r["provider_name"], "model": r["model"],
         "client": r["client"], "session_id": r["session_id"], "credential_kind": r["credential_kind"],
+        # which pool key answered (after failover), masked: centralised calls only
+        "key_id": r["key_id"] if r["credential_kind"] == "centralised" else None,
+        "key_hint": (r["credential_hint"] or None) if r["credential_kind"] == "centralised" and r["key_id"] else None,
         "status": r["status"] or "running", "started_at": iso(r["started_at"] or r["occurred_at"]),
         "ended_at": iso(r["ended_at"]), "cost_micros": r["cost_micros"],
         "token_usage": {k: r[k] for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",

@@ -72,7 +72,9 @@ class InterceptionOut(msgspec.Struct):
     client: str
     session_id: str | None
     credential_kind: str
-    status: Literal["running", "ok", "error", "cancelled"]
+    key_id: str | None
+    key_hint: str | None
+    status: Literal["running", "ok", "error", "cancelled", "interrupted"]
     started_at: str
     ended_at: str | None
     cost_micros: int
@@ -121,7 +123,7 @@ ROUTES: list[Route] = [
           response=ModelPrice),
     Route("GET", "/api/v2/ai/usage", None, "user", "Spend and tokens, optionally grouped", "usage", response=UsageOut,
           query=(*_FILTERS, Query("group", _STR, "group id or name"),
-                 Query("group_by", {"type": "string", "enum": ["user", "group", "provider", "model", "day"]}))),
+                 Query("group_by", {"type": "string", "enum": ["user", "group", "provider", "model", "day", "key"]}))),
     Route("GET", "/api/v2/ai/interceptions", None, "user", "Recorded traffic, newest first", "usage",
           response=InterceptionList,
           query=(*_FILTERS, Query("client", _STR), Query("session", _STR),

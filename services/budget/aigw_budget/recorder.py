@@ -122,9 +122,11 @@ class Recorder:
                 return Applied(duplicate=False, budgets=[])
             case InterceptionEnded():
                 await conn.execute(
-                    "UPDATE interceptions SET status = $2, status_code = $3, duration_ms = $4, error = $5, ended_at = $6"
+                    "UPDATE interceptions SET status = $2, status_code = $3, duration_ms = $4, error = $5, ended_at = $6,"
+                    " key_id = COALESCE($7, key_id),"
+                    " credential_hint = CASE WHEN $8 <> '' THEN $8 ELSE credential_hint END"
                     " WHERE id = $1",
-                    ev.interception_id, ev.status, ev.status_code, ev.duration_ms, ev.error, at,
+                    ev.interception_id, ev.status, ev.status_code, ev.duration_ms, ev.error, at, ev.key_id, ev.key_hint,
                 )
                 return Applied(duplicate=False, budgets=[])
         return Applied(duplicate=False, budgets=await self._attribute(conn, ev.interception_id), unpriced=unpriced)
@@ -135,7 +137,8 @@ class Recorder:
                  started_at = $2, occurred_at = $2, user_id = $3, group_ids = $4, token_id = $5, gateway_id = $6,
                  provider_id = $7, provider_name = $8, provider_type = $9, endpoint = $10,
                  model = CASE WHEN $11 <> '' THEN $11 ELSE model END,
-                 client = $12, session_id = $13, credential_kind = $14, credential_hint = $15, key_id = $16,
+                 client = $12, session_id = $13, credential_kind = $14,
+                 credential_hint = CASE WHEN $15 <> '' THEN $15 ELSE credential_hint END, key_id = COALESCE($16, key_id),
                  streaming = $17, reservation_micros = $18, metadata = $19
                WHERE id = $1""",
             ev.interception_id, at, ev.user_id, list(ev.group_ids), ev.token_id, ev.gateway_id,

@@ -112,7 +112,8 @@ async def test_usage_and_interceptions(budget, ev) -> None:  # type: ignore[no-u
     status, page = await budget.member.call("GET", "/api/v2/ai/interceptions", client="codex", session="s1")
     first = page["interceptions"][0]
     assert set(first) == {"id", "user_id", "provider", "model", "client", "session_id", "credential_kind", "status",
-                          "started_at", "ended_at", "cost_micros", "token_usage", "prompt", "prompt_truncated", "tool_calls"}
+                          "started_at", "ended_at", "cost_micros", "token_usage", "prompt", "prompt_truncated", "tool_calls",
+                          "key_id", "key_hint"}
     assert first["tool_calls"] == [{"name": "bash", "call_id": "c9", "arguments": "{}", "injected": False, "error": None,
                                     "truncated": False}]
     assert first["token_usage"] == {"input_tokens": 1000, "output_tokens": 10, "cache_read_tokens": 5,
@@ -124,3 +125,31 @@ async def test_usage_and_interceptions(budget, ev) -> None:  # type: ignore[no-u
     assert status == 200 and one["status"] == "running" and one["model"] == "claude-sonnet-4-0"
     status, _ = await budget.admin.call("GET", "/api/v2/ai/interceptions", cursor="garbage!")
     assert status == 400
+
+
+async def test_key_that_answered_recorded_and_grouped(budget, ev) -> None:  # type: ignore[no-untyped-def]
+    """key_id / key_hint come from the started event or, when it went out before any key answered, the ended one."""
+    from aigw_common.schemas import InterceptionEnded
+
+    me = budget.member_user.user_id
+    await record(budget, ev, [ev.started("k1", me, key_id="key-a", credential_hint="sk-…aaaa"),
+                              ev.tokens("k1", 0, input_tokens=10), ev.ended("k1")])
+    late_end = InterceptionEnded(event_id="k2-e", interception_id="k2", at=time.time(), status="ok", status_code=200,
+                                 key_id="key-b", key_hint="sk-…bbbb")
+    await record(budget, ev, [ev.started("k2", me), late_end])
+    # events out of order: the end (with the key) before the start (without one) keeps the key
+    await record(budget, ev, [InterceptionEnded(event_id="k3-e", interception_id="k3", at=time.time(), status="interrupted",
+                                                key_id="key-b", key_hint="sk-…bbbb"), ev.started("k3", me)])
+    await record(budget, ev, [ev.started("k4", me, credential_kind="byok", credential_hint="sk-…user"), ev.ended("k4")])
+    got = {}
+    for iid in ("k1", "k2", "k3", "k4"):
+        status, one = await budget.admin.call("GET", f"/api/v2/ai/interceptions/{iid}")
+        assert status == 200, one
+        got[iid] = (one["key_id"], one["key_hint"])
+    assert got == {"k1": ("key-a", "sk-…aaaa"), "k2": ("key-b", "sk-…bbbb"), "k3": ("key-b", "sk-…bbbb"),
+                   "k4": (None, None)}
+    status, one = await budget.admin.call("GET", "/api/v2/ai/interceptions/k3")
+    assert one["status"] == "interrupted"
+    status, u = await budget.admin.call("GET", "/api/v2/ai/usage", group_by="key")
+    assert status == 200, u
+    assert {r["key"]: r["interceptions"] for r in u["rows"]} == {"key-a": 1, "key-b": 2, "": 1}

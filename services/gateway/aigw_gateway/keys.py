@@ -10,7 +10,9 @@ before a config change is still cooling after it. Local marks apply at once
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -90,6 +92,29 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
     return DEFAULT_COOLDOWN
 
 
+# A 403 whose body says the refusal is about the model or the caller's region, not the key: the request
+# fails, the key stays. OpenAI error codes; Anthropic's permission_error when its message names a model.
+_NOT_THE_KEY_CODES = frozenset({"model_not_found", "unsupported_country", "unsupported_country_region_territory"})
+_NAMES_A_MODEL = re.compile(r"\bmodels?\b", re.IGNORECASE)
+
+
+def forbidden_for_other_reason(body: bytes | None) -> bool:
+    """True when a 403 body blames the model or the region rather than the credential."""
+    if not body:
+        return False
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(err, dict):
+        return False
+    if err.get("code") in _NOT_THE_KEY_CODES:
+        return True
+    msg = err.get("message")
+    return err.get("type") == "permission_error" and isinstance(msg, str) and bool(_NAMES_A_MODEL.search(msg))
+
+
 MarkSink = Callable[[KeyMarked], None]
 Observer = Callable[[str, str, int, Mapping[str, str]], None]
 
@@ -124,8 +149,12 @@ class KeyPools:
         elif state == VALID:
             h.state, h.until = VALID, 0.0
 
-    def observe(self, provider_id: str, key_id: str, status: int, headers: Mapping[str, str]) -> str | None:
-        """Account for one upstream answer; returns the new state when the key was marked."""
+    def observe(self, provider_id: str, key_id: str, status: int, headers: Mapping[str, str],
+                body: bytes | None = None) -> str | None:
+        """Account for one upstream answer; returns the new state when the key was marked.
+
+        ``body`` is the error body of a 403, read so a refusal about the model or region does not revoke.
+        """
         h = self.health(provider_id, key_id)
         h.last_status = status
         marked: str | None = None
@@ -135,7 +164,7 @@ class KeyPools:
             if h.state != REVOKED:
                 h.state, h.until = COOLING, max(h.until if h.state == COOLING else 0.0, until)
             marked = COOLING
-        elif status in (401, 403):
+        elif status == 401 or (status == 403 and not forbidden_for_other_reason(body)):
             h.state = REVOKED
             marked = REVOKED
         for obs in self.observers:

@@ -18,6 +18,7 @@ class GatewayMetrics:
     circuit_trips: Counter
     circuit_rejects: Counter
     failovers: Counter
+    upstream_attempts: Counter
     exhaustions: Counter
     revision: Gauge
     providers_failed: Gauge
@@ -36,7 +37,10 @@ class GatewayMetrics:
             circuit_state=Gauge("aigw_gateway_circuit_state", "0 closed, 1 open, 2 half-open", ["provider", "endpoint", "model"], registry=r),
             circuit_trips=Counter("aigw_gateway_circuit_trips_total", "Breaker trips", ["provider", "endpoint", "model"], registry=r),
             circuit_rejects=Counter("aigw_gateway_circuit_rejects_total", "Requests refused by an open breaker", ["provider", "endpoint"], registry=r),
-            failovers=Counter("aigw_gateway_keypool_failovers_total", "Attempts moved to the next key", ["provider", "reason"], registry=r),
+            # key = pool key id: bounded, keys are made by admins (never a client-supplied value)
+            failovers=Counter("aigw_gateway_keypool_failovers_total", "Attempts moved to the next key", ["provider", "key", "reason"], registry=r),
+            upstream_attempts=Counter("aigw_gateway_upstream_attempts_total", "Upstream attempts with a pool key, by answer",
+                                      ["provider", "key", "status"], registry=r),
             exhaustions=Counter("aigw_gateway_keypool_exhaustions_total", "Requests with no usable key", ["provider"], registry=r),
             revision=Gauge("aigw_gateway_provider_set_revision", "Revision of the provider set in use", registry=r),
             providers_failed=Gauge("aigw_gateway_providers_failed", "Enabled providers of the current set that could not be loaded", registry=r),

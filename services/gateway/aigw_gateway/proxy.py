@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -128,6 +129,30 @@ async def _chunks(resp: aiohttp.ClientResponse, idle: float) -> AsyncIterator[by
             yield chunk
     finally:
         handle.cancel()
+
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+async def _read_error_body(resp: aiohttp.ClientResponse) -> bytes | None:
+    """Read an upstream error body up to a bound (None when larger: treated as saying nothing)."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.readany():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > _ERROR_BODY_LIMIT:
+            break
+    data = b"".join(parts)
+    # hand the relay a reader holding what was read, so the client still gets the body byte for byte
+    loop = asyncio.get_running_loop()
+    reader = aiohttp.StreamReader(BaseProtocol(loop), _ERROR_BODY_LIMIT, loop=loop)
+    reader.feed_data(data)
+    reader.feed_eof()
+    resp.content = reader
+    if size > _ERROR_BODY_LIMIT:
+        return None
+    return data
 
 
 def _filtered_headers(headers: CIMultiDictProxy[str], filt: ResponseFilter | None) -> CIMultiDict[str]:
@@ -303,12 +328,20 @@ class Gateway:
                 raise Refused(502, f"provider {provider.name!r} is unreachable") from None
             if key is None:
                 return resp, None, adapter.response_filter(provider, out, resp.status, resp.headers), out
-            marked = self.pools.observe(provider.id, key.id, resp.status, resp.headers)
+            body403 = None
+            if resp.status == 403:
+                try:
+                    async with asyncio.timeout(t.idle):
+                        body403 = await _read_error_body(resp)
+                except (TimeoutError, aiohttp.ClientError):
+                    body403 = None  # unreadable: says nothing, so the 403 counts against the key
+            marked = self.pools.observe(provider.id, key.id, resp.status, resp.headers, body403)
+            self.m.upstream_attempts.labels(provider.name, key.id, str(resp.status)).inc()
             if marked is None:
                 return resp, key, adapter.response_filter(provider, out, resp.status, resp.headers), out
             resp.release()
             if i + 1 < len(keys):
-                self.m.failovers.labels(provider.name, marked).inc()
+                self.m.failovers.labels(provider.name, key.id, marked).inc()
         self._exhausted(provider)
         raise AssertionError("unreachable")
 
@@ -413,8 +446,8 @@ class Gateway:
                 resp.close()
             outcome = "ok" if status < 400 and rec.error is None else "error"
             return out
-        except asyncio.CancelledError:
-            outcome = "cancelled"
+        except asyncio.CancelledError:  # aiohttp cancels the handler when the client disconnects
+            outcome = "interrupted"
             raise
         finally:
             if breaker is not None:
@@ -541,8 +574,9 @@ class _Interception:
             group_ids=ident.group_ids, token_id=ident.token_id, provider_id=self.provider.id,
             provider_name=self.provider.name, provider_type=self.provider.type, endpoint=self.endpoint,
             model=self.info.model, client=self.client, session_id=self._session,
-            credential_kind="byok" if self.caller.byok else "centralised", credential_hint=self.caller.hint,
-            streaming=self.info.stream, reservation_micros=self.admission.reservation_micros,
+            credential_kind="byok" if self.caller.byok else "centralised",
+            credential_hint=self.key.hint if self.key is not None else self.caller.hint,
+            key_id=self.key.id if self.key is not None else None, streaming=self.info.stream, reservation_micros=self.admission.reservation_micros,
             gateway_id=self.admission.lease_holder,
         ))
         if self.info.prompt:
@@ -558,7 +592,7 @@ class _Interception:
         ext = self.extracted
         tokens: TokenCounts | None = None
         if self.cancelled and outcome == "ok":
-            outcome = "cancelled"
+            outcome = "interrupted"
         if ext is not None:
             model = ext.model or self.info.model
             tokens = ext.tokens
@@ -582,7 +616,9 @@ class _Interception:
         duration = time.monotonic() - self.t0
         gw.recorder.emit(InterceptionEnded(event_id=uuid.uuid4().hex, interception_id=self.id, at=now,
                                            status=outcome, status_code=status,  # type: ignore[arg-type]
-                                           duration_ms=int(duration * 1000), error=self.error))
+                                           duration_ms=int(duration * 1000), error=self.error,
+                                           key_id=self.key.id if self.key is not None else None,
+                                           key_hint=self.key.hint if self.key is not None else ""))
         gw.guard.settle(self.admission, (ext.model if ext else None) or self.info.model, tokens)
         gw.m.in_flight.labels(pname).dec()
         gw.m.interceptions.labels(pname, self.endpoint, str(status or 0), self.client).inc()

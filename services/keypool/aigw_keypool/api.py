@@ -1,20 +1,35 @@
-"""The key health API: ``GET /api/v2/ai/providers/{idOrName}/keys/health`` (admins)."""
+"""The key health API (admins): ``GET /api/v2/ai/providers/{idOrName}/keys/health`` and
+``POST /api/v2/ai/providers/{idOrName}/keys/{keyId}/reset``."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
 from aigw_common.api import ApiError, forbidden, json_response, not_found
 from aigw_common.auth import IdentityCache, authenticate, is_admin
-from aigw_common.keystate import effective
+from aigw_common.keystate import TRANSIENT, effective
+from aigw_common.schemas import Identity, KeyState
 
+from .audit import AuditLog
 from .service import KeyPoolService
 
 SERVICE = web.AppKey("keypool_service", KeyPoolService)
 IDENTITIES = web.AppKey("keypool_identities", IdentityCache)
+AUDIT = web.AppKey("keypool_audit", AuditLog)
+
+# What each reason means, for a person reading the health API.
+WHY = {
+    "rate_limited": "the provider answered 429; cooling until its Retry-After",
+    "budget_exhausted": "the provider's rate-limit headers showed no budget left; cooling until it resets",
+    "auth_rejected": "the provider refused the key (401/403); keypool re-checks it with the model list",
+    "cooldown_over": "the cooldown ended",
+    "reset": "reset by an admin",
+    "recovered": "a re-check was accepted by the provider",
+}
 
 
 def iso(ts: float | None) -> str | None:
@@ -27,7 +42,27 @@ def iso(ts: float | None) -> str | None:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def key_health(request: web.Request) -> web.Response:
+def _key_health(svc: KeyPoolService, provider_id: str, k: Any, now: float,
+                written: KeyState | None = None) -> dict[str, Any]:
+    raw = written or svc.state_of(provider_id, k.id)
+    state, until = effective(raw, now)
+    st = svc.stats.get(provider_id, k.id)
+    successes, failures = st.last_minute(now) if st is not None else (0, 0)
+    reason = raw.reason if raw is not None else ""
+    if raw is not None and raw.state == "cooling" and state == "valid":
+        reason = "cooldown_over"  # its time is up; keypool writes that a moment later
+    return {
+        "id": k.id, "hint": k.hint, "position": k.position, "state": state, "until": iso(until),
+        "last_status": st.last_status if st is not None else None,
+        "failures_1m": failures, "successes_1m": successes,
+        "reason": reason or None, "why": WHY.get(reason) if reason else None,
+        "since": iso(raw.updated_at) if raw is not None and raw.updated_at else None,
+        "next_check_at": iso(raw.next_check_at) if raw is not None and state == "revoked" and svc.rechecks_enabled else None,
+        "checks": raw.checks if raw is not None and state == "revoked" else 0,
+    }
+
+
+async def _provider(request: web.Request) -> tuple[Identity, KeyPoolService, Any]:
     ident = await authenticate(request, request.app[IDENTITIES])
     if not is_admin(ident):
         raise forbidden("key health is for admins")
@@ -40,19 +75,42 @@ async def key_health(request: web.Request) -> web.Response:
         p = svc.registry.find(ref)
     if p is None:
         raise not_found(f"provider {ref!r}")
+    return ident, svc, p
+
+
+async def key_health(request: web.Request) -> web.Response:
+    _ident, svc, p = await _provider(request)
     now = time.time()
-    keys = []
-    for k in sorted(p.keys, key=lambda k: k.position):
-        state, until = effective(svc.state_of(p.id, k.id), now)
-        st = svc.stats.get(p.id, k.id)
-        successes, failures = st.last_minute(now) if st is not None else (0, 0)
-        keys.append({
-            "id": k.id, "hint": k.hint, "position": k.position, "state": state, "until": iso(until),
-            "last_status": st.last_status if st is not None else None,
-            "failures_1m": failures, "successes_1m": successes,
-        })
+    keys = [_key_health(svc, p.id, k, now) for k in sorted(p.keys, key=lambda k: k.position)]
     return json_response({"provider": p.name, "provider_id": p.id, "keys": keys})
+
+
+def _audit_state(st: KeyState | None) -> dict[str, Any]:
+    if st is None:
+        return {"state": "valid"}
+    return {"state": st.state, "reason": st.reason or None, "status_code": st.status_code or None, "until": iso(st.until)}
+
+
+async def reset_key(request: web.Request) -> web.Response:
+    """Return a key to valid on every gateway now, whatever its state (audited)."""
+    ident, svc, p = await _provider(request)
+    key_id = request.match_info["keyId"]
+    k = next((k for k in p.keys if k.id == key_id), None)
+    if k is None and await svc.registry.refresh():
+        p = svc.registry.find(p.id) or p
+        k = next((k for k in p.keys if k.id == key_id), None)
+    if k is None:
+        raise not_found(f"key {key_id!r} of provider {p.name!r}")
+    try:
+        before, after = await svc.reset_key(p.id, k.id)
+    except TRANSIENT:
+        raise ApiError(503, "key state store unavailable, try again", headers={"Retry-After": "1"}) from None
+    await request.app[AUDIT].record(ident, "provider_key.reset", "provider_key", k.id,
+                                    {"provider_id": p.id, **_audit_state(before)},
+                                    {"provider_id": p.id, **_audit_state(after)})
+    return json_response(_key_health(svc, p.id, k, time.time(), after))
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v2/ai/providers/{idOrName}/keys/health", key_health)
+    app.router.add_post("/api/v2/ai/providers/{idOrName}/keys/{keyId}/reset", reset_key)

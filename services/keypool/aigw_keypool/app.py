@@ -9,11 +9,14 @@ from aiohttp import web
 from aigw_common.api import error_middleware
 from aigw_common.auth import IdentityCache
 from aigw_common.bus import make_bus
+from aigw_common.crypto import PURPOSE_BUS, Sealer
 from aigw_common.db import MigrationSet
 from aigw_common.service import METRICS, STATE, base_app
 from aigw_common.settings import Settings
 
-from .api import IDENTITIES, SERVICE, add_routes
+from .api import AUDIT, IDENTITIES, SERVICE, add_routes
+from .audit import AuditLog
+from .logic import Backoff
 from .openapi import add_document
 from .service import KeyPoolService
 
@@ -30,7 +33,12 @@ def create_app(settings: Settings) -> web.Application:
         await bus.start(wait=2.0)
         identities = IdentityCache(bus, ttl=settings.identity_ttl)
         await identities.start()
-        svc = KeyPoolService(bus, app[METRICS], resync_interval=settings.revision_check_interval)
+        sealer = Sealer.from_keys(settings.encryption_keys, PURPOSE_BUS) if settings.encryption_keys else None
+        svc = KeyPoolService(bus, app[METRICS], resync_interval=settings.revision_check_interval,
+                             backoff=Backoff(settings.key_recheck_min, settings.key_recheck_max), sealer=sealer)
+        audit = AuditLog(settings.database_url)
+        await audit.start()
+        app[AUDIT] = audit
         app[IDENTITIES] = identities
         app[SERVICE] = svc
         await svc.start()
@@ -40,6 +48,7 @@ def create_app(settings: Settings) -> web.Application:
         finally:
             await svc.stop()
             await bus.close()
+            await audit.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -1,10 +1,13 @@
 """Key-state rules, free of any transport so they are tested on their own.
 
-- A revoke wins over everything and stays until the registry clears it.
+- A revoke wins over every mark. It ends when the registry replaces the key, when an admin resets it,
+  or when keypool's re-check (a cheap authenticated call, on a doubling backoff) is accepted.
 - Cooling marks race across gateways: the longest cooldown wins.
 - A cooling mark whose ``until`` already passed changes nothing.
-- A ``valid`` mark changes nothing: cooling ends by time, revoked by the registry.
+- A ``valid`` mark changes nothing: cooling ends by time.
 - A rate-limit budget at zero cools the key until its reset, before the 429.
+
+Every state says why (``reason``) so the health API can show it.
 """
 
 from __future__ import annotations
@@ -18,22 +21,67 @@ from aigw_common.schemas import KeyMarked, KeyStat, KeyState, RateLimitInfo, Reg
 
 UNKNOWN_RESET = 1.0  # budget at zero but no reset header: cool briefly, the next report corrects it
 
+# reasons
+AUTH_REJECTED, RATE_LIMITED, BUDGET_EXHAUSTED = "auth_rejected", "rate_limited", "budget_exhausted"
+COOLDOWN_OVER, RESET, RECOVERED = "cooldown_over", "reset", "recovered"
 
-def merge_mark(cur: KeyState | None, mark: KeyMarked, now: float) -> KeyState | None:
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """When a revoked key is re-checked: ``first`` after the revoke, then doubling up to ``cap``."""
+
+    first: float = 60.0
+    cap: float = 3600.0
+
+    def delay(self, refused: int) -> float:
+        return min(self.first * (2 ** min(refused, 32)), self.cap)
+
+
+def merge_mark(cur: KeyState | None, mark: KeyMarked, now: float, backoff: Backoff | None = None) -> KeyState | None:
     """The state after ``mark``, or None when it changes nothing."""
+    backoff = backoff or Backoff()
     if mark.state == "revoked":
         if cur is not None and cur.state == "revoked":
             return None
         return KeyState(provider_id=mark.provider_id, key_id=mark.key_id, state="revoked",
-                        status_code=mark.status_code, updated_at=now)
+                        status_code=mark.status_code, updated_at=now, reason=AUTH_REJECTED,
+                        next_check_at=now + backoff.delay(0), checks=0)
     if mark.state == "cooling":
         until = mark.until if mark.until is not None else (mark.at or now) + DEFAULT_COOLDOWN
         return cool(cur, mark.provider_id, mark.key_id, until, mark.status_code, now)
     return None
 
 
+def reset(cur: KeyState | None, provider_id: str, key_id: str, now: float) -> KeyState:
+    """An admin's reset: valid at once, whatever the state (always written, so every gateway hears it)."""
+    return KeyState(provider_id=provider_id, key_id=key_id, state="valid",
+                    status_code=cur.status_code if cur is not None else 0, updated_at=now, reason=RESET)
+
+
+def recheck_due(cur: KeyState | None, now: float) -> bool:
+    return cur is not None and cur.state == "revoked" and (cur.next_check_at or 0.0) <= now
+
+
+def claim_recheck(cur: KeyState | None, now: float, backoff: Backoff) -> KeyState | None:
+    """Move a due re-check's time forward before probing (compare-and-set: one keypool replica probes);
+    if the probe is refused — or keypool dies meanwhile — that is already the next attempt's time."""
+    if cur is None or not recheck_due(cur, now):
+        return None
+    return KeyState(provider_id=cur.provider_id, key_id=cur.key_id, state="revoked", status_code=cur.status_code,
+                    updated_at=cur.updated_at, reason=cur.reason, next_check_at=now + backoff.delay(cur.checks + 1),
+                    checks=cur.checks + 1)
+
+
+def recovered(cur: KeyState | None, now: float, status: int) -> KeyState | None:
+    """The provider accepted the key again: valid, unless someone changed the state meanwhile."""
+    if cur is None or cur.state != "revoked":
+        return None
+    return KeyState(provider_id=cur.provider_id, key_id=cur.key_id, state="valid", status_code=status,
+                    updated_at=now, reason=RECOVERED)
+
+
 def cool(cur: KeyState | None, provider_id: str, key_id: str, until: float, status_code: int,
-         now: float) -> KeyState | None:
+         now: float, reason: str = RATE_LIMITED) -> KeyState | None:
     """Cooling until ``until`` unless revoked or already cooling at least that long."""
     if until <= now:
         return None
@@ -43,7 +91,7 @@ def cool(cur: KeyState | None, provider_id: str, key_id: str, until: float, stat
         if cur.state == "cooling" and (cur.until or 0.0) >= until:
             return None
     return KeyState(provider_id=provider_id, key_id=key_id, state="cooling", until=until,
-                    status_code=status_code, updated_at=now)
+                    status_code=status_code, updated_at=now, reason=reason)
 
 
 def expire(cur: KeyState | None, now: float) -> KeyState | None:
@@ -51,7 +99,7 @@ def expire(cur: KeyState | None, now: float) -> KeyState | None:
     if cur is None or cur.state != "cooling" or (cur.until or 0.0) > now:
         return None
     return KeyState(provider_id=cur.provider_id, key_id=cur.key_id, state="valid",
-                    status_code=cur.status_code, updated_at=now)
+                    status_code=cur.status_code, updated_at=now, reason=COOLDOWN_OVER)
 
 
 def budget_exhausted_until(rl: RateLimitInfo | None, now: float) -> float | None:

@@ -19,6 +19,11 @@ class KeyHealthOut(msgspec.Struct):
     last_status: int | None
     failures_1m: int
     successes_1m: int
+    reason: Literal["rate_limited", "budget_exhausted", "auth_rejected", "cooldown_over", "reset", "recovered"] | None
+    why: str | None  # the reason in words
+    since: str | None  # when the key entered this state
+    next_check_at: str | None  # revoked: when keypool next re-checks the key with the provider's model list
+    checks: int  # revoked: re-checks the provider has refused so far
 
 
 class KeyHealthList(msgspec.Struct):
@@ -31,6 +36,9 @@ ROUTES: list[Route] = [
     Route("GET", "/api/v2/ai/providers/{idOrName}/keys/health", None, "admin",
           "Fleet-wide health of a provider's keys (state, cooldown, last minute's outcomes)", "keys",
           response=KeyHealthList),
+    Route("POST", "/api/v2/ai/providers/{idOrName}/keys/{keyId}/reset", None, "admin",
+          "Return a key to valid on every gateway at once, whatever its state (audited as provider_key.reset)",
+          "keys", response=KeyHealthOut),
     document_route("/api/v2/openapi.json"),
 ]
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import aiohttp
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import InvalidKeyError
@@ -23,7 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aigw_common.aio import stop_task
 from aigw_common.bus import Bus, decode
-from aigw_common.errors import DecodeError
+from aigw_common.crypto import Sealer
+from aigw_common.errors import CryptoError, DecodeError
 from aigw_common.keystate import (
     TRANSIENT,
     KeyStateWatch,
@@ -36,14 +39,20 @@ from aigw_common.keystate import (
 from aigw_common.schemas import KeyMarked, KeyReport, KeysExhausted, KeyState, RegistrySnapshot
 
 from .logic import (
+    BUDGET_EXHAUSTED,
+    Backoff,
     Stats,
     budget_exhausted_until,
     changed_keys,
+    claim_recheck,
     cool,
     expire,
     merge_mark,
+    recovered,
+    reset,
     snapshot_keys,
 )
+from .probe import probe, probe_request
 from .registry import RegistryView
 from .store import KeyStore, Rule
 
@@ -63,12 +72,20 @@ class Metrics:
                                    ["provider"], registry=registry)
         self.marks = Counter("aigw_keypool_marks_total", "Key marks consumed", ["state"], registry=registry)
         self.reports = Counter("aigw_keypool_reports_total", "Gateway key reports received", registry=registry)
+        self.rechecks = Counter("aigw_keypool_rechecks_total", "Re-checks of revoked keys with the provider",
+                                ["provider", "outcome"], registry=registry)
 
 
 class KeyPoolService:
-    def __init__(self, bus: Bus, registry: CollectorRegistry, *, resync_interval: float = 30.0) -> None:
+    def __init__(self, bus: Bus, registry: CollectorRegistry, *, resync_interval: float = 30.0,
+                 backoff: Backoff | None = None, sealer: Sealer | None = None, probe_timeout: float = 10.0) -> None:
         self.bus = bus
         self.metrics = Metrics(registry)
+        self.backoff = backoff or Backoff()
+        self.sealer = sealer  # opens the snapshot's sealed keys for re-checks; None: no re-checks
+        self.probe_timeout = probe_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._checking: set[str] = set()
         self.mirror = KeyStateWatch(bus, self._on_state, resync_interval=resync_interval)
         self.store = KeyStore(self.mirror)
         self.registry = RegistryView(bus, self._on_snapshot, interval=resync_interval)
@@ -83,6 +100,10 @@ class KeyPoolService:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.sealer is not None:
+            self._session = aiohttp.ClientSession()
+        else:
+            log.warning("AIGW_ENCRYPTION_KEYS not set: revoked keys are not re-checked (reset them through the API)")
         await self.bus.subscribe(self.bus.subjects.keys_report, KeyReport, self._on_report)
         self.bus.on_reconnect(self._on_reconnect)
         self.mirror.start()
@@ -97,6 +118,8 @@ class KeyPoolService:
         await self.mirror.stop()
         for t in list(self._spawned):
             t.cancel()
+        if self._session is not None:
+            await self._session.close()
 
     def not_ready(self) -> str | None:
         if not self.bus.connected:
@@ -135,11 +158,12 @@ class KeyPoolService:
         self.stats.mark(mark)
 
         def rule(cur: KeyState | None) -> KeyState | None:
-            merged = merge_mark(cur, mark, now)
+            merged = merge_mark(cur, mark, now, self.backoff)
             rl_until = budget_exhausted_until(mark.ratelimit, now)
             if rl_until is None:
                 return merged
-            cooled = cool(merged or cur, mark.provider_id, mark.key_id, rl_until, mark.status_code, now)
+            cooled = cool(merged or cur, mark.provider_id, mark.key_id, rl_until, mark.status_code, now,
+                          BUDGET_EXHAUSTED)
             return cooled or merged
 
         return await self._write(mark.provider_id, mark.key_id, rule)
@@ -215,7 +239,51 @@ class KeyPoolService:
                 log.warning("proactive cooling not written", extra={"error": str(e)})
 
     async def _cool(self, provider_id: str, key_id: str, until: float, status: int, now: float) -> None:
-        await self._write(provider_id, key_id, lambda cur: cool(cur, provider_id, key_id, until, status, now))
+        await self._write(provider_id, key_id,
+                          lambda cur: cool(cur, provider_id, key_id, until, status, now, BUDGET_EXHAUSTED))
+
+    # ------------------------------------------------------------ reset and re-check
+
+    @property
+    def rechecks_enabled(self) -> bool:
+        return self.sealer is not None
+
+    async def reset_key(self, provider_id: str, key_id: str) -> tuple[KeyState | None, KeyState]:
+        """An admin's reset: the key is valid again on every gateway (they watch the bucket)."""
+        before = self.state_of(provider_id, key_id)
+        after = await self._write(provider_id, key_id, lambda cur: reset(cur, provider_id, key_id, time.time()))
+        assert after is not None  # reset() always writes
+        return before, after
+
+    async def _recheck(self, provider_id: str, key_id: str) -> None:
+        """Ask the provider whether it accepts a revoked key again (one replica wins the claim and asks)."""
+        key = kv_key(provider_id, key_id)
+        try:
+            p = self.registry.by_id.get(provider_id)
+            k = next((k for k in p.keys if k.id == key_id), None) if p is not None else None
+            if p is None or k is None or self.sealer is None or self._session is None:
+                return
+            settings = msgspec.json.decode(self.sealer.open_bytes(p.settings_sealed)) if p.settings_sealed else {}
+            req = probe_request(p.type, p.base_url, settings, self.sealer.open(k.sealed))
+            claimed = await self._write(provider_id, key_id, lambda cur: claim_recheck(cur, time.time(), self.backoff))
+            if claimed is None or req is None:
+                return  # another replica asks, the state changed, or the type has no model list to ask
+            status = await probe(self._session, req[0], req[1], self.probe_timeout)
+            self.metrics.rechecks.labels(self._label(provider_id), "accepted" if 200 <= status < 300 else "refused").inc()
+            if 200 <= status < 300:
+                await self._write(provider_id, key_id, lambda cur: recovered(cur, time.time(), status))
+                log.info("revoked key accepted again by the provider", extra={"provider_id": provider_id,
+                                                                              "key_id": key_id, "status": status})
+            else:
+                log.info("revoked key still refused", extra={"provider_id": provider_id, "key_id": key_id,
+                                                             "status": status, "next_check_at": claimed.next_check_at})
+        except (CryptoError, msgspec.DecodeError) as e:
+            log.error("cannot open a key to re-check it; check AIGW_ENCRYPTION_KEYS",
+                      extra={"provider_id": provider_id, "key_id": key_id, "error": str(e)})
+        except TRANSIENT as e:
+            log.warning("key re-check not written; retrying later", extra={"error": str(e)})
+        finally:
+            self._checking.discard(key)
 
     # ------------------------------------------------------------ expiry
 
@@ -225,6 +293,14 @@ class KeyPoolService:
             now = time.time()
             soonest = now + TICK
             for key, (st, _rev) in list(self.mirror.states.items()):
+                if st.state == "revoked" and self._session is not None:
+                    due = st.next_check_at or 0.0
+                    if due > now:
+                        soonest = min(soonest, due)
+                    elif key not in self._checking:
+                        self._checking.add(key)
+                        self._spawn(self._recheck(*split_kv_key(key)))
+                    continue
                 if st.state != "cooling":
                     continue
                 until = st.until or 0.0

@@ -197,8 +197,105 @@ async def test_reports_feed_health_and_cool_a_key_before_its_429(bus, registry, 
     keys = body["keys"]
     assert [k["id"] for k in keys] == [k1, k2, k3] and [k["position"] for k in keys] == [0, 1, 2]
     assert keys[0] == {"id": k1, "hint": "sk-…1111", "position": 0, "state": "valid", "until": None,
-                       "last_status": 200, "failures_1m": 2, "successes_1m": 10}
+                       "last_status": 200, "failures_1m": 2, "successes_1m": 10, "reason": None, "why": None,
+                       "since": None, "next_check_at": None, "checks": 0}
     assert keys[1]["state"] == "cooling" and keys[1]["until"].endswith("Z") and keys[1]["successes_1m"] == 1
+    assert keys[1]["reason"] == "budget_exhausted" and keys[1]["since"].endswith("Z")
     assert keys[2]["state"] == "revoked" and keys[2]["last_status"] == 401 and keys[2]["until"] is None
+    assert keys[2]["reason"] == "auth_rejected" and "re-checks" in keys[2]["why"] and keys[2]["next_check_at"].endswith("Z")
     for k in keys:
         assert "sk-aaaa1111" not in str(k)
+
+
+@pytest.fixture
+def start_keypool_with(apps, make_settings, eventually):  # type: ignore[no-untyped-def]
+    async def start(**env: str):  # type: ignore[no-untyped-def]
+        app = create_app(make_settings(**env))
+        url = await apps.start(app)
+        async with aiohttp.ClientSession() as s:
+            async def ready() -> bool:
+                async with s.get(url + "/readyz") as r:
+                    return r.status == 200
+            await eventually(ready, 10, "keypool ready")
+        return app, url
+
+    return start
+
+
+async def test_revoked_key_is_rechecked_on_a_backoff_and_returns(bus, registry, kv, mock_upstream,  # type: ignore[no-untyped-def]
+                                                                 start_keypool_with, eventually):
+    """A revoked key is re-checked with the provider's model list, backing off while refused, and is valid
+    again once the provider accepts it."""
+    mock_upstream.play("openai/chatcompletions/simple")
+    p = registry.put_provider("oai", "openai", mock_upstream.url + "/v1", ["sk-recheck-0001", "sk-recheck-0002"])
+    a = registry.put_provider("ant", "anthropic", mock_upstream.url, ["sk-ant-recheck-0003"])
+    k1, ka = p.keys[0].id, a.keys[0].id
+    admin = registry.add_user(roles=["admin"]).token
+    mock_upstream.on_key("sk-recheck-0001", 401)
+    _, url = await start_keypool_with(AIGW_KEY_RECHECK_MIN="300ms", AIGW_KEY_RECHECK_MAX="1s")
+    await mark(bus, p.id, k1, "revoked", status=401)
+    await mark(bus, a.id, ka, "revoked", status=403)
+
+    async def checks(pid: str, kid: str, n: int) -> bool:
+        st = await read(kv, pid, kid)
+        return st is not None and st.state == "revoked" and st.checks >= n
+    await eventually(lambda: checks(p.id, k1, 3), 10, "three refused re-checks")
+    st = await read(kv, p.id, k1)
+    assert st.reason == "auth_rejected" and st.next_check_at is not None
+    assert st.next_check_at - time.time() <= 1.0 + 0.5  # the backoff is capped
+    probes = [r for r in mock_upstream.requests if r.key == "sk-recheck-0001"]
+    assert {(r.method, r.path) for r in probes} == {("GET", "/v1/models")}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{url}/api/v2/ai/providers/oai/keys/health", headers={"Authorization": f"Bearer {admin}"}) as r:
+            body = await r.json()
+    k = body["keys"][0]
+    assert k["state"] == "revoked" and k["reason"] == "auth_rejected" and k["checks"] >= 3 and k["next_check_at"]
+
+    # the provider takes the key again: valid, with the reason
+    mock_upstream.clear_key("sk-recheck-0001")
+
+    async def back() -> bool:
+        st = await read(kv, p.id, k1)
+        return st is not None and st.state == "valid" and st.reason == "recovered"
+    await eventually(back, 5, "key accepted again")
+    # anthropic keys are checked with their own auth header and path
+    async def ant_back() -> bool:
+        st = await read(kv, a.id, ka)
+        return st is not None and st.state == "valid"
+    await eventually(ant_back, 5, "anthropic key re-checked")
+    ant_probe = next(r for r in mock_upstream.requests if r.key == "sk-ant-recheck-0003")
+    assert ant_probe.path == "/v1/models" and ant_probe.headers.get("anthropic-version")
+    # the other key was never revoked, so never probed
+    assert mock_upstream.count_by_key.get("sk-recheck-0002", 0) == 0
+
+
+async def test_reset_route(bus, registry, kv, start_keypool_with, eventually):  # type: ignore[no-untyped-def]
+    p = registry.put_provider("openai", "openai", "http://127.0.0.1:9/v1", ["sk-reset-0001", "sk-reset-0002"])
+    k1, k2 = p.keys[0].id, p.keys[1].id
+    admin = registry.add_user(roles=["admin"]).token
+    member = registry.add_user(roles=["member"]).token
+    _, url = await start_keypool_with()
+    await mark(bus, p.id, k1, "revoked", status=401)
+
+    async def revoked() -> bool:
+        st = await read(kv, p.id, k1)
+        return st is not None and st.state == "revoked"
+    await eventually(revoked, 5, "revoked")
+    async with aiohttp.ClientSession() as s:
+        async def post(path: str, token: str | None):  # type: ignore[no-untyped-def]
+            h = {"Authorization": f"Bearer {token}"} if token else {}
+            async with s.post(f"{url}/api/v2/ai/providers/{path}/reset", headers=h) as r:
+                return r.status, await r.json()
+
+        assert (await post(f"openai/keys/{k1}", None))[0] == 401
+        assert (await post(f"openai/keys/{k1}", member))[0] == 403
+        assert (await post(f"nope/keys/{k1}", admin))[0] == 404
+        assert (await post("openai/keys/not-a-key", admin))[0] == 404
+        status, body = await post(f"openai/keys/{k1}", admin)
+        assert status == 200, body
+        assert body["id"] == k1 and body["state"] == "valid" and body["reason"] == "reset" and body["hint"] == "sk-…0001"
+        st = await read(kv, p.id, k1)
+        assert st.state == "valid" and st.reason == "reset"
+        # a valid key may be reset too (idempotent), and by provider id
+        status, body = await post(f"{p.id}/keys/{k2}", admin)
+        assert status == 200 and body["state"] == "valid"
