@@ -74,7 +74,8 @@ UPDATE interceptions i SET
   provider_type = e.provider_type, endpoint = e.endpoint,
   model = CASE WHEN e.model <> '' THEN e.model ELSE i.model END,
   client = e.client, session_id = e.session_id, credential_kind = e.credential_kind,
-  credential_hint = e.credential_hint, key_id = e.key_id, streaming = e.streaming,
+  credential_hint = CASE WHEN e.credential_hint <> '' THEN e.credential_hint ELSE i.credential_hint END,
+  key_id = COALESCE(e.key_id, i.key_id), streaming = e.streaming,
   reservation_micros = e.reservation_micros, metadata = e.metadata
 FROM jsonb_to_recordset($1::jsonb) AS e(
   id text, at timestamptz, user_id text, group_ids text[], token_id text, gateway_id text, provider_id text,
@@ -122,9 +123,11 @@ SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(
 
 _ENDED = """
 UPDATE interceptions i SET status = e.status, status_code = e.status_code, duration_ms = e.duration_ms,
-  error = e.error, ended_at = e.at
+  error = e.error, ended_at = e.at, key_id = COALESCE(e.key_id, i.key_id),
+  credential_hint = CASE WHEN e.key_hint <> '' THEN e.key_hint ELSE i.credential_hint END
 FROM jsonb_to_recordset($1::jsonb) AS e(
-  id text, status text, status_code integer, duration_ms integer, error text, at timestamptz)
+  id text, status text, status_code integer, duration_ms integer, error text, at timestamptz, key_id text,
+  key_hint text)
 WHERE i.id = e.id"""
 
 
@@ -220,7 +223,8 @@ class BatchRecorder:
         if ended:
             await conn.execute(_ENDED, [
                 {"id": ev.interception_id, "status": ev.status, "status_code": ev.status_code,
-                 "duration_ms": ev.duration_ms, "error": ev.error, "at": _iso(ev.at)} for ev in ended.values()])
+                 "duration_ms": ev.duration_ms, "error": ev.error, "at": _iso(ev.at), "key_id": ev.key_id,
+                 "key_hint": ev.key_hint} for ev in ended.values()])
         touched = sorted({ev.interception_id for ev in mine if isinstance(ev, InterceptionStarted | TokenUsage)})
         if touched:
             result.budgets.update(await self._attribute(conn, touched))

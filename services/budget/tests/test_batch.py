@@ -53,7 +53,8 @@ def history(rng: random.Random, p: str, at0: float) -> list[AnyUsageEvent]:
                 event_id=next(ids), interception_id=iid, at=at0 + n, user_id=f"{p}u{rng.randrange(4)}" if rng.random() < 0.9
                 else None, group_ids=groups, provider_id="p1", provider_name="openai", provider_type="openai",
                 endpoint="chat_completions", model=rng.choice(["m1", "m2", "mystery", ""]), gateway_id=f"{p}gw",
-                metadata={"k": str(n)}, reservation_micros=rng.randrange(1000), key_id=f"k{n % 3}"))
+                metadata={"k": str(n)}, reservation_micros=rng.randrange(1000),
+                key_id=rng.choice([f"k{n % 3}", None])))
         for _ in range(rng.randrange(4)):
             model = rng.choice(["m1", "m2", "mystery"] + (["", ""] if has_started else []))
             counts = TokenCounts(input_tokens=rng.randrange(5000), output_tokens=rng.randrange(2000),
@@ -69,9 +70,11 @@ def history(rng: random.Random, p: str, at0: float) -> list[AnyUsageEvent]:
                                  call_id=f"c{rng.randrange(10**6)}", arguments='{"x": 1}', injected=rng.random() < 0.3,
                                  error=rng.choice([None, "boom"]), truncated=rng.random() < 0.3))
         if rng.random() < 0.9:
+            key = rng.choice([f"k{n % 3}", None])  # the key that answered, when the start went out without it
             evs.append(InterceptionEnded(event_id=next(ids), interception_id=iid, at=at0 + n + 1,
-                                         status=rng.choice(["ok", "error", "cancelled"]), status_code=200,
-                                         duration_ms=rng.randrange(5000)))
+                                         status=rng.choice(["ok", "error", "cancelled", "interrupted"]), status_code=200,
+                                         duration_ms=rng.randrange(5000), key_id=key,
+                                         key_hint=f"sk-…{key}" if key else ""))
         out.extend(evs)
     # out of order, but a token event that names no model keeps coming after its started event
     # (by design the batch path prices such usage by the batch's started model; one-by-one cannot know it yet)

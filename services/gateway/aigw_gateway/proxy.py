@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from aiohttp.base_protocol import BaseProtocol
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
