@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -41,9 +42,11 @@ SINGLE_WRITER = {
 
 
 def nats_conf() -> str:
+    """The k8s server config as one standalone node: its ``cluster`` block (routes to the other pods) removed."""
     docs = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/nats.yaml").read_text()) if d]
     (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "aigw-nats-config"]
-    return cm["data"]["nats.conf"]
+    conf = cm["data"]["nats.conf"]
+    return re.sub(r"(?ms)^cluster \{.*?^\}\n", "", conf)
 
 
 @dataclass
@@ -68,7 +71,7 @@ def auth_nats() -> Iterator[AuthNats]:
     conf = nats_conf().replace("/data/jetstream", str(d / "js")).replace("/var/run/nats/nats.pid", str(d / "pid"))
     (d / "nats.conf").write_text(conf)
     passwords = {u: f"pw-{u}-{os.urandom(4).hex()}" for u in USERS}
-    env = {**os.environ, **{f"NATS_{u.upper()}_PASSWORD": p for u, p in passwords.items()}}
+    env = {**os.environ, "POD_NAME": "aigw-nats-0", **{f"NATS_{u.upper()}_PASSWORD": p for u, p in passwords.items()}}
     port = free_port()
     log = d / "nats.log"
     with open(log, "wb") as fh:
