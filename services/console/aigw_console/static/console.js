@@ -281,7 +281,9 @@
       keysBody.replaceChildren(...(keys.length ? keys.map((k) => {
         const hk = health[k.id];
         const state = hk ? hk.state : "unknown";
-        const why = hk ? [hk.until ? "until " + when(hk.until) : "", hk.last_status ? "last status " + hk.last_status : ""].filter(Boolean).join(", ") : "";
+        // until/last_status always; why/since/next re-check where keypool reports them
+        const why = hk ? [hk.until ? "until " + when(hk.until) : "", hk.why || "", hk.last_status ? "last status " + hk.last_status : "",
+          hk.since ? "since " + when(hk.since) : "", hk.next_check_at ? `next re-check ${when(hk.next_check_at)}${hk.checks ? ` (${hk.checks} so far)` : ""}` : ""].filter(Boolean).join(" · ") : "";
         return h("tr", { "data-key-id": k.id, "data-state": state },
           h("td", { class: "num" }, String(k.position)),
           h("td", {}, h("code", {}, k.hint)),
@@ -519,6 +521,7 @@
     const visible = [];
     function table(scope, rows) {
       const cells = {};
+      const limitCells = {};
       const list = listView({
         name: scope === "group" ? "groups" : "users", rows, text: (r) => r.name, pageSize: 15,
         rowAttrs: (r) => ({ "data-budget": scope + ":" + r.name }),
@@ -532,10 +535,11 @@
           }, field("Monthly limit (USD)", h("input", { name: "usd", size: 8, required: true, inputmode: "decimal" })),
             h("button", { type: "submit" }, "Set"),
             h("button", { type: "button", class: "danger", onclick: () => change(`Budget of ${r.name} cleared`, () => api("DELETE", `/api/v2/${scope}s/${enc(r.id)}/ai/budget`), () => loadOne(scope, r, cells)) }, "Clear")) : "") },
+          { label: "Rate limits", key: "limits", cell: (r) => (limitCells[r.id] = limitCells[r.id] || h("div", { class: "muted" }, "…")) },
         ],
         onPage: (shown) => {
           visible.splice(0, visible.length, ...visible.filter((v) => v.scope !== scope), ...shown.map((r) => ({ scope, r, cells })));
-          for (const r of shown) loadOne(scope, r, cells);
+          for (const r of shown) { loadOne(scope, r, cells); loadLimits(scope, r, limitCells); }
         },
       });
       return list;
@@ -560,6 +564,28 @@
       if (tr) { delete tr.dataset.spent; delete tr.dataset.reserved; delete tr.dataset.limit; }
       cell.replaceChildren(h("span", { class: e.status === 404 ? "muted" : "error" }, e.status === 404 ? "No budget" : errText(e)));
     }
+  }
+
+  // Rate limits (requests and tokens per minute, concurrent requests) of a user or group; null = none.
+  const LIMITS = [["requests_per_minute", "req/min"], ["tokens_per_minute", "tokens/min"], ["concurrent_requests", "concurrent"]];
+  async function loadLimits(scope, r, cells) {
+    const cell = (cells[r.id] = cells[r.id] || h("div"));
+    const ref = `/api/v2/${scope}s/${enc(r.id)}/ai/limits`;
+    let cur = null;
+    try {
+      cur = await api("GET", ref);
+    } catch (e) {
+      if (e.status !== 404) { cell.replaceChildren(h("span", { class: "error" }, errText(e))); return; }
+    }
+    const shown = cur ? LIMITS.filter(([k]) => cur[k] !== null && cur[k] !== undefined).map(([k, l]) => `${num(cur[k])} ${l}`).join(" · ") : "";
+    cell.replaceChildren(h("div", { "data-limits": shown || "none" }, shown || h("span", { class: "muted" }, "No limits")),
+      ADMIN ? form(async (f) => {
+        const body = {};
+        for (const [k] of LIMITS) body[k] = val(f, k) === "" ? null : Number(val(f, k));
+        await change(`Limits of ${r.name} saved`, () => api("PUT", ref, body), () => loadLimits(scope, r, cells));
+      }, LIMITS.map(([k, l]) => field(l, h("input", { name: k, type: "number", min: 0, size: 6, value: cur && cur[k] !== null && cur[k] !== undefined ? String(cur[k]) : "" }))),
+        h("button", { type: "submit" }, "Save"),
+        cur ? h("button", { type: "button", class: "danger", onclick: () => change(`Limits of ${r.name} cleared`, () => api("DELETE", ref), () => loadLimits(scope, r, cells)) }, "Clear") : null) : null);
   }
 
   // ================================================================== Spend and usage
