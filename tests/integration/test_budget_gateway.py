@@ -28,7 +28,7 @@ from aigw_testing.registry_stub import RegistryStub, StubUser
 from aigw_testing.upstream import MockUpstream
 from aigw_testing.wait import eventually
 
-FIXTURE = "openai/chatcompletions/simple"  # non-streaming: 19 prompt tokens, 200 completion tokens
+FIXTURE = "openai/chatcompletions/length_limit"  # non-streaming: 14 prompt tokens, 200 completion tokens (max_tokens)
 PRICE = {"model": "gpt-4.1", "input_per_mtok_micros": 0, "output_per_mtok_micros": 50_000_000,
          "cache_read_per_mtok_micros": 0, "cache_write_per_mtok_micros": 0}
 CENT = 10_000

@@ -18,7 +18,7 @@ import asyncpg
 
 from aigw_common.bus import Bus
 from aigw_common.schemas import InterceptionEnded, InterceptionStarted, TokenCounts, TokenUsage
-from aigw_testing.txtar import Fixture, load_all
+from aigw_testing.txtar import Fixture, all_corpora
 
 FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
@@ -83,12 +83,12 @@ def expected(fx: Fixture, section: str) -> TokenCounts | None:
 def interceptions() -> list[tuple[str, Fixture, list[TokenCounts]]]:
     """(interception id, fixture, token counts per upstream call) for each mode the fixture records."""
     out = []
-    for fx in load_all().values():
+    for fx in all_corpora().values():  # ours, and the external conformance set when present
         for mode in ("streaming", "non-streaming"):
             calls = [s for s in (mode, f"{mode}/tool-call") if fx.has(s)]
             if calls:
                 counts = [c for s in calls if (c := expected(fx, s)) is not None]
-                out.append((f"{fx.name}#{mode}#{uuid.uuid4().hex[:6]}", fx, counts))
+                out.append((f"{fx.key}#{mode}#{uuid.uuid4().hex[:6]}", fx, counts))
     return out
 
 
@@ -123,10 +123,12 @@ async def test_recorded_tokens_equal_every_fixture(budget, bus: Bus, eventually,
     # spot checks against numbers read off the fixtures by hand
     by_name = {iid.split("#")[0] + "#" + iid.split("#")[1]: rows[iid] for iid, _, _ in cases}
     sonnet = by_name["anthropic/single_builtin_tool#streaming"]
-    assert (sonnet["input_tokens"], sonnet["cache_write_tokens"], sonnet["cache_read_tokens"]) == (2, 22, 13993)
+    assert (sonnet["input_tokens"], sonnet["cache_write_tokens"], sonnet["cache_read_tokens"]) == (4, 41, 9731)
     chat = by_name["openai/chatcompletions/simple#non-streaming"]
-    assert (chat["input_tokens"], chat["output_tokens"]) == (19, 200)
+    assert (chat["input_tokens"], chat["output_tokens"]) == (31, 59)
     chat = by_name["openai/chatcompletions/simple#streaming"]
-    assert (chat["input_tokens"], chat["output_tokens"]) == (19, 238)
+    assert (chat["input_tokens"], chat["output_tokens"]) == (31, 64)
     injected = by_name["anthropic/single_injected_tool#streaming"]
-    assert injected["input_tokens"] == 7545 + 7763 and injected["output_tokens"] == 74 + 128
+    assert injected["input_tokens"] == 2210 + 2349 and injected["output_tokens"] == 71 + 38
+    cached = by_name["openai/responses/blocking/cached_input_tokens#non-streaming"]
+    assert (cached["input_tokens"], cached["cache_read_tokens"]) == (4907 - 4864, 4864)

@@ -1,7 +1,6 @@
 """chatd: chats for in-house agents and UIs, every model call routed through the gateway.
 
-See ``docs/architecture.md`` ("chatd") for the design; the API is contract
-section 5 of the shared architecture.
+See ``docs/architecture.md`` ("chatd") for the design and its HTTP API.
 """
 
 from __future__ import annotations

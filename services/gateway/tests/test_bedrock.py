@@ -233,11 +233,11 @@ async def test_mock_accepts_the_anthropic_bedrock_sdk_async(mock_bedrock) -> Non
     client = AsyncAnthropicBedrock(aws_access_key=mock_bedrock.access_key, aws_secret_key=mock_bedrock.secret_key,
                                    aws_region=mock_bedrock.region, base_url=mock_bedrock.url)
     msg = await client.messages.create(model=SONNET_45, max_tokens=100, messages=[{"role": "user", "content": "Hello."}])
-    assert msg.content[0].text == "Hello! How can I help?"  # type: ignore[union-attr]
+    assert msg.content[0].text == "Good morning! How can I help?"  # type: ignore[union-attr]
     async with client.messages.stream(model=SONNET_45, max_tokens=100,
                                       messages=[{"role": "user", "content": "Hello."}]) as s:
         text = "".join([t async for t in s.text_stream])
-    assert text == "Hello! How can I help?"
+    assert text == "Good morning! What are we working on today?"
     assert mock_bedrock.rejections == []
     assert all(r.json()["anthropic_version"] for r in mock_bedrock.requests)
 

@@ -43,7 +43,7 @@ async def test_simple_bedrock_streaming_through_gateway(bgw) -> None:  # type: i
     async with client(bgw).messages.stream(**core, extra_body=extra) as s:
         events = [ev.type async for ev in s]
         final = await s.get_final_message()
-    assert final.content[0].text == "Hello! How can I help?"  # type: ignore[union-attr]
+    assert final.content[0].text == "Good morning! What are we working on today?"  # type: ignore[union-attr]
     assert events[0] == "message_start" and events[-1] == "message_stop"
     seen = bgw.bedrock.requests[-1]
     assert seen.operation == "invoke-with-response-stream" and seen.model == SONNET_45
@@ -56,7 +56,7 @@ async def test_simple_bedrock_streaming_through_gateway(bgw) -> None:  # type: i
     [ended] = await bgw.usage.wait_ended(1)
     assert ended.status == "ok", ended.error
     [tok] = bgw.usage.tokens()
-    assert (tok.tokens.input_tokens, tok.tokens.output_tokens) == (10, 10)
+    assert (tok.tokens.input_tokens, tok.tokens.output_tokens) == (12, 13)
     assert tok.model == "claude-sonnet-4-5-20250929"
 
 
@@ -164,7 +164,7 @@ async def test_aws_credential_chain_from_environment(gw, mock_bedrock, apps, mak
             import asyncio
 
             await asyncio.sleep(0.05)
-    assert msg.content[0].text == "Hello! How can I help?"  # type: ignore[union-attr]
+    assert msg.content[0].text == "Good morning! How can I help?"  # type: ignore[union-attr]
     assert mock_bedrock.rejections == []
 
 
@@ -174,7 +174,7 @@ async def test_byok_bedrock_api_key(bgw) -> None:  # type: ignore[no-untyped-def
     c = anthropic.AsyncAnthropic(base_url=f"{bgw.url}/bedrock", api_key="ABSK-users-own-bedrock-key", max_retries=0,
                                  default_headers={"X-AIGW-Token": bgw.user.token})
     msg = await c.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
-    assert msg.content[0].text == "Hello! How can I help?"  # type: ignore[union-attr]
+    assert msg.content[0].text == "Good morning! How can I help?"  # type: ignore[union-attr]
     seen = bgw.bedrock.requests[-1]
     assert seen.headers["Authorization"] == "Bearer ABSK-users-own-bedrock-key" and "X-Api-Key" not in seen.headers
     await bgw.usage.wait_ended(1)
@@ -201,5 +201,5 @@ async def test_inference_profile_arn_as_model(bgw) -> None:  # type: ignore[no-u
     bgw.bedrock.play("anthropic/simple_bedrock")
     msg = await client(bgw).messages.create(model="claude-sonnet-4-5", max_tokens=10,
                                             messages=[{"role": "user", "content": "hi"}])
-    assert msg.content[0].text == "Hello! How can I help?"  # type: ignore[union-attr]
+    assert msg.content[0].text == "Good morning! How can I help?"  # type: ignore[union-attr]
     assert bgw.bedrock.requests[-1].model == arn and bgw.bedrock.rejections == []

@@ -30,10 +30,11 @@ from aigw_gateway.usage import (
     parse_request,
     stream_extractor,
 )
-from aigw_testing.txtar import Fixture, load_all
+from aigw_testing.txtar import EXT, Fixture, all_corpora, load_all, load_external
 
 
 def endpoint_of(name: str) -> str:
+    name = name.removeprefix(EXT)
     if name.startswith("anthropic/"):
         return "messages"
     if name.startswith("openai/chatcompletions/"):
@@ -43,7 +44,8 @@ def endpoint_of(name: str) -> str:
     raise AssertionError(name)
 
 
-FIXTURES: dict[str, Fixture] = {n: f for n, f in load_all().items() if "fallthrough" not in n}
+# both corpora when the external one is present (its cases prefixed "ext:"); the model lists are pass-through
+FIXTURES: dict[str, Fixture] = {n: f for n, f in all_corpora().items() if "fallthrough" not in n}
 CASES = [
     pytest.param(name, section, id=f"{name}:{section}")
     for name, f in FIXTURES.items()
@@ -54,9 +56,11 @@ STREAM_CASES = [c for c in CASES if c.values[1].startswith("streaming")]
 
 
 def test_every_fixture_is_covered() -> None:
-    assert len(FIXTURES) >= 45
-    assert len(CASES) >= 69
-    assert {endpoint_of(n) for n in FIXTURES} == {"chat_completions", "responses", "messages"}
+    ours = {n for n in FIXTURES if not n.startswith(EXT)}
+    assert len(ours) >= 50 and len(FIXTURES) == len(ours) + sum("fallthrough" not in n for n in load_external())
+    assert len([c for c in CASES if not c.values[0].startswith(EXT)]) >= 85
+    assert {endpoint_of(n) for n in ours} == {"chat_completions", "responses", "messages"}
+    assert len(load_all()) == len(ours) + 2  # the two model lists
 
 
 # ------------------------------------------------------------ the reference
@@ -320,59 +324,68 @@ def test_stream_without_event_names(name: str, section: str) -> None:
 
 
 ANCHORS = [
-    ("anthropic/simple", "streaming", dict(input_tokens=18, output_tokens=240), None, True, None),
+    ("anthropic/simple", "streaming", dict(input_tokens=22, output_tokens=58), None, True, None),
     (
         "anthropic/single_builtin_tool",
         "streaming",
-        dict(input_tokens=2, output_tokens=61, cache_read_tokens=13993, cache_write_tokens=22),
-        ("Read", "toolu_01RX68weRSquLx6HUTj65iBo", '{"file_path": "/tmp/blah/foo"}'),
+        dict(input_tokens=4, output_tokens=67, cache_read_tokens=9731, cache_write_tokens=41),
+        ("Read", "toolu_Xtac3qTrw83bqsdmKJpwya0g", '{"file_path": "config/server.toml"}'),
         True,
         None,
     ),
     (
         "anthropic/single_injected_tool",
         "non-streaming",
-        dict(input_tokens=7545, output_tokens=75),
-        ("bmcp_coder_coder_list_workspaces", "toolu_01QjNz5b3HxAqAccTVnSMsKP", '{"owner":"admin"}'),
+        dict(input_tokens=2210, output_tokens=66),
+        ("mcp_tracker_list_issues", "toolu_ddz0RHG37ERbFWjr9Bp4cK6c", '{"project":"gateway"}'),
         True,
         None,
     ),
-    (
-        "anthropic/stream_error",
-        "streaming",
-        dict(input_tokens=18, output_tokens=1),
-        None,
-        False,
-        "Overloaded",
-    ),
+    ("anthropic/stream_error", "streaming", dict(input_tokens=14, output_tokens=1), None, False, "Overloaded"),
     (
         "openai/chatcompletions/streaming_injected_tool_nonzero_index",
         "streaming",
-        dict(input_tokens=25939 - 25429, output_tokens=58, cache_read_tokens=25429),
-        ("bmcp_coder_coder_list_workspaces", "toolu_vrtx_01DbFqUgk6aAtJ4nDBqzFWDF", ""),
+        dict(input_tokens=4242 - 3968, output_tokens=27, cache_read_tokens=3968),
+        ("mcp_tracker_list_issues", "call_8cea9129d8c6cb54ded6aa99", "{}"),
         True,
         None,
     ),
     (
         "openai/chatcompletions/single_builtin_tool",
         "streaming",
-        dict(input_tokens=60, output_tokens=15),
-        ("read_file", "call_HjeqP7YeRkoNj0de9e3U4X4B", '{"path":"README.md"}'),
+        dict(input_tokens=68, output_tokens=17),
+        ("read_file", "call_03107f32745360974751b3f1", '{"path":"CHANGELOG.md"}'),
+        True,
+        None,
+    ),
+    (
+        "openai/chatcompletions/reasoning_tokens",
+        "non-streaming",
+        dict(input_tokens=19, output_tokens=146, reasoning_tokens=128),
+        None,
         True,
         None,
     ),
     (
         "openai/responses/streaming/custom_tool",
         "streaming",
-        dict(input_tokens=64, output_tokens=340, reasoning_tokens=320),
-        ("code_exec", "call_2gSnF58IEhXLwlbnqbm5XKMd", 'print("hello world")'),
+        dict(input_tokens=73, output_tokens=219, reasoning_tokens=192),
+        ("run_python", "call_770f806a66246cc885c028ac", "print([n * n for n in range(1, 6)])"),
         True,
         None,
     ),
     (
         "openai/responses/blocking/cached_input_tokens",
         "non-streaming",
-        dict(input_tokens=129, output_tokens=44, cache_read_tokens=11904),
+        dict(input_tokens=4907 - 4864, output_tokens=41, cache_read_tokens=4864),
+        None,
+        True,
+        None,
+    ),
+    (
+        "openai/responses/streaming/incomplete",
+        "streaming",
+        dict(input_tokens=15, output_tokens=16),
         None,
         True,
         None,
@@ -383,7 +396,7 @@ ANCHORS = [
         {},
         None,
         True,
-        "The model failed to generate a response.",
+        "The model produced invalid output.",
     ),
     (
         "openai/responses/streaming/stream_error",
@@ -391,10 +404,96 @@ ANCHORS = [
         {},
         None,
         False,
-        "Something went wrong",
+        "An error occurred while processing your request.",
     ),
     (
         "openai/chatcompletions/non_stream_error",
+        "non-streaming",
+        {},
+        None,
+        True,
+        "This model's maximum context length is 1047576 tokens. However, your messages resulted in 1200311 "
+        "tokens. Please reduce the length of the messages.",
+    ),
+]
+
+# the same kind of anchors for the external conformance corpus, when it is there
+_EXT_ANCHORS = [
+    ("ext:anthropic/simple", "streaming", dict(input_tokens=18, output_tokens=240), None, True, None),
+    (
+        "ext:anthropic/single_builtin_tool",
+        "streaming",
+        dict(input_tokens=2, output_tokens=61, cache_read_tokens=13993, cache_write_tokens=22),
+        ("Read", "toolu_01RX68weRSquLx6HUTj65iBo", '{"file_path": "/tmp/blah/foo"}'),
+        True,
+        None,
+    ),
+    (
+        "ext:anthropic/single_injected_tool",
+        "non-streaming",
+        dict(input_tokens=7545, output_tokens=75),
+        ("bmcp_coder_coder_list_workspaces", "toolu_01QjNz5b3HxAqAccTVnSMsKP", '{"owner":"admin"}'),
+        True,
+        None,
+    ),
+    (
+        "ext:anthropic/stream_error",
+        "streaming",
+        dict(input_tokens=18, output_tokens=1),
+        None,
+        False,
+        "Overloaded",
+    ),
+    (
+        "ext:openai/chatcompletions/streaming_injected_tool_nonzero_index",
+        "streaming",
+        dict(input_tokens=25939 - 25429, output_tokens=58, cache_read_tokens=25429),
+        ("bmcp_coder_coder_list_workspaces", "toolu_vrtx_01DbFqUgk6aAtJ4nDBqzFWDF", ""),
+        True,
+        None,
+    ),
+    (
+        "ext:openai/chatcompletions/single_builtin_tool",
+        "streaming",
+        dict(input_tokens=60, output_tokens=15),
+        ("read_file", "call_HjeqP7YeRkoNj0de9e3U4X4B", '{"path":"README.md"}'),
+        True,
+        None,
+    ),
+    (
+        "ext:openai/responses/streaming/custom_tool",
+        "streaming",
+        dict(input_tokens=64, output_tokens=340, reasoning_tokens=320),
+        ("code_exec", "call_2gSnF58IEhXLwlbnqbm5XKMd", 'print("hello world")'),
+        True,
+        None,
+    ),
+    (
+        "ext:openai/responses/blocking/cached_input_tokens",
+        "non-streaming",
+        dict(input_tokens=129, output_tokens=44, cache_read_tokens=11904),
+        None,
+        True,
+        None,
+    ),
+    (
+        "ext:openai/responses/streaming/stream_failure",
+        "streaming",
+        {},
+        None,
+        True,
+        "The model failed to generate a response.",
+    ),
+    (
+        "ext:openai/responses/streaming/stream_error",
+        "streaming",
+        {},
+        None,
+        False,
+        "Something went wrong",
+    ),
+    (
+        "ext:openai/chatcompletions/non_stream_error",
         "non-streaming",
         {},
         None,
@@ -403,6 +502,8 @@ ANCHORS = [
         "3148588 tokens. Please reduce the length of the messages.",
     ),
 ]
+if load_external():
+    ANCHORS += _EXT_ANCHORS
 
 
 @pytest.mark.parametrize(("name", "section", "tokens", "tool", "terminal", "error"), ANCHORS)
