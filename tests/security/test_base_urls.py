@@ -1,8 +1,9 @@
-"""Base URLs pointing at link-local or cloud-metadata addresses are refused unless explicitly allowed,
-through the API (create and update) and through env seeding (legacy and indexed variables).
+"""Base URLs pointing at link-local or cloud-metadata addresses are refused unless explicitly allowed
+(AIGW_ALLOW_PRIVATE_UPSTREAMS), through the API (create and update) and through env seeding (legacy and
+indexed variables).
 
-(DNS names are not resolved: a name that resolves to a metadata address passes. That limit is
-documented in docs/architecture.md, Registry.)
+(DNS names are not resolved at create time; every upstream connection is checked on its resolved address
+instead: services/gateway/tests/test_ssrf.py.)
 """
 
 from __future__ import annotations
@@ -51,12 +52,12 @@ async def test_api_refuses_link_local_and_metadata_base_urls(start_system, relia
     assert (await owner.ok("GET", reg + P + "/fine"))["base_url"] == "https://api.openai.com/v1"
     reliability.record("Link-local / metadata base URLs",
                        client=f"{len(METADATA)} address forms refused (400 on base_url) on create and update",
-                       usage="—", measured="allowed only with AIGW_ALLOW_LINK_LOCAL_BASE_URLS=true; env seeding "
+                       usage="—", measured="allowed only with AIGW_ALLOW_PRIVATE_UPSTREAMS; env seeding "
                                            "refuses them at startup naming the variable")
 
 
 async def test_explicitly_allowed(start_system) -> None:  # type: ignore[no-untyped-def]
-    s = await start_system(services=("registry",), env={"AIGW_ALLOW_LINK_LOCAL_BASE_URLS": "true"})
+    s = await start_system(services=("registry",), env={"AIGW_ALLOW_PRIVATE_UPSTREAMS": "true"})
     for i, url in enumerate(METADATA[:3]):
         await s.owner.ok("POST", s.urls["registry"] + P, {"name": f"meta-{i}", "type": "openai", "base_url": url})
 
@@ -71,9 +72,9 @@ async def test_env_seeding_refuses_link_local_unless_allowed(make_settings, data
     clean = {"AIGW_OPENAI_BASE_URL": None, "AIGW_ANTHROPIC_BASE_URL": None}
     with pytest.raises(ConfigError) as e:
         await apps.start(registry_app(make_settings(AIGW_DATABASE_URL=database_url, **{**clean, **env})))
-    assert "link-local" in str(e.value) and "BASE_URL" in str(e.value), e.value
+    assert "AIGW_ALLOW_PRIVATE_UPSTREAMS" in str(e.value) and "BASE_URL" in str(e.value), e.value
     url = await apps.start(registry_app(make_settings(AIGW_DATABASE_URL=database_url, AIGW_BOOTSTRAP_TOKEN="aigw_" + "b" * 40,
-                                                      AIGW_ALLOW_LINK_LOCAL_BASE_URLS="true", **{**clean, **env})))
+                                                      AIGW_ALLOW_PRIVATE_UPSTREAMS="true", **{**clean, **env})))
     import aiohttp
 
     async with aiohttp.ClientSession() as http:

@@ -133,6 +133,8 @@ class DevStack:
             self.token = env["AIGW_BOOTSTRAP_TOKEN"] = _secret_file(self.state / "owner-token", new_token())
         env.setdefault("AIGW_DATA_DIR", str(self.state / "data"))
         env.setdefault("AIGW_LOG_FORMAT", "text")
+        # a local mock or model server (Ollama, vLLM on this machine) is the usual upstream of a dev stack
+        env.setdefault("AIGW_ALLOW_PRIVATE_UPSTREAMS", "loopback")
         gw = base.addrs["gateway"]
         env.setdefault("AIGW_GATEWAY_URL", f"http://{_local(gw.host)}:{gw.port}")
         self.settings = Settings.from_env(env)

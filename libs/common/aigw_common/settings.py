@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import netguard
 from .durations import parse_duration
 from .errors import ConfigError
 
@@ -65,11 +66,11 @@ _SCALARS = frozenset(
         "AIGW_CHATD_ROUTE",
         "AIGW_CHATD_SERVICE_TOKEN",
         "AIGW_CHATD_SUMMARY_MODEL",
-        "AIGW_ALLOW_LINK_LOCAL_BASE_URLS",
         "AIGW_RECORD_PROMPTS",
         "AIGW_RECORD_PROMPT_BYTES",
         "AIGW_KEY_RECHECK_MIN",
         "AIGW_KEY_RECHECK_MAX",
+        "AIGW_ALLOW_PRIVATE_UPSTREAMS",
         "AIGW_ADMIN_TOKEN",  # the token `aigw admin` sends (services ignore it)
         "AIGW_OPENAI_KEY",
         "AIGW_OPENAI_BASE_URL",
@@ -181,11 +182,12 @@ class Settings:
     chatd_route: str = "gateway"  # "gateway" or "direct"
     chatd_service_token: str | None = None
     chatd_summary_model: str | None = None
-    allow_link_local_base_urls: bool = False
     record_prompts: bool = True  # AIGW_RECORD_PROMPTS: false records usage and tool names, no prompt text
     record_prompt_bytes: int = 65536  # AIGW_RECORD_PROMPT_BYTES: longer prompts/tool arguments are cut
     key_recheck_min: float = 60.0  # keypool re-checks a revoked key after this, doubling up to key_recheck_max
     key_recheck_max: float = 3600.0
+    # address classes (aigw_common.netguard.CLASSES) an upstream may resolve to; none by default
+    allow_private_upstreams: frozenset[str] = frozenset()
     admin_token: str | None = field(default=None, repr=False)  # for `aigw admin` only
     providers: tuple[ProviderSeed, ...] = ()
     skipped_providers: tuple[SkippedSeed, ...] = ()
@@ -424,6 +426,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         m = _PROVIDER_VAR.match(var)
         if m and m.group(2) in _PROVIDER_FIELDS:
             continue
+        if var == "AIGW_ALLOW_LINK_LOCAL_BASE_URLS":
+            raise ConfigError("AIGW_ALLOW_LINK_LOCAL_BASE_URLS was replaced by AIGW_ALLOW_PRIVATE_UPSTREAMS "
+                              "(true, false, or a list such as link-local,private; see docs/configuration.md)")
         raise ConfigError(f"unknown configuration variable {var} (check the spelling; see docs/configuration.md)")
 
     def get(name: str) -> str | None:
@@ -514,8 +519,6 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["chatd_service_token"] = v.strip()
     if v := get("AIGW_CHATD_SUMMARY_MODEL"):
         kw["chatd_summary_model"] = v.strip()
-    if v := get("AIGW_ALLOW_LINK_LOCAL_BASE_URLS"):
-        kw["allow_link_local_base_urls"] = _bool("AIGW_ALLOW_LINK_LOCAL_BASE_URLS", v)
     if v := get("AIGW_RECORD_PROMPTS"):
         kw["record_prompts"] = _bool("AIGW_RECORD_PROMPTS", v)
     if v := get("AIGW_RECORD_PROMPT_BYTES"):
@@ -526,6 +529,11 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["key_recheck_max"] = _duration("AIGW_KEY_RECHECK_MAX", v)
     if float(kw.get("key_recheck_min", 60.0)) <= 0 or float(kw.get("key_recheck_max", 3600.0)) < float(kw.get("key_recheck_min", 60.0)):  # type: ignore[arg-type]
         raise ConfigError("AIGW_KEY_RECHECK_MIN must be positive and no more than AIGW_KEY_RECHECK_MAX")
+    if v := get("AIGW_ALLOW_PRIVATE_UPSTREAMS"):
+        try:
+            kw["allow_private_upstreams"] = netguard.parse_allowed("AIGW_ALLOW_PRIVATE_UPSTREAMS", v)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if v := get("AIGW_ADMIN_TOKEN"):
         kw["admin_token"] = v.strip()
     kw["service_urls"] = {s: _url(f"AIGW_{s.upper()}_URL", v) for s in CONSOLE_UPSTREAMS

@@ -108,6 +108,9 @@ def base_env(nats_url: str, bus_prefix: str, encryption_key: str, tmp_path) -> d
         "AIGW_DATA_DIR": str(tmp_path / "data"),
         "AIGW_LOG_FORMAT": "text",
         "AIGW_SHUTDOWN_GRACE": "2s",
+        # The mock upstream, the fault proxies and the Bedrock mock listen on 127.0.0.1; a deployment
+        # allows no private upstream by default. Tests of that default override it (set it to "false").
+        "AIGW_ALLOW_PRIVATE_UPSTREAMS": "loopback",
     }
 
 

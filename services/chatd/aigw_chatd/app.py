@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 from nats.aio.msg import Msg
 
+from aigw_common import netguard
 from aigw_common.aio import stop_task
 from aigw_common.api import error_middleware
 from aigw_common.auth import IdentityCache
@@ -94,10 +95,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await bus.subscribe(bus.subjects.auth_revoked, AuthRevoked, on_revoked, queue="chatd-user-purge")
     await d.directory.start()
     await bus.start(wait=2.0)
-    session = aiohttp.ClientSession()
+    session = aiohttp.ClientSession()  # to the gateway (AIGW_GATEWAY_URL: the operator's own address)
+    direct = aiohttp.ClientSession(connector=netguard.upstream_connector(settings.allow_private_upstreams))
     d.runner = TurnRunner(store=d.store, hub=d.hub, directory=d.directory, identities=d.identities,
                           settings=settings, config=config, runner_id=d.replica_id, session=session,
-                          at_rest=d.at_rest, bus_sealer=bus_sealer, metrics=app[METRICS])
+                          at_rest=d.at_rest, bus_sealer=bus_sealer, metrics=app[METRICS], direct_session=direct)
     state = app[STATE]
     state.checks.append(lambda: None if bus.connected else "not connected to NATS")
 
@@ -110,5 +112,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await stop_task(sweeper)
         await d.directory.stop()
         await session.close()
+        await direct.close()
         await bus.close()
         await close_pool(pool)

@@ -80,7 +80,8 @@ class _RunState:
 class TurnRunner:
     def __init__(self, *, store: Store, hub: ChatHub, directory: ProviderDirectory, identities: IdentityCache,
                  settings: Settings, config: ChatdConfig, runner_id: str, session: aiohttp.ClientSession,
-                 at_rest: Sealer, bus_sealer: Sealer, metrics: CollectorRegistry) -> None:
+                 at_rest: Sealer, bus_sealer: Sealer, metrics: CollectorRegistry,
+                 direct_session: aiohttp.ClientSession | None = None) -> None:
         self.store = store
         self.hub = hub
         self.directory = directory
@@ -89,6 +90,8 @@ class TurnRunner:
         self.config = config
         self.runner_id = runner_id
         self.session = session
+        # the direct route calls providers, so its connections are address-checked (aigw_common.netguard)
+        self.direct_session = direct_session or session
         self.at_rest = at_rest
         self.bus_sealer = bus_sealer
         self._tasks: set[asyncio.Task[None]] = set()
@@ -305,7 +308,7 @@ class TurnRunner:
                 await self.hub.publish(chat_id, "message_delta", {"message_id": _id, "text": text})
 
             try:
-                result = await stream_turn(self.session, ctx.route, body, on_text, read_timeout=self.config.read_timeout,
+                result = await stream_turn(self._session_for(ctx.route), ctx.route, body, on_text, read_timeout=self.config.read_timeout,
                                            connect_timeout=self.config.connect_timeout)
                 return result.text, asst_id
             except TurnError as e:
@@ -321,6 +324,9 @@ class TurnRunner:
                                                                               "error": e.as_dict()}})
                 await asyncio.sleep(delay)
 
+    def _session_for(self, route: Route) -> aiohttp.ClientSession:
+        return self.direct_session if route.direct else self.session
+
     async def _summarize(self, turn: ClaimedTurn, ctx: _TurnContext, prompt: str, reply: str) -> None:
         """One line for the chat list, from a small model through the same route; stale results lose."""
         model = self.settings.chatd_summary_model or ctx.model
@@ -328,7 +334,7 @@ class TurnRunner:
                           [ChatMessage("user", f"User: {prompt[:2000]}\n\nAssistant: {reply[:4000]}")],
                           instructions=SUMMARY_INSTRUCTIONS, stream=False, max_tokens=64)
         try:
-            text = await complete_once(self.session, ctx.route, body, limit_seconds=self.config.summary_timeout)
+            text = await complete_once(self._session_for(ctx.route), ctx.route, body, limit_seconds=self.config.summary_timeout)
         except TurnError as e:
             log.info("turn summary failed", extra={"chat_id": str(turn.chat_id), "kind": e.kind,
                                                    "status_code": e.status_code})

@@ -360,9 +360,9 @@ async def stream_turn(session: aiohttp.ClientSession, route: Route, body: dict[s
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
     parts: list[str] = []
     try:
-        async with session.post(route.url, data=msgspec.json.encode(body), headers=route.headers(),
+        async with session.post(route.url, data=msgspec.json.encode(body), headers=route.headers(), allow_redirects=False,
                                 timeout=timeout) as resp:
-            if resp.status >= 400:
+            if resp.status >= 300:  # a redirect is never followed (it would carry the credential): an error
                 raise await _error_of(resp, route.provider)
             async for event, data in sse_events(resp.content):
                 if route.api == "anthropic":
@@ -399,9 +399,9 @@ async def complete_once(session: aiohttp.ClientSession, route: Route, body: dict
                         limit_seconds: float) -> str:
     """A small non-streamed call (the turn summary); returns the text."""
     try:
-        async with session.post(route.url, data=msgspec.json.encode(body), headers=route.headers(),
+        async with session.post(route.url, data=msgspec.json.encode(body), headers=route.headers(), allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=limit_seconds)) as resp:
-            if resp.status >= 400:
+            if resp.status >= 300:  # a redirect is never followed (it would carry the credential): an error
                 raise await _error_of(resp, route.provider)
             obj = _json((await resp.read()).decode("utf-8", "replace"))
     except (TimeoutError, aiohttp.ClientError) as e:

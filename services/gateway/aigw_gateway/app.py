@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
+from aigw_common import netguard
 from aigw_common.auth import IdentityCache
 from aigw_common.bus import Bus, make_bus
 from aigw_common.crypto import PURPOSE_BUS, Sealer
@@ -40,6 +42,8 @@ RECORDER = web.AppKey("recorder", Recorder)
 IDENTITIES = web.AppKey("identities", IdentityCache)
 GUARD = web.AppKey("budget_guard", BudgetGuard)
 GATEWAY_ID = web.AppKey("gateway_id", str)
+# Tests only: the DNS resolver under the upstream address guard (a name → address map stands in for DNS).
+UPSTREAM_RESOLVER = web.AppKey("upstream_resolver", AbstractResolver)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -87,7 +91,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     recorder = Recorder(bus, spool, registry=app[METRICS],
                         policy=RecordPolicy(settings.record_prompts, settings.record_prompt_bytes))
     guard = BudgetGuard(bus, settings, app[METRICS])
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    # every upstream address is checked after DNS and at connect (AIGW_ALLOW_PRIVATE_UPSTREAMS)
+    connector = netguard.upstream_connector(settings.allow_private_upstreams, resolver=app.get(UPSTREAM_RESOLVER),
+                                            limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",))
     breakers = Breakers(settings.breaker, on_state=on_breaker)
     gw = Gateway(settings, loader, pools, breakers, identities, recorder, guard, metrics, session, bus_sealer)
@@ -163,4 +169,5 @@ async def _spool_gauges(recorder: Recorder, metrics: GatewayMetrics) -> None:
         await asyncio.sleep(5)
 
 
-__all__ = ["BUS", "GATEWAY", "GATEWAY_ID", "LOADER", "MIGRATIONS", "POOLS", "RECORDER", "STATE", "create_app"]
+__all__ = ["BUS", "GATEWAY", "GATEWAY_ID", "LOADER", "MIGRATIONS", "POOLS", "RECORDER", "STATE", "UPSTREAM_RESOLVER",
+           "create_app"]

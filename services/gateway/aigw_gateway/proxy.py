@@ -24,6 +24,7 @@ from aiohttp.base_protocol import BaseProtocol
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from aigw_common import netguard
 from aigw_common.auth import IdentityCache
 from aigw_common.crypto import Sealer, mask_secret
 from aigw_common.errors import BusError, CryptoError
@@ -324,6 +325,10 @@ class Gateway:
             except TimeoutError:
                 raise Refused(504, f"provider {provider.name!r} did not answer within {t.connect + t.first_byte:.0f}s") from None
             except aiohttp.ClientError as e:
+                if (forbidden := netguard.forbidden_cause(e)) is not None:
+                    log.warning("upstream address refused", extra={"provider": provider.name, "error": str(forbidden)})
+                    raise Refused(502, f"provider {provider.name!r} resolves to a {forbidden.klass} address, "
+                                       "which this gateway may not call (AIGW_ALLOW_PRIVATE_UPSTREAMS)") from None
                 log.warning("upstream unreachable", extra={"provider": provider.name, "error": str(e)})
                 raise Refused(502, f"provider {provider.name!r} is unreachable") from None
             if key is None:

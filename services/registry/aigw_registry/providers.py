@@ -139,7 +139,7 @@ async def create_provider(reg: Registry, request: web.Request, actor: Actor) -> 
     p = v.Problems()
     name = p.check(v.provider_name, body.name)
     ptype = p.check(v.provider_type, body.type)
-    base = p.check(v.base_url, body.base_url, allow_link_local=reg.settings.allow_link_local_base_urls)
+    base = p.check(v.base_url, body.base_url, allowed=reg.settings.allow_private_upstreams)
     disp = p.check(v.display_name, body.display_name)
     settings = v.provider_settings(p, ptype, body.settings) if ptype else {}
     keys = [p.check(v.secret_value, k, f"keys[{i}]") for i, k in enumerate(body.keys)]
@@ -179,7 +179,7 @@ async def update_provider(reg: Registry, request: web.Request, actor: Actor) -> 
                 sets["display_name"] = p.check(v.display_name, body.display_name) or (new_name or row["name"])
             if body.base_url is not msgspec.UNSET:
                 sets["base_url"] = p.check(v.base_url, body.base_url,
-                                           allow_link_local=reg.settings.allow_link_local_base_urls)
+                                           allowed=reg.settings.allow_private_upstreams)
             if body.enabled is not msgspec.UNSET:
                 sets["enabled"] = body.enabled
             if body.allow_byok is not msgspec.UNSET:

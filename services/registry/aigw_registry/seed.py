@@ -89,10 +89,10 @@ def _describe_conflict(seed: ProviderSeed, env: dict[str, str], row: dict[str, s
     )
 
 
-def _prepare(seed: ProviderSeed, allow_link_local: bool) -> tuple[str, dict[str, str], list[str]]:
+def _prepare(seed: ProviderSeed, allowed: frozenset[str]) -> tuple[str, dict[str, str], list[str]]:
     """Normalise a seed with the API's rules; a bad value is a startup error naming the variable."""
     try:
-        base = v.base_url(seed.base_url, allow_link_local=allow_link_local, field=f"{seed.source} BASE_URL")
+        base = v.base_url(seed.base_url, allowed=allowed, field=f"{seed.source} BASE_URL")
         keys = [v.secret_value(k, f"{seed.source} KEY[{i}]") for i, k in enumerate(seed.keys)]
     except v.Invalid as e:
         raise ConfigError(f"provider {seed.name!r}: {e.field} {e.detail}") from None
@@ -103,7 +103,7 @@ def _prepare(seed: ProviderSeed, allow_link_local: bool) -> tuple[str, dict[str,
 
 
 async def _seed_one(reg: Registry, conn: asyncpg.Connection, seed: ProviderSeed, report: SeedReport) -> None:
-    base, settings, keys = _prepare(seed, reg.settings.allow_link_local_base_urls)
+    base, settings, keys = _prepare(seed, reg.settings.allow_private_upstreams)
     row = await conn.fetchrow(
         "SELECT id, type, base_url, settings_sealed FROM registry.ai_providers"
         " WHERE name = $1 AND deleted_at IS NULL", seed.name)

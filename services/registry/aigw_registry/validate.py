@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 import uuid
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from aigw_common import netguard
 from aigw_common.api import ApiError, Validation
 from aigw_common.auth import ROLES
 from aigw_common.crypto import mask_secret
@@ -31,10 +31,6 @@ _HOST_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]
 _EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 
-_LINK_LOCAL_V4 = ipaddress.ip_network("169.254.0.0/16")
-_LINK_LOCAL_V6 = ipaddress.ip_network("fe80::/10")
-_METADATA_V6 = ipaddress.ip_address("fd00:ec2::254")
-_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog"})
 
 # Provider settings by type: (field, required, secret). Unknown fields are refused.
 SETTINGS_FIELDS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
@@ -125,34 +121,12 @@ def display_name(raw: str, field: str = "display_name") -> str:
     return v
 
 
-def _ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a host literal denotes, including the forms inet_aton accepts (2852039166, 0xa9.0xfe.…)."""
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
-        return None
+def base_url(raw: str, *, allowed: frozenset[str], field: str = "base_url") -> str:
+    """Normalise: scheme http/https, lowercase host, no credentials/query/fragment, no trailing slash.
 
-
-def is_link_local(host: str) -> bool:
-    h = host.lower().rstrip(".")
-    if h in _METADATA_HOSTS:
-        return True
-    ip = _ip_of(h)
-    if ip is None:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped in _LINK_LOCAL_V4
-        return ip in _LINK_LOCAL_V6 or ip == _METADATA_V6
-    return ip in _LINK_LOCAL_V4
-
-
-def base_url(raw: str, *, allow_link_local: bool, field: str = "base_url") -> str:
-    """Normalise: scheme http/https, lowercase host, no credentials/query/fragment, no trailing slash."""
+    A literal address (in any form ``inet_aton`` reads) or a well-known metadata name of a class that
+    ``allowed`` (``AIGW_ALLOW_PRIVATE_UPSTREAMS``) does not list is refused here; names are not resolved
+    at create time: every upstream connection is checked on its resolved address (aigw_common.netguard)."""
     v = raw.strip()
     if not v:
         raise Invalid(field, "is required")
@@ -177,13 +151,14 @@ def base_url(raw: str, *, allow_link_local: bool, field: str = "base_url") -> st
     host = (parts.hostname or "").lower()
     if not host:
         raise Invalid(field, "must name a host")
-    ip = _ip_of(host)
+    ip = netguard.literal_address(host)
     if ip is None and not _HOST_RE.match(host):
         raise Invalid(field, f"host {host!r} is not a valid hostname")
-    if not allow_link_local and is_link_local(host):
+    klass = netguard.classify_host(host)
+    if klass is not None and klass not in allowed:
         raise Invalid(
             field,
-            "points at a link-local or cloud metadata address; set AIGW_ALLOW_LINK_LOCAL_BASE_URLS=true to allow it",
+            f"points at a {klass} address; set AIGW_ALLOW_PRIVATE_UPSTREAMS={klass} (or true) to allow it",
         )
     netloc = f"[{host}]" if isinstance(ip, ipaddress.IPv6Address) else host
     if port is not None and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):

@@ -170,7 +170,7 @@ async def test_valid_urls_and_settings(client) -> None:  # type: ignore[no-untyp
 
 
 async def test_link_local_allowed_by_setting(start_registry) -> None:  # type: ignore[no-untyped-def]
-    reg = await start_registry(AIGW_ALLOW_LINK_LOCAL_BASE_URLS="true")
+    reg = await start_registry(AIGW_ALLOW_PRIVATE_UPSTREAMS="link-local,metadata")
     p = await reg.client.ok("POST", P, {**BASE, "base_url": "http://169.254.169.254/v1"})
     assert p["base_url"] == "http://169.254.169.254/v1"
 

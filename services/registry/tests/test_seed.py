@@ -158,7 +158,7 @@ async def test_api_only_settings_never_conflict(start_registry, apps) -> None:  
 
 
 async def test_bad_env_values_fail_startup(start_registry) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ConfigError, match="link-local"):
+    with pytest.raises(ConfigError, match="metadata address"):
         await start_registry(AIGW_PROVIDER_0_TYPE="openai", AIGW_PROVIDER_0_BASE_URL="http://169.254.169.254/v1")
     with pytest.raises(ConfigError):
         Settings.from_env({"AIGW_OPENAI_KEY": "sk-x", "AIGW_PROVIDER_0_TYPE": "openai", "AIGW_PROVIDER_0_NAME": "openai"})
