@@ -20,6 +20,7 @@ import aiohttp
 import msgspec
 
 from aigw_common.logging import redact
+from aigw_common.retry_after import retry_after
 
 USER_AGENT = "aigw-chatd/0.1.0"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -186,22 +187,6 @@ def _error_fields(body: Any) -> tuple[str, str, str]:
     return str(body.get("type") or ""), str(body.get("code") or ""), str(body.get("message") or "")
 
 
-def _retry_after(headers: Any) -> float | None:
-    if headers is None:
-        return None
-    if (v := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(v) / 1000)
-        except ValueError:
-            pass
-    if (v := headers.get("Retry-After")) is not None:
-        try:
-            return max(0.0, float(v))
-        except ValueError:
-            return None
-    return None
-
-
 def classify_http(status: int, raw: bytes, provider: str, headers: Any = None) -> TurnError:
     """A non-2xx answer (from the gateway or the provider) as a structured error."""
     try:
@@ -210,7 +195,7 @@ def classify_http(status: int, raw: bytes, provider: str, headers: Any = None) -
         body = None
     etype, code, message = _error_fields(body)
     text = message or (raw[:300].decode("utf-8", "replace") if raw else "") or f"HTTP {status}"
-    ra = _retry_after(headers)
+    ra = retry_after(headers)
     both = f"{etype} {code} {message}".lower()
 
     def err(kind: ErrorKind, retryable: bool, msg: str | None = None) -> TurnError:

@@ -62,6 +62,8 @@ def test_budget_exhausted_is_final_but_no_room_right_now_is_retried():
 def test_retry_after_headers():
     assert classify_http(429, b"{}", "p", {"retry-after-ms": "1500"}).retry_after == 1.5
     assert classify_http(429, b"{}", "p", {"Retry-After": "3"}).retry_after == 3.0
+    for bad in ("nan", "inf", "-5", "1e400"):  # aigw_common.retry_after refuses them: the backoff's default applies
+        assert classify_http(429, b"{}", "p", {"Retry-After": bad}).retry_after is None
     assert backoff(1, base=0.5, cap=8, retry_after=30, retry_after_cap=2) < 2.5
     assert backoff(3, base=0.5, cap=8, retry_after=None, retry_after_cap=2) >= 2.0
 

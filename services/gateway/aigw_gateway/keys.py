@@ -9,7 +9,6 @@ before a config change is still cooling after it. Local marks apply at once
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import re
@@ -18,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from aigw_common.retry_after import retry_after
 from aigw_common.schemas import KeyMarked
 
 log = logging.getLogger(__name__)
@@ -72,24 +72,9 @@ class KeyPool:
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float:
-    """``retry-after-ms``, then ``Retry-After`` (seconds or HTTP date), else the default of 60 s."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return min(max(float(ms) / 1000.0, 0.0), MAX_COOLDOWN)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if ra:
-        try:
-            return min(max(float(ra), 0.0), MAX_COOLDOWN)
-        except ValueError:
-            try:
-                dt = email.utils.parsedate_to_datetime(ra)
-                return min(max(dt.timestamp() - (now or time.time()), 0.0), MAX_COOLDOWN)
-            except (TypeError, ValueError):
-                pass
-    return DEFAULT_COOLDOWN
+    """How long a 429 cools its key: the server's Retry-After (capped at 1 h), else the default of 60 s."""
+    v = retry_after(headers, now=now)
+    return DEFAULT_COOLDOWN if v is None else min(v, MAX_COOLDOWN)
 
 
 # A 403 whose body says the refusal is about the model or the caller's region, not the key: the request
