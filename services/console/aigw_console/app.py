@@ -21,6 +21,7 @@ from aiohttp import web
 from yarl import URL
 
 from aigw_common.api import ApiError, error_middleware, unauthorized
+from aigw_common.auth import bearer_token
 from aigw_common.db import MigrationSet
 from aigw_common.metrics import Counter
 from aigw_common.service import METRICS, base_app
@@ -100,9 +101,10 @@ async def who_is(app: web.Application, token: str) -> Me:
             if r.status != 200:
                 raise ApiError(503, f"the registry answered {r.status}; try again")
             body = await r.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+        me = Me(str(body["id"]), str(body["username"]), tuple(body.get("roles") or ()),
+                tuple(body.get("groups") or ()))
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, AttributeError):
         raise ApiError(503, "the registry is unavailable; try again", headers={"Retry-After": "1"}) from None
-    me = Me(str(body["id"]), str(body["username"]), tuple(body.get("roles") or ()), tuple(body.get("groups") or ()))
     cache.put(token, me)
     return me
 
@@ -130,6 +132,8 @@ async def index(request: web.Request) -> web.Response:
             return _redirect(_safe_next(request.query.get("next")))
         except SignInRefused:
             pass
+        except ApiError as e:
+            return _html(pages.error_page(app[ASSETS], "Console unavailable", e.message), e.status)
     nxt = request.query.get("next", "")
     resp = _html(pages.signin_page(app[ASSETS], next_path=_safe_next(nxt) if nxt else ""))
     if session is not None:
@@ -217,7 +221,11 @@ async def static(request: web.Request) -> web.Response:
 
 
 async def api(request: web.Request) -> web.StreamResponse:
+    """The admin APIs on this origin: with the session's token (and its CSRF checks), or, for scripts and
+    ``aigw admin``, with their own ``Authorization: Bearer`` (which no other site can make a browser send)."""
     app = request.app
+    if (token := bearer_token(request)) is not None:
+        return await forward(request, app[RUNTIME].http, app[CONFIG].upstreams, token, app[PROXY_METRICS])
     session = read_session(request, app[CONFIG].session_ttl)
     if session is None:
         raise unauthorized("not signed in to the console")

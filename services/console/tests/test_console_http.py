@@ -128,6 +128,18 @@ async def test_api_route_injects_the_session_token_and_refuses_the_rest(console_
                 or any(e["action"].startswith("provider.create") for e in entries)
 
 
+async def test_api_with_a_bearer_token_needs_no_session(console_system: System) -> None:
+    """Scripts and `aigw admin` may use the console's origin with their own token (no cookie, so no CSRF)."""
+    s = console_system
+    api = s.api(s.owner_token)
+    got = await api.ok("GET", s.urls["console"] + "/api/v2/ai/providers")
+    assert {p["name"] for p in got["providers"]} >= {"openai"}
+    made = await api.ok("POST", s.urls["console"] + "/api/v2/groups", {"name": "via-console"})
+    assert made["name"] == "via-console"
+    r = await s.api("aigw_not-a-token-00000000").call("GET", s.urls["console"] + "/api/v2/ai/providers")
+    assert r.status == 401  # the registry's answer, relayed
+
+
 async def test_gateway_scope_tokens_and_guessing_are_refused(console_system: System) -> None:
     s = console_system
     reg = s.url("registry", "")
