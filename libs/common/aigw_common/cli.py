@@ -81,6 +81,13 @@ async def run_migrations(settings: Settings) -> list[str]:
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["admin"]:
+        # everything after "admin" is the admin CLI's, including -h/--help (argparse's REMAINDER would not
+        # take an option in first position)
+        from .admin import main as admin_main
+
+        return admin_main(argv[1:], env)
     parser = argparse.ArgumentParser(prog="aigw", description="aigw: a self-hosted AI gateway")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for s in SERVICES:
@@ -90,13 +97,9 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     dev.add_argument("--dir", default=".aigw", help="state directory (default .aigw)")
     sub.add_parser("proto", help="regenerate proto/ JSON Schemas from the bus messages")
     admin = sub.add_parser("admin", help="administer a running aigw (providers, keys, users, tokens, budgets)", add_help=False)
-    admin.add_argument("rest", nargs=argparse.REMAINDER)
+    admin.add_argument("rest", nargs=argparse.REMAINDER)  # for the listing in `aigw --help`; handled above
     args = parser.parse_args(argv)
 
-    if args.cmd == "admin":
-        from .admin import main as admin_main
-
-        return admin_main(args.rest, env)
     if args.cmd == "proto":
         from .proto import write_schemas
 
