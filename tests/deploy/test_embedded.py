@@ -137,3 +137,64 @@ async def test_postgres_from_the_pgserver_wheel(state_dir: Path) -> None:
         await conn.close()
     finally:
         await pg.stop()
+
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged-user hand-off happens only as root")
+
+
+@needs_pg
+@as_root
+async def test_root_in_a_private_home_keeps_pgdata_where_postgres_can_enter(tmp_path: Path) -> None:
+    """`aigw dev` as root in /root/x (0700): the data dir moves to a root-owned place, owned by the Postgres user
+    (0700), remembered across restarts; the state dir itself is not opened up."""
+    import pwd
+    import uuid
+
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    roots = (Path(tempfile.gettempdir()) / f"aigw-test-reloc-{uuid.uuid4().hex[:8]}",)
+    pg = EmbeddedPostgres(private / ".aigw" / "postgres", relocation_roots=roots)
+    try:
+        url = await pg.start()
+        try:
+            conn = await asyncpg.connect(url)
+            await conn.execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (7)")
+            await conn.close()
+        finally:
+            await pg.stop()
+        assert pg.pgdata.is_relative_to(roots[0]) and (pg.pgdata / "PG_VERSION").exists()
+        home = pg.pgdata.parent
+        st = home.stat()
+        user = pwd.getpwuid(st.st_uid).pw_name
+        assert user in ("postgres", "nobody") and st.st_mode & 0o777 == 0o700
+        assert (private.stat().st_mode & 0o777) == 0o700  # nothing was opened up
+        assert (pg.dir / "pgdata-location").read_text().strip() == str(pg.pgdata)
+        # a new instance (the next `aigw dev`) finds the same data
+        again = EmbeddedPostgres(private / ".aigw" / "postgres", relocation_roots=roots)
+        try:
+            conn = await asyncpg.connect(await again.start())
+            assert await conn.fetchval("SELECT v FROM kept") == 7
+            await conn.close()
+        finally:
+            await again.stop()
+        assert again.pgdata == pg.pgdata
+    finally:
+        shutil.rmtree(roots[0], ignore_errors=True)
+
+
+@needs_pg
+@as_root
+async def test_root_with_no_usable_location_fails_clearly(tmp_path: Path) -> None:
+    """Where it truly cannot work (every fallback location refused), the error says why and what to do."""
+    from aigw_common.errors import ConfigError
+
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    hidden = tmp_path / "hidden"  # pytest's tmp is 0700: the Postgres user cannot enter anything under it
+    pg = EmbeddedPostgres(private / "pg", relocation_roots=(hidden / "pg",))
+    with pytest.raises(ConfigError) as e:
+        await pg.start()
+    msg = str(e.value)
+    blocked = next(d for d in [*reversed(private.parents), private] if not d.stat().st_mode & 0o001)
+    assert f"cannot enter {blocked}," in msg and str(hidden) in msg  # the state dir's and the fallback's reasons
+    assert "AIGW_DATABASE_URL" in msg and "--dir" in msg

