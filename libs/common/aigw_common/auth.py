@@ -2,13 +2,21 @@
 
 A cache hit costs no I/O. A miss asks the registry on ``aigw.auth.verify``.
 Entries live ``ttl`` seconds and are evicted early on ``aigw.auth.revoked``,
-so a revoked token stops working on every replica within a second. Negative
-answers are cached briefly so a flood of bad tokens does not flood the bus.
+so a revoked token stops working on every replica within a second.
+
+Token guessing costs the registry nothing per try (docs/security.md): unknown
+tokens are cached negatively for a few seconds in a map of their own (a flood
+of them cannot push real identities out), concurrent look-ups of one token share
+one request, and failed authentications are counted per client address
+(:class:`FailureThrottle`): past the allowance, a token not already cached is
+refused with 429 before anything is asked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -19,7 +27,7 @@ from nats.aio.msg import Msg
 
 from .bus import Bus
 from .crypto import hash_token
-from .errors import BusError
+from .errors import AigwError, BusError
 from .schemas import AuthRevoked, AuthVerifyReply, AuthVerifyRequest, Identity
 
 log = logging.getLogger(__name__)
@@ -63,14 +71,77 @@ class _Entry:
     expires: float
 
 
+class AuthThrottled(AigwError):
+    """This client address failed to authenticate too often: answer 429 with ``retry_after``."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many failed authentications from this address; retry after {retry_after:.0f}s")
+        self.retry_after = retry_after
+
+
+def client_key(address: str | None) -> str:
+    """The throttling key of a client address: the IPv4 address, or the /64 of an IPv6 one (one host's share)."""
+    if not address:
+        return ""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if ip.version == 6 and ip.ipv4_mapped is None:  # type: ignore[union-attr]
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
+class FailureThrottle:
+    """Failed authentications per client address: a token bucket of ``per_minute`` (refilled at that rate).
+
+    Bounded: at most ``max_clients`` addresses are tracked, the least recently failing forgotten first, so a
+    flood of addresses costs fixed memory (an address forgotten starts again with a full allowance).
+    """
+
+    def __init__(self, per_minute: int = 30, *, max_clients: int = 10_000) -> None:
+        self.burst = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.max_clients = max_clients
+        self.throttled = 0  # requests refused (a counter for metrics)
+        self._b: OrderedDict[str, list[float]] = OrderedDict()  # key → [allowance, monotonic time of it]
+
+    def retry_after(self, key: str) -> float | None:
+        """Seconds until ``key`` may try an unknown token again; None when it may now."""
+        b = self._b.get(key)
+        if b is None or self.rate <= 0:
+            return None
+        allowance = min(self.burst, b[0] + (time.monotonic() - b[1]) * self.rate)
+        return None if allowance >= 1.0 else (1.0 - allowance) / self.rate
+
+    def failed(self, key: str) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        b = self._b.get(key)
+        if b is None:
+            b = self._b[key] = [self.burst, now]
+            while len(self._b) > self.max_clients:
+                self._b.popitem(last=False)
+        else:
+            self._b.move_to_end(key)
+        b[0] = min(self.burst, b[0] + (now - b[1]) * self.rate) - 1.0
+        b[1] = now
+
+
 @dataclass(slots=True)
 class IdentityCache:
     bus: Bus
     ttl: float = 60.0
-    negative_ttl: float = 2.0
+    negative_ttl: float = 5.0
     max_entries: int = 100_000
+    max_negative: int = 20_000
     timeout: float = 2.0
+    failures: FailureThrottle = field(default_factory=FailureThrottle)
+    verify_requests: int = 0  # asked of the registry (a counter for metrics and tests)
     _entries: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
+    _negative: OrderedDict[str, float] = field(default_factory=OrderedDict)  # token hash → expiry (monotonic)
+    _inflight: dict[str, asyncio.Future[Identity | None]] = field(default_factory=dict)
 
     async def start(self) -> None:
         await self.bus.subscribe(self.bus.subjects.auth_revoked, AuthRevoked, self._on_revoked)
@@ -88,6 +159,7 @@ class IdentityCache:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._negative.clear()
 
     def cached(self, token: str) -> Identity | None:
         e = self._entries.get(hash_token(token))
@@ -101,8 +173,13 @@ class IdentityCache:
         return e.expires > now and (e.identity is None or e.identity.expires_at is None
                                     or e.identity.expires_at > time.time())
 
-    async def verify(self, token: str) -> Identity | None:
-        """Return the identity for ``token``, or None when unknown/revoked/expired. Raises BusError if the registry cannot be asked."""
+    async def verify(self, token: str, client: str | None = None) -> Identity | None:
+        """The identity for ``token``, or None when unknown/revoked/expired.
+
+        ``client`` is the caller's address: its failures are counted, and once over the allowance a token
+        that is not cached raises :class:`AuthThrottled` without asking anyone. Raises BusError if the
+        registry cannot be asked.
+        """
         h = hash_token(token)
         now = time.monotonic()
         e = self._entries.get(h)
@@ -110,13 +187,51 @@ class IdentityCache:
             if self._fresh(e, now):
                 return e.identity
             del self._entries[h]
-        reply = await self.bus.request(
-            self.bus.subjects.auth_verify, AuthVerifyRequest(token_hash=h), AuthVerifyReply, timeout=self.timeout
-        )
+        key = client_key(client) if client is not None else None
+        neg = self._negative.get(h)
+        if neg is not None:
+            if neg > now:
+                if key is not None:
+                    self.failures.failed(key)
+                return None
+            del self._negative[h]
+        if key is not None and (wait := self.failures.retry_after(key)) is not None:
+            self.failures.throttled += 1
+            raise AuthThrottled(wait)
+        ident = await self._ask(h)
+        if ident is None and key is not None:
+            self.failures.failed(key)
+        return ident
+
+    async def _ask(self, h: str) -> Identity | None:
+        """One registry request per token hash at a time: concurrent misses of the same token share it."""
+        fut = self._inflight.get(h)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[h] = fut
+        try:
+            self.verify_requests += 1
+            reply = await self.bus.request(
+                self.bus.subjects.auth_verify, AuthVerifyRequest(token_hash=h), AuthVerifyReply, timeout=self.timeout
+            )
+        except BaseException as exc:
+            fut.set_exception(exc if isinstance(exc, Exception) else BusError("verification cancelled"))
+            fut.exception()  # retrieved here: a lone request with no one sharing it must not warn
+            raise
+        finally:
+            self._inflight.pop(h, None)
         ident = reply.identity
-        self._entries[h] = _Entry(ident, now + (self.ttl if ident is not None else self.negative_ttl))
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        now = time.monotonic()
+        if ident is not None:
+            self._entries[h] = _Entry(ident, now + self.ttl)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        else:
+            self._negative[h] = now + self.negative_ttl
+            while len(self._negative) > self.max_negative:
+                self._negative.popitem(last=False)
+        fut.set_result(ident)
         return ident
 
 
@@ -130,7 +245,9 @@ async def authenticate(request: web.Request, cache: IdentityCache) -> Identity:
     if not token:
         raise unauthorized("missing token: send Authorization: Bearer <aigw token>")
     try:
-        ident = await cache.verify(token)
+        ident = await cache.verify(token, client=request.remote or "")
+    except AuthThrottled as e:
+        raise ApiError(429, e.message, headers={"Retry-After": str(max(1, round(e.retry_after)))}) from None
     except BusError as e:
         log.warning("token verification unavailable", extra={"error": str(e)})
         raise ApiError(503, "identity service unavailable, try again", headers={"Retry-After": "1"}) from None
@@ -141,4 +258,4 @@ async def authenticate(request: web.Request, cache: IdentityCache) -> Identity:
     return ident
 
 
-__all__ = ["ROLES", "SCOPES", "SCOPE_ADMIN", "SCOPE_GATEWAY", "IdentityCache", "authenticate", "bearer_token", "is_admin", "is_owner", "same_token"]
+__all__ = ["ROLES", "SCOPES", "SCOPE_ADMIN", "SCOPE_GATEWAY", "AuthThrottled", "FailureThrottle", "IdentityCache", "authenticate", "bearer_token", "client_key", "is_admin", "is_owner", "same_token"]

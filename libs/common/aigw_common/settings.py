@@ -67,6 +67,7 @@ _SCALARS = frozenset(
         "AIGW_CHATD_SERVICE_TOKEN",
         "AIGW_CHATD_SUMMARY_MODEL",
         "AIGW_RECORD_PROMPTS",
+        "AIGW_AUTH_FAILURES_PER_MINUTE",
         "AIGW_RECORD_PROMPT_BYTES",
         "AIGW_KEY_RECHECK_MIN",
         "AIGW_KEY_RECHECK_MAX",
@@ -188,6 +189,7 @@ class Settings:
     key_recheck_max: float = 3600.0
     # address classes (aigw_common.netguard.CLASSES) an upstream may resolve to; none by default
     allow_private_upstreams: frozenset[str] = frozenset()
+    auth_failures_per_minute: int = 30  # AIGW_AUTH_FAILURES_PER_MINUTE: per client address; 0 = no throttle
     admin_token: str | None = field(default=None, repr=False)  # for `aigw admin` only
     providers: tuple[ProviderSeed, ...] = ()
     skipped_providers: tuple[SkippedSeed, ...] = ()
@@ -521,6 +523,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["chatd_summary_model"] = v.strip()
     if v := get("AIGW_RECORD_PROMPTS"):
         kw["record_prompts"] = _bool("AIGW_RECORD_PROMPTS", v)
+    if v := get("AIGW_AUTH_FAILURES_PER_MINUTE"):
+        kw["auth_failures_per_minute"] = _int("AIGW_AUTH_FAILURES_PER_MINUTE", v)
     if v := get("AIGW_RECORD_PROMPT_BYTES"):
         kw["record_prompt_bytes"] = _size("AIGW_RECORD_PROMPT_BYTES", v)
     if v := get("AIGW_KEY_RECHECK_MIN"):

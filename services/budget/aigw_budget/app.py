@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from aigw_common.api import error_middleware
-from aigw_common.auth import IdentityCache
+from aigw_common.auth import FailureThrottle, IdentityCache
 from aigw_common.bus import make_bus
 from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
 from aigw_common.service import METRICS, STATE, base_app
@@ -37,7 +37,8 @@ def create_app(settings: Settings, *, lease_ttl: float | None = None, lease_grac
             await bus.start(wait=5)
             try:
                 svc = BudgetService(settings, pool, bus, app[METRICS], **extra)
-                identities = IdentityCache(bus, ttl=settings.identity_ttl)
+                identities = IdentityCache(bus, ttl=settings.identity_ttl,
+                                           failures=FailureThrottle(settings.auth_failures_per_minute))
                 await identities.start()
                 await svc.start()
                 app[SERVICE] = svc

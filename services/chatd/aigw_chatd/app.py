@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from aigw_common import netguard
 from aigw_common.aio import stop_task
 from aigw_common.api import error_middleware
-from aigw_common.auth import IdentityCache
+from aigw_common.auth import FailureThrottle, IdentityCache
 from aigw_common.bus import Bus, make_bus
 from aigw_common.crypto import PURPOSE_AT_REST, PURPOSE_BUS, Sealer
 from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
@@ -79,7 +79,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     # 2. the bus, and what follows it
     bus = make_bus(settings, "chatd")
     app[BUS] = bus
-    d.identities = IdentityCache(bus, ttl=settings.identity_ttl, timeout=config.control_timeout)
+    d.identities = IdentityCache(bus, ttl=settings.identity_ttl, timeout=config.control_timeout,
+                                 failures=FailureThrottle(settings.auth_failures_per_minute))
     d.hub = ChatHub(bus, d.replica_id)
     d.directory = ProviderDirectory(bus, d.store.sync_providers, timeout=config.control_timeout,
                                     interval=settings.revision_check_interval)

@@ -11,11 +11,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from aigw_common import netguard
-from aigw_common.auth import IdentityCache
+from aigw_common.auth import FailureThrottle, IdentityCache
 from aigw_common.bus import Bus, make_bus
 from aigw_common.crypto import PURPOSE_BUS, Sealer
 from aigw_common.errors import BusError
 from aigw_common.keystate import ensure_marks_stream
+from aigw_common.metrics import Gauge
 from aigw_common.schemas import KeyMarked
 from aigw_common.service import HANDLER_CANCELLATION, METRICS, SETTINGS, STATE, base_app
 from aigw_common.settings import Settings
@@ -86,7 +87,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                                                            "state": STATE_NAMES[state]})
 
     loader = ProviderLoader(bus, bus_sealer, pools, interval=settings.revision_check_interval, on_swap=on_swap)
-    identities = IdentityCache(bus, ttl=settings.identity_ttl)
+    identities = IdentityCache(bus, ttl=settings.identity_ttl,
+                               failures=FailureThrottle(settings.auth_failures_per_minute))
+    Gauge("aigw_gateway_auth_verify_requests", "Token verifications asked of the registry (cumulative)",
+          registry=app[METRICS]).set_function(lambda: identities.verify_requests)
+    Gauge("aigw_gateway_auth_throttled_requests", "Requests refused for too many failed authentications "
+          "from their address (cumulative)", registry=app[METRICS]).set_function(lambda: identities.failures.throttled)
     spool = Spool(settings.data_dir / "spool" / f"gateway-{pools.gateway_id}", settings.spool_max_bytes)
     recorder = Recorder(bus, spool, registry=app[METRICS],
                         policy=RecordPolicy(settings.record_prompts, settings.record_prompt_bytes))

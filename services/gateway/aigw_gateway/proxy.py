@@ -25,7 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from aigw_common import netguard
-from aigw_common.auth import IdentityCache
+from aigw_common.auth import AuthThrottled, IdentityCache
 from aigw_common.crypto import Sealer, mask_secret
 from aigw_common.errors import BusError, CryptoError
 from aigw_common.schemas import (
@@ -251,7 +251,9 @@ class Gateway:
         if not token:
             raise Refused(401, "missing aigw token: send it as Authorization: Bearer <token> or X-Api-Key")
         try:
-            identity = await self.identities.verify(token)
+            identity = await self.identities.verify(token, client=request.remote or "")
+        except AuthThrottled as e:
+            raise Refused(429, e.message, retry_after=e.retry_after) from None
         except BusError as e:
             log.warning("cannot verify token", extra={"error": str(e)})
             raise Refused(503, "cannot verify the token right now; retry shortly", retry_after=1) from None

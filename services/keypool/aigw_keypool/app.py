@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from aigw_common.api import error_middleware
-from aigw_common.auth import IdentityCache
+from aigw_common.auth import FailureThrottle, IdentityCache
 from aigw_common.bus import make_bus
 from aigw_common.crypto import PURPOSE_BUS, Sealer
 from aigw_common.db import MigrationSet
@@ -31,7 +31,8 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         bus = make_bus(settings, "keypool")
         await bus.start(wait=2.0)
-        identities = IdentityCache(bus, ttl=settings.identity_ttl)
+        identities = IdentityCache(bus, ttl=settings.identity_ttl,
+                                           failures=FailureThrottle(settings.auth_failures_per_minute))
         await identities.start()
         sealer = Sealer.from_keys(settings.encryption_keys, PURPOSE_BUS) if settings.encryption_keys else None
         svc = KeyPoolService(bus, app[METRICS], resync_interval=settings.revision_check_interval,
