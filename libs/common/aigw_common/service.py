@@ -50,6 +50,11 @@ STATE = web.AppKey("service_state", ServiceState)
 HANDLER_CANCELLATION = web.AppKey("handler_cancellation", bool)
 
 
+async def _no_server_banner(_request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp names itself and its Python in ``Server``; a banner only helps whoever scans for versions."""
+    response.headers.popall("Server", None)
+
+
 async def _healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -74,6 +79,7 @@ def base_app(
     app[SETTINGS] = settings
     app[METRICS] = new_registry()
     app[STATE] = ServiceState(name)
+    app.on_response_prepare.append(_no_server_banner)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", metrics_handler(app[METRICS]))

@@ -98,6 +98,9 @@ class Adapter:
         raise NotImplementedError
 
     passthrough_routes: tuple[Route, ...] = ()
+    # client headers forwarded upstream besides headers.COMMON (lowercase names and prefixes)
+    forward_names: frozenset[str] = frozenset()
+    forward_prefixes: tuple[str, ...] = ()
 
     def passthrough(self, method: str, path: str) -> bool:
         """Whether ``method path`` is on this type's pass-through allowlist (``path`` passed paths.refusal)."""
@@ -174,6 +177,8 @@ class OpenAIAdapter(Adapter):
 
     api: Api = "openai"
     route_prefix = "/v1"  # Copilot's bridged routes have none
+    forward_names = frozenset({"originator", "session_id", "conversation_id"})  # Codex
+    forward_prefixes = ("openai-", "x-stainless-")
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         if method == "POST":
@@ -208,6 +213,8 @@ class AnthropicAdapter(Adapter):
     api: Api = "anthropic"
 
     passthrough_routes = ANTHROPIC_PASSTHROUGH
+    forward_names = frozenset({"x-app", "x-claude-code-session-id"})  # Claude Code
+    forward_prefixes = ("anthropic-", "x-stainless-")
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         return "messages" if method == "POST" and path == "/v1/messages" else None
@@ -256,6 +263,13 @@ class CopilotAdapter(OpenAIAdapter):
     byok_only = True
     route_prefix = ""
     passthrough_routes = COPILOT_PASSTHROUGH
+    # what Copilot clients (VS Code, the CLI) send and Copilot's API reads
+    forward_names = frozenset({"openai-intent", "x-initiator", "x-interaction-id", "x-interaction-type",
+                               "x-onbehalf-extension-id", "x-agent-task-id", "x-github-api-version",
+                               "copilot-integration-id", "copilot-vision-request", "editor-version",
+                               "editor-plugin-version", "vscode-sessionid", "vscode-machineid",
+                               "x-vscode-user-agent-library-version"})
+    forward_prefixes = ("openai-", "x-stainless-", "copilot-", "editor-", "x-github-")
 
 
 def _looks_like_jwt(token: str) -> bool:
@@ -269,6 +283,8 @@ class AzureAdapter(OpenAIAdapter):
     (``…/openai/deployments/<name>``). A BYOK Entra ID token (a JWT bearer) is forwarded as
     ``Authorization``; any other user credential goes out as ``api-key``.
     """
+
+    forward_names = OpenAIAdapter.forward_names | {"x-ms-client-request-id", "x-ms-useragent"}
 
     def upstream_url(self, provider: Provider, path: str, query: MultiMapping[str]) -> URL:
         version = provider.settings.get("api_version")

@@ -23,6 +23,7 @@ from aigw_common.crypto import Sealer
 from aigw_common.errors import BusError, CryptoError
 from aigw_common.schemas import ProviderConfig, ProvidersChanged, RegistrySnapshot, SnapshotRequest
 
+from . import headers
 from .adapters import Adapter, Timeouts, adapter_for
 from .keys import KeyPool, KeyPools, PoolKey
 
@@ -42,6 +43,7 @@ class Provider:
     adapter: Adapter
     timeouts: Timeouts
     base: URL  # base_url parsed once; upstream URLs are built from it (paths.build)
+    forward_headers: frozenset[str] = frozenset()  # settings.forward_headers: extra client headers to forward
 
     def __repr__(self) -> str:
         return f"Provider(name={self.name!r}, type={self.type!r}, base_url={self.base_url!r}, keys={len(self.pool.keys)})"
@@ -95,6 +97,7 @@ def _build_provider(pc: ProviderConfig, adapter: Adapter, sealer: Sealer, pools:
         id=pc.id, name=pc.name, type=pc.type, display_name=pc.display_name, base_url=pc.base_url.rstrip("/"),
         allow_byok=pc.allow_byok, settings=settings, pool=KeyPool(pc.id, keys), adapter=adapter,
         timeouts=Timeouts.from_settings(settings), base=URL(pc.base_url.rstrip("/")),
+        forward_headers=headers.parse_names(settings.get("forward_headers")),
     )
 
 

@@ -39,6 +39,7 @@ from aigw_common.schemas import (
 )
 from aigw_common.settings import Settings
 
+from . import headers as hdr
 from . import paths, routing
 from .adapters import (
     Adapter,
@@ -71,36 +72,9 @@ log = logging.getLogger(__name__)
 
 MAX_MODEL_BYTES = 256
 
-# Never forwarded upstream: hop-by-hop, recomputed, our own, and client credentials (set per attempt).
-_DROP_REQUEST = frozenset(
-    h.lower()
-    for h in (
-        "Host", "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Content-Length", "Accept-Encoding", "Cookie", "Authorization",
-        "X-Api-Key", "Api-Key", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
-        "X-Real-Ip",
-    )
-)
-_DROP_RESPONSE = frozenset(
-    h.lower()
-    for h in ("Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "Content-Encoding", "Upgrade",
-              "Trailer", "Proxy-Authenticate")
-)
-
-
-def upstream_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in headers.items():
-        lk = k.lower()
-        if lk in _DROP_REQUEST or lk.startswith("x-aigw-"):
-            continue
-        out.add(k, v)
-    out["Accept-Encoding"] = "identity"  # usage is read from the bytes we relay
-    return out
-
-
-def client_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _DROP_RESPONSE)
+def upstream_headers(request: web.Request, provider: Provider) -> CIMultiDict[str]:
+    a = provider.adapter
+    return hdr.upstream(request.headers, a.forward_names, a.forward_prefixes, provider.forward_headers)
 
 
 async def _chunks(resp: aiohttp.ClientResponse, idle: float) -> AsyncIterator[bytes]:
@@ -157,7 +131,7 @@ async def _read_error_body(resp: aiohttp.ClientResponse) -> bytes | None:
 
 
 def _filtered_headers(headers: CIMultiDictProxy[str], filt: ResponseFilter | None) -> CIMultiDict[str]:
-    out = client_headers(headers)
+    out = hdr.downstream(headers)
     if filt is not None:
         out["Content-Type"] = filt.content_type
     return out
@@ -376,7 +350,7 @@ class Gateway:
     async def _passthrough(self, request: web.Request, provider: Provider, path: str, caller: Caller,
                            body: bytes) -> web.StreamResponse:
         url = self._upstream_url(provider, path, request)
-        resp, _key, filt, _sent = await self._send(request, provider, None, url, upstream_headers(request.headers), body,
+        resp, _key, filt, _sent = await self._send(request, provider, None, url, upstream_headers(request, provider), body,
                                             caller)
         try:
             out = web.StreamResponse(status=resp.status, headers=_filtered_headers(resp.headers, filt))
@@ -430,7 +404,7 @@ class Gateway:
         status = 0
         try:
             url = self._upstream_url(provider, path, request)
-            headers = upstream_headers(request.headers)
+            headers = upstream_headers(request, provider)
             try:
                 resp, key, filt, sent = await self._send(request, provider, endpoint, url, headers, body, caller)
             except Refused as r:

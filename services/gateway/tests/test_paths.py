@@ -3,14 +3,13 @@ against every provider type, none of which may reach the upstream."""
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
 import pytest
 from aiohttp import web
 from yarl import URL
 
 from aigw_gateway import adapters, paths
+from aigw_testing import rawhttp
 
 # ---------------------------------------------------------------- unit: the raw-path rules
 
@@ -169,20 +168,8 @@ MODELS_PATH = {"openai": "/v1/models", "anthropic": "/v1/models", "bedrock": "/f
 
 
 async def _raw(url: str, method: str, target: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
-    """One request written byte for byte on a socket (no client normalises the target), → (status, body)."""
-    u = URL(url)
-    reader, writer = await asyncio.open_connection(u.host, u.port)
-    try:
-        head = f"{method} {target} HTTP/1.1\r\nHost: {u.host}:{u.port}\r\nConnection: close\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        head += f"Content-Length: {len(body)}\r\n\r\n"
-        writer.write(head.encode("latin-1") + body)
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), 30)
-    finally:
-        writer.close()
-    status_line, _, rest = data.partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+    r = await rawhttp.request(url, method, target, headers, body)
+    return r.status, r.body
 
 
 @pytest.mark.parametrize("ptype", list(TYPES))

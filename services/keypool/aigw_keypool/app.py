@@ -36,7 +36,8 @@ def create_app(settings: Settings) -> web.Application:
         await identities.start()
         sealer = Sealer.from_keys(settings.encryption_keys, PURPOSE_BUS) if settings.encryption_keys else None
         svc = KeyPoolService(bus, app[METRICS], resync_interval=settings.revision_check_interval,
-                             backoff=Backoff(settings.key_recheck_min, settings.key_recheck_max), sealer=sealer)
+                             backoff=Backoff(settings.key_recheck_min, settings.key_recheck_max), sealer=sealer,
+                             allowed_upstreams=settings.allow_private_upstreams)
         audit = AuditLog(settings.database_url)
         await audit.start()
         app[AUDIT] = audit

@@ -23,6 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import InvalidKeyError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from aigw_common import netguard
 from aigw_common.aio import stop_task
 from aigw_common.bus import Bus, decode
 from aigw_common.crypto import Sealer
@@ -78,12 +79,14 @@ class Metrics:
 
 class KeyPoolService:
     def __init__(self, bus: Bus, registry: CollectorRegistry, *, resync_interval: float = 30.0,
-                 backoff: Backoff | None = None, sealer: Sealer | None = None, probe_timeout: float = 10.0) -> None:
+                 backoff: Backoff | None = None, sealer: Sealer | None = None, probe_timeout: float = 10.0,
+                 allowed_upstreams: frozenset[str] = frozenset()) -> None:
         self.bus = bus
         self.metrics = Metrics(registry)
         self.backoff = backoff or Backoff()
         self.sealer = sealer  # opens the snapshot's sealed keys for re-checks; None: no re-checks
         self.probe_timeout = probe_timeout
+        self.allowed_upstreams = allowed_upstreams  # re-checks send pool keys: address-checked like the gateway
         self._session: aiohttp.ClientSession | None = None
         self._checking: set[str] = set()
         self.mirror = KeyStateWatch(bus, self._on_state, resync_interval=resync_interval)
@@ -101,7 +104,7 @@ class KeyPoolService:
 
     async def start(self) -> None:
         if self.sealer is not None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(connector=netguard.upstream_connector(self.allowed_upstreams))
         else:
             log.warning("AIGW_ENCRYPTION_KEYS not set: revoked keys are not re-checked (reset them through the API)")
         await self.bus.subscribe(self.bus.subjects.keys_report, KeyReport, self._on_report)

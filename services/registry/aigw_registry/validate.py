@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from aigw_common import netguard
+from aigw_common import headers, netguard
 from aigw_common.api import ApiError, Validation
 from aigw_common.auth import ROLES
 from aigw_common.crypto import mask_secret
@@ -47,6 +47,9 @@ SETTINGS_FIELDS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
 }
 # Upstream timeouts every type accepts (durations such as "30s", "10m"; the gateway's defaults otherwise).
 TIMEOUT_FIELDS = ("connect_timeout", "first_byte_timeout", "idle_timeout")
+# Extra client headers the gateway forwards to this provider: "X-Foo, X-Bar" (aigw_common.headers rules).
+FORWARD_HEADERS = "forward_headers"
+MAX_FORWARD_HEADERS = 32
 THINKING_MODES = frozenset({"budget", "adaptive", "adaptive-only"})
 MAX_TIMEOUT_SECONDS = 86400.0
 
@@ -181,7 +184,7 @@ def secret_value(raw: str, field: str) -> str:
 
 def provider_settings(p: Problems, ptype: str, raw: Mapping[str, str], field: str = "settings") -> dict[str, str]:
     """Validate the settings object of a provider type into ``p``; returns it trimmed, empties dropped."""
-    spec = SETTINGS_FIELDS.get(ptype, ()) + tuple((t, False, False) for t in TIMEOUT_FIELDS)
+    spec = SETTINGS_FIELDS.get(ptype, ()) + tuple((t, False, False) for t in (*TIMEOUT_FIELDS, FORWARD_HEADERS))
     known = {f for f, _, _ in spec}
     for k in raw:
         if k not in known:
@@ -207,6 +210,14 @@ def provider_settings(p: Problems, ptype: str, raw: Mapping[str, str], field: st
                 secs = -1.0
             if not 0 < secs <= MAX_TIMEOUT_SECONDS:
                 p.add(f"{field}.{name}", "must be a duration above 0 and at most 1 day, e.g. 30s or 10m")
+    if FORWARD_HEADERS in out:
+        names = [n.strip() for n in out[FORWARD_HEADERS].split(",") if n.strip()]
+        bad = [n for n in names if not headers.is_forwardable_name(n)]
+        if bad:
+            p.add(f"{field}.{FORWARD_HEADERS}", f"{', '.join(bad)}: not a header name the gateway may forward "
+                  "(credentials, cookies, hop-by-hop, forwarding, metadata and X-AIGW-* headers never are)")
+        elif len(names) > MAX_FORWARD_HEADERS:
+            p.add(f"{field}.{FORWARD_HEADERS}", f"at most {MAX_FORWARD_HEADERS} names")
     if "thinking_mode" in out and out["thinking_mode"] not in THINKING_MODES:
         p.add(f"{field}.thinking_mode", f"expected one of {', '.join(sorted(THINKING_MODES))}")
     if ptype == "bedrock" and bool(out.get("access_key")) != bool(out.get("access_key_secret")):

@@ -1,0 +1,59 @@
+"""Which headers cross the gateway: an allowlist upstream, a short denylist back to the client.
+
+Upstream, only the provider API's own headers go (per provider type, plus any the provider's settings name
+in ``forward_headers``); cookies, proxy and forwarding headers, cloud-metadata headers, our own
+``X-AIGW-*`` and the client's credentials never do (credentials are set per attempt by the adapter).
+Headers named in ``Connection`` are hop-by-hop by definition and dropped whatever their name.
+
+Back to the client, everything the provider sends that describes the answer (request ids, rate-limit
+headers) is relayed, except hop-by-hop headers, ``Set-Cookie`` (the upstream's cookies are not for our
+clients) and ``Server`` / ``Alt-Svc`` / ``Via`` (they describe the upstream's servers, not ours).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from aigw_common.headers import NEVER, NEVER_PREFIXES, parse_names
+
+__all__ = ["COMMON", "downstream", "parse_names", "upstream"]
+
+# Forwarded for every provider type.
+COMMON = frozenset({
+    "content-type", "accept", "accept-language", "user-agent", "idempotency-key", "x-request-id",
+    "x-client-request-id", "traceparent", "tracestate",
+})
+_RESPONSE_DROP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length", "content-encoding",
+    "upgrade", "trailer", "proxy-authenticate", "set-cookie", "set-cookie2", "server", "alt-svc", "via",
+})
+def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    names: set[str] = set()
+    for h in ("Connection", "Proxy-Connection"):
+        for v in headers.getall(h, ()):
+            names.update(t.strip().lower() for t in v.split(",") if t.strip())
+    return frozenset(names)
+
+
+def upstream(headers: CIMultiDictProxy[str], names: frozenset[str], prefixes: tuple[str, ...],
+             extra: Iterable[str] = ()) -> CIMultiDict[str]:
+    """The client's headers that may go upstream: ``COMMON | names | extra`` or a name starting with one
+    of ``prefixes`` (all lowercase), minus :data:`NEVER` and anything named in ``Connection``."""
+    hop = _connection_named(headers) if ("Connection" in headers or "Proxy-Connection" in headers) else frozenset()
+    out: CIMultiDict[str] = CIMultiDict()
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk in NEVER or lk in hop or lk.startswith(NEVER_PREFIXES):
+            continue
+        if lk in COMMON or lk in names or lk in extra or lk.startswith(prefixes):
+            out.add(k, v)
+    out["Accept-Encoding"] = "identity"  # usage is read from the bytes we relay
+    return out
+
+
+def downstream(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's response headers a client may see."""
+    hop = _connection_named(headers) if "Connection" in headers else frozenset()
+    return CIMultiDict((k, v) for k, v in headers.items() if (lk := k.lower()) not in _RESPONSE_DROP and lk not in hop)
