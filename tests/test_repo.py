@@ -67,3 +67,14 @@ def test_no_tracked_file_points_outside_the_repository(tmp_path: Path) -> None:
             if needle in text.lower() and not (rel == SWITCH and needle == OUTSIDE[1]):
                 found.append(f"{rel}: {needle}")
     assert found == []
+
+
+def test_openapi_documents_in_docs_are_current(tmp_path: Path) -> None:
+    """docs/openapi/ is what `make openapi` writes from the route tables; rerun it after changing a route."""
+    from aigw_common.cli import write_openapi
+
+    written = {p.name: p.read_text() for p in write_openapi(tmp_path)}
+    assert {"gateway.json", "registry.json", "keypool.json", "budget.json", "chatd.json"} <= set(written)
+    committed = {p.name: p.read_text() for p in (ROOT / "docs" / "openapi").glob("*.json")}
+    stale = sorted(n for n in written.keys() | committed.keys() if written.get(n) != committed.get(n))
+    assert stale == [], f"stale docs/openapi files (run `make openapi`): {stale}"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import os
 import sys
 from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import AigwError, ConfigError
@@ -79,6 +81,31 @@ async def run_migrations(settings: Settings) -> list[str]:
     return await migrate_dsn(settings.require_database(), *sets)
 
 
+def openapi_documents() -> dict[str, dict[str, Any]]:
+    """Each installed service's OpenAPI document (``aigw_<name>.openapi.document()``), by service name."""
+    out = {}
+    for s in available_services():
+        try:
+            mod = importlib.import_module(f"aigw_{s}.openapi")
+        except ModuleNotFoundError as e:
+            if e.name == f"aigw_{s}.openapi":
+                continue  # a service without an HTTP API of its own to describe (the console)
+            raise
+        out[s] = mod.document()
+    return out
+
+
+def write_openapi(out: Path) -> list[Path]:
+    """Write ``<out>/<service>.json`` (2-space JSON, a final newline); returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, doc in openapi_documents().items():
+        path = out / f"{name}.json"
+        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     argv = sys.argv[1:] if argv is None else argv
@@ -96,10 +123,16 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     dev = sub.add_parser("dev", help="run the whole system on this machine (embedded Postgres and NATS when unset)")
     dev.add_argument("--dir", default=".aigw", help="state directory (default .aigw)")
     sub.add_parser("proto", help="regenerate proto/ JSON Schemas from the bus messages")
+    oa = sub.add_parser("openapi", help="write every service's OpenAPI document into docs/openapi/")
+    oa.add_argument("--out", default="docs/openapi", help="directory (default docs/openapi)")
     admin = sub.add_parser("admin", help="administer a running aigw (providers, keys, users, tokens, budgets)", add_help=False)
     admin.add_argument("rest", nargs=argparse.REMAINDER)  # for the listing in `aigw --help`; handled above
     args = parser.parse_args(argv)
 
+    if args.cmd == "openapi":
+        for p in write_openapi(Path(args.out)):
+            print(p)
+        return 0
     if args.cmd == "proto":
         from .proto import write_schemas
 

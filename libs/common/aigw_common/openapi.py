@@ -145,14 +145,20 @@ def document_route(path: str) -> Route:
     return Route("GET", path, None, "public", "This document", "meta")
 
 
-def serve_document(app: web.Application, routes: list[Route], **kw: Any) -> None:
-    """Register ``GET`` of the document route in ``routes`` (see :func:`document_route`), answering the built
-    document; the document itself is described as a free-form object."""
+def finish(routes: list[Route], **kw: Any) -> dict[str, Any]:
+    """The document as served: :func:`build`, with the document route (see :func:`document_route`) described
+    as a free-form object. ``aigw openapi`` writes these into ``docs/openapi/``."""
     [doc_route] = [r for r in routes if r.tag == "meta" and r.access == "public"]
     doc = build(routes, **kw)
     doc["paths"][doc_route.path]["get"]["responses"] = {"200": {
         "description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
-    body = msgspec.json.encode(doc)
+    return doc
+
+
+def serve_document(app: web.Application, routes: list[Route], **kw: Any) -> None:
+    """Register ``GET`` of the document route in ``routes``, answering :func:`finish`'s document."""
+    [doc_route] = [r for r in routes if r.tag == "meta" and r.access == "public"]
+    body = msgspec.json.encode(finish(routes, **kw))
 
     async def handler(_request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")
@@ -160,4 +166,4 @@ def serve_document(app: web.Application, routes: list[Route], **kw: Any) -> None
     app.router.add_get(doc_route.path, handler)
 
 
-__all__ = ["PARAM_DOCS", "ErrorOut", "Query", "Route", "build", "document_route", "serve_document"]
+__all__ = ["PARAM_DOCS", "ErrorOut", "Query", "Route", "build", "document_route", "finish", "serve_document"]

@@ -6,12 +6,12 @@ them, and a test checks this table against the router.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
-from aigw_common.openapi import Query, Route, document_route, serve_document
+from aigw_common.openapi import Query, Route, document_route, finish, serve_document
 from aigw_common.schemas import ModelPrice
 
 from .api import BudgetBody, PriceBody
@@ -135,7 +135,15 @@ ROUTES: list[Route] = [
 ]
 
 
-def add_document(app: web.Application) -> None:
-    serve_document(app, ROUTES, title="aigw budget", unavailable=True,
+_DOCUMENT: dict[str, Any] = dict(title="aigw budget", unavailable=True,
                    description="Budgets, prices, usage and recorded interceptions of aigw. "
                                "Errors are {message, detail, validations}.")
+
+
+def document() -> dict[str, Any]:
+    """This service's OpenAPI document, as served (``aigw openapi`` writes it to ``docs/openapi/``)."""
+    return finish(ROUTES, **_DOCUMENT)
+
+
+def add_document(app: web.Application) -> None:
+    serve_document(app, ROUTES, **_DOCUMENT)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
-from aigw_common.openapi import Query, Route, document_route, serve_document
+from aigw_common.openapi import Query, Route, document_route, finish, serve_document
 
 from .routes import ChatCreate, ChatPatch, MessagePost, ModelConfigCreate
 from .skills import SkillCreate, SkillPatch
@@ -132,7 +132,15 @@ ROUTES: list[Route] = [
 ]
 
 
-def add_document(app: web.Application) -> None:
-    serve_document(app, ROUTES, title="aigw chatd", version="experimental", unavailable=True,
+_DOCUMENT: dict[str, Any] = dict(title="aigw chatd", version="experimental", unavailable=True,
                    description="Chats, model configs and skills of aigw; every model call goes through the gateway. "
                                "Errors are {message, detail, validations}.")
+
+
+def document() -> dict[str, Any]:
+    """This service's OpenAPI document, as served (``aigw openapi`` writes it to ``docs/openapi/``)."""
+    return finish(ROUTES, **_DOCUMENT)
+
+
+def add_document(app: web.Application) -> None:
+    serve_document(app, ROUTES, **_DOCUMENT)

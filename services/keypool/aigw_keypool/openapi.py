@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
-from aigw_common.openapi import Route, document_route, serve_document
+from aigw_common.openapi import Route, document_route, finish, serve_document
 
 
 class KeyHealthOut(msgspec.Struct):
@@ -43,6 +43,14 @@ ROUTES: list[Route] = [
 ]
 
 
-def add_document(app: web.Application) -> None:
-    serve_document(app, ROUTES, title="aigw keypool", unavailable=True,
+_DOCUMENT: dict[str, Any] = dict(title="aigw keypool", unavailable=True,
                    description="Key health of aigw's provider key pools. Errors are {message, detail, validations}.")
+
+
+def document() -> dict[str, Any]:
+    """This service's OpenAPI document, as served (``aigw openapi`` writes it to ``docs/openapi/``)."""
+    return finish(ROUTES, **_DOCUMENT)
+
+
+def add_document(app: web.Application) -> None:
+    serve_document(app, ROUTES, **_DOCUMENT)

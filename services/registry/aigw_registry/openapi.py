@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aigw_common.openapi import Query, Route
+from aigw_common.openapi import Query, Route, finish
 from aigw_common.openapi import build as _build
 
 from .models import ErrorOut
@@ -15,4 +15,12 @@ def build(routes: list[Route], *, title: str = "aigw registry", version: str = "
                   description="Providers, keys and identity of aigw. Errors are {message, detail, validations}.")
 
 
-__all__ = ["Query", "Route", "build"]
+def document() -> dict[str, Any]:
+    """The registry's OpenAPI document, as served (``aigw openapi`` writes it to ``docs/openapi/``)."""
+    from .api import ROUTES  # the route table imports this module
+
+    return finish(ROUTES, title="aigw registry", version="2", error=ErrorOut,
+                  description="Providers, keys and identity of aigw. Errors are {message, detail, validations}.")
+
+
+__all__ = ["Query", "Route", "build", "document"]
