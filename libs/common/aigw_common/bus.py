@@ -74,7 +74,7 @@ def _token(prefix: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Subjects:
-    """Every subject, stream and bucket name of the contract (section 6), under one prefix."""
+    """Every subject, stream and bucket name of the contract (``docs/bus.md``), under one prefix."""
 
     prefix: str = "aigw"
 

@@ -1,4 +1,4 @@
-"""The budget service's HTTP API (contract section 5): budgets, usage, interceptions, prices.
+"""The budget service's HTTP API (``docs/api.md``): budgets, usage, interceptions, prices.
 
 Admins (and owners) write budgets and prices and read everything. Members
 read their own user budget, the budgets of groups they belong to, and only

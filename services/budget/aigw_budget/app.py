@@ -1,4 +1,4 @@
-"""The budget service: usage recording, prices, budgets and their enforcement leases (contract sections 5-7)."""
+"""The budget service: usage recording, prices, budgets and their enforcement leases (``docs/api.md``, ``docs/bus.md``, ``docs/contract.md``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HTTP API of section 5: budgets, prices, usage and interceptions, with roles."""
+"""The HTTP API (``docs/api.md``): budgets, prices, usage and interceptions, with roles."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""chatd's HTTP API (contract section 5): model configs, chats, messages and the live stream."""
+"""chatd's HTTP API (``docs/api.md``): model configs, chats, messages and the live stream."""
 
 from __future__ import annotations
 

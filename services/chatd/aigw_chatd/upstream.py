@@ -135,7 +135,7 @@ def direct_route(base_url: str, provider_name: str, provider_type: str, *, provi
                         "auth", provider=provider_name)
     api = api_of(provider_type)
     base = base_url.rstrip("/")
-    # SDK conventions (contract section 4): an openai base URL includes /v1, an anthropic one does not.
+    # SDK conventions (``docs/api.md``, "Routes"): an openai base URL includes /v1, an anthropic one does not.
     url = f"{base}/v1/messages" if api == "anthropic" else f"{base}/chat/completions"
     return Route(api, url, provider_name, provider_key=provider_key, direct=True)
 

@@ -58,7 +58,7 @@ class KeyStateWatcher:
     def not_ready(self) -> str | None:
         """A readiness check for ``app[STATE].checks``: not ready while NATS is up and the bucket not yet loaded.
 
-        With NATS down there is nothing to wait for: the gateway serves what it knows (contract, section 1).
+        With NATS down there is nothing to wait for: the gateway serves what it knows (``docs/contract.md``).
         """
         if self.ready or not self._watch.bus.connected:
             return None

@@ -1,4 +1,4 @@
-"""The registry's HTTP API (section 5): one route table drives both the router and the OpenAPI document."""
+"""The registry's HTTP API (``docs/api.md``): one route table drives both the router and the OpenAPI document."""
 
 from __future__ import annotations
 
