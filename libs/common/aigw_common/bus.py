@@ -87,6 +87,14 @@ class Subjects:
         return f"{self.prefix}.registry.snapshot"
 
     @property
+    def registry_directory(self) -> str:
+        return f"{self.prefix}.registry.directory"
+
+    @property
+    def directory_changed(self) -> str:
+        return f"{self.prefix}.registry.directory.changed"
+
+    @property
     def auth_verify(self) -> str:
         return f"{self.prefix}.auth.verify"
 

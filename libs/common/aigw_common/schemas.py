@@ -87,6 +87,36 @@ class AuthVerifyReply(Message, kw_only=True, tag="auth.verify.reply"):
     identity: Identity | None = None  # None: unknown, expired or revoked token
 
 
+class DirectoryLookup(Message, kw_only=True, tag="registry.directory.lookup"):
+    """Who is behind these references: ``*_refs`` are ids or names of live users/groups; ``*_ids`` are ids
+    whose names are wanted, deleted users included (history keeps its labels). At most 500 in all."""
+
+    user_refs: list[str] = []
+    group_refs: list[str] = []
+    user_ids: list[str] = []
+    group_ids: list[str] = []
+
+
+class DirectoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str  # username or group name
+    deleted: bool = False
+    group_ids: list[str] = []  # a user's groups
+
+
+class DirectoryReply(Message, kw_only=True, tag="registry.directory.reply"):
+    users: list[DirectoryEntry] = []  # only what was found
+    groups: list[DirectoryEntry] = []
+    error: str | None = None
+
+
+class DirectoryChanged(Message, kw_only=True, tag="registry.directory.changed"):
+    """Users and groups whose name, existence or membership changed: followers drop what they cached."""
+
+    user_ids: list[str] = []
+    group_ids: list[str] = []
+
+
 class AuthRevoked(Message, kw_only=True, tag="auth.revoked"):
     token_ids: list[str] = []
     user_ids: list[str] = []

@@ -1,6 +1,6 @@
 """A stand-in for the registry on the bus, for tests of services that consume it.
 
-It answers ``aigw.registry.snapshot`` and ``aigw.auth.verify`` on real NATS with
+It answers ``aigw.registry.snapshot``, ``aigw.auth.verify`` and ``aigw.registry.directory`` on real NATS with
 sealed secrets exactly as the registry does, so the consumer's real code path
 (request, decode, open) is exercised. Tests that need the real registry start
 ``aigw_registry`` instead.
@@ -20,6 +20,10 @@ from aigw_common.schemas import (
     AuthRevoked,
     AuthVerifyReply,
     AuthVerifyRequest,
+    DirectoryChanged,
+    DirectoryEntry,
+    DirectoryLookup,
+    DirectoryReply,
     Identity,
     ProviderConfig,
     ProvidersChanged,
@@ -49,6 +53,8 @@ class RegistryStub:
         self.sealer = Sealer.from_keys(encryption_keys, PURPOSE_BUS)
         self.providers: dict[str, ProviderConfig] = {}
         self.users: dict[str, StubUser] = {}  # token hash → user
+        self.groups: dict[str, str] = {}  # group id → name
+        self.directory_requests = 0
         self.revision = 0
         self.snapshot_requests = 0
         self.verify_requests = 0
@@ -57,6 +63,8 @@ class RegistryStub:
     async def start(self) -> RegistryStub:
         await self.bus.subscribe(self.bus.subjects.registry_snapshot, SnapshotRequest, self._snapshot, queue="registry")
         await self.bus.subscribe(self.bus.subjects.auth_verify, AuthVerifyRequest, self._verify, queue="registry")
+        await self.bus.subscribe(self.bus.subjects.registry_directory, DirectoryLookup, self._directory,
+                                 queue="registry")
         assert self.bus.nc is not None
         await self.bus.nc.flush()
         return self
@@ -79,6 +87,31 @@ class RegistryStub:
         return AuthVerifyReply(identity=Identity(user_id=u.user_id, username=u.username, roles=u.roles,
                                                  group_ids=u.group_ids, token_id=u.token_id, provider_keys=keys,
                                                  scope=u.scope, expires_at=u.expires_at))  # type: ignore[arg-type]
+
+    async def _directory(self, req: DirectoryLookup, _m: object) -> DirectoryReply:
+        """Like the registry: refs match a live user/group by id or (case-insensitive) name; ids match ids."""
+        self.directory_requests += 1
+        users = {u.user_id: u for u in self.users.values()}
+
+        def match(ref: str, id_: str, name: str) -> bool:
+            return ref == id_ or ref.lower() == name.lower()
+
+        found_u = [u for u in users.values() if any(match(r, u.user_id, u.username) for r in req.user_refs)
+                   or u.user_id in req.user_ids]
+        found_g = [(i, n) for i, n in self.groups.items()
+                   if any(match(r, i, n) for r in req.group_refs) or i in req.group_ids]
+        return DirectoryReply(
+            users=[DirectoryEntry(id=u.user_id, name=u.username, group_ids=u.group_ids) for u in found_u],
+            groups=[DirectoryEntry(id=i, name=n) for i, n in found_g])
+
+    def add_group(self, name: str, group_id: str | None = None) -> str:
+        gid = group_id or f"grp-{name}"
+        self.groups[gid] = name
+        return gid
+
+    async def directory_changed(self, *, user_ids: list[str] = (), group_ids: list[str] = ()) -> None:  # type: ignore[assignment]
+        await self.bus.publish(self.bus.subjects.directory_changed,
+                               DirectoryChanged(user_ids=list(user_ids), group_ids=list(group_ids)))
 
     # ------------------------------------------------------------ state
 
@@ -114,6 +147,8 @@ class RegistryStub:
                      group_ids=group_ids or [], token=token or new_token(), token_id=f"tok-{n}",
                      provider_keys=provider_keys or {}, scope=scope)
         self.users[hash_token(u.token)] = u
+        for g in u.group_ids:
+            self.groups.setdefault(g, g.removeprefix("grp-"))
         return u
 
     async def revoke(self, user: StubUser) -> None:

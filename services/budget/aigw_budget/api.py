@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -19,12 +21,15 @@ from aiohttp import web
 
 from aigw_common.api import ApiError, bad_request, forbidden, json_response, not_found, read_json
 from aigw_common.auth import IdentityCache, authenticate, is_admin
+from aigw_common.errors import BusError
 from aigw_common.schemas import Identity, ModelPrice
 
 from .errors import DB_ERRORS, classify
 from .ledger import TABLES
 from .periods import iso, month_of
 from .service import BudgetService
+
+log = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("budget_service", BudgetService)
 IDENTITIES = web.AppKey("identities", IdentityCache)
@@ -78,10 +83,38 @@ async def _subject(request: web.Request, scope: str, ident: Identity) -> tuple[s
     ref = request.match_info["ref"]
     if scope == "user" and ref == "me":
         ref = ident.user_id
-    found = await svc.directory.resolve(scope, ref)
+    found = await _resolve(svc, scope, ref)
     if found is None:
-        raise not_found(scope)
+        raise not_found(f"{scope} {ref!r}")
     return found
+
+
+async def _resolve(svc: BudgetService, scope: Literal["user", "group"], ref: str) -> tuple[str, str] | None:
+    """(id, name) from the registry's directory over the bus; 503 when it cannot be asked (never a guess)."""
+    try:
+        return await svc.directory.resolve(scope, ref)
+    except BusError as e:
+        log.warning("directory unavailable", extra={"error": str(e)})
+        raise ApiError(503, "the user directory is unavailable, try again", headers={"Retry-After": "1"}) from None
+
+
+def is_uuid(s: str) -> bool:
+    try:
+        uuid.UUID(s)
+    except ValueError:
+        return False
+    return True
+
+
+async def _filter_ref(svc: BudgetService, scope: Literal["user", "group"], ref: str) -> str:
+    """The id a usage filter means: a live user/group by id or name, else an id as given (a deleted user's
+    history stays reachable by id); an unknown name is a 404."""
+    found = await _resolve(svc, scope, ref)
+    if found is not None:
+        return found[0]
+    if is_uuid(ref):
+        return ref
+    raise not_found(f"{scope} {ref!r}")
 
 
 def _may_read(scope: str, subject_id: str, ident: Identity) -> bool:
@@ -257,8 +290,7 @@ async def _common_filters(request: web.Request, ident: Identity, f: _Filters) ->
     svc = request.app[SERVICE]
     q = request.query
     if user := q.get("user"):
-        found = await svc.directory.resolve("user", ident.user_id if user == "me" else user)
-        f.add("i.user_id = ?", found[0] if found else user)
+        f.add("i.user_id = ?", await _filter_ref(svc, "user", ident.user_id if user == "me" else user))
     if not is_admin(ident):
         f.add("i.user_id = ?", ident.user_id)
     if provider := q.get("provider"):
@@ -303,8 +335,7 @@ async def get_usage(request: web.Request) -> web.Response:
     if "from" not in request.query:
         f.add("i.occurred_at >= ?", start)
     if group := request.query.get("group"):
-        found = await svc.directory.resolve("group", group)
-        f.add("? = ANY(i.group_ids)", found[0] if found else group)
+        f.add("? = ANY(i.group_ids)", await _filter_ref(svc, "group", group))
     where = f.sql()
     total = await svc.pool.fetchrow(f"SELECT {_TOTALS} FROM interceptions i WHERE {where}", *f.args)
     rows: list[dict[str, Any]] = []

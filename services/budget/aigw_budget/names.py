@@ -1,77 +1,147 @@
-"""Users and groups by id or name, read from the registry's tables (read-only).
+"""Users and groups by id or name, learned from the registry over the bus (never from its tables).
 
-The budget API takes ``{user}`` / ``{group}`` as an id or a name, and a
-refused request names its budget ("group 'eng'"). Both need the registry's
-``users(id, username, deleted_at)`` and ``groups(id, name)``, which live in the same
-database (schema ``registry``). Reading them is the one place this service
-touches another schema, and only to read. When the registry's schema is not
-there (a deployment with a separate database, or tests of this service alone)
-a reference is taken as an id as is and names fall back to ids.
+The budget API takes ``{user}`` / ``{group}`` as an id or a name, and a refused request names its
+budget ("group 'eng'"). Both come from the registry's directory: ``aigw.registry.directory`` resolves
+a batch of references, ``aigw.registry.directory.changed`` names the users and groups whose name,
+existence or membership changed, and this cache drops exactly those (its TTL bounds a missed event).
+An unknown reference is ``None`` (the API answers 404): a name is never taken for an id, so no budget
+is ever created for a subject nothing would enforce it on. When the registry cannot be asked,
+:meth:`Directory.resolve` raises :class:`~aigw_common.errors.BusError` (the API answers 503) and
+:meth:`Directory.names` falls back to ids, which only label a message.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
+from typing import Literal
 
-import asyncpg
+from nats.aio.msg import Msg
+
+from aigw_common.bus import Bus
+from aigw_common.errors import BusError, DecodeError
+from aigw_common.schemas import DirectoryChanged, DirectoryEntry, DirectoryLookup, DirectoryReply
 
 log = logging.getLogger(__name__)
 
-_QUERIES = {
-    "user": (
-        "SELECT id::text AS id, username AS name FROM registry.users"
-        " WHERE deleted_at IS NULL AND (id::text = $1 OR lower(username) = lower($1)) LIMIT 1",
-        "SELECT id::text AS id, username AS name FROM registry.users WHERE id::text = ANY($1::text[])",
-    ),
-    "group": (
-        "SELECT id::text AS id, name FROM registry.groups WHERE id::text = $1 OR lower(name) = lower($1) LIMIT 1",
-        "SELECT id::text AS id, name FROM registry.groups WHERE id::text = ANY($1::text[])",
-    ),
-}
-_ABSENT = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError, asyncpg.UndefinedColumnError)
+Scope = Literal["user", "group"]
+BATCH = 200  # references per lookup (the registry takes at most 500)
 
 
 class Directory:
-    def __init__(self, pool: asyncpg.Pool, *, ttl: float = 60.0) -> None:
-        self.pool = pool
+    def __init__(self, bus: Bus, *, ttl: float = 60.0, timeout: float = 2.0, max_entries: int = 100_000) -> None:
+        self.bus = bus
         self.ttl = ttl
-        self._names: dict[tuple[str, str], tuple[str, float]] = {}
+        self.timeout = timeout
+        self.max_entries = max_entries
+        self._by_id: OrderedDict[tuple[str, str], tuple[DirectoryEntry, float]] = OrderedDict()
+        self._by_name: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
 
-    async def resolve(self, scope: str, ref: str) -> tuple[str, str] | None:
-        """(id, name) for an id or a name; None when the registry knows no such user/group."""
+    async def start(self) -> None:
+        await self.bus.subscribe(self.bus.subjects.directory_changed, DirectoryChanged, self._on_changed)
+
+    async def _on_changed(self, msg: DirectoryChanged, _m: Msg | None) -> None:
+        self.evict(user_ids=msg.user_ids, group_ids=msg.group_ids)
+
+    def evict(self, *, user_ids: list[str] = (), group_ids: list[str] = ()) -> None:  # type: ignore[assignment]
+        gone = {("user", i) for i in user_ids} | {("group", i) for i in group_ids}
+        for k in gone:
+            self._by_id.pop(k, None)
+        for k in [k for k, (i, _) in self._by_name.items() if (k[0], i) in gone]:
+            del self._by_name[k]
+
+    def clear(self) -> None:
+        self._by_id.clear()
+        self._by_name.clear()
+
+    # ------------------------------------------------------------ cache
+
+    def _remember(self, scope: str, e: DirectoryEntry, now: float) -> None:
+        self._by_id[(scope, e.id)] = (e, now + self.ttl)
+        self._by_id.move_to_end((scope, e.id))
+        if not e.deleted:
+            self._by_name[(scope, e.name.lower())] = (e.id, now + self.ttl)
+            self._by_name.move_to_end((scope, e.name.lower()))
+        for d in (self._by_id, self._by_name):
+            while len(d) > self.max_entries:
+                d.popitem(last=False)
+
+    def _cached(self, scope: str, ref: str, now: float) -> DirectoryEntry | None:
+        hit = self._by_id.get((scope, ref))
+        if hit is None:
+            n = self._by_name.get((scope, ref.lower()))
+            if n is not None and n[1] > now:
+                hit = self._by_id.get((scope, n[0]))
+        if hit is not None and hit[1] > now and not hit[0].deleted:
+            return hit[0]
+        return None
+
+    async def _ask(self, req: DirectoryLookup) -> DirectoryReply:
         try:
-            row = await self.pool.fetchrow(_QUERIES[scope][0], ref)
-        except _ABSENT:
-            return ref, ref
-        if row is None:
+            reply = await self.bus.request(self.bus.subjects.registry_directory, req, DirectoryReply,
+                                           timeout=self.timeout)
+        except DecodeError as e:
+            raise BusError(f"undecodable directory reply: {e}") from e
+        if reply.error:
+            raise BusError(f"directory lookup refused: {reply.error}")
+        now = time.monotonic()
+        for e in reply.users:
+            self._remember("user", e, now)
+        for e in reply.groups:
+            self._remember("group", e, now)
+        return reply
+
+    # ------------------------------------------------------------ queries
+
+    async def resolve(self, scope: Scope, ref: str) -> tuple[str, str] | None:
+        """(id, name) of the live user/group ``ref`` names (an id or a name); None when there is none."""
+        now = time.monotonic()
+        hit = self._cached(scope, ref, now)
+        if hit is not None:
+            return hit.id, hit.name
+        reply = await self._ask(DirectoryLookup(user_refs=[ref]) if scope == "user"
+                                else DirectoryLookup(group_refs=[ref]))
+        for e in reply.users if scope == "user" else reply.groups:
+            if not e.deleted and (e.id == ref or e.name.lower() == ref.lower()):
+                return e.id, e.name
+        return None
+
+    async def member_of(self, user_id: str) -> list[str] | None:
+        """The group ids of a live user, or None when there is no such user."""
+        found = await self.resolve("user", user_id)
+        if found is None:
             return None
-        self._names[(scope, row["id"])] = (row["name"], time.monotonic() + self.ttl)
-        return row["id"], row["name"]
+        hit = self._by_id.get(("user", found[0]))
+        return list(hit[0].group_ids) if hit else []
 
     async def name(self, scope: str, subject_id: str) -> str:
         return (await self.names([(scope, subject_id)])).get((scope, subject_id), subject_id)
 
     async def names(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Display names by (scope, id), deleted users included; an id the registry does not know (or cannot
+        be asked about right now) is its own label."""
         now = time.monotonic()
         out: dict[tuple[str, str], str] = {}
-        missing: dict[str, list[str]] = {}
-        for k in keys:
-            hit = self._names.get(k)
+        missing: dict[str, list[str]] = {"user": [], "group": []}
+        for k in dict.fromkeys(keys):
+            hit = self._by_id.get(k)
             if hit is not None and hit[1] > now:
-                out[k] = hit[0]
-            else:
-                missing.setdefault(k[0], []).append(k[1])
+                out[k] = hit[0].name
+            elif k[0] in missing:
+                missing[k[0]].append(k[1])
         for scope, ids in missing.items():
-            try:
-                rows = await self.pool.fetch(_QUERIES[scope][1], ids)
-            except _ABSENT:
-                rows = []
-            found = {r["id"]: r["name"] for r in rows}
-            for i in ids:
-                n = found.get(i, i)
-                out[(scope, i)] = n
-                self._names[(scope, i)] = (n, now + self.ttl)
-        if len(self._names) > 100_000:
-            self._names.clear()
+            for i in range(0, len(ids), BATCH):
+                chunk = ids[i:i + BATCH]
+                try:
+                    reply = await self._ask(DirectoryLookup(user_ids=chunk) if scope == "user"
+                                            else DirectoryLookup(group_ids=chunk))
+                except BusError as e:
+                    log.warning("directory unavailable; labelling by id", extra={"error": str(e)})
+                    break
+                found = {e.id: e.name for e in (reply.users if scope == "user" else reply.groups)}
+                for sid in chunk:
+                    out[(scope, sid)] = found.get(sid, sid)
+        for k in keys:
+            out.setdefault(k, k[1])
         return out

@@ -51,7 +51,7 @@ class BudgetService:
         self.pool = pool
         self.bus = bus
         self.prices = PriceBook()
-        self.directory = Directory(pool)
+        self.directory = Directory(bus, ttl=settings.identity_ttl)
         self.ledger = Ledger(pool, self.directory, ttl=lease_ttl, grace=lease_grace)
         self.recorder = Recorder(pool, self.prices)
         self.batches = BatchRecorder(self.recorder)
@@ -70,6 +70,7 @@ class BudgetService:
 
     async def start(self) -> None:
         await self.prices.load(self.pool)
+        await self.directory.start()
         s = self.bus.subjects
         await self.bus.subscribe(s.budget("lease"), BudgetLeaseRequest, self.on_lease, queue="budget")
         await self.bus.subscribe(s.budget_snapshot, BudgetSnapshotRequest, self.on_snapshot, queue="budget")

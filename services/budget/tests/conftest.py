@@ -91,6 +91,7 @@ async def budget(bus: Bus, make_settings, database_url: str, apps) -> AsyncItera
     await asyncio.wait_for(app[SERVICE].consumer.ready.wait(), 10)
     admin_user = stub.add_user(roles=["admin"], username="ada")
     member_user = stub.add_user(roles=["member"], group_ids=["grp-eng"], username="mo")
+    stub.add_group("ops")
     async with aiohttp.ClientSession() as session:
         yield Budget(url, app[SERVICE], stub, admin_user, member_user, Client(url, session, admin_user.token),
                      Client(url, session, member_user.token), session)

@@ -11,6 +11,7 @@ from aigw_budget.ledger import Ledger, decide
 from aigw_budget.names import Directory
 from aigw_budget.periods import month_of
 from aigw_budget.recorder import PriceBook, Recorder
+from aigw_common.bus import Bus
 from aigw_common.schemas import LeaseItem, ModelPrice
 
 NOW = time.time()
@@ -69,9 +70,9 @@ def test_expired_lease_restarts_from_what_was_used() -> None:
 
 
 @pytest.fixture
-async def ledger(pool: asyncpg.Pool) -> Ledger:
+async def ledger(pool: asyncpg.Pool, bus: Bus) -> Ledger:
     await pool.execute("INSERT INTO group_ai_budgets (group_id, spend_limit_micros) VALUES ('g1', 1000000)")
-    return Ledger(pool, Directory(pool), ttl=30, grace=60)
+    return Ledger(pool, Directory(bus), ttl=30, grace=60)  # no registry on this bus: names are ids
 
 
 async def test_two_gateways_never_hold_more_than_the_limit(ledger: Ledger) -> None:

@@ -22,14 +22,16 @@ import asyncpg
 from aigw_common.auth import ROLE_ADMIN, ROLE_OWNER
 from aigw_common.bus import Bus, encode
 from aigw_common.crypto import PURPOSE_AT_REST, PURPOSE_BUS, Sealer
-from aigw_common.schemas import AuthRevoked, ProvidersChanged
+from aigw_common.schemas import AuthRevoked, DirectoryChanged, ProvidersChanged
 from aigw_common.settings import Settings
 
 SCHEMA = "registry"
 SEED_LOCK = 0x61696772  # advisory lock for env seeding and the bootstrap owner
 OWNER_LOCK = 0x6169676F  # serialises changes that could remove the last owner
 
-OUTBOX_KINDS = {"providers.changed": ProvidersChanged, "auth.revoked": AuthRevoked}
+OUTBOX_KINDS = {"providers.changed": ProvidersChanged, "auth.revoked": AuthRevoked,
+                "directory.changed": DirectoryChanged}
+OutboxMessage = ProvidersChanged | AuthRevoked | DirectoryChanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +105,8 @@ async def bump_revision(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("UPDATE registry.state SET revision = revision + 1 RETURNING revision"))
 
 
-async def enqueue(conn: asyncpg.Connection, msg: ProvidersChanged | AuthRevoked) -> None:
-    kind = "providers.changed" if isinstance(msg, ProvidersChanged) else "auth.revoked"
+async def enqueue(conn: asyncpg.Connection, msg: OutboxMessage) -> None:
+    kind = next(k for k, t in OUTBOX_KINDS.items() if isinstance(msg, t))
     await conn.execute("INSERT INTO registry.outbox (kind, payload) VALUES ($1, $2)", kind, encode(msg))
 
 
@@ -113,6 +115,14 @@ async def providers_changed(conn: asyncpg.Connection, *provider_ids: str) -> int
     rev = await bump_revision(conn)
     await enqueue(conn, ProvidersChanged(revision=rev, provider_ids=list(provider_ids)))
     return rev
+
+
+async def directory_changed(conn: asyncpg.Connection, *, user_ids: list[str] | None = None,
+                            group_ids: list[str] | None = None) -> None:
+    """Queue ``registry.directory.changed``: a user's or group's name, existence or membership changed."""
+    if user_ids or group_ids:
+        await enqueue(conn, DirectoryChanged(user_ids=list(dict.fromkeys(user_ids or ())),
+                                             group_ids=list(dict.fromkeys(group_ids or ()))))
 
 
 async def auth_revoked(conn: asyncpg.Connection, *, user_ids: list[str] | None = None,

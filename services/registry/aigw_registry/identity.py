@@ -34,7 +34,7 @@ from aigw_common.auth import (
 from aigw_common.crypto import hash_token, mask_secret, new_token
 
 from . import validate as v
-from .core import OWNER_LOCK, Actor, Registry, audit, auth_revoked, new_id
+from .core import OWNER_LOCK, Actor, Registry, audit, auth_revoked, directory_changed, new_id
 from .models import (
     GroupCreate,
     GroupList,
@@ -152,6 +152,7 @@ async def insert_user(conn: asyncpg.Connection, actor: Actor, username: str, ema
         uid, username, email, roles)
     out = await user_out(conn, row)
     await audit(conn, actor, action, "user", uid, None, to_builtins(out))
+    await directory_changed(conn, user_ids=[uid])
     return out
 
 
@@ -221,6 +222,8 @@ async def update_user(reg: Registry, request: web.Request, actor: Actor) -> web.
             await audit(conn, actor, "user.update", "user", after.id, to_builtins(before), to_builtins(after))
             if before.roles != after.roles:
                 await auth_revoked(conn, user_ids=[after.id])
+            if before.username != after.username:
+                await directory_changed(conn, user_ids=[after.id])
     except asyncpg.UniqueViolationError:
         raise _username_taken(str(sets.get("username"))) from None
     return json_response(after)
@@ -241,6 +244,7 @@ async def delete_user(reg: Registry, request: web.Request, actor: Actor) -> web.
         await conn.execute("UPDATE registry.users SET deleted_at = now(), updated_at = now() WHERE id = $1", uid)
         await audit(conn, actor, "user.delete", "user", uid, to_builtins(before), None)
         await auth_revoked(conn, deleted_user_ids=[uid], token_ids=tokens)
+        await directory_changed(conn, user_ids=[uid], group_ids=[g.id for g in before.groups])
     return web.Response(status=204)
 
 
@@ -434,6 +438,7 @@ async def create_group(reg: Registry, request: web.Request, actor: Actor) -> web
                 new_id(), name)
             out = await group_out(conn, row)
             await audit(conn, actor, "group.create", "group", out.id, None, to_builtins(out))
+            await directory_changed(conn, group_ids=[out.id])
     except asyncpg.UniqueViolationError:
         raise _group_taken(name) from None
     return json_response(out, status=201)
@@ -454,6 +459,7 @@ async def update_group(reg: Registry, request: web.Request, actor: Actor) -> web
                                       " RETURNING id, name, created_at, updated_at", row["id"], name)
             after = await group_out(conn, row)
             await audit(conn, actor, "group.update", "group", after.id, to_builtins(before), to_builtins(after))
+            await directory_changed(conn, group_ids=[after.id])
     except asyncpg.UniqueViolationError:
         raise _group_taken(name or "") from None
     return json_response(after)
@@ -466,6 +472,7 @@ async def delete_group(reg: Registry, request: web.Request, actor: Actor) -> web
         await conn.execute("DELETE FROM registry.groups WHERE id = $1", row["id"])
         await audit(conn, actor, "group.delete", "group", before.id, to_builtins(before), None)
         await auth_revoked(conn, user_ids=[m.id for m in before.members])
+        await directory_changed(conn, user_ids=[m.id for m in before.members], group_ids=[before.id])
     return web.Response(status=204)
 
 
@@ -481,6 +488,7 @@ async def put_member(reg: Registry, request: web.Request, actor: Actor) -> web.R
             await audit(conn, actor, "group_member.add", "group", str(group["id"]), None,
                         _member_audit(group, user))
             await auth_revoked(conn, user_ids=[str(user["id"])])
+            await directory_changed(conn, user_ids=[str(user["id"])], group_ids=[str(group["id"])])
     return web.Response(status=204)
 
 
@@ -501,4 +509,5 @@ async def delete_member(reg: Registry, request: web.Request, actor: Actor) -> we
         await conn.execute("UPDATE registry.groups SET updated_at = now() WHERE id = $1", group["id"])
         await audit(conn, actor, "group_member.remove", "group", str(group["id"]), _member_audit(group, user), None)
         await auth_revoked(conn, user_ids=[str(user["id"])])
+        await directory_changed(conn, user_ids=[str(user["id"])], group_ids=[str(group["id"])])
     return web.Response(status=204)

@@ -20,9 +20,8 @@ from aigw_common.aio import wait_event
 from aigw_common.bus import Bus, decode
 from aigw_common.errors import BusError
 from aigw_common.metrics import Counter, Gauge
-from aigw_common.schemas import AuthRevoked, ProvidersChanged
 
-from .core import Registry
+from .core import OutboxMessage, Registry
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,8 @@ def _subject(bus: Bus, kind: str) -> str:
         return bus.subjects.providers_changed
     if kind == "auth.revoked":
         return bus.subjects.auth_revoked
+    if kind == "directory.changed":
+        return bus.subjects.directory_changed
     raise ValueError(f"unknown outbox kind {kind!r}")
 
 
@@ -47,7 +48,7 @@ async def publish_pending(reg: Registry, bus: Bus) -> int:
         if not rows:
             return 0
         for r in rows:
-            msg = decode(r["payload"], ProvidersChanged | AuthRevoked)
+            msg = decode(r["payload"], OutboxMessage)
             await bus.publish(_subject(bus, r["kind"]), msg)
         nc = bus.nc
         if nc is None:

@@ -22,6 +22,8 @@ from aigw_common.metrics import Counter, Gauge
 from aigw_common.schemas import (
     AuthVerifyReply,
     AuthVerifyRequest,
+    DirectoryLookup,
+    DirectoryReply,
     Identity,
     ProviderConfig,
     RegistrySnapshot,
@@ -32,6 +34,7 @@ from aigw_common.schemas import (
 from aigw_common.settings import PROVIDER_TYPES
 
 from .core import Registry
+from .directory import lookup
 from .providers import fetch_keys, settings_of
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,7 @@ class Responders:
     async def subscribe(self, bus: Bus) -> None:
         await bus.subscribe(bus.subjects.registry_snapshot, SnapshotRequest, self.on_snapshot, queue=QUEUE)
         await bus.subscribe(bus.subjects.auth_verify, AuthVerifyRequest, self.on_verify, queue=QUEUE)
+        await bus.subscribe(bus.subjects.registry_directory, DirectoryLookup, self.on_directory, queue=QUEUE)
 
     async def snapshot(self) -> RegistrySnapshot:
         cached = self._cached
@@ -163,3 +167,13 @@ class Responders:
             raise
         self.requests.labels("auth.verify", "ok" if ident else "unknown").inc()
         return AuthVerifyReply(identity=ident)
+
+    async def on_directory(self, req: DirectoryLookup, _m: Msg) -> DirectoryReply:
+        try:
+            async with self.reg.pool.acquire() as conn:
+                reply = await lookup(conn, req)
+        except Exception:
+            self.requests.labels("directory", "error").inc()
+            raise
+        self.requests.labels("directory", "refused" if reply.error else "ok").inc()
+        return reply
