@@ -86,6 +86,7 @@ async def fleet(bus: Bus, make_settings, database_url: str, apps, mock_upstream:
 
 
 async def test_dollar_budget_three_gateways_200_concurrent_cent_requests(fleet: Fleet) -> None:
+    fleet.stub.add_group("g-eng", "g-eng")  # the registry's directory knows the group
     await fleet.api("PUT", "/api/v2/groups/g-eng/ai/budget", {"spend_limit_micros": DOLLAR, "period": "month"})
     users = [fleet.stub.add_user(group_ids=["g-eng"]) for _ in range(10)]
     for gw in fleet.gateway_apps:  # every gateway knows the budget (and, prefetched, holds a lease of it)
