@@ -36,6 +36,7 @@ class Route:
     status: int = 200
     query: tuple[Query, ...] = field(default=())
     content_type: str = "application/json"  # of the response; text/event-stream for a stream
+    not_found: bool = False  # 404 also without a path parameter (a query names a user or group that may not exist)
 
     @property
     def operation_id(self) -> str:
@@ -109,7 +110,7 @@ def build(routes: list[Route], *, title: str, description: str, version: str = "
         if r.access != "public":
             responses["401"] = _error("Missing, unknown or revoked token", error)
             responses["403"] = _error("Outside the caller's role", error)
-        if _PATH_PARAM.search(r.path):
+        if _PATH_PARAM.search(r.path) or r.not_found:
             responses["404"] = _error("Not found", error)
         if r.method in ("POST", "PATCH", "PUT", "DELETE"):
             responses["409"] = _error("Name conflict or state conflict", error)

@@ -141,9 +141,10 @@ class RegistryStub:
 
     def add_user(self, *, roles: list[str] | None = None, group_ids: list[str] | None = None,
                  username: str | None = None, token: str | None = None,
-                 provider_keys: dict[str, str] | None = None, scope: str = "admin") -> StubUser:
+                 provider_keys: dict[str, str] | None = None, scope: str = "admin",
+                 user_id: str | None = None) -> StubUser:
         n = next(self._ids)
-        u = StubUser(user_id=f"user-{n}-{uuid.uuid4().hex[:6]}", username=username or f"user{n}", roles=roles or ["member"],
+        u = StubUser(user_id=user_id or f"user-{n}-{uuid.uuid4().hex[:6]}", username=username or f"user{n}", roles=roles or ["member"],
                      group_ids=group_ids or [], token=token or new_token(), token_id=f"tok-{n}",
                      provider_keys=provider_keys or {}, scope=scope)
         self.users[hash_token(u.token)] = u
