@@ -56,7 +56,7 @@ def read_session(request: web.Request, ttl: float, now: float | None = None) -> 
     if len(parts) != 3 or parts[0] != "v1" or not parts[1].isdigit():
         return None
     token, issued = parts[2], int(parts[1])
-    if not token or len(token) > MAX_TOKEN_LEN or not token.isprintable() or " " in token:
+    if not valid_token_shape(token):
         return None
     now = time.time() if now is None else now
     if not (now - ttl <= issued <= now + 60):

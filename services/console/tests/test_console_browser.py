@@ -209,6 +209,9 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     await expect(page.locator('[data-total="interceptions"]')).to_have_attribute("data-value", "2")
     await expect(page.locator('svg.chart rect[data-key="mockai"]')).not_to_have_count(0)
     await expect(page.locator('table[data-top="models"]')).to_contain_text("gpt-4.1")
+    # both requests were answered by pool keys of mockai (the first by K1, the second by K2)
+    await expect(page.locator('table[data-top="keys"] tr[data-key-id]')).to_have_count(2)
+    await expect(page.locator(f'table[data-top="keys"] tr[data-key-id="{k1}"]')).to_contain_text("mockai")
     async with page.expect_download() as dl:
         await page.click("[data-export=csv]")
     text = await asyncio.to_thread(Path(await (await dl.value).path()).read_text)

@@ -643,13 +643,31 @@
         h("td", { class: "num" }, num(r.input_tokens + r.output_tokens)), h("td", { class: "num" }, money(r.spend_micros)))) : h("tr", {}, h("td", { colspan: 4, class: "muted" }, "No traffic in this range."))));
     show(toolbar, h("h2", {}, `Totals ${from} – ${to}`), stats,
       h("h2", {}, `${metric === "spend" ? "Spend" : "Tokens"} per day by ${dim} `, csv), chart(days, stacks, value, metric),
-      h("div", { class: "cols" }, h("div", {}, h("h2", {}, "Top users"), topTable(byUser.rows, "users", "user")), h("div", {}, h("h2", {}, "Top models"), topTable(byModel.rows, "models", "model"))));
+      h("div", { class: "cols" }, h("div", {}, h("h2", {}, "Top users"), topTable(byUser.rows, "users", "user")), h("div", {}, h("h2", {}, "Top models"), topTable(byModel.rows, "models", "model"))),
+      ADMIN ? await topKeys(range) : null);
   }
 
   // Axis labels with as many decimals as the scale needs ($0.0012, not $0.00).
   function axisMoney(v, max) {
     const digits = Math.min(6, Math.max(2, Math.ceil(-Math.log10(max / 1e6)) + 1));
     return "$" + (v / 1e6).toFixed(digits);
+  }
+
+  // Spend by the pool key that answered (admins; needs the budget service's group_by=key).
+  async function topKeys(range) {
+    let rows, providers;
+    try {
+      [rows, providers] = await Promise.all([api("GET", "/api/v2/ai/usage", undefined, { ...range, group_by: "key" }), api("GET", "/api/v2/ai/providers")]);
+    } catch (e) {
+      return null;
+    }
+    const names = {};
+    for (const p of providers.providers) for (const k of p.keys) names[k.id] = `${p.name} ${k.hint}`;
+    const keyed = rows.rows.filter((r) => r.key).sort((a, b) => b.spend_micros - a.spend_micros).slice(0, 10);
+    return h("div", {}, h("h2", {}, "Top pool keys"), h("table", { "data-top": "keys" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Key"), h("th", { class: "num" }, "Requests"), h("th", { class: "num" }, "Tokens"), h("th", { class: "num" }, "Spend"))),
+      h("tbody", {}, keyed.length ? keyed.map((r) => h("tr", { "data-key-id": r.key }, h("td", {}, h("code", {}, names[r.key] || r.key)), h("td", { class: "num" }, num(r.interceptions)),
+        h("td", { class: "num" }, num(r.input_tokens + r.output_tokens)), h("td", { class: "num" }, money(r.spend_micros)))) : h("tr", {}, h("td", { colspan: 4, class: "muted" }, "No pool-key traffic in this range.")))));
   }
 
   function chart(days, stacks, value, metric) {
