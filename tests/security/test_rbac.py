@@ -117,6 +117,9 @@ MATRIX: dict[tuple[str, str, str], list[Case]] = {
     ],
     # keypool: admins only
     ("keypool", "GET", "/api/v2/ai/providers/{idOrName}/keys/health"): [Case(K, admin_only(200))],
+    ("keypool", "POST", "/api/v2/ai/providers/{idOrName}/keys/{keyId}/reset"): [
+        Case("/api/v2/ai/providers/openai/keys/{openai_key}/reset", admin_only(200)),
+    ],
     # chatd: model configs are created by admins; chats and skills are their owner's (others' chats are 404)
     ("chatd", "GET", C + "/chats/model-configs"): [Case(C + "/chats/model-configs", same(200))],
     ("chatd", "POST", C + "/chats/model-configs"): [
@@ -185,6 +188,7 @@ async def _world(s: System) -> World:
         await owner.ok("POST", reg + "/api/v2/groups", {"name": g})
     await owner.ok("PUT", reg + f"/api/v2/groups/eng/members/{users['member'].id}", status=204)
     ids = {"member_id": users["member"].id, "other_id": users["other"].id}
+    ids["openai_key"] = (await owner.ok("GET", reg + "/api/v2/ai/providers/openai"))["keys"][0]["id"]
     # an interception each for the member and the other member
     for who in ("member", "other"):
         await s.openai(users[who].token).chat.completions.create(model="gpt-4.1",
