@@ -42,6 +42,8 @@ from .models import (
     GroupPatch,
     GroupRef,
     MemberRef,
+    ProviderConfigList,
+    ProviderConfigOut,
     TokenCreate,
     TokenCreated,
     TokenList,
@@ -342,6 +344,31 @@ async def list_user_keys(reg: Registry, request: web.Request, actor: Actor) -> w
         rows = await conn.fetch(_USER_KEY_SELECT + " WHERE k.user_id = $1 AND p.deleted_at IS NULL ORDER BY p.name",
                                 user["id"])
     return json_response(UserKeyList(provider_keys=[user_key_out(r) for r in rows]))
+
+
+# Types served without pool keys: Bedrock signs with its settings' (or the environment's) AWS credentials,
+# an openai-compat server (vLLM, Ollama) may need no key at all. Copilot takes only the user's own token.
+_KEYLESS_TYPES = frozenset({"bedrock", "openai-compat"})
+_BYOK_ONLY_TYPES = frozenset({"copilot"})
+
+
+async def list_provider_configs(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+    """Which enabled providers a user may call, and how: with the organisation's keys, their own, or both."""
+    async with reg.pool.acquire() as conn:
+        user = await target_user(conn, request, actor)
+        rows = await conn.fetch(
+            "SELECT p.name, p.type, p.display_name, p.allow_byok,"
+            " EXISTS (SELECT 1 FROM registry.ai_provider_keys k WHERE k.provider_id = p.id) AS has_pool,"
+            " EXISTS (SELECT 1 FROM registry.user_ai_provider_keys u WHERE u.provider_id = p.id AND u.user_id = $1)"
+            "   AS has_key"
+            " FROM registry.ai_providers p WHERE p.deleted_at IS NULL AND p.enabled ORDER BY p.name", user["id"])
+    out = [ProviderConfigOut(
+        name=r["name"], type=r["type"], display_name=r["display_name"],
+        byok=bool(r["allow_byok"] and reg.settings.allow_byok),
+        centralized=r["type"] not in _BYOK_ONLY_TYPES and (r["has_pool"] or r["type"] in _KEYLESS_TYPES),
+        has_key=r["has_key"],
+    ) for r in rows]
+    return json_response(ProviderConfigList(providers=out))
 
 
 async def put_user_key(reg: Registry, request: web.Request, actor: Actor) -> web.Response:

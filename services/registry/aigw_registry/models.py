@@ -116,6 +116,21 @@ class UserKeyList(Out):
     provider_keys: list[UserKeyOut]
 
 
+class ProviderConfigOut(Out):
+    """What a member may know of a provider: no base URL, settings or pool-key hints."""
+
+    name: str
+    type: str
+    display_name: str
+    byok: bool  # the provider accepts the user's own key
+    centralized: bool  # the organisation's credentials serve the user's aigw token alone
+    has_key: bool  # the user has stored their own key for it
+
+
+class ProviderConfigList(Out):
+    providers: list[ProviderConfigOut]
+
+
 # ------------------------------------------------------------------ users
 
 

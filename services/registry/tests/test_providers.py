@@ -273,3 +273,48 @@ async def test_timeout_and_thinking_settings(client) -> None:  # type: ignore[no
     r = await client.post(P, {"name": "bed3", "type": "bedrock", "base_url": "https://bedrock-runtime.us-east-1.amazonaws.com",
                               "settings": {"region": "us-east-1", "thinking_mode": "sometimes"}})
     assert r.status == 400 and r.body["validations"][0]["field"] == "settings.thinking_mode"
+
+
+async def test_provider_configs_for_members(client, start_registry) -> None:  # type: ignore[no-untyped-def]
+    """GET /users/{user}/ai/provider-configs: which providers a member may call and how, nothing more."""
+    P = "/api/v2/ai/providers"
+    await client.ok("POST", P, {"name": "oai", "type": "openai", "base_url": "https://api.openai.com/v1",
+                                "display_name": "OpenAI", "keys": ["sk-pool-secret-0001"]})
+    await client.ok("POST", P, {"name": "ant", "type": "anthropic", "base_url": "https://api.anthropic.com",
+                                "allow_byok": False, "keys": ["sk-ant-pool-0002"]})
+    await client.ok("POST", P, {"name": "byo", "type": "openai", "base_url": "https://byo.example.com/v1"})
+    await client.ok("POST", P, {"name": "gh", "type": "copilot", "base_url": "https://api.githubcopilot.com"})
+    await client.ok("POST", P, {"name": "local", "type": "openai-compat", "base_url": "https://vllm.example.com/v1"})
+    await client.ok("POST", P, {"name": "bed", "type": "bedrock", "base_url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+                                "settings": {"region": "us-east-1"}})
+    await client.ok("POST", P, {"name": "off", "type": "openai", "base_url": "https://off.example.com/v1", "enabled": False})
+    await client.ok("POST", P, {"name": "gone", "type": "openai", "base_url": "https://gone.example.com/v1"})
+    await client.ok("DELETE", f"{P}/gone")
+    mary, token = await client.new_user("mary", ["member"])
+    other, _ = await client.new_user("olga", ["member"])
+    me = client.as_(token)
+    await me.ok("PUT", "/api/v2/users/me/ai/provider-keys/byo", {"api_key": "sk-mary-own-0003"})
+
+    body = await me.ok("GET", "/api/v2/users/me/ai/provider-configs")
+    got = {p["name"]: p for p in body["providers"]}
+    assert list(got) == ["ant", "bed", "byo", "gh", "local", "oai"]  # enabled, not deleted, by name
+    assert got["oai"] == {"name": "oai", "type": "openai", "display_name": "OpenAI", "byok": True,
+                          "centralized": True, "has_key": False}
+    assert got["ant"]["byok"] is False and got["ant"]["centralized"] is True
+    assert got["byo"]["centralized"] is False and got["byo"]["has_key"] is True and got["byo"]["byok"] is True
+    assert got["gh"]["centralized"] is False and got["gh"]["byok"] is True
+    assert got["local"]["centralized"] is True and got["bed"]["centralized"] is True
+    text = str(body)
+    for secret_or_internal in ("sk-pool", "sk-ant-pool", "sk-mary", "…", "https://", "region", "base_url", "settings"):
+        assert secret_or_internal not in text
+    # by id or username; members only for themselves, admins for anyone
+    assert (await me.ok("GET", f"/api/v2/users/{mary['id']}/ai/provider-configs")) == body
+    assert (await me.get(f"/api/v2/users/{other['id']}/ai/provider-configs")).status == 403
+    assert (await me.get("/api/v2/users/olga/ai/provider-configs")).status == 403
+    theirs = await client.ok("GET", "/api/v2/users/mary/ai/provider-configs")
+    assert theirs == body
+    assert (await client.as_(None).get("/api/v2/users/me/ai/provider-configs")).status == 401
+    # with AIGW_ALLOW_BYOK=false nothing accepts a user's key
+    r2 = await start_registry(AIGW_ALLOW_BYOK="false")
+    no_byok = await r2.client.ok("GET", "/api/v2/users/mary/ai/provider-configs")
+    assert not any(p["byok"] for p in no_byok["providers"])
