@@ -52,6 +52,7 @@ from .adapters import (
 )
 from .breaker import Breakers
 from .budget import Admission, BudgetGuard
+from .catalog import ModelCatalog
 from .clients import detect_client, session_id
 from .dump import Dump
 from .errors import Api, error_response, sse_error_event
@@ -171,6 +172,7 @@ class Gateway:
         self.session = session
         self.bus_sealer = bus_sealer
         self.dump_dir: Path | None = settings.dump_dir
+        self.catalog = ModelCatalog()
         configure(settings)
 
     # ------------------------------------------------------------ entry
@@ -181,6 +183,8 @@ class Gateway:
         target = routing.split(request.path)
         if target is None:
             return error_response(guess_api(request.path), 404, f"no route for {request.path}")
+        if target.provider == "v1" and target.path == "/models" and request.method == "GET":
+            return await self.catalog.handle(self, request)  # no provider route is /models: no clash with a provider "v1"
         provider = self.loader.current.by_name.get(target.provider)
         if provider is None:
             return error_response(guess_api(target.path), 404, f"unknown provider {target.provider!r}")
@@ -214,14 +218,8 @@ class Gateway:
         except web.HTTPRequestEntityTooLarge:
             raise Refused(413, f"request body exceeds the limit of {limit} bytes") from None
 
-    async def _authenticate(self, request: web.Request, provider: Provider, adapter: Adapter) -> Caller:
-        h = request.headers
-        aigw_token = h.get("X-AIGW-Token")
-        byok = aigw_token is not None or adapter.byok_only
-        token = aigw_token
-        if token is None:
-            auth = h.get("Authorization", "")
-            token = auth[7:].strip() if auth[:7].lower() == "bearer " else (h.get("X-Api-Key") or None)
+    async def verify_token(self, token: str | None) -> Identity:
+        """The identity behind an aigw token, or Refused (401 unknown, 503 when it cannot be checked now)."""
         if not token:
             raise Refused(401, "missing aigw token: send it as Authorization: Bearer <token> or X-Api-Key")
         try:
@@ -233,6 +231,31 @@ class Gateway:
             raise Refused(503, "cannot verify the token right now; retry shortly", retry_after=1) from None
         if identity is None:
             raise Refused(401, "invalid, expired or revoked aigw token")
+        return identity
+
+    def stored_key_caller(self, identity: Identity, provider: Provider) -> Caller | None:
+        """A BYOK caller with the user's stored key for ``provider`` (registry ``user_ai_provider_keys``)."""
+        for k in identity.provider_keys:
+            if k.provider_id == provider.id:
+                try:
+                    secret = self.bus_sealer.open(k.sealed)
+                except CryptoError:
+                    log.error("cannot open a stored user key", extra={"provider": provider.name})
+                    return None
+                hdr = "X-Api-Key" if provider.adapter.api == "anthropic" else "Authorization"
+                value = secret if hdr == "X-Api-Key" else f"Bearer {secret}"
+                return Caller(identity, True, value, hdr, k.hint)
+        return None
+
+    async def _authenticate(self, request: web.Request, provider: Provider, adapter: Adapter) -> Caller:
+        h = request.headers
+        aigw_token = h.get("X-AIGW-Token")
+        byok = aigw_token is not None or adapter.byok_only
+        token = aigw_token
+        if token is None:
+            auth = h.get("Authorization", "")
+            token = auth[7:].strip() if auth[:7].lower() == "bearer " else (h.get("X-Api-Key") or None)
+        identity = await self.verify_token(token)
         if not byok:
             return Caller(identity, False, None, None, "")
         if not self.settings.allow_byok or not provider.allow_byok:
@@ -240,16 +263,8 @@ class Gateway:
                                "remove X-AIGW-Token and authenticate with your aigw token")
         cred = adapter.client_credential(h) if aigw_token is not None else None
         if cred is None:
-            for k in identity.provider_keys:
-                if k.provider_id == provider.id:
-                    try:
-                        secret = self.bus_sealer.open(k.sealed)
-                    except CryptoError:
-                        log.error("cannot open a stored user key", extra={"provider": provider.name})
-                        break
-                    hdr = "X-Api-Key" if adapter.api == "anthropic" else "Authorization"
-                    value = secret if hdr == "X-Api-Key" else f"Bearer {secret}"
-                    return Caller(identity, True, value, hdr, k.hint)
+            if (stored := self.stored_key_caller(identity, provider)) is not None:
+                return stored
             raise Refused(401, f"BYOK request for provider {provider.name!r} carries no provider credential "
                                "and you have no stored key for it")
         name, value = cred
