@@ -89,7 +89,7 @@ class ModelCatalog:
         auth = h.get("Authorization", "")
         token = h.get("X-AIGW-Token") or (auth[7:].strip() if auth[:7].lower() == "bearer " else h.get("X-Api-Key"))
         try:
-            identity = await gw.verify_token(token)
+            identity = await gw.verify_token(token, request.remote or "")
         except Refused as r:
             return error_response("openai", r.status, r.message, retry_after=r.retry_after)
         jobs = [(p, caller) for p in gw.loader.current.by_name.values()

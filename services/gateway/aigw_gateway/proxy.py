@@ -218,12 +218,12 @@ class Gateway:
         except web.HTTPRequestEntityTooLarge:
             raise Refused(413, f"request body exceeds the limit of {limit} bytes") from None
 
-    async def verify_token(self, token: str | None) -> Identity:
+    async def verify_token(self, token: str | None, client: str = "") -> Identity:
         """The identity behind an aigw token, or Refused (401 unknown, 503 when it cannot be checked now)."""
         if not token:
             raise Refused(401, "missing aigw token: send it as Authorization: Bearer <token> or X-Api-Key")
         try:
-            identity = await self.identities.verify(token, client=request.remote or "")
+            identity = await self.identities.verify(token, client=client)
         except AuthThrottled as e:
             raise Refused(429, e.message, retry_after=e.retry_after) from None
         except BusError as e:
@@ -255,7 +255,7 @@ class Gateway:
         if token is None:
             auth = h.get("Authorization", "")
             token = auth[7:].strip() if auth[:7].lower() == "bearer " else (h.get("X-Api-Key") or None)
-        identity = await self.verify_token(token)
+        identity = await self.verify_token(token, request.remote or "")
         if not byok:
             return Caller(identity, False, None, None, "")
         if not self.settings.allow_byok or not provider.allow_byok:
