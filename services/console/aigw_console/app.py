@@ -117,10 +117,8 @@ def _redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-def _safe_next(value: str | None) -> str:
-    """Only one of our own pages: never an open redirect."""
-    page = (value or "").strip("/")
-    return f"/{page}" if page in pages.PAGES else "/providers"
+# Where a sign-in leads (the contract's landing page; no "next" parameter, so never an open redirect).
+LANDING = "/providers"
 
 
 async def index(request: web.Request) -> web.Response:
@@ -129,13 +127,12 @@ async def index(request: web.Request) -> web.Response:
     if session is not None:
         try:
             await who_is(app, session.token)
-            return _redirect(_safe_next(request.query.get("next")))
+            return _redirect(LANDING)
         except SignInRefused:
             pass
         except ApiError as e:
             return _html(pages.error_page(app[ASSETS], "Console unavailable", e.message), e.status)
-    nxt = request.query.get("next", "")
-    resp = _html(pages.signin_page(app[ASSETS], next_path=_safe_next(nxt) if nxt else ""))
+    resp = _html(pages.signin_page(app[ASSETS]))
     if session is not None:
         clear_session_cookie(resp, request)
     return resp
@@ -148,30 +145,29 @@ async def signin(request: web.Request) -> web.Response:
         return _html(pages.signin_page(app[ASSETS], "Sign-in must come from this page."), 403)
     form = await request.post()
     token = str(form.get("token") or "").strip()
-    nxt = str(form.get("next") or "")
     addr = request.remote or ""
     if (wait := app[LIMITER].retry_after(addr)) > 0:
         app[SIGNINS].labels("limited").inc()
-        resp = _html(pages.signin_page(app[ASSETS], "Too many failed sign-ins; wait a minute.", nxt), 429)
+        resp = _html(pages.signin_page(app[ASSETS], "Too many failed sign-ins; wait a minute."), 429)
         resp.headers["Retry-After"] = str(int(wait) + 1)
         return resp
     if not valid_token_shape(token):
         app[SIGNINS].labels("malformed").inc()
         app[LIMITER].failed(addr)
-        return _html(pages.signin_page(app[ASSETS], "Paste an aigw API token.", nxt), 400)
+        return _html(pages.signin_page(app[ASSETS], "Paste an aigw API token."), 400)
     try:
         me = await who_is(app, token)
     except SignInRefused as e:
         app[SIGNINS].labels(str(e.status)).inc()
         app[LIMITER].failed(addr)
         log.info("console sign-in refused", extra={"status": e.status, "remote": addr})
-        return _html(pages.signin_page(app[ASSETS], e.message, nxt), e.status)
+        return _html(pages.signin_page(app[ASSETS], e.message), e.status)
     except ApiError as e:
-        return _html(pages.signin_page(app[ASSETS], e.message[:1].upper() + e.message[1:] + ".", nxt), e.status)
+        return _html(pages.signin_page(app[ASSETS], e.message[:1].upper() + e.message[1:] + "."), e.status)
     app[SIGNINS].labels("ok").inc()
     app[LIMITER].succeeded(addr)
     log.info("console sign-in", extra={"user": me.username, "user_id": me.id, "remote": addr})
-    resp = _redirect(_safe_next(nxt))
+    resp = _redirect(LANDING)
     set_session_cookie(resp, request, Session(token, int(time.time())), app[CONFIG].session_ttl)
     return resp
 
@@ -194,11 +190,11 @@ def page_handler(page: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         app = request.app
         session = read_session(request, app[CONFIG].session_ttl)
         if session is None:
-            return _redirect(f"/?next={page}")
+            return _redirect("/")
         try:
             me = await who_is(app, session.token)
         except SignInRefused:
-            resp = _redirect(f"/?next={page}")
+            resp = _redirect("/")
             clear_session_cookie(resp, request)
             return resp
         except ApiError as e:

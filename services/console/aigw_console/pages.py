@@ -50,13 +50,12 @@ def _head(title: str, assets: dict[str, Asset], csrf: str = "") -> str:
             f'<link rel="stylesheet" href="/static/console.css?v={css.version}"></head>')
 
 
-def signin_page(assets: dict[str, Asset], error: str = "", next_path: str = "") -> str:
+def signin_page(assets: dict[str, Asset], error: str = "") -> str:
     err = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
-    nxt = f'<input type="hidden" name="next" value="{escape(next_path)}">' if next_path else ""
     return (_head("Sign in", assets) +
             '<body class="signin"><main class="signin-box"><h1>aigw console</h1>'
             '<p>Sign in with an aigw API token that has admin scope.</p>' + err +
-            '<form method="post" action="/signin" autocomplete="off">' + nxt +
+            '<form method="post" action="/signin" autocomplete="off">'
             '<label for="token">Token</label>'
             '<input id="token" name="token" type="password" required autofocus spellcheck="false">'
             '<button type="submit">Sign in</button></form>'

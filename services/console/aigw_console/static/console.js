@@ -91,7 +91,7 @@
     if (method !== "GET") init.headers["X-CSRF-Token"] = CSRF;
     if (body !== undefined) { init.headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
     const r = await fetch(url, init);
-    if (r.status === 401) { location.assign("/?next=" + encodeURIComponent(PAGE)); throw new ApiError(401, null); }
+    if (r.status === 401) { location.assign("/"); throw new ApiError(401, null); }
     const text = await r.text();
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch (e) { data = { message: text.slice(0, 200) }; }
