@@ -228,7 +228,10 @@ async def api(request: web.Request) -> web.StreamResponse:
     if request.method not in SAFE_METHODS and not csrf_ok(request, session):
         raise ApiError(403, "missing or wrong CSRF token, or a cross-site request",
                        "send the page's csrf-token in X-CSRF-Token from this origin")
-    return await forward(request, app[RUNTIME].http, app[CONFIG].upstreams, session.token, app[PROXY_METRICS])
+    resp = await forward(request, app[RUNTIME].http, app[CONFIG].upstreams, session.token, app[PROXY_METRICS])
+    if resp.status == 401:  # revoked or expired: forget it now, so / shows the sign-in form, not a redirect loop
+        app[WHO].drop(session.token)
+    return resp
 
 
 @web.middleware

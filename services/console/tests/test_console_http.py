@@ -10,6 +10,7 @@ import pytest
 from aigw_console.routes import ROUTES, NoRoute, resolve
 from aigw_console.session import COOKIE
 from aigw_testing.system import System
+from aigw_testing.wait import eventually
 
 PAGES = ("providers", "people", "budgets", "usage", "traffic", "audit")
 
@@ -127,6 +128,23 @@ async def test_api_route_injects_the_session_token_and_refuses_the_rest(console_
             entries = (await r.json())["audit_logs"]
             assert any(e["resource_id"] and e["after"] and e["after"].get("name") == "csrf-check" for e in entries) \
                 or any(e["action"].startswith("provider.create") for e in entries)
+
+
+async def test_a_revoked_token_ends_the_session(console_system: System) -> None:
+    s = console_system
+    user = await s.owner.ok("POST", s.url("registry", "/api/v2/users"), {"username": "dave", "roles": ["admin"]})
+    tok = await s.owner.ok("POST", s.url("registry", f"/api/v2/users/{user['id']}/tokens"), {"scope": "admin"})
+    async with _client() as http:
+        await _sign_in(http, s.urls["console"], tok["token"])
+        await s.owner.ok("DELETE", s.url("registry", f"/api/v2/users/{user['id']}/tokens/{tok['id']}"))
+
+        async def refused() -> bool:
+            async with http.get(s.urls["console"] + "/api/v2/ai/providers") as r:
+                return r.status == 401
+        await eventually(refused, 10, "the revoked token to be refused")
+        async with http.get(s.urls["console"] + "/providers") as r:  # straight back to the form, no loop
+            assert str(r.url) == s.urls["console"] + "/" and 'name="token"' in await r.text()
+            assert len(r.history) <= 2
 
 
 async def test_api_with_a_bearer_token_needs_no_session(console_system: System) -> None:
