@@ -256,6 +256,21 @@ class InterceptionEnded(UsageEvent, kw_only=True, tag="usage.ended"):
 
 AnyUsageEvent = InterceptionStarted | TokenUsage | PromptRecorded | ToolUsage | InterceptionEnded
 
+
+class UsageRecord(Message, kw_only=True, tag="usage.record"):
+    """The events of one request that are ready together, as one message (``aigw.usage.record``).
+
+    A finished request's started, prompt, token, tool and ended events cost the bus, the stream and the
+    budget consumer one message instead of five. Each event keeps its own ``event_id`` (the budget's
+    idempotence key); ``record_id`` is the message's ``Nats-Msg-Id``.
+    """
+
+    record_id: str
+    events: list[AnyUsageEvent]
+
+
+AnyUsageMessage = AnyUsageEvent | UsageRecord
+
 # --------------------------------------------------------------------- budget
 
 
@@ -375,6 +390,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     PromptRecorded,
     ToolUsage,
     InterceptionEnded,
+    UsageRecord,
     BudgetState,
     BudgetPrices,
     BudgetSnapshotRequest,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-from aigw_common.bus import Bus, decode
+from aigw_common.bus import Bus
 from aigw_common.schemas import (
     AnyUsageEvent,
     InterceptionEnded,
@@ -13,6 +13,7 @@ from aigw_common.schemas import (
     TokenUsage,
     ToolUsage,
 )
+from aigw_common.usage_wire import usage_events
 
 
 class UsageCollector:
@@ -25,7 +26,7 @@ class UsageCollector:
         assert self.bus.nc is not None
 
         async def cb(m) -> None:  # type: ignore[no-untyped-def]
-            self.events.append(decode(m.data, AnyUsageEvent))
+            self.events.extend(usage_events(m.data))
             self._changed.set()
 
         await self.bus.nc.subscribe(self.bus.subjects.usage_all, cb=cb)

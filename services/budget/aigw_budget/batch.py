@@ -141,35 +141,41 @@ class BatchRecorder:
         """Raises DatabaseUnavailable (retry the whole batch later); refused data is reported per event."""
         result = BatchResult(outcomes=[Applied(duplicate=True, budgets=[]) for _ in events])
         todo: list[int] = []
-        seen: set[str] = set()
+        first: dict[str, int] = {}  # event id -> index of its first copy in this batch
+        copies: list[tuple[int, int]] = []  # (later copy, first copy)
         for i, ev in enumerate(events):
             try:
                 check(ev)
             except AigwError as e:
                 result.outcomes[i] = e
                 continue
-            if ev.event_id not in seen:  # a second copy in the same batch is a duplicate
-                seen.add(ev.event_id)
+            if (j := first.get(ev.event_id)) is None:
+                first[ev.event_id] = i
                 todo.append(i)
-        if not todo:
-            return result
-        batch = [events[i] for i in todo]
-        try:
-            async with self.recorder.pool.acquire(timeout=self.recorder.acquire_timeout) as conn, \
-                    conn.transaction():
-                claimed = await self._apply(conn, batch, result)
-        except DB_ERRORS as e:
-            err = classify(e)
-            if err.retryable:
-                raise err from e
-            log.warning("usage batch refused; applying its events one by one", extra={"error": err.message})
-            return await self._one_by_one(events, todo, result)
-        for i in todo:
-            if events[i].event_id in claimed:
-                result.outcomes[i] = Applied(duplicate=False, budgets=[])
+            else:
+                copies.append((i, j))
+        if todo:
+            batch = [events[i] for i in todo]
+            try:
+                async with self.recorder.pool.acquire(timeout=self.recorder.acquire_timeout) as conn, \
+                        conn.transaction():
+                    claimed = await self._apply(conn, batch, result)
+            except DB_ERRORS as e:
+                err = classify(e)
+                if err.retryable:
+                    raise err from e
+                log.warning("usage batch refused; applying its events one by one", extra={"error": err.message})
+                await self._one_by_one(events, todo, result)
+            else:
+                for i in todo:
+                    if events[i].event_id in claimed:
+                        result.outcomes[i] = Applied(duplicate=False, budgets=[])
+        for i, j in copies:  # a later copy is a duplicate of an applied event, or refused like its first copy
+            res = result.outcomes[j]
+            result.outcomes[i] = res if isinstance(res, AigwError) else Applied(duplicate=True, budgets=[])
         return result
 
-    async def _one_by_one(self, events: Sequence[AnyUsageEvent], todo: list[int], result: BatchResult) -> BatchResult:
+    async def _one_by_one(self, events: Sequence[AnyUsageEvent], todo: list[int], result: BatchResult) -> None:
         result.budgets.clear()
         result.unpriced = 0
         for i in todo:
@@ -183,7 +189,6 @@ class BatchRecorder:
             result.outcomes[i] = applied
             result.budgets.update(applied.budgets)
             result.unpriced += applied.unpriced
-        return result
 
     async def _apply(self, conn: asyncpg.Connection, batch: list[AnyUsageEvent], result: BatchResult) -> set[str]:
         first_at: dict[str, float] = {}

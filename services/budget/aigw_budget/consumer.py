@@ -28,10 +28,10 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from aigw_common import tracing
-from aigw_common.bus import Bus, decode
+from aigw_common.bus import Bus
 from aigw_common.errors import AigwError, DecodeError
 from aigw_common.metrics import CollectorRegistry, Counter
-from aigw_common.schemas import AnyUsageEvent
+from aigw_common.usage_wire import usage_events
 
 log = logging.getLogger(__name__)
 
@@ -120,51 +120,51 @@ class UsageConsumer:
             await asyncio.gather(*(one(m) for m in msgs), return_exceptions=True)
 
     async def handle(self, m: Msg) -> str:
-        """Process one message and settle it with the broker; returns the outcome (for metrics and tests)."""
+        """Process one message (an event or a request's record) and settle it; returns the outcome."""
         try:
-            ev = decode(m.data, AnyUsageEvent)
+            events = usage_events(m.data)
         except DecodeError as e:
-            log.error("malformed usage event terminated", extra={"subject": m.subject, "error": str(e)})
+            log.error("malformed usage message terminated", extra={"subject": m.subject, "error": str(e)})
             return await self._settle(m, "malformed", m.term())
         if self._pause_until > asyncio.get_running_loop().time():
             # the database was unreachable a moment ago: do not pile this one on it
             return await self._settle(m, "deferred", m.nak(delay=self._delay))
-        try:
-            result = await self.handler(ev)
-        except AigwError as e:
-            if e.retryable:
-                delay = self._backoff()
-                log.warning("usage event deferred", extra={"event_id": ev.event_id, "error": e.message, "retry_in": delay})
-                return await self._settle(m, "retry", m.nak(delay=delay))
-            log.error("usage event rejected and terminated", extra={"event_id": ev.event_id, "error": e.message})
-            return await self._settle(m, "rejected", m.term())
-        except Exception:
-            # a bug, not the event's fault: keep the event (redelivered later) and keep consuming
-            log.exception("usage event handler failed; redelivering later", extra={"event_id": ev.event_id})
-            return await self._settle(m, "failed", m.nak(delay=self.max_delay * 3))
+        results: list[object] = []
+        for ev in events:
+            try:
+                results.append(await self.handler(ev))
+            except AigwError as e:
+                if e.retryable:
+                    delay = self._backoff()
+                    log.warning("usage event deferred", extra={"event_id": ev.event_id, "error": e.message,
+                                                               "retry_in": delay})
+                    return await self._settle(m, "retry", m.nak(delay=delay))
+                results.append(e)
+            except Exception:
+                # a bug, not the event's fault: keep the message (redelivered later) and keep consuming
+                log.exception("usage event handler failed; redelivering later", extra={"event_id": ev.event_id})
+                return await self._settle(m, "failed", m.nak(delay=self.max_delay * 3))
         self._delay = self.min_delay
-        outcome = "duplicate" if getattr(result, "duplicate", False) else "recorded"
-        return await self._settle(m, outcome, m.ack())
+        return await self._settle_applied(m, events, results)
 
     async def handle_batch(self, msgs: list[Msg]) -> list[str]:
         """Process a fetched batch with one call of the batch handler, then settle each message by its outcome."""
-        events: list[Any] = []
-        kept: list[Msg] = []
+        per_msg: list[tuple[Msg, list[Any]]] = []
         out: list[str] = []
         for m in msgs:
             try:
-                events.append(decode(m.data, AnyUsageEvent))
-                kept.append(m)
+                per_msg.append((m, usage_events(m.data)))
             except DecodeError as e:
-                log.error("malformed usage event terminated", extra={"subject": m.subject, "error": str(e)})
+                log.error("malformed usage message terminated", extra={"subject": m.subject, "error": str(e)})
                 out.append(await self._settle(m, "malformed", m.term()))
-        if not kept:
+        if not per_msg:
             return out
         assert self.batch_handler is not None
         if self._pause_until > asyncio.get_running_loop().time():
-            return out + [await self._settle(m, "deferred", m.nak(delay=self._delay)) for m in kept]
+            return out + [await self._settle(m, "deferred", m.nak(delay=self._delay)) for m, _ in per_msg]
+        events = [ev for _, evs in per_msg for ev in evs]
         with contextlib.ExitStack() as spans:  # each message continues its gateway request's trace
-            for m in kept:
+            for m, _ in per_msg:
                 spans.enter_context(tracing.consumer_span("budget usage", m.headers, m.subject))
             try:
                 outcomes = await self.batch_handler(events)
@@ -172,20 +172,31 @@ class UsageConsumer:
                 if not e.retryable:  # the handler reports refused data per event; this is a bug
                     raise
                 delay = self._backoff()
-                log.warning("usage batch deferred", extra={"events": len(kept), "error": e.message, "retry_in": delay})
-                return out + [await self._settle(m, "retry", m.nak(delay=delay)) for m in kept]
+                log.warning("usage batch deferred", extra={"events": len(events), "error": e.message,
+                                                           "retry_in": delay})
+                return out + [await self._settle(m, "retry", m.nak(delay=delay)) for m, _ in per_msg]
             except Exception:
-                log.exception("usage batch handler failed; redelivering later", extra={"events": len(kept)})
-                return out + [await self._settle(m, "failed", m.nak(delay=self.max_delay * 3)) for m in kept]
+                log.exception("usage batch handler failed; redelivering later", extra={"events": len(events)})
+                return out + [await self._settle(m, "failed", m.nak(delay=self.max_delay * 3)) for m, _ in per_msg]
             self._delay = self.min_delay
-            for m, ev, res in zip(kept, events, outcomes, strict=True):
-                if isinstance(res, AigwError):
-                    log.error("usage event rejected and terminated", extra={"event_id": ev.event_id, "error": res.message})
-                    out.append(await self._settle(m, "rejected", m.term()))
-                else:
-                    outcome = "duplicate" if getattr(res, "duplicate", False) else "recorded"
-                    out.append(await self._settle(m, outcome, m.ack()))
+            i = 0
+            for m, evs in per_msg:
+                out.append(await self._settle_applied(m, evs, outcomes[i : i + len(evs)]))
+                i += len(evs)
         return out
+
+    async def _settle_applied(self, m: Msg, events: list[Any], results: list[object]) -> str:
+        """Ack a message whose events were applied (or were duplicates); term one whose every event was refused.
+
+        An event the database refused for its data is dropped (logged) either way: retrying cannot help.
+        """
+        for ev, res in zip(events, results, strict=True):
+            if isinstance(res, AigwError):
+                log.error("usage event rejected", extra={"event_id": ev.event_id, "error": res.message})
+        if all(isinstance(r, AigwError) for r in results):
+            return await self._settle(m, "rejected", m.term())
+        new = any(not isinstance(r, AigwError) and not getattr(r, "duplicate", False) for r in results)
+        return await self._settle(m, "recorded" if new else "duplicate", m.ack())
 
     def _backoff(self) -> float:
         delay = self._delay

@@ -152,3 +152,28 @@ async def test_lease_snapshot_and_state_over_nats(budget, bus: Bus, eventually) 
     # a request of the wrong type on the lease subject gets no reply rather than crashing the responder
     assert bus.nc is not None
     await bus.nc.publish(bus.subjects.budget("lease"), encode(BudgetSnapshotRequest()))
+
+
+async def test_a_request_record_is_applied_whole_and_a_bad_event_in_it_alone_is_dropped(  # type: ignore[no-untyped-def]
+        budget, bus: Bus, ev, eventually, database_url: str) -> None:
+    from aigw_common.bus import encode
+    from aigw_common.schemas import PromptRecorded
+    from aigw_common.usage_wire import record_payload
+
+    good = [ev.started("rec-1", "u-rec", ["g1"]), ev.tokens("rec-1", 0, input_tokens=1000, output_tokens=100),
+            ev.ended("rec-1")]
+    poison = PromptRecorded(event_id="rec-1-p", interception_id="rec-1", at=time.time(), prompt="nul\x00byte")
+    payload = record_payload("rec.rec-1", [encode(e) for e in [good[0], poison, *good[1:]]])
+    await bus.js.publish(bus.subjects.usage("record"), payload, headers={"Nats-Msg-Id": "rec.rec-1"})
+    await bus.js.publish(bus.subjects.usage("record"), payload)  # the same record again: every event a duplicate
+    only_poison = record_payload("rec.rec-2", [encode(poison)])
+    await bus.js.publish(bus.subjects.usage("record"), only_poison)
+    consumer = budget.svc.consumer
+    await eventually(lambda: consumer.outcomes.labels("duplicate")._value.get() == 1, what="the replayed record")
+    await eventually(lambda: consumer.outcomes.labels("rejected")._value.get() == 1, what="the all-poison record")
+    assert consumer.outcomes.labels("recorded")._value.get() == 1
+    assert await count(database_url, "SELECT count(*) FROM interceptions WHERE id = 'rec-1' AND status = 'ok'") == 1
+    assert await count(database_url, "SELECT sum(spent_micros) FROM spend WHERE subject_id = 'u-rec'") == 210
+    assert await count(database_url, "SELECT count(*) FROM prompts WHERE interception_id = 'rec-1'") == 0
+    info = await bus.js.consumer_info(bus.subjects.usage_stream, consumer.durable)
+    assert info.num_ack_pending == 0 and info.num_pending == 0

@@ -36,6 +36,7 @@ from aigw_common.schemas import (
     TokenCounts,
     TokenUsage,
     ToolUsage,
+    UsageEvent,
 )
 from aigw_common.settings import Settings
 
@@ -515,6 +516,7 @@ class _Interception:
     """The record of one bridged request: emits its usage events and settles its budget reservation."""
 
     __slots__ = (
+        "_seq",
         "_session",
         "_start_timer",
         "admission",
@@ -550,6 +552,7 @@ class _Interception:
         self.t0 = time.monotonic()
         self.started_at = time.time()
         self._start_timer: asyncio.TimerHandle | None = None
+        self._seq = 0
         self.client = detect_client(request.headers)
         self._session = session_id(request.headers)
         self.dump = Dump(gw.dump_dir, provider.name, self.id) if gw.dump_dir is not None else None
@@ -560,13 +563,21 @@ class _Interception:
         self.gw.m.in_flight.labels(self.provider.name).inc()
         self._start_timer = asyncio.get_running_loop().call_later(START_DELAY, self._emit_start)
 
+    def _event_id(self) -> str:
+        """Unique per event without a random draw each: the interception id (random) and a sequence number."""
+        self._seq += 1
+        return f"{self.id}.{self._seq}"
+
     def _emit_start(self) -> None:
-        if self._start_timer is None:
-            return
-        self._start_timer = None
-        gw, ident = self.gw, self.caller.identity
-        gw.recorder.emit(InterceptionStarted(
-            event_id=uuid.uuid4().hex, interception_id=self.id, at=self.started_at, user_id=ident.user_id,
+        """The request is still running after ``START_DELAY``: show it as started now."""
+        if self._start_timer is not None:
+            self._start_timer = None
+            self.gw.recorder.emit_group(self._start_events())
+
+    def _start_events(self) -> list[UsageEvent]:
+        ident = self.caller.identity
+        out: list[UsageEvent] = [InterceptionStarted(
+            event_id=self._event_id(), interception_id=self.id, at=self.started_at, user_id=ident.user_id,
             group_ids=ident.group_ids, token_id=ident.token_id, provider_id=self.provider.id,
             provider_name=self.provider.name, provider_type=self.provider.type, endpoint=self.endpoint,
             model=self.info.model, client=self.client, session_id=self._session,
@@ -574,15 +585,18 @@ class _Interception:
             credential_hint=self.key.hint if self.key is not None else self.caller.hint,
             key_id=self.key.id if self.key is not None else None, streaming=self.info.stream, reservation_micros=self.admission.reservation_micros,
             gateway_id=self.admission.lease_holder,
-        ))
+        )]
         if self.info.prompt:
-            gw.recorder.emit(PromptRecorded(event_id=uuid.uuid4().hex, interception_id=self.id, at=self.started_at,
-                                            prompt=self.info.prompt))
+            out.append(PromptRecorded(event_id=self._event_id(), interception_id=self.id, at=self.started_at,
+                                      prompt=self.info.prompt))
+        return out
 
     def end(self, outcome: str, status: int) -> None:
-        if self._start_timer is not None:
+        events: list[UsageEvent] = []
+        if self._start_timer is not None:  # a short request: its start goes out with its end, as one message
             self._start_timer.cancel()
-            self._emit_start()
+            self._start_timer = None
+            events = self._start_events()
         gw, now = self.gw, time.time()
         pname = self.provider.name
         ext = self.extracted
@@ -592,17 +606,17 @@ class _Interception:
         if ext is not None:
             model = ext.model or self.info.model
             tokens = ext.tokens
-            gw.recorder.emit(TokenUsage(event_id=uuid.uuid4().hex, interception_id=self.id, at=now, model=model,
-                                        tokens=tokens))
+            events.append(TokenUsage(event_id=self._event_id(), interception_id=self.id, at=now, model=model,
+                                     tokens=tokens))
             for kind, n in (("input", tokens.input_tokens), ("output", tokens.output_tokens),
                             ("cache_read", tokens.cache_read_tokens), ("cache_write", tokens.cache_write_tokens),
                             ("reasoning", tokens.reasoning_tokens)):
                 if n:
                     gw.m.tokens.labels(pname, model, kind).inc(n)
             for tc in ext.tool_calls:
-                gw.recorder.emit(ToolUsage(event_id=uuid.uuid4().hex, interception_id=self.id, at=now, name=tc.name,
-                                           call_id=tc.call_id, arguments=tc.arguments, injected=tc.injected,
-                                           error=tc.error))
+                events.append(ToolUsage(event_id=self._event_id(), interception_id=self.id, at=now, name=tc.name,
+                                        call_id=tc.call_id, arguments=tc.arguments, injected=tc.injected,
+                                        error=tc.error))
             if ext.error and self.error is None:
                 self.error = ext.error
             if not ext.terminal and outcome == "ok" and self.info.stream:
@@ -610,11 +624,12 @@ class _Interception:
             if self.error and outcome == "ok":
                 outcome = "error"
         duration = time.monotonic() - self.t0
-        gw.recorder.emit(InterceptionEnded(event_id=uuid.uuid4().hex, interception_id=self.id, at=now,
-                                           status=outcome, status_code=status,  # type: ignore[arg-type]
-                                           duration_ms=int(duration * 1000), error=self.error,
-                                           key_id=self.key.id if self.key is not None else None,
-                                           key_hint=self.key.hint if self.key is not None else ""))
+        events.append(InterceptionEnded(event_id=self._event_id(), interception_id=self.id, at=now,
+                                        status=outcome, status_code=status,  # type: ignore[arg-type]
+                                        duration_ms=int(duration * 1000), error=self.error,
+                                        key_id=self.key.id if self.key is not None else None,
+                                        key_hint=self.key.hint if self.key is not None else ""))
+        gw.recorder.emit_group(events)
         gw.guard.settle(self.admission, (ext.model if ext else None) or self.info.model, tokens)
         gw.m.in_flight.labels(pname).dec()
         gw.m.interceptions.labels(pname, self.endpoint, str(status or 0), self.client).inc()

@@ -33,11 +33,10 @@ import msgspec
 
 from aigw_common import tracing
 from aigw_common.aio import stop_task, wait_event
-from aigw_common.bus import Bus, NoStream, decode, encode
+from aigw_common.bus import Bus, NoStream, encode
 from aigw_common.errors import AigwError, BusError, PayloadTooLarge
 from aigw_common.metrics import CollectorRegistry, Counter, new_registry
 from aigw_common.schemas import (
-    AnyUsageEvent,
     InterceptionEnded,
     InterceptionStarted,
     PromptRecorded,
@@ -45,6 +44,7 @@ from aigw_common.schemas import (
     ToolUsage,
     UsageEvent,
 )
+from aigw_common.usage_wire import record_payload, usage_events
 
 from .spool import Spool
 
@@ -143,10 +143,28 @@ class Recorder:
 
     def emit(self, event: UsageEvent) -> None:
         """Size ``event`` (policy, then max_payload) and queue it; never raises, never waits."""
+        if (sized := self._sized(event)) is not None:
+            self._enqueue(self.bus.subjects.usage(_KIND[type(sized[0])]), sized[0].event_id, sized[1])
+
+    def emit_group(self, events: list[UsageEvent]) -> None:
+        """Queue the events of one request as one :class:`UsageRecord` message (one publish, one stream
+        entry, one delivery to the budget) when together they fit ``max_payload``; else one by one."""
+        sized = [s for ev in events if (s := self._sized(ev)) is not None]
+        if len(sized) > 1:
+            record_id = "rec." + sized[0][0].event_id
+            payload = record_payload(record_id, [data for _, data in sized])
+            if len(payload) <= self.payload_limit():
+                self._enqueue(self.bus.subjects.usage("record"), record_id, payload)
+                return
+        for ev, data in sized:
+            self._enqueue(self.bus.subjects.usage(_KIND[type(ev)]), ev.event_id, data)
+
+    def _sized(self, event: UsageEvent) -> tuple[UsageEvent, bytes] | None:
+        """``event`` and its encoding, cut to the policy and to max_payload; None when it is not recorded."""
         pol = self.policy
         if isinstance(event, PromptRecorded):
             if not pol.prompts:
-                return
+                return None
             if len(event.prompt) * 4 > pol.prompt_bytes and (cut := cut_utf8(event.prompt, pol.prompt_bytes)) != event.prompt:
                 event = msgspec.structs.replace(event, prompt=cut, truncated=True)
                 self.m_truncated.labels("prompt_bytes").inc()
@@ -164,12 +182,15 @@ class Recorder:
                 self.m_unsendable.inc()
                 log.error("usage event cannot fit max_payload; dropped",
                           extra={"event_id": event.event_id, "kind": _KIND[type(event)], "bytes": len(data)})
-                return
+                return None
             event, data = fitted
             self.m_truncated.labels("max_payload").inc()
+        return event, data
+
+    def _enqueue(self, subject: str, msg_id: str, data: bytes) -> None:
         # the trace context of the request, captured now: the publisher task runs outside it
         trace = tracing.inject({}) or None
-        item = (self.bus.subjects.usage(_KIND[type(event)]), event.event_id, data, trace)
+        item = (subject, msg_id, data, trace)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -375,9 +396,15 @@ class Recorder:
                 self.published += 1
                 return
             try:
-                ev = ev or decode(data, AnyUsageEvent)
+                events = usage_events(data)
             except AigwError:
-                break  # not an event at all: nothing to cut
+                break  # not usage at all: nothing to cut
+            if len(events) > 1:  # a record the server now refuses: its events go one by one
+                for part in events:
+                    await self._replay_record(self.bus.subjects.usage(_KIND[type(part)]), part.event_id,
+                                              encode(part))
+                return
+            ev = ev or events[0]
             fitted = fit_event(ev, data, min(self.payload_limit(), len(data) // 2))
             if fitted is None:
                 break

@@ -7,11 +7,11 @@ import contextlib
 from urllib.parse import urlsplit
 
 import aiohttp
-import msgspec
 import pytest
 
 from aigw_common.bus import Bus, Subjects
 from aigw_common.schemas import AnyUsageEvent, InterceptionEnded
+from aigw_common.usage_wire import usage_events
 from aigw_gateway.app import RECORDER, create_app
 from aigw_testing.faultproxy import FaultProxy
 from aigw_testing.upstream import MockUpstream
@@ -34,7 +34,7 @@ async def stream_events(bus: Bus) -> list[AnyUsageEvent]:
     with contextlib.suppress(TimeoutError):
         while True:
             msgs = await sub.fetch(200, timeout=0.5)
-            out.extend(msgspec.json.decode(m.data, type=AnyUsageEvent) for m in msgs)
+            out.extend(ev for m in msgs for ev in usage_events(m.data))
             for m in msgs:
                 await m.ack()
     await sub.unsubscribe()
