@@ -12,7 +12,29 @@ from prometheus_client import (  # re-exported for services
     generate_latest,
 )
 
-__all__ = ["CollectorRegistry", "Counter", "Gauge", "Histogram", "metrics_handler", "new_registry"]
+__all__ = ["CollectorRegistry", "Counter", "Gauge", "Histogram", "LabelCap", "metrics_handler", "new_registry"]
+
+OTHER = "other"
+
+
+class LabelCap:
+    """Bounds the values one label takes when they come from clients (model names): the first ``limit``
+    distinct values are kept as they are, every later one is counted as ``other``, so the number of
+    series (and the memory behind them) stays fixed under hostile input."""
+
+    __slots__ = ("_seen", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.limit:
+            return OTHER
+        self._seen.add(value)
+        return value
 
 
 def new_registry() -> CollectorRegistry:

@@ -80,9 +80,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         watcher.replay()  # fleet state for keys the previous set did not know yet
 
     def on_breaker(key: tuple[str, str, str], state: int) -> None:
-        metrics.circuit_state.labels(*key).set(state)
+        labels = (key[0], key[1], metrics.model(key[2]))
+        metrics.circuit_state.labels(*labels).set(state)
         if state == 1:
-            metrics.circuit_trips.labels(*key).inc()
+            metrics.circuit_trips.labels(*labels).inc()
         log.warning("circuit breaker state change", extra={"provider": key[0], "endpoint": key[1], "model": key[2],
                                                            "state": STATE_NAMES[state]})
 

@@ -9,6 +9,7 @@ lets ``max_requests`` through; any failure re-opens, that many successes close.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -77,11 +78,22 @@ class Breaker:
 StateHook = Callable[[tuple[str, str, str], int], None]
 
 
+MAX_BREAKERS = 2_048
+
+
 @dataclass(slots=True)
 class Breakers:
+    """The breakers, least recently used first: model names come from clients, so the map is an LRU of at
+    most ``max_entries`` (a flood of invented names evicts only breakers nobody uses; a model in use stays
+    at the recent end with its state)."""
+
     cfg: BreakerSettings
     on_state: StateHook | None = None
-    _by_key: dict[tuple[str, str, str], Breaker] = field(default_factory=dict)
+    max_entries: int = MAX_BREAKERS
+    _by_key: OrderedDict[tuple[str, str, str], Breaker] = field(default_factory=OrderedDict)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
 
     def get(self, provider: str, endpoint: str, model: str) -> Breaker | None:
         if not self.cfg.enabled:
@@ -90,6 +102,10 @@ class Breakers:
         b = self._by_key.get(key)
         if b is None:
             b = self._by_key[key] = Breaker(self.cfg, window_start=time.monotonic())
+            if len(self._by_key) > self.max_entries:
+                self._by_key.popitem(last=False)
+        else:
+            self._by_key.move_to_end(key)
         return b
 
     def allow(self, b: Breaker | None, key: tuple[str, str, str]) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from aigw_common.metrics import CollectorRegistry, Counter, Gauge, Histogram
+from aigw_common.metrics import CollectorRegistry, Counter, Gauge, Histogram, LabelCap
+
+MODEL_LABELS = 500  # distinct model names per gateway in metrics; later ones are counted as "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,8 @@ class GatewayMetrics:
     providers_failed: Gauge
     usage_spooled: Gauge
     usage_dropped: Gauge
+    # model names come from clients (and from upstreams echoing them): bounded (tokens, circuit_* metrics)
+    model: LabelCap = field(default_factory=lambda: LabelCap(MODEL_LABELS))
 
     @classmethod
     def create(cls, r: CollectorRegistry) -> GatewayMetrics:

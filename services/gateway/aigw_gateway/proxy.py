@@ -605,6 +605,7 @@ class _Interception:
             outcome = "interrupted"
         if ext is not None:
             model = ext.model or self.info.model
+            mlabel = gw.m.model(model)
             tokens = ext.tokens
             events.append(TokenUsage(event_id=self._event_id(), interception_id=self.id, at=now, model=model,
                                      tokens=tokens))
@@ -612,7 +613,7 @@ class _Interception:
                             ("cache_read", tokens.cache_read_tokens), ("cache_write", tokens.cache_write_tokens),
                             ("reasoning", tokens.reasoning_tokens)):
                 if n:
-                    gw.m.tokens.labels(pname, model, kind).inc(n)
+                    gw.m.tokens.labels(pname, mlabel, kind).inc(n)
             for tc in ext.tool_calls:
                 events.append(ToolUsage(event_id=self._event_id(), interception_id=self.id, at=now, name=tc.name,
                                         call_id=tc.call_id, arguments=tc.arguments, injected=tc.injected,
