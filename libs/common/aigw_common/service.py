@@ -11,9 +11,10 @@ closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -69,8 +70,10 @@ async def _readyz(request: web.Request) -> web.Response:
 def base_app(
     name: str, settings: Settings, *, middlewares: list | None = None, client_max_size: int | None = None,  # type: ignore[type-arg]
     handler_args: dict | None = None,  # type: ignore[type-arg]
+    public_metrics: bool = True,
 ) -> web.Application:
-    """A new application with settings, a private metrics registry, and /healthz /readyz /metrics."""
+    """A new application with settings, a private metrics registry, and /healthz /readyz /metrics
+    (``public_metrics=False``: no /metrics here; the service serves it elsewhere, :func:`metrics_listener`)."""
     app = web.Application(
         middlewares=[tracing_middleware, *(middlewares or [])],  # first: the server span covers the rest
         client_max_size=client_max_size or settings.max_body_bytes,
@@ -82,8 +85,26 @@ def base_app(
     app.on_response_prepare.append(_no_server_banner)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", metrics_handler(app[METRICS]))
+    if public_metrics:
+        app.router.add_get("/metrics", metrics_handler(app[METRICS]))
     return app
+
+
+@contextlib.asynccontextmanager
+async def metrics_listener(registry: CollectorRegistry, host: str, port: int, *,
+                           reuse_port: bool = False) -> AsyncIterator[None]:
+    """``/metrics`` alone on its own address (``AIGW_METRICS_ADDR``), for the duration of the context."""
+    app = web.Application()
+    app.on_response_prepare.append(_no_server_banner)
+    app.router.add_get("/metrics", metrics_handler(registry))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None).start()
+        log.info("metrics listening", extra={"addr": f"{host}:{port}"})
+        yield
+    finally:
+        await runner.cleanup()
 
 
 async def serve(app: web.Application, host: str, port: int, *, grace: float = 20.0,

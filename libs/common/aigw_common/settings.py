@@ -72,6 +72,7 @@ _SCALARS = frozenset(
         "AIGW_KEY_RECHECK_MIN",
         "AIGW_KEY_RECHECK_MAX",
         "AIGW_ALLOW_PRIVATE_UPSTREAMS",
+        "AIGW_METRICS_ADDR",
         "AIGW_ADMIN_TOKEN",  # the token `aigw admin` sends (services ignore it)
         "AIGW_OPENAI_KEY",
         "AIGW_OPENAI_BASE_URL",
@@ -189,6 +190,7 @@ class Settings:
     key_recheck_max: float = 3600.0
     # address classes (aigw_common.netguard.CLASSES) an upstream may resolve to; none by default
     allow_private_upstreams: frozenset[str] = frozenset()
+    metrics_addr: ListenAddr | None = None  # the gateway's /metrics on its own address, off its public port
     auth_failures_per_minute: int = 30  # AIGW_AUTH_FAILURES_PER_MINUTE: per client address; 0 = no throttle
     admin_token: str | None = field(default=None, repr=False)  # for `aigw admin` only
     providers: tuple[ProviderSeed, ...] = ()
@@ -533,6 +535,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["key_recheck_max"] = _duration("AIGW_KEY_RECHECK_MAX", v)
     if float(kw.get("key_recheck_min", 60.0)) <= 0 or float(kw.get("key_recheck_max", 3600.0)) < float(kw.get("key_recheck_min", 60.0)):  # type: ignore[arg-type]
         raise ConfigError("AIGW_KEY_RECHECK_MIN must be positive and no more than AIGW_KEY_RECHECK_MAX")
+    if v := get("AIGW_METRICS_ADDR"):
+        kw["metrics_addr"] = _addr("AIGW_METRICS_ADDR", v)
     if v := get("AIGW_ALLOW_PRIVATE_UPSTREAMS"):
         try:
             kw["allow_private_upstreams"] = netguard.parse_allowed("AIGW_ALLOW_PRIVATE_UPSTREAMS", v)

@@ -18,7 +18,14 @@ from aigw_common.errors import BusError
 from aigw_common.keystate import ensure_marks_stream
 from aigw_common.metrics import Gauge
 from aigw_common.schemas import KeyMarked
-from aigw_common.service import HANDLER_CANCELLATION, METRICS, SETTINGS, STATE, base_app
+from aigw_common.service import (
+    HANDLER_CANCELLATION,
+    METRICS,
+    SETTINGS,
+    STATE,
+    base_app,
+    metrics_listener,
+)
 from aigw_common.settings import Settings
 
 from .breaker import STATE_NAMES, Breakers
@@ -49,8 +56,11 @@ UPSTREAM_RESOLVER = web.AppKey("upstream_resolver", AbstractResolver)
 
 def create_app(settings: Settings) -> web.Application:
     settings.require_encryption_keys()
-    app = base_app("gateway", settings, client_max_size=settings.max_body_bytes)
+    app = base_app("gateway", settings, client_max_size=settings.max_body_bytes,
+                   public_metrics=settings.metrics_addr is None)
     app[HANDLER_CANCELLATION] = True
+    if settings.metrics_addr is not None:
+        app.cleanup_ctx.append(_metrics_elsewhere)
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app
@@ -58,6 +68,15 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].handle(request)
+
+
+async def _metrics_elsewhere(app: web.Application) -> AsyncIterator[None]:
+    """AIGW_METRICS_ADDR: /metrics on its own listener (the public routes answer 404 for it)."""
+    settings = app[SETTINGS]
+    assert settings.metrics_addr is not None
+    async with metrics_listener(app[METRICS], settings.metrics_addr.host, settings.metrics_addr.port,
+                                reuse_port=settings.gateway_workers > 1):
+        yield
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
