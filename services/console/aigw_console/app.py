@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -65,6 +65,7 @@ class ConsoleConfig:
 @dataclass(slots=True)
 class Runtime:
     http: aiohttp.ClientSession
+    streams: set[aiohttp.ClientResponse] = field(default_factory=set)  # open SSE relays, ended at shutdown
 
 
 CONFIG = web.AppKey("console_config", ConsoleConfig)
@@ -221,14 +222,16 @@ async def api(request: web.Request) -> web.StreamResponse:
     ``aigw admin``, with their own ``Authorization: Bearer`` (which no other site can make a browser send)."""
     app = request.app
     if (token := bearer_token(request)) is not None:
-        return await forward(request, app[RUNTIME].http, app[CONFIG].upstreams, token, app[PROXY_METRICS])
+        return await forward(request, app[RUNTIME].http, app[CONFIG].upstreams, token, app[PROXY_METRICS],
+                             app[RUNTIME].streams)
     session = read_session(request, app[CONFIG].session_ttl)
     if session is None:
         raise unauthorized("not signed in to the console")
     if request.method not in SAFE_METHODS and not csrf_ok(request, session):
         raise ApiError(403, "missing or wrong CSRF token, or a cross-site request",
                        "send the page's csrf-token in X-CSRF-Token from this origin")
-    resp = await forward(request, app[RUNTIME].http, app[CONFIG].upstreams, session.token, app[PROXY_METRICS])
+    resp = await forward(request, app[RUNTIME].http, app[CONFIG].upstreams, session.token, app[PROXY_METRICS],
+                         app[RUNTIME].streams)
     if resp.status == 401:  # revoked or expired: forget it now, so / shows the sign-in form, not a redirect loop
         app[WHO].drop(session.token)
     return resp
@@ -274,5 +277,13 @@ def create_app(settings: Settings) -> web.Application:
         finally:
             await http.close()
 
+    async def end_streams(app: web.Application) -> None:
+        """On shutdown, end relayed SSE streams (the browser reconnects elsewhere) so the drain is not held
+        for the whole grace period by connections that never finish on their own."""
+        if RUNTIME in app:
+            for upstream in list(app[RUNTIME].streams):
+                upstream.close()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(end_streams)
     return app

@@ -57,7 +57,8 @@ def upstream_url(base: URL, segments: list[str], query: URL) -> URL:
 
 
 async def forward(request: web.Request, http: aiohttp.ClientSession, bases: dict[str, URL], token: str,
-                  metrics: ProxyMetrics) -> web.StreamResponse:
+                  metrics: ProxyMetrics, streams: set[aiohttp.ClientResponse]) -> web.StreamResponse:
+    """Relay one request; an open SSE stream is kept in ``streams`` so shutdown can end it (see app.py)."""
     raw_path, _, raw_query = request.raw_path.partition("?")
     if len(raw_query) > MAX_QUERY:
         raise ApiError(414, "query string too long")
@@ -91,6 +92,15 @@ async def forward(request: web.Request, http: aiohttp.ClientSession, bases: dict
                        headers={"Retry-After": "1"}) from None
     metrics.seconds.labels(route.service).observe(time.monotonic() - t0)
     metrics.requests.labels(route.service, str(upstream.status)).inc()
+    if streaming:
+        streams.add(upstream)
+    try:
+        return await _relay(request, upstream)
+    finally:
+        streams.discard(upstream)
+
+
+async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
     async with upstream:
         resp = web.StreamResponse(status=upstream.status)
         for h in _RESPONSE_HEADERS:

@@ -95,3 +95,37 @@ async def test_chat_stream_is_relayed_event_by_event(apps: AppHarness) -> None:
             assert first == b"event: snapshot\ndata: {}\n\n"
             release.set()
             assert await r.content.readuntil(b"\n\n") == b"event: status\ndata: {}\n\n"
+
+
+async def test_shutdown_ends_relayed_streams(apps: AppHarness) -> None:
+    """An SSE relay that would never end does not hold the console's drain for its whole grace period."""
+    import asyncio
+    import time
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"event: snapshot\ndata: {}\n\n")
+        await asyncio.sleep(3600)
+        return resp
+
+    async def me(_r: web.Request) -> web.Response:
+        return web.json_response({"id": "u1", "username": "spy", "roles": ["member"], "groups": []})
+
+    up = web.Application()
+    up.router.add_get("/api/v2/users/me", me)
+    up.router.add_get("/api/experimental/chats/{chat}/stream", stream)
+    url = await apps.start(up)
+    settings = Settings.from_env({"AIGW_REGISTRY_URL": url, "AIGW_CHATD_URL": url, "AIGW_LOG_FORMAT": "text"})
+    runner = web.AppRunner(create_app(settings), shutdown_timeout=60)  # what a slow drain would cost
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    console = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await (await http.post(console + "/signin", data={"token": TOKEN})).release()
+        async with http.get(console + "/api/experimental/chats/c1/stream") as r:
+            assert await r.content.readuntil(b"\n\n") == b"event: snapshot\ndata: {}\n\n"
+            t0 = time.monotonic()
+            await runner.cleanup()
+            assert time.monotonic() - t0 < 30, "the open stream held the shutdown"
