@@ -132,6 +132,30 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     await expect(group.locator("td", has_text=me["username"])).to_have_count(1)
     await _shot(page, "people")
 
+    # -- a token, shown once; a BYOK key, shown as a hint only
+    await page.goto(f"{console}/people?user={me['id']}")
+    panel = page.locator(f'section[data-detail="{me["username"]}"]')
+    await panel.locator("form:has(button:text('Create token')) input[name=name]").fill("from-console")
+    await panel.locator("select[name=scope]").select_option("admin")
+    await panel.locator("button:text('Create token')").click()
+    shown = panel.locator("[data-new-token]")
+    await expect(shown).to_be_visible()
+    new_token = (await shown.inner_text()).strip()
+    assert (await s.api(new_token).call("GET", s.url("registry", "/api/v2/users/me"))).status == 200
+    byok = "zzowner-own-key-2Gm7Pq4Tz"
+    store = panel.locator("form:has(button:text('Store key'))")
+    if await store.locator("select[name=provider]").count():  # the BYOK providers, where the registry lists them
+        await store.locator("select[name=provider]").select_option("openai")
+    else:
+        await store.locator("input[name=provider]").fill("openai")
+    await store.locator("input[name=api_key]").fill(byok)
+    await panel.locator("button:text('Store key')").click()
+    await expect(page.locator('tr[data-byok="openai"]')).to_have_count(1)
+    await page.reload()
+    await expect(page.locator('tr[data-token-id]')).not_to_have_count(0)
+    html = await page.content()
+    assert new_token not in html and byok not in html, "a token and a key are shown once / never"
+
     await page.goto(console + "/budgets")
     row = page.locator('tr[data-budget="group:team"]')
     await expect(row).to_contain_text("No budget")
