@@ -64,6 +64,7 @@ from .recorder import Recorder
 from .usage import (
     Extracted,
     RequestInfo,
+    UsageChunkFilter,
     extract_blocking,
     inject_include_usage,
     parse_request,
@@ -411,8 +412,9 @@ class Gateway:
             assert breaker is not None
             raise Refused(503, f"circuit open for {provider.name} {endpoint} {info.model or '(no model)'}: "
                                "the provider is overloaded", retry_after=breaker.retry_after(time.monotonic()))
-        if info.stream and endpoint == "chat_completions":
-            body = inject_include_usage(body) or body
+        hide_usage = False  # we asked for usage the client did not: its usage-only chunk is metered, not relayed
+        if info.stream and endpoint == "chat_completions" and (with_usage := inject_include_usage(body)) is not None:
+            body, hide_usage = with_usage, True
 
         rec = _Interception(self, request, provider, endpoint, caller, info, admission)
         rec.start()
@@ -436,7 +438,7 @@ class Gateway:
                 breaker = None  # outcome recorded
                 ctype = filt.content_type if filt is not None else resp.headers.get("Content-Type", "")
                 if status == 200 and "text/event-stream" in ctype:
-                    out = await self._relay_stream(request, resp, endpoint, api, rec, filt)
+                    out = await self._relay_stream(request, resp, endpoint, api, rec, filt, hide_usage)
                 else:
                     out = await self._relay_blocking(resp, endpoint, rec, filt)
             finally:
@@ -472,12 +474,14 @@ class Gateway:
         return web.Response(status=resp.status, body=data, headers=_filtered_headers(resp.headers, filt))
 
     async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, endpoint: Endpoint,
-                            api: Api, rec: _Interception, filt: ResponseFilter | None = None) -> web.StreamResponse:
+                            api: Api, rec: _Interception, filt: ResponseFilter | None = None,
+                            hide_usage: bool = False) -> web.StreamResponse:
         out = web.StreamResponse(status=resp.status, headers=_filtered_headers(resp.headers, filt))
         out.headers["Cache-Control"] = "no-cache"
         out.headers["X-Accel-Buffering"] = "no"
         await out.prepare(request)
         ext = stream_extractor(endpoint)
+        hidden = UsageChunkFilter() if hide_usage else None
         dump = rec.dump
         if dump is not None:
             dump.response_head(resp.status, resp.headers)
@@ -489,9 +493,13 @@ class Gateway:
                     ext.feed(chunk)
                     if dump is not None:
                         dump.response_chunk(chunk)
+                    if hidden is not None and not (chunk := hidden.feed(chunk)):
+                        continue
                     await out.write(chunk)
                 if filt is not None and (tail := filt.finish()):
                     ext.feed(tail)
+                    await out.write(tail)
+                if hidden is not None and (tail := hidden.finish()):
                     await out.write(tail)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
                 if isinstance(e, (ConnectionResetError, aiohttp.ClientConnectionResetError)) and request.transport is None:

@@ -231,6 +231,62 @@ def inject_include_usage(body: bytes) -> bytes | None:
     return msgspec.json.encode(doc)
 
 
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+class _UsageOnly(msgspec.Struct):
+    choices: Any = None
+    usage: Any = None
+
+
+class UsageChunkFilter:
+    """Drops the usage-only chunk (``choices: []`` with ``usage``) from a chat stream whose client did not
+    ask for usage; every other event is relayed byte for byte, as soon as its blank line arrives.
+
+    The gateway adds ``stream_options.include_usage`` for metering; clients that index ``choices[0]``
+    would crash on a chunk they never asked for. Only the incomplete tail of the stream is held back
+    (at most ``MAX_LINE``; past that it is relayed unread rather than held).
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._buf
+        buf += chunk
+        out = bytearray()
+        start = 0
+        while (m := _EVENT_END.search(buf, start)) is not None:
+            event = bytes(buf[start:m.end()])
+            start = m.end()
+            if not _usage_only(event):
+                out += event
+        del buf[:start]
+        if len(buf) > MAX_LINE:
+            out += buf
+            buf.clear()
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return b"" if _usage_only(rest) else rest
+
+
+def _usage_only(event: bytes) -> bool:
+    if not _EMPTY_CHOICES.search(event):
+        return False
+    data = b"\n".join(line[5:].lstrip(b" ") for line in re.split(rb"\r\n|\n|\r", event) if line.startswith(b"data:"))
+    try:
+        doc = msgspec.json.decode(data, type=_UsageOnly)
+    except _DecodeErrors:
+        return False
+    return doc.choices == [] and isinstance(doc.usage, dict)
+
+
 # ------------------------------------------------------------ shared pieces
 
 
