@@ -217,6 +217,8 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     await expect(row1).to_have_attribute("data-state", "revoked", timeout=WAIT)
     await expect(row1.locator(".badge")).to_have_text("revoked")
     await expect(page.locator(f'tr[data-key-id="{k2}"]')).to_have_attribute("data-state", "valid")
+    summary = page.locator('tr[data-provider="mockai"] td[data-col="keys"] span').first
+    await expect(summary).to_have_attribute("data-health", "valid=1,cooling=0,revoked=1", timeout=WAIT)
     await _shot(page, "providers-revoked")
 
     # -- reset: the key is valid again where keypool has the route; otherwise the console says so

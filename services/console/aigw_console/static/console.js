@@ -229,8 +229,26 @@
       field("BYOK", h("input", { name: "allow_byok", type: "checkbox", checked: true })),
       settingsBox,
       h("button", { class: "primary", type: "submit" }, "Create provider"));
+    // Each shown provider's pool at a glance (valid / cooling / revoked), kept live.
+    const healthCells = {};
+    let shownProviders = [];
+    async function summarize(p) {
+      const cell = healthCells[p.id];
+      if (!cell || !p.keys.length) return;
+      try {
+        const hp = await api("GET", "/api/v2/ai/providers/" + enc(p.name) + "/keys/health");
+        const n = {};
+        for (const k of hp.keys) n[k.state] = (n[k.state] || 0) + 1;
+        cell.replaceChildren(...["valid", "cooling", "revoked"].filter((st) => n[st]).map((st) => [badge(`${n[st]} ${st}`, st), " "]).flat());
+        cell.dataset.health = ["valid", "cooling", "revoked"].map((st) => `${st}=${n[st] || 0}`).join(",");
+      } catch (e) {
+        cell.replaceChildren(`${p.keys.length} (health unavailable)`);
+      }
+    }
+    every(5000, () => shownProviders.forEach(summarize));
     const list = listView({
       name: "providers", rows: data.providers, text: (p) => [p.name, p.display_name, p.type, p.base_url].join(" "),
+      onPage: (shown) => { shownProviders = shown; shown.forEach(summarize); },
       rowAttrs: (p) => ({ "data-provider": p.name }),
       columns: [
         { label: "Name", cell: (p) => h("a", { href: "?provider=" + enc(p.name), onclick: (ev) => { ev.preventDefault(); go({ provider: p.name }); } }, p.name) },
@@ -239,7 +257,7 @@
         { label: "Base URL", cell: (p) => h("code", {}, p.base_url) },
         { label: "State", key: "state", cell: (p) => badge(p.enabled ? "enabled" : "disabled") },
         { label: "BYOK", cell: (p) => (p.allow_byok ? "allowed" : "off") },
-        { label: "Keys", num: true, cell: (p) => String(p.keys.length) },
+        { label: "Keys", key: "keys", cell: (p) => (healthCells[p.id] = healthCells[p.id] || h("span", {}, String(p.keys.length))) },
         { label: "", cell: (p) => [
           h("button", { type: "button", onclick: () => change(`Provider ${p.name} ${p.enabled ? "disabled" : "enabled"}`, () => api("PATCH", "/api/v2/ai/providers/" + enc(p.name), { enabled: !p.enabled }), route) }, p.enabled ? "Disable" : "Enable"), " ",
           h("button", { type: "button", class: "danger", onclick: () => confirm(`Delete provider ${p.name}? Its keys and users' keys for it go too.`) && change(`Provider ${p.name} deleted`, () => api("DELETE", "/api/v2/ai/providers/" + enc(p.name)), () => go({})) }, "Delete")] },
