@@ -252,7 +252,7 @@ async def main_async(args: argparse.Namespace) -> int:
             if shutil.which("py-spy"):
                 cmd = ["py-spy", "record", "-p", str(gw_pids[0]), "-o", args.profile, "-f", "raw", "-r", "200"]
                 spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,  # noqa: ASYNC220 - stopped by SIGINT below
-                                       stderr=subprocess.DEVNULL)
+                                       stderr=open(args.profile + ".log", "wb"))  # noqa: ASYNC230 - closed with the process
             else:
                 notes.append("--profile: py-spy is not on PATH (uv pip install py-spy)")
         settle = Settle(system.budget_metrics_url)

@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import prometheus_client
 from aiohttp import web
 from prometheus_client import (  # re-exported for services
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     generate_latest,
 )
 
 __all__ = ["CollectorRegistry", "Counter", "Gauge", "Histogram", "LabelCap", "metrics_handler", "new_registry"]
 
 OTHER = "other"
+
+
+class _CachedLabels:
+    """``labels(*values)`` answered from a dict of the children already made, by the values as given.
+
+    prometheus_client's ``labels`` converts and validates every value and takes a lock on each call; the
+    gateway calls it several times per request. Label sets here are bounded (admin-made names, enumerated
+    statuses and clients, ``LabelCap`` for model names), and so is this cache; ``remove``/``clear`` empty it.
+    """
+
+    def labels(self, *values: Any, **kw: Any) -> Any:
+        if kw:
+            return super().labels(*values, **kw)  # type: ignore[misc]
+        cache: dict[tuple[Any, ...], Any] = self.__dict__.setdefault("_aigw_children", {})
+        child = cache.get(values)
+        if child is None:
+            child = cache[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self.__dict__.get("_aigw_children", {}).clear()
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self.__dict__.get("_aigw_children", {}).clear()
+        super().clear()  # type: ignore[misc]
+
+
+class Counter(_CachedLabels, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_CachedLabels, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_CachedLabels, prometheus_client.Histogram):
+    pass
 
 
 class LabelCap:

@@ -19,6 +19,7 @@ from yarl import URL
 _BAD_DECODED = frozenset(b"/\\.;%?#") | frozenset(range(0x20)) | {0x7F}
 _PCT = re.compile(r"%(.{0,2})", re.DOTALL)
 _HEX = frozenset("0123456789abcdefABCDEF")
+_BAD_CHAR = re.compile(r"[\\;\x00-\x1f\x7f]")  # one C-level scan per path, not a Python loop per character
 # One id segment of a pass-through route (an OpenAI response or conversation id, a model name).
 ID_SEGMENT = re.compile(r"[A-Za-z0-9_.:-]+")
 
@@ -41,14 +42,13 @@ def refusal(raw_target: str) -> str | None:
         return "the path must not contain '#'"
     if path == "/":
         return None
+    if (bad := _BAD_CHAR.search(path)) is not None:
+        return f"the path contains {bad.group()!r}"
     for seg in path[1:].split("/"):
         if not seg:
             return "the path has an empty segment ('//' or a trailing '/')"
         if seg in (".", ".."):
             return f"the path has a {seg!r} segment"
-        for ch in seg:
-            if ch == "\\" or ch == ";" or ord(ch) < 0x20 or ord(ch) == 0x7F:
-                return f"the path contains {ch!r}"
         if "%" in seg:
             for m in _PCT.finditer(seg):
                 hx = m.group(1)
