@@ -244,6 +244,10 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     rows = list(csv.DictReader(io.StringIO(text)))
     assert rows and rows[0]["provider"] == "mockai" and sum(int(r["interceptions"]) for r in rows) == 2, text
     await _shot(page, "usage")
+    await page.click("button:text('30 days')")  # a preset range: the same two requests, a longer axis
+    await expect(page).to_have_url(re.compile(r"from=\d{4}-\d\d-\d\d&to="))
+    await expect(page.locator('[data-total="interceptions"]')).to_have_attribute("data-value", "2")
+    assert await page.locator("svg.chart text").count() > 30
 
     # -- Audit: the provider's creation, by the owner
     await page.goto(console + "/audit")

@@ -622,7 +622,11 @@
       field("To (inclusive)", h("input", { name: "to", type: "date", value: to })),
       field("Stack by", h("select", { name: "by" }, ["provider", "model", "group", "user"].map((d) => h("option", { value: d, selected: d === dim }, d)))),
       field("Show", h("select", { name: "metric" }, h("option", { value: "spend", selected: metric === "spend" }, "spend"), h("option", { value: "tokens", selected: metric === "tokens" }, "tokens"))),
-      h("button", { class: "primary", type: "submit" }, "Apply"));
+      h("button", { class: "primary", type: "submit" }, "Apply"),
+      [["Today", 0], ["7 days", 6], ["30 days", 29], ["This month", -1]].map(([label, back]) => h("button", { type: "button", onclick: () => {
+        const start = back < 0 ? new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), 1)) : new Date(today.getTime() - back * 86400e3);
+        go({ from: day(start), to: day(today), by: dim, metric });
+      } }, label)));
     const range = { from: from + "T00:00:00Z", to: day(new Date(Date.parse(to + "T00:00:00Z") + 86400e3)) + "T00:00:00Z" };
     show(toolbar, h("p", { class: "muted" }, "Loading usage…"));
     const [users, groups] = await Promise.all([userMap(), groupMap()]);
