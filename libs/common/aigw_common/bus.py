@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,11 +33,14 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+from prometheus_client import CollectorRegistry, Counter
 
 from . import tracing
 from .aio import stop_task
-from .errors import BusError, DecodeError, PayloadTooLarge
-from .schemas import Message
+from .errors import BusError, ConfigError, DecodeError, PayloadTooLarge
+from .schemas import Message, SignedEntry
+from .signing import HEADER as SIG_HEADER
+from .signing import PRODUCERS, Rejected, Signer, Verifier
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
@@ -159,6 +163,114 @@ class Subjects:
 Handler = Callable[[Any, Msg], Awaitable[msgspec.Struct | None]]
 
 
+def _signed_by(t: Any) -> str:
+    return getattr(t, "signed_by", "") if isinstance(t, type) else ""
+
+
+class BusAuth:
+    """Proof of sender on the bus: signs what this process produces, checks what it receives.
+
+    ``signers`` are the producer identities this process may sign as (a service: its own, if it is a
+    producer; the test harness: any). A received message whose type declares ``signed_by`` is
+    accepted only with a valid signature of that producer; anything else is dropped, counted in
+    ``aigw_bus_rejected_messages_total`` and logged once per (claimed sender, kind, reason).
+    The default (no keys) signs nothing and accepts no signed message: fail closed.
+    """
+
+    def __init__(self, signers: dict[str, Signer] | None = None, verifier: Verifier | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.signers = dict(signers or {})
+        self.verifier = verifier or Verifier()
+        self.rejected = Counter("aigw_bus_rejected_messages", "Bus messages dropped for failing the proof-of-sender "
+                                "check", ["kind", "claimed", "reason"], registry=registry or CollectorRegistry())
+        self._logged: set[tuple[str, str, str]] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Any, service: str, registry: CollectorRegistry | None = None) -> BusAuth:
+        """The service's own signing key (producers only) and every producer's public key (all services)."""
+        signers = {}
+        if service in PRODUCERS:
+            raw = settings.signing_keys.get(service)
+            if not raw:
+                raise ConfigError(f"AIGW_{service.upper()}_SIGNING_KEY is required: {service} signs what it "
+                                  "publishes on the bus (aigw dev generates it; see docs/security.md)")
+            signers[service] = Signer.from_b64(service, raw, f"AIGW_{service.upper()}_SIGNING_KEY")
+        verifier = Verifier.from_pairs(settings.verify_keys, "AIGW_BUS_VERIFY_KEYS", settings.bus_max_message_age)
+        missing = [p for p in PRODUCERS if not verifier.knows(p)]
+        if missing:
+            raise ConfigError(f"AIGW_BUS_VERIFY_KEYS has no public key for {', '.join(missing)}: every service "
+                              "checks who sent the bus messages it acts on (see docs/security.md)")
+        for name, signer in signers.items():
+            if not any(signer.public_b64() == k for n, k in settings.verify_keys if n == name):
+                raise ConfigError(f"AIGW_{name.upper()}_SIGNING_KEY does not match any {name} key in "
+                                  "AIGW_BUS_VERIFY_KEYS: other services would drop everything it signs")
+        return cls(signers, verifier, registry)
+
+    def sign(self, t: Any, subject: str, context: str, payload: bytes, headers: dict[str, str] | None) -> dict[str, str] | None:
+        """Headers with this message's signature added when its type requires one."""
+        who = _signed_by(t)
+        if not who:
+            return headers
+        signer = self.signers.get(who)
+        if signer is None:
+            raise BusError(f"cannot publish {getattr(t, '__name__', t)}: only {who} may sign it", retryable=False)
+        h = dict(headers) if headers else {}
+        h[SIG_HEADER] = signer.header(subject, context, payload)
+        return h
+
+    def accept(self, obj: Any, headers: dict[str, str] | None, subject: str, context: str, payload: bytes) -> bool:
+        """True when ``obj`` needs no proof or carries a valid one; otherwise count, log once, and refuse."""
+        who = _signed_by(type(obj))
+        if not who:
+            return True
+        try:
+            self.verifier.check_header(who, (headers or {}).get(SIG_HEADER), subject, context, payload)
+        except Rejected as r:
+            self.refused(type(obj), r, subject)
+            return False
+        return True
+
+    def refused(self, t: Any, r: Rejected, subject: str) -> None:
+        kind = getattr(t, "__name__", str(t))
+        self.rejected.labels(kind, r.claimed or "none", r.reason).inc()
+        key = (kind, r.claimed, r.reason)
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning("dropping bus message that failed the proof-of-sender check (logged once per sender)",
+                        extra={"kind": kind, "subject": subject, "claimed_sender": r.claimed or "none",
+                               "reason": r.reason, "expected_sender": _signed_by(t)})
+
+    def seal_entry(self, subject: str, msg: msgspec.Struct) -> bytes:
+        """A stored value (KV) for ``msg``, signed over ``subject`` (bucket.key) without expiry."""
+        payload = encode(msg)
+        who = _signed_by(type(msg))
+        if not who:
+            return payload
+        signer = self.signers.get(who)
+        if signer is None:
+            raise BusError(f"cannot store {type(msg).__name__}: only {who} may sign it", retryable=False)
+        ts, sig = signer.sign(subject, "", payload)
+        return encode(SignedEntry(signer=signer.name, ts=ts, sig=sig, payload=msgspec.Raw(payload)))
+
+    def open_entry(self, subject: str, data: bytes, t: type[T]) -> T | None:
+        """The value stored under ``subject`` if its signature holds (None: refused, counted and logged)."""
+        who = _signed_by(t)
+        if not who:
+            return decode(data, t)
+        try:
+            env = decode(data, SignedEntry)
+        except DecodeError:
+            self.refused(t, Rejected("unsigned"), subject)
+            return None
+        payload = bytes(env.payload)
+        try:
+            self.verifier.check(who, subject, "", payload, env.signer, env.ts, env.sig, max_age=0)
+        except Rejected as r:
+            self.refused(t, r, subject)
+            return None
+        return decode(payload, t)
+
+
 @dataclass(slots=True)
 class _Sub:
     subject: str
@@ -177,6 +289,8 @@ class Bus:
     subjects: Subjects = field(default_factory=Subjects)
     connect_timeout: float = 2.0
     js_replicas: int = 1  # replicas of every stream and bucket this bus creates (AIGW_JS_REPLICAS)
+    auth: BusAuth = field(default_factory=BusAuth)
+    inbox_prefix: str = "_INBOX"
     nc: NatsClient | None = None
     _subs: list[_Sub] = field(default_factory=list)
     _connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -227,6 +341,7 @@ class Bus:
                 nc = await nats.connect(
                     servers=list(self.servers),
                     name=self.name,
+                    inbox_prefix=self.inbox_prefix,
                     connect_timeout=self.connect_timeout,
                     reconnect_time_wait=1,
                     max_reconnect_attempts=-1,
@@ -246,7 +361,9 @@ class Bus:
             for s in self._subs:
                 await self._apply(s)
             self._connected.set()
-            log.info("nats connected", extra={"server": str(nc.connected_url.netloc if nc.connected_url else "")})
+            u = nc.connected_url
+            # host and port only: the URL's userinfo holds this service's NATS password
+            log.info("nats connected", extra={"server": f"{u.hostname}:{u.port}" if u else "", "user": (u.username or "") if u else ""})
             for cb in list(self._on_connect):
                 await self._run_cb(cb)
             return
@@ -303,8 +420,10 @@ class Bus:
         nc = self._require()
         if not nc.is_connected:
             raise BusError("NATS is disconnected")
+        data = encode(msg)
+        h = self.auth.sign(type(msg), subject, "", data, self._headers(headers))
         try:
-            await nc.publish(subject, encode(msg), headers=self._headers(headers))
+            await nc.publish(subject, data, headers=h)
         except MaxPayloadError as e:
             raise PayloadTooLarge(f"publish to {subject}: message larger than the server's max_payload") from e
         except (ConnectionClosedError, OutboundBufferLimitError) as e:
@@ -328,6 +447,8 @@ class Bus:
         headers: dict[str, str] | None = None,
     ) -> T:
         nc = self._require()
+        if _signed_by(reply_type):
+            return await self._signed_request(nc, subject, encode(msg), reply_type, timeout, self._headers(headers))
         try:
             reply = await nc.request(subject, encode(msg), timeout=timeout, headers=self._headers(headers))
         except NoRespondersError as e:
@@ -337,6 +458,48 @@ class Bus:
         except ConnectionClosedError as e:
             raise BusError(f"request on {subject}: connection closed") from e
         return decode(reply.data, reply_type)
+
+    async def _signed_request(self, nc: NatsClient, subject: str, data: bytes, reply_type: Any, timeout: float,
+                              headers: dict[str, str] | None) -> Any:
+        """A request whose reply must carry its producer's signature over (inbox, request subject).
+
+        Replies that fail the check are dropped and the wait goes on, so a rogue responder that answers
+        first neither wins nor denies service: the real producer's reply is still taken.
+        """
+        inbox = nc.new_inbox()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            sub = await nc.subscribe(inbox)
+        except ConnectionClosedError as e:
+            raise BusError(f"request on {subject}: connection closed") from e
+        try:
+            try:
+                await nc.publish(subject, data, reply=inbox, headers=headers)
+            except (ConnectionClosedError, OutboundBufferLimitError) as e:
+                raise BusError(f"request on {subject} failed: {e}") from e
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise BusError(f"request on {subject} timed out after {timeout}s")
+                try:
+                    m = await sub.next_msg(timeout=remaining)
+                except (NatsTimeout, TimeoutError) as e:
+                    raise BusError(f"request on {subject} timed out after {timeout}s") from e
+                except ConnectionClosedError as e:
+                    raise BusError(f"request on {subject}: connection closed") from e
+                if not m.data and m.headers and m.headers.get("Status") == "503":
+                    raise BusError(f"no responder on {subject}")
+                try:
+                    obj = decode(m.data, reply_type)
+                except DecodeError as e:
+                    log.warning("dropping undecodable reply", extra={"subject": subject, "error": str(e)})
+                    continue
+                if self.auth.accept(obj, m.headers, m.subject, subject, m.data):
+                    return obj
+        finally:
+            with contextlib.suppress(ConnectionClosedError, nats.errors.BadSubscriptionError):
+                await sub.unsubscribe()
 
     async def subscribe(self, subject: str, msg_type: Any, handler: Handler, *, queue: str = "") -> _Sub:
         """Register a typed handler (``msg_type=bytes`` for raw payloads); a returned Struct is sent as the
@@ -375,14 +538,20 @@ class Bus:
             except DecodeError as e:
                 log.warning("dropping undecodable message", extra={"subject": m.subject, "error": str(e)})
                 return
+            if not self.auth.accept(obj, m.headers, m.subject, "", m.data):
+                return
             try:
                 reply = await sub.handler(obj, m)
             except Exception:
                 log.exception("bus handler failed", extra={"subject": m.subject})
                 return
             if reply is not None and m.reply:
+                data = encode(reply)
                 try:
-                    await m.respond(encode(reply))
+                    h = self.auth.sign(type(reply), m.reply, m.subject, data, None)
+                    await self.nc.publish(m.reply, data, headers=h)  # type: ignore[union-attr]
+                except BusError as e:
+                    log.error("cannot sign reply", extra={"subject": m.subject, "error": str(e)})
                 except (ConnectionClosedError, OutboundBufferLimitError) as e:
                     log.warning("could not send reply", extra={"subject": m.subject, "error": str(e)})
 
@@ -441,10 +610,10 @@ class Bus:
         headers: dict[str, str] | None = None, data: bytes | None = None,
     ) -> None:
         """Publish to JetStream and wait for the ack; ``msg_id`` is the dedup id (``Nats-Msg-Id``)."""
-        h = self._headers(headers) or {}
+        payload = data if data is not None else encode(msg)
+        h = self.auth.sign(type(msg), subject, "", payload, self._headers(headers)) or {}
         if msg_id:
             h["Nats-Msg-Id"] = msg_id
-        payload = data if data is not None else encode(msg)
         try:
             await self.js.publish(subject, payload, timeout=timeout, headers=h)
         except (NatsTimeout, TimeoutError) as e:
@@ -487,6 +656,12 @@ def make_bus(settings: Any, service: str) -> Bus:
     """A bus for ``service`` from :class:`~aigw_common.settings.Settings`."""
     return Bus(servers=tuple(settings.nats_urls), name=f"aigw-{service}", subjects=Subjects(settings.bus_prefix),
                js_replicas=settings.js_replicas)
+def make_bus(settings: Any, service: str, registry: CollectorRegistry | None = None) -> Bus:
+    """A bus for ``service`` from :class:`~aigw_common.settings.Settings`: its own signing key (if it is a
+    producer), every producer's public key, and its own inbox prefix (``_INBOX.<service>``) so NATS can
+    confine each service to its own replies."""
+    return Bus(servers=tuple(settings.nats_urls), name=f"aigw-{service}", subjects=Subjects(settings.bus_prefix),
+               auth=BusAuth.from_settings(settings, service, registry), inbox_prefix=f"_INBOX.{service}")
 
 
-__all__ = ["Bus", "Message", "Subjects", "decode", "decoder_for", "encode", "make_bus"]
+__all__ = ["Bus", "BusAuth", "Message", "Subjects", "decode", "decoder_for", "encode", "make_bus"]

@@ -4,7 +4,12 @@ keypool is the only writer of the bucket; gateways (and keypool itself) mirror
 it with :class:`KeyStateWatch`. Both sides create the stream and the bucket
 idempotently with the same configuration, so whichever starts first wins and
 neither depends on the other being up. Bucket keys are
-``<provider_id>.<key_id>``; values are :class:`~aigw_common.schemas.KeyState`.
+``<provider_id>.<key_id>``; values are :class:`~aigw_common.schemas.KeyState` signed by keypool
+(a :class:`~aigw_common.schemas.SignedEntry` over ``<bucket>.<key>``). A reader drops a value that
+fails the check, and ignores delete/purge markers (a marker cannot be signed): keypool never
+deletes, it writes a signed ``valid`` state instead, so a forged delete cannot revive a revoked key.
+(A stored value does not expire, so on a NATS server without authorization a past genuine value of
+the same key could be written back; the production permissions let only keypool write the bucket.)
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from .aio import wait_event
-from .bus import Bus, decode
+from .bus import Bus
 from .errors import BusError, DecodeError
 from .schemas import KeyState, KeyStateName
+from .signing import Rejected
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,11 @@ def is_failure(status: int) -> bool:
 
 def kv_key(provider_id: str, key_id: str) -> str:
     return f"{provider_id}.{key_id}"
+
+
+def entry_subject(bus: Bus, key: str) -> str:
+    """What a key-state value is signed over: the bucket and the key, so it cannot move to another key."""
+    return f"{bus.subjects.keys_bucket}.{key}"
 
 
 def split_kv_key(key: str) -> tuple[str, str]:
@@ -231,20 +242,27 @@ class KeyStateWatch:
         async for entry in watcher:
             if entry is None:  # end of the initial values
                 if seen is not None:
-                    for gone in [k for k in self.states if k not in seen]:
-                        self._set(gone, None, 0)
+                    # A key with no value any more was deleted or purged, which keypool never does (it
+                    # writes a signed "valid"): the last verified state stands (the delete was counted
+                    # when the watch saw it).
                     seen = None
                     self.loaded.set()
                 continue
             if seen is not None:
                 seen.add(entry.key)
             if entry.operation in (KV_DEL, KV_PURGE):
-                self._set(entry.key, None, entry.revision)
+                if entry.key in self.states:
+                    self.bus.auth.refused(KeyState, Rejected("unsigned_delete"), entry_subject(self.bus, entry.key))
                 continue
             try:
-                state = decode(entry.value, KeyState)
+                state = self.bus.auth.open_entry(entry_subject(self.bus, entry.key), entry.value, KeyState)
             except DecodeError as e:
                 log.warning("undecodable key state", extra={"key": entry.key, "error": str(e)})
+                continue
+            if state is None:
+                continue
+            if (state.provider_id, state.key_id) != split_kv_key(entry.key):
+                self.bus.auth.refused(KeyState, Rejected("wrong_key", "keypool"), entry_subject(self.bus, entry.key))
                 continue
             self._set(entry.key, state, entry.revision)
 
@@ -271,6 +289,7 @@ __all__ = [
     "KeyStateWatch",
     "effective",
     "ensure_marks_stream",
+    "entry_subject",
     "is_failure",
     "keys_bucket",
     "kv_key",

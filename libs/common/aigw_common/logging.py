@@ -12,10 +12,13 @@ import re
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
 _SECRET_PATTERNS = [
+    # credentials in a URL's userinfo (nats://user:password@host, postgres://user:password@host)
+    re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s/@]+(?=@)"),
     re.compile(r"(sk-(?:ant-|proj-)?)[A-Za-z0-9_\-]{8,}"),
     re.compile(r"(AKIA)[0-9A-Z]{12,}"),
     re.compile(r"(aigw_)[A-Za-z0-9_\-]{8,}"),
@@ -26,6 +29,18 @@ _SECRET_KEYS = frozenset(
      "cookie", "set-cookie", "proxy-authorization", "x-amz-security-token", "session_token", "x-aigw-token"}
 )
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its userinfo masked (``nats://gateway:***@host:4222``): for logs and reprs."""
+    try:
+        p = urlsplit(url)
+    except ValueError:
+        return redact(url)
+    if p.password is None:
+        return url
+    host = p.netloc.rpartition("@")[2]
+    return urlunsplit((p.scheme, f"{p.username or ''}:***@{host}", p.path, p.query, p.fragment))
 
 
 def redact(text: str) -> str:

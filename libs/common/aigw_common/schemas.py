@@ -8,21 +8,28 @@ are always sealed (see :mod:`aigw_common.crypto`), never clear text.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import msgspec
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=True, forbid_unknown_fields=False):
-    """Base of every bus message. ``v`` lets a consumer refuse a version it does not know."""
+    """Base of every bus message. ``v`` lets a consumer refuse a version it does not know.
+
+    ``signed_by`` names the only service whose signature makes a message of this type acceptable
+    (see :mod:`aigw_common.signing`): set it on every message that grants or changes authority.
+    The bus signs such a message on publish/reply and drops one that fails the check on receipt.
+    """
 
     v: int = 1
+    signed_by: ClassVar[str] = ""
 
 
 # --------------------------------------------------------------------- registry
 
 
 class ProvidersChanged(Message, kw_only=True, tag="providers.changed"):
+    signed_by: ClassVar[str] = "registry"
     revision: int
     provider_ids: list[str] = []
 
@@ -52,6 +59,7 @@ class SnapshotRequest(Message, kw_only=True, tag="registry.snapshot.request"):
 
 
 class RegistrySnapshot(Message, kw_only=True, tag="registry.snapshot"):
+    signed_by: ClassVar[str] = "registry"
     revision: int
     providers: list[ProviderConfig] = []
 
@@ -84,6 +92,7 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AuthVerifyReply(Message, kw_only=True, tag="auth.verify.reply"):
+    signed_by: ClassVar[str] = "registry"
     identity: Identity | None = None  # None: unknown, expired or revoked token
 
 
@@ -118,6 +127,7 @@ class DirectoryChanged(Message, kw_only=True, tag="registry.directory.changed"):
 
 
 class AuthRevoked(Message, kw_only=True, tag="auth.revoked"):
+    signed_by: ClassVar[str] = "registry"
     token_ids: list[str] = []
     user_ids: list[str] = []
     # Users that were deleted (also listed in user_ids): services drop what they keep per user
@@ -150,6 +160,7 @@ class KeyMarked(Message, kw_only=True, tag="keys.marked"):
 
 
 class KeyState(Message, kw_only=True, tag="keys.state"):
+    signed_by: ClassVar[str] = "keypool"
     provider_id: str
     key_id: str
     state: KeyStateName
@@ -178,6 +189,7 @@ class KeyReport(Message, kw_only=True, tag="keys.report"):
 
 
 class KeysExhausted(Message, kw_only=True, tag="keys.exhausted"):
+    signed_by: ClassVar[str] = "keypool"
     provider_id: str
     soonest: float | None = None  # epoch seconds when a key comes back; None: every key revoked
 
@@ -278,6 +290,7 @@ BudgetScope = Literal["user", "group"]
 
 
 class BudgetState(Message, kw_only=True, tag="budget.state"):
+    signed_by: ClassVar[str] = "budget"
     scope: BudgetScope
     subject_id: str
     name: str = ""
@@ -303,6 +316,7 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
 class BudgetPrices(Message, kw_only=True, tag="budget.prices"):
     """The whole price table, published by the budget service whenever it changes."""
 
+    signed_by: ClassVar[str] = "budget"
     prices: list[ModelPrice] = []
 
 
@@ -311,6 +325,7 @@ class BudgetSnapshotRequest(Message, kw_only=True, tag="budget.snapshot.request"
 
 
 class BudgetSnapshot(Message, kw_only=True, tag="budget.snapshot"):
+    signed_by: ClassVar[str] = "budget"
     states: list[BudgetState] = []
     prices: list[ModelPrice] | None = None  # None: the service could not read prices (keep what you have)
     lease_ttl: float = 60.0
@@ -351,6 +366,7 @@ class LeaseGrant(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BudgetLeaseReply(Message, kw_only=True, tag="budget.lease.reply"):
+    signed_by: ClassVar[str] = "budget"
     grants: list[LeaseGrant] = []
     error: str | None = None
 
@@ -358,10 +374,24 @@ class BudgetLeaseReply(Message, kw_only=True, tag="budget.lease.reply"):
 class BudgetReclaim(Message, kw_only=True, tag="budget.reclaim"):
     """Gateways holding idle headroom of this budget should hand it back (another one is waiting)."""
 
+    signed_by: ClassVar[str] = "budget"
     scope: BudgetScope
     subject_id: str
     period_start: float
     requester: str
+
+
+# --------------------------------------------------------------------- signed storage
+
+
+class SignedEntry(Message, kw_only=True, tag="signed"):
+    """A signed value in a JetStream KV bucket (KV entries carry no headers): ``payload`` is the
+    message's exact JSON, ``sig`` its signer's Ed25519 signature over bucket.key and ``ts``."""
+
+    signer: str
+    ts: int  # epoch milliseconds
+    sig: str
+    payload: msgspec.Raw
 
 
 # --------------------------------------------------------------------- chat
@@ -398,5 +428,6 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     BudgetLeaseRequest,
     BudgetLeaseReply,
     BudgetReclaim,
+    SignedEntry,
     ChatEvent,
 )

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 from . import netguard
 from .durations import parse_duration
 from .errors import ConfigError
+from .logging import mask_url
+from .signing import DEFAULT_MAX_AGE, PRODUCERS, check_private_key, parse_verify_keys
 
 SERVICES = ("gateway", "registry", "keypool", "budget", "chatd", "console")
 DEFAULT_PORTS = {"gateway": 8080, "registry": 8081, "keypool": 8082, "budget": 8083, "chatd": 8084,
@@ -73,6 +75,8 @@ _SCALARS = frozenset(
         "AIGW_KEY_RECHECK_MAX",
         "AIGW_ALLOW_PRIVATE_UPSTREAMS",
         "AIGW_METRICS_ADDR",
+        "AIGW_BUS_VERIFY_KEYS",
+        "AIGW_BUS_MAX_MESSAGE_AGE",
         "AIGW_ADMIN_TOKEN",  # the token `aigw admin` sends (services ignore it)
         "AIGW_OPENAI_KEY",
         "AIGW_OPENAI_BASE_URL",
@@ -89,6 +93,7 @@ _SCALARS = frozenset(
     | {f"AIGW_{s.upper()}_ADDR" for s in SERVICES}
     | {f"AIGW_{s.upper()}_URL" for s in CONSOLE_UPSTREAMS}
     | {"AIGW_CONSOLE_SESSION_TTL"}
+    | {f"AIGW_{s.upper()}_SIGNING_KEY" for s in PRODUCERS}
 )
 # The standard AWS credential chain's variables (not AIGW_*): captured here so the gateway's
 # Bedrock signer never reads the process environment itself.
@@ -198,10 +203,16 @@ class Settings:
     aws_env: Mapping[str, str] = field(default_factory=dict, repr=False)  # AWS_ENV_VARS that are set
     service_urls: Mapping[str, str] = field(default_factory=dict)  # AIGW_<CONSOLE_UPSTREAM>_URL that are set
     console_session_ttl: float = 12 * 3600.0
+    # Bus proof of sender (aigw_common.signing): a producer's own private key, by service name, and
+    # the (producer, public key) pairs every service verifies with.
+    signing_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    verify_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    bus_max_message_age: float = DEFAULT_MAX_AGE
 
     def __repr__(self) -> str:
         return (
-            f"Settings(database_url={'<set>' if self.database_url else None}, nats_urls={self.nats_urls}, "
+            f"Settings(database_url={'<set>' if self.database_url else None}, "
+            f"nats_urls={tuple(mask_url(u) for u in self.nats_urls)}, "
             f"encryption_keys=<{len(self.encryption_keys)} hidden>, bus_prefix={self.bus_prefix!r}, "
             f"providers={[p.name for p in self.providers]})"
         )
@@ -564,4 +575,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
     kw["providers"] = tuple(seeds)
     kw["skipped_providers"] = tuple(skipped)
     kw["aws_env"] = {k: env[k] for k in AWS_ENV_VARS if env.get(k)}
+    kw["signing_keys"] = {p: check_private_key(f"AIGW_{p.upper()}_SIGNING_KEY", v) for p in PRODUCERS
+                          if (v := get(f"AIGW_{p.upper()}_SIGNING_KEY"))}
+    if v := get("AIGW_BUS_VERIFY_KEYS"):
+        kw["verify_keys"] = parse_verify_keys("AIGW_BUS_VERIFY_KEYS", v)
+    if v := get("AIGW_BUS_MAX_MESSAGE_AGE"):
+        kw["bus_max_message_age"] = _duration("AIGW_BUS_MAX_MESSAGE_AGE", v)
     return Settings(**kw)  # type: ignore[arg-type]

@@ -17,9 +17,11 @@ import asyncpg
 import nats
 import pytest
 
-from aigw_common.bus import Bus, Subjects
+from aigw_common.bus import Bus, BusAuth, Subjects
 from aigw_common.crypto import generate_key
 from aigw_common.settings import Settings
+
+from .buskeys import BusKeys
 
 from .harness import AppHarness
 from .infra import Infra
@@ -99,9 +101,24 @@ def encryption_key() -> str:
 
 
 @pytest.fixture
-def base_env(nats_url: str, bus_prefix: str, encryption_key: str, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """The environment a service would get, pointed at this test's isolated bus and data dir."""
+def bus_keys() -> BusKeys:
+    """Fresh bus signing keys for this test: one Ed25519 pair per producer (registry, budget, keypool)."""
+    return BusKeys.generate()
+
+
+@pytest.fixture
+def bus_auth(bus_keys: BusKeys) -> BusAuth:
+    """Proof of sender for a test's own bus: may sign as every producer (the test plays any of them)."""
+    return bus_keys.auth()
+
+
+@pytest.fixture
+def base_env(nats_url: str, bus_prefix: str, encryption_key: str, bus_keys: BusKeys, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The environment a service would get, pointed at this test's isolated bus and data dir.
+
+    It holds every producer's signing key (each service reads only its own) and all public keys."""
     return {
+        **bus_keys.env(),
         "AIGW_NATS_URL": nats_url,
         "AIGW_BUS_PREFIX": bus_prefix,
         "AIGW_ENCRYPTION_KEYS": encryption_key,
@@ -127,8 +144,8 @@ def make_settings(base_env: dict[str, str]) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-async def bus(nats_url: str, bus_prefix: str) -> AsyncIterator[Bus]:
-    b = Bus(servers=(nats_url,), name="aigw-test", subjects=Subjects(bus_prefix))
+async def bus(nats_url: str, bus_prefix: str, bus_auth: BusAuth) -> AsyncIterator[Bus]:
+    b = Bus(servers=(nats_url,), name="aigw-test", subjects=Subjects(bus_prefix), auth=bus_auth)
     await b.start(wait=5)
     assert b.connected, f"cannot connect to NATS at {nats_url}"
     yield b

@@ -42,6 +42,7 @@ from aigw_common.cli import load_service
 from aigw_common.schemas import TokenUsage
 from aigw_common.settings import Settings
 
+from .buskeys import auth_from_env
 from .faultproxy import FaultProxy
 from .harness import AppHarness
 from .stack import START_ORDER, wait_ready
@@ -179,7 +180,8 @@ class System:
             **(env or {}),
         }
         s.settings = Settings.from_env(s.env)
-        s.bus = Bus(servers=(nats_url,), name="aigw-test-system", subjects=Subjects(s.env["AIGW_BUS_PREFIX"]))
+        s.bus = Bus(servers=(nats_url,), name="aigw-test-system", subjects=Subjects(s.env["AIGW_BUS_PREFIX"]),
+                    auth=auth_from_env(s.env))
         await s.bus.start(wait=5)
         s.usage = await UsageCollector(s.bus).start()
         s.http = aiohttp.ClientSession()

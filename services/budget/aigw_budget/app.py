@@ -33,7 +33,7 @@ def create_app(settings: Settings, *, lease_ttl: float | None = None, lease_grac
         try:
             async with pool.acquire() as conn:
                 await migrate(conn, *MIGRATIONS)
-            bus = make_bus(settings, "budget")
+            bus = make_bus(settings, "budget", app[METRICS])
             await bus.start(wait=5)
             try:
                 svc = BudgetService(settings, pool, bus, app[METRICS], **extra)

@@ -77,7 +77,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     d.skills = SkillStore(d.store)
 
     # 2. the bus, and what follows it
-    bus = make_bus(settings, "chatd")
+    bus = make_bus(settings, "chatd", app[METRICS])
     app[BUS] = bus
     d.identities = IdentityCache(bus, ttl=settings.identity_ttl, timeout=config.control_timeout,
                                  failures=FailureThrottle(settings.auth_failures_per_minute))

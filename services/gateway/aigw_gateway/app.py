@@ -83,7 +83,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Start in dependency order; stop in reverse: tasks, then the bus drains, then the HTTP client closes."""
     settings = app[SETTINGS]
     metrics = GatewayMetrics.create(app[METRICS])
-    bus = make_bus(settings, "gateway")
+    bus = make_bus(settings, "gateway", app[METRICS])
     bus_sealer = Sealer.from_keys(settings.encryption_keys, PURPOSE_BUS)
     pools = KeyPools()
     app[GATEWAY_ID] = pools.gateway_id

@@ -60,7 +60,7 @@ class Env:
             return r.status, await r.json() if r.content_type == "application/json" else None
 
     async def guard(self, nats_url: str, prefix: str, **kw: object) -> BudgetGuard:
-        b = Bus(servers=(nats_url,), name="aigw-gw-test", subjects=Subjects(prefix))
+        b = Bus(servers=(nats_url,), name="aigw-gw-test", subjects=Subjects(prefix), auth=self.bus.auth)
         await b.start(wait=5)
         g = BudgetGuard(b, self.stub_settings, new_registry(), **kw)  # type: ignore[arg-type]
         await g.start()

@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 
 from aigw_common.bus import Bus, Subjects, encode
 from aigw_common.embedded import EmbeddedNats
-from aigw_common.keystate import keys_bucket
+from aigw_common.keystate import entry_subject, keys_bucket
 from aigw_common.schemas import KeyReport, KeyState
 from aigw_gateway.keystate import KeyReporter, KeyStateWatcher, parse_ratelimit
 from aigw_testing.faultproxy import FaultProxy
@@ -31,8 +31,11 @@ class Pools:
         self.state[(provider_id, key_id)] = (state, until)
 
 
-def ks(key_id: str, state: str, until: float | None = None) -> bytes:
-    return encode(KeyState(provider_id="p", key_id=key_id, state=state, until=until, status_code=429))  # type: ignore[arg-type]
+def ks(bus: Bus, key_id: str, state: str, until: float | None = None) -> bytes:
+    """A key-state value as keypool writes it: signed over bucket and key."""
+    st = KeyState(provider_id="p", key_id=key_id, state=state, until=until, status_code=429,  # type: ignore[arg-type]
+                  updated_at=time.time())
+    return bus.auth.seal_entry(entry_subject(bus, f"p.{key_id}"), st)
 
 
 # ------------------------------------------------------------------ headers
@@ -127,9 +130,9 @@ async def test_reporter_observe_is_cheap(bus: Bus):
 async def test_watcher_loads_the_bucket_before_ready_and_follows_changes(bus: Bus):
     kv = await keys_bucket(bus)
     until = time.time() + 60
-    await kv.put("p.k1", ks("k1", "cooling", until))
-    await kv.put("p.k2", ks("k2", "revoked"))
-    await kv.put("p.k3", ks("k3", "cooling", time.time() - 5))  # already over: valid
+    await kv.put("p.k1", ks(bus, "k1", "cooling", until))
+    await kv.put("p.k2", ks(bus, "k2", "revoked"))
+    await kv.put("p.k3", ks(bus, "k3", "cooling", time.time() - 5))  # already over: valid
     pools = Pools()
     w = KeyStateWatcher(bus, pools)
     assert not w.ready and w.not_ready()
@@ -138,13 +141,13 @@ async def test_watcher_loads_the_bucket_before_ready_and_follows_changes(bus: Bu
         assert w.ready and w.not_ready() is None
         assert pools.state == {("p", "k1"): ("cooling", until), ("p", "k2"): ("revoked", None),
                                ("p", "k3"): ("valid", None)}
-        await kv.put("p.k4", ks("k4", "revoked"))
-        await kv.purge("p.k2")  # keypool cleared it (the registry replaced the key)
+        await kv.put("p.k4", ks(bus, "k4", "revoked"))
+        await kv.put("p.k2", ks(bus, "k2", "valid"))  # keypool cleared it (the registry replaced the key)
         await eventually(lambda: pools.state.get(("p", "k4")) == ("revoked", None) and
                        pools.state[("p", "k2")] == ("valid", None), 3, "changes applied")
         pools.calls.clear()
         w.replay()
-        assert sorted(c[1] for c in pools.calls) == ["k1", "k3", "k4"]
+        assert sorted(c[1] for c in pools.calls) == ["k1", "k2", "k3", "k4"]  # a reset is a signed "valid" entry
     finally:
         await w.stop()
 
@@ -152,11 +155,11 @@ async def test_watcher_loads_the_bucket_before_ready_and_follows_changes(bus: Bu
 async def test_watcher_keeps_last_state_while_cut_off_and_converges_after(bus: Bus, nats_url: str):
     port = int(nats_url.rsplit(":", 1)[1])
     proxy = await FaultProxy.start_for("127.0.0.1", port)
-    gw_bus = Bus(servers=(proxy.rewrite(nats_url),), name="gw", subjects=bus.subjects)
+    gw_bus = Bus(servers=(proxy.rewrite(nats_url),), name="gw", subjects=bus.subjects, auth=bus.auth)
     await gw_bus.start(wait=5)
     kv = await keys_bucket(bus)
-    await kv.put("p.k1", ks("k1", "revoked"))
-    await kv.put("p.k2", ks("k2", "revoked"))
+    await kv.put("p.k1", ks(bus, "k1", "revoked"))
+    await kv.put("p.k2", ks(bus, "k2", "revoked"))
     pools = Pools()
     w = KeyStateWatcher(gw_bus, pools)
     await w.start()
@@ -164,9 +167,9 @@ async def test_watcher_keeps_last_state_while_cut_off_and_converges_after(bus: B
         assert pools.state[("p", "k1")] == ("revoked", None)
         await proxy.down()
         await eventually(lambda: not gw_bus.connected, 5, "disconnect seen")
-        # changes the cut-off gateway cannot see: a purge (no later event will repeat it) and a new mark
-        await kv.purge("p.k1")
-        await kv.put("p.k3", ks("k3", "revoked"))
+        # changes the cut-off gateway cannot see: a reset (no later event will repeat it) and a new mark
+        await kv.put("p.k1", ks(bus, "k1", "valid"))
+        await kv.put("p.k3", ks(bus, "k3", "revoked"))
         await asyncio.sleep(0.3)
         assert pools.state[("p", "k1")] == ("revoked", None)  # last known state stands
         await proxy.up()
@@ -179,10 +182,10 @@ async def test_watcher_keeps_last_state_while_cut_off_and_converges_after(bus: B
         await proxy.close()
 
 
-async def test_watcher_survives_a_nats_server_restart(tmp_path):
+async def test_watcher_survives_a_nats_server_restart(tmp_path, bus_auth):
     server = EmbeddedNats(tmp_path / "nats")
     url = await server.start()
-    b = Bus(servers=(url,), name="gw", subjects=Subjects("trestart"))
+    b = bus = Bus(servers=(url,), name="gw", subjects=Subjects("trestart"), auth=bus_auth)
     await b.start(wait=5)
     pools = Pools()
     w = KeyStateWatcher(b, pools)
@@ -194,7 +197,7 @@ async def test_watcher_survives_a_nats_server_restart(tmp_path):
         await server.start()
         await eventually(lambda: w.ready, 10, "loaded once NATS is back")
         kv = await keys_bucket(b)
-        await kv.put("p.k1", ks("k1", "revoked"))
+        await kv.put("p.k1", ks(bus, "k1", "revoked"))
         await eventually(lambda: ("p", "k1") in pools.state, 3, "first state")
         await server.stop()
         await asyncio.sleep(0.5)
@@ -204,7 +207,7 @@ async def test_watcher_survives_a_nats_server_restart(tmp_path):
 
         async def write() -> bool:
             try:
-                await (await keys_bucket(b)).put("p.k2", ks("k2", "revoked"))
+                await (await keys_bucket(b)).put("p.k2", ks(bus, "k2", "revoked"))
             except Exception:
                 return False
             return True

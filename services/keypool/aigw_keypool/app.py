@@ -29,7 +29,7 @@ def create_app(settings: Settings) -> web.Application:
     add_document(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        bus = make_bus(settings, "keypool")
+        bus = make_bus(settings, "keypool", app[METRICS])
         await bus.start(wait=2.0)
         identities = IdentityCache(bus, ttl=settings.identity_ttl,
                                            failures=FailureThrottle(settings.auth_failures_per_minute))

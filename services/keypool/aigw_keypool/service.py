@@ -374,7 +374,7 @@ class KeyPoolService:
             raise TimeoutError("key-state bucket not loaded yet")  # the registry view retries
         reset = changed_keys(old, new) | {k for k in self.mirror.states if k not in current}
         for key in reset:
-            if key in self.mirror.states:
+            if key in self.mirror.states and self.mirror.states[key][0].state != "valid":
                 pid, kid = split_kv_key(key)
                 log.info("clearing key state", extra={"provider_id": pid, "key_id": kid,
                                                       "why": "removed" if key not in current else "changed"})

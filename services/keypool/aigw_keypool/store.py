@@ -9,13 +9,13 @@ conflict the entry is re-read and the rule applied again, so the merge rules
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from aigw_common.bus import decode, encode
 from aigw_common.errors import BusError
-from aigw_common.keystate import KeyStateWatch, kv_key
+from aigw_common.keystate import KeyStateWatch, entry_subject, kv_key
 from aigw_common.schemas import KeyState
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,14 @@ class KeyStore:
             e = await self._kv.get(key)
         except KeyNotFoundError:
             return None, 0
-        return decode(e.value, KeyState), e.revision
+        bus = self.mirror.bus
+        # A value that fails the signature check counts as no state: the next write replaces it.
+        return bus.auth.open_entry(entry_subject(bus, key), e.value, KeyState), e.revision
 
     async def change(self, provider_id: str, key_id: str, rule: Rule) -> tuple[KeyState | None, KeyState] | None:
         """Apply ``rule`` to the current state; returns (before, after) when it wrote, None when nothing changed."""
         key = kv_key(provider_id, key_id)
+        bus = self.mirror.bus
         cached = self.mirror.states.get(key)
         cur, rev = cached if cached is not None else (None, 0)
         for _ in range(MAX_ATTEMPTS):
@@ -51,10 +54,11 @@ class KeyStore:
             if new is None:
                 return None
             try:
+                value = bus.auth.seal_entry(entry_subject(bus, key), new)
                 if rev:
-                    await self._kv.update(key, encode(new), last=rev)
+                    await self._kv.update(key, value, last=rev)
                 else:
-                    await self._kv.create(key, encode(new))  # also re-creates over a delete marker
+                    await self._kv.create(key, value)  # also re-creates over a delete marker
             except KeyWrongLastSequenceError:
                 cur, rev = await self._read(key)
                 continue
@@ -62,5 +66,13 @@ class KeyStore:
         raise BusError(f"key state {key}: too many concurrent writers")
 
     async def clear(self, provider_id: str, key_id: str) -> None:
-        """Forget a key's state (readers treat a missing entry as valid)."""
-        await self._kv.purge(kv_key(provider_id, key_id))
+        """Make a key valid again. A signed ``valid`` state, not a purge: readers ignore unsigned
+        delete markers, so a neighbour on the bus cannot revive a revoked key by deleting its entry."""
+
+        def rule(cur: KeyState | None) -> KeyState | None:
+            if cur is None or cur.state == "valid":
+                return None
+            return KeyState(provider_id=provider_id, key_id=key_id, state="valid", updated_at=max(time.time(),
+                            cur.updated_at + 1e-6))
+
+        await self.change(provider_id, key_id, rule)

@@ -19,6 +19,7 @@ from aigw_common.schemas import (
     KeyStat,
     KeyState,
     RateLimitInfo,
+    SignedEntry,
 )
 from aigw_keypool.app import create_app
 
@@ -28,7 +29,7 @@ async def read(kv, provider_id: str, key_id: str) -> KeyState | None:
         e = await kv.get(kv_key(provider_id, key_id))
     except KeyNotFoundError:
         return None
-    return decode(e.value, KeyState)
+    return decode(bytes(decode(e.value, SignedEntry).payload), KeyState)  # keypool signs every value
 
 
 async def mark(bus, provider_id, key_id, state, until=None, status=429, **kw) -> KeyMarked:
@@ -147,9 +148,10 @@ async def test_registry_changes_clear_state_and_exhaustion_is_announced(bus, reg
     await registry.publish_changed()
 
     async def cleared(pid, *kids) -> bool:  # type: ignore[no-untyped-def]
-        return all([await read(kv, pid, k) is None for k in kids])
+        # cleared = a signed "valid" state (never a delete, which readers would ignore as unsigned)
+        return all([(st := await read(kv, pid, k)) is None or st.state == "valid" for k in kids])
     await eventually(lambda: cleared(p.id, old_k1, p.keys[1].id), 5, "replaced keys cleared")
-    # a provider disabled (gone from the snapshot): its keys' state is purged, so re-enabled it starts valid
+    # a provider disabled (gone from the snapshot): its keys' state is cleared, so re-enabled it starts valid
     registry.put_provider("other", "openai", "http://up2", ["sk-cccc3333"], enabled=False)
     await registry.publish_changed()
     await eventually(lambda: cleared(other.id, other.keys[0].id), 5, "disabled provider's key state cleared")

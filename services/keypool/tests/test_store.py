@@ -30,9 +30,14 @@ async def test_concurrent_writers_keep_the_longest_cooldown(bus, eventually):
         await eventually(lambda: all(w.states.get("p.k", (None, 0))[1] == entry.revision for w in watches), 5)
         assert {w.states["p.k"][0].until for w in watches} == {max(untils)}
         await stores[1].clear("p", "k")
-        await eventually(lambda: all("p.k" not in w.states for w in watches), 5, "clear seen by mirrors")
-        # writing over the purge marker works (create handles the tombstone)
-        assert await stores[0].change("p", "k", lambda cur: cool(cur, "p", "k", now + 5, 429, now)) is not None
+        await eventually(lambda: all(w.states["p.k"][0].state == "valid" for w in watches), 5, "clear seen by mirrors")
+        assert await stores[0].change("p", "k", lambda cur: cool(cur, "p", "k", time.time() + 5, 429, now)) is not None
+        # writing over a delete marker works (create handles the tombstone); readers ignore the marker itself
+        await stores[0]._kv.purge("p.k")
+        await asyncio.sleep(0.2)
+        assert all(w.states["p.k"][0].state == "cooling" for w in watches), [w.states for w in watches]
+        await stores[0]._kv.create("p.k", b"x")  # noise, also ignored
+        assert await stores[1].change("p", "k", lambda cur: cool(cur, "p", "k", time.time() + 9, 429, now)) is not None
     finally:
         for w in watches:
             await w.stop()

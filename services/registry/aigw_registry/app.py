@@ -47,7 +47,7 @@ def create_app(settings: Settings, *, relay_poll: float = 1.0) -> web.Applicatio
                 await migrate(conn, *MIGRATIONS)
             await reconcile(reg)
             ready["seeded"] = True
-            bus = make_bus(settings, "registry")
+            bus = make_bus(settings, "registry", app[METRICS])
             reg.bus = bus
             responders = Responders(reg, app[METRICS])
             await responders.subscribe(bus)
