@@ -159,7 +159,7 @@ class BenchSystem:
         """A second gateway on the same system with ``workers`` worker processes; (URL, its pids)."""
         assert self.stack is not None
         port = _free_port()
-        env = {**self.stack.env, "AIGW_GATEWAY_ADDR": f"127.0.0.1:{port}",
+        env = {**self.stack.child_env("gateway"), "AIGW_GATEWAY_ADDR": f"127.0.0.1:{port}",
                "AIGW_DATA_DIR": str(self.tmp / f"gw-extra-{workers}")}
         if workers != 1:
             env["AIGW_GATEWAY_WORKERS"] = str(workers)

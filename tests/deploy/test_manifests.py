@@ -194,6 +194,83 @@ def test_compose_takes_secrets_only_from_the_env_file(compose: Obj) -> None:
     assert ".env" in (DEPLOY / ".gitignore").read_text().splitlines()
 
 
+def test_compose_nats_has_one_user_per_service_and_refuses_anonymous(compose: Obj) -> None:
+    """compose's NATS loads compose.nats.conf: the generated authorization block (no anonymous user, a
+    password per service from secrets/nats.env); each service reads its own secrets file only."""
+    from aigw_common.natsauth import BUS_USERS, authorization_block, password_var
+
+    nats_svc = compose["services"]["nats"]
+    cmd = nats_svc["command"]
+    conf_path = cmd[cmd.index("--config") + 1]
+    assert f"./compose.nats.conf:{conf_path}:ro" in nats_svc["volumes"]
+    assert [f["path"] for f in nats_svc["env_file"]] == ["secrets/nats.env"]
+    conf = (DEPLOY / "compose.nats.conf").read_text()
+    body = "".join(ln + "\n" for ln in conf.splitlines() if not ln.startswith("#"))
+    assert body == authorization_block(), "regenerate deploy/compose.nats.conf with `aigw nats-auth`"
+    assert "no_auth_user" not in conf and "authorization {" in conf
+    for user in BUS_USERS:
+        assert f"user: {user}\n      password: ${password_var(user)}\n" in conf
+    for name in SERVICES:
+        s = compose["services"][name]
+        assert [f["path"] for f in s["env_file"]] == [".env", f"secrets/{name}.env"], name
+        assert "AIGW_NATS_URL" not in s.get("environment", {}), "the URL with its password is in the secrets file"
+    assert all(f["path"] == ".env" for f in compose["services"]["migrate"]["env_file"])
+    assert "secrets/" in (DEPLOY / ".gitignore").read_text().splitlines()
+
+
+def test_compose_nats_config_refuses_anonymous_on_a_real_server() -> None:
+    import asyncio
+
+    import nats
+    import nats.errors
+
+    from aigw_testing.natsauth import auth_nats_server
+
+    conf = (DEPLOY / "compose.nats.conf").read_text()
+
+    async def check(url: str, anonymous: str) -> None:
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(anonymous, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+        nc = await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        await nc.close()
+
+    with auth_nats_server(conf) as server:
+        asyncio.run(check(server.url("gateway"), server.anonymous_url))
+
+
+def test_compose_secrets_give_each_service_only_its_own(tmp_path: Path) -> None:
+    from aigw_common.natsauth import BUS_USERS, write_service_secrets
+    from aigw_common.settings import Settings
+
+    write_service_secrets(tmp_path / "secrets")
+    files = {f.stem: dict(ln.split("=", 1) for ln in f.read_text().splitlines()) for f in (tmp_path / "secrets").iterdir()}
+    passwords = files.pop("nats")
+    assert set(files) == set(BUS_USERS) and len(set(passwords.values())) == len(BUS_USERS)
+    for svc, env in files.items():
+        assert oct((tmp_path / "secrets" / f"{svc}.env").stat().st_mode & 0o777) == "0o600"
+        own = passwords[f"NATS_{svc.upper()}_PASSWORD"]
+        assert env["AIGW_NATS_URL"] == f"nats://{svc}:{own}@nats:4222"
+        others = [p for k, p in passwords.items() if k != f"NATS_{svc.upper()}_PASSWORD"]
+        assert not any(p in "".join(env.values()) for p in others)
+        assert {k for k in env if k.endswith("_SIGNING_KEY")} == ({f"AIGW_{svc.upper()}_SIGNING_KEY"}
+                                                                   if svc in ("registry", "budget", "keypool") else set())
+        Settings.from_env(env)  # valid configuration
+    assert write_service_secrets(tmp_path / "secrets") == []  # never overwritten
+
+
+def test_k8s_mounts_each_bus_signing_key_only_into_its_producer() -> None:
+    """Registry, budget and keypool each get only their own signing key; the gateway and chatd none."""
+    for name in SERVICES:
+        docs = [d for d in yaml.safe_load_all((K8S / f"{name}.yaml").read_text()) if d and d["kind"] == "Deployment"]
+        refs = [(e["name"], e["valueFrom"]["secretKeyRef"]["key"]) for d in docs
+                for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])
+                if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "aigw-bus-signing"]
+        want = [(f"AIGW_{name.upper()}_SIGNING_KEY", name)] if name in ("registry", "budget", "keypool") else []
+        assert refs == want, (name, refs)
+    cm = yaml.safe_load((K8S / "configmap.yaml").read_text())
+    assert "AIGW_BUS_VERIFY_KEYS" in cm["data"]
+
+
 def test_env_example_is_valid_configuration() -> None:
     """.env.example with every commented line switched on is a configuration the services accept."""
     from aigw_common.settings import Settings

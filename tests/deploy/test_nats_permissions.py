@@ -1,33 +1,33 @@
-"""The NATS authorization of the kustomize base, on a real nats-server started with its exact config.
+"""The NATS authorization of the kustomize base, on a real nats-server started with its exact block.
 
 Two directions: the rules forbid what the contract forbids (only registry publishes
-``aigw.providers.changed``, only the gateway publishes usage, ...), and they allow everything the
-services really do (the whole stack serves a request, each service as its own NATS user, and the
-server logs no violation).
+``aigw.providers.changed``, only the gateway publishes usage; the internet-facing gateway cannot
+purge or delete a stream or the key bucket, consume budget's durable, or read another service's
+inbox), and they allow everything the services really do (the whole stack serves a request, each
+service as its own NATS user, and the server logs no violation).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import shutil
-import subprocess
-import tempfile
+import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import aiohttp
 import nats
+import nats.errors
 import pytest
-import yaml
+from nats.js.api import AckPolicy, ConsumerConfig
 
-from aigw_common.embedded import find_nats_server, free_port, log_tail
+from aigw_common.bus import Bus, Subjects, encode
+from aigw_common.keystate import keys_bucket
+from aigw_common.natsauth import BUS_USERS, authorization_block
+from aigw_common.schemas import AuthVerifyReply, AuthVerifyRequest, InterceptionEnded
+from aigw_testing.buskeys import BusKeys
+from aigw_testing.natsauth import AuthNats, k8s_authorization
 
-ROOT = Path(__file__).resolve().parents[2]
-USERS = ("gateway", "registry", "keypool", "budget", "chatd")
+USERS = BUS_USERS
 
 # subject → the only user allowed to publish it (the contract's single-writer subjects)
 SINGLE_WRITER = {
@@ -41,53 +41,9 @@ SINGLE_WRITER = {
 }
 
 
-def nats_conf() -> str:
-    """The k8s server config as one standalone node: its ``cluster`` block (routes to the other pods) removed."""
-    docs = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/nats.yaml").read_text()) if d]
-    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "aigw-nats-config"]
-    conf = cm["data"]["nats.conf"]
-    return re.sub(r"(?ms)^cluster \{.*?^\}\n", "", conf)
-
-
-@dataclass
-class AuthNats:
-    port: int
-    log: Path
-    passwords: dict[str, str]
-
-    def url(self, user: str) -> str:
-        return f"nats://{user}:{self.passwords[user]}@127.0.0.1:{self.port}"
-
-    def violations(self) -> list[str]:
-        return [ln for ln in self.log.read_text(errors="replace").splitlines() if "Violation" in ln]
-
-
-@pytest.fixture
-def auth_nats() -> Iterator[AuthNats]:
-    binary = find_nats_server()
-    if binary is None:
-        pytest.skip("no nats-server binary")
-    d = Path(tempfile.mkdtemp(prefix="aigw-nats-auth-"))
-    conf = nats_conf().replace("/data/jetstream", str(d / "js")).replace("/var/run/nats/nats.pid", str(d / "pid"))
-    (d / "nats.conf").write_text(conf)
-    passwords = {u: f"pw-{u}-{os.urandom(4).hex()}" for u in USERS}
-    env = {**os.environ, "POD_NAME": "aigw-nats-0", **{f"NATS_{u.upper()}_PASSWORD": p for u, p in passwords.items()}}
-    port = free_port()
-    log = d / "nats.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([str(binary), "-c", str(d / "nats.conf"), "-a", "127.0.0.1", "-p", str(port),
-                                 "-m", str(free_port())], stdout=fh, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 15
-        while "Server is ready" not in log.read_text(errors="replace"):
-            assert proc.poll() is None, f"nats-server refused the config:\n{log_tail(log)}"
-            assert time.monotonic() < deadline, log_tail(log)
-            time.sleep(0.05)
-        yield AuthNats(port, log, passwords)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(d, ignore_errors=True)
+def test_the_k8s_block_is_the_generated_one() -> None:
+    """deploy/k8s/nats.yaml carries exactly what aigw_common.natsauth defines (`aigw nats-auth` prints it)."""
+    assert k8s_authorization() == authorization_block(), "regenerate the block with `aigw nats-auth`"
 
 
 async def _publish_errors(url: str, subjects: list[str]) -> set[str]:
@@ -116,10 +72,151 @@ async def test_only_the_owner_may_publish_single_writer_subjects(auth_nats: Auth
         assert refused == expected, f"user {user}: refused {sorted(refused)}, expected {sorted(expected)}"
 
 
-async def test_wrong_password_is_refused(auth_nats: AuthNats) -> None:
-    with pytest.raises(nats.errors.Error):
-        await nats.connect(f"nats://gateway:wrong@127.0.0.1:{auth_nats.port}", allow_reconnect=False,
-                           max_reconnect_attempts=0, connect_timeout=2)
+async def test_wrong_password_and_anonymous_connections_are_refused(auth_nats: AuthNats) -> None:
+    for url in (f"nats://gateway:wrong@127.0.0.1:{auth_nats.port}", auth_nats.anonymous_url):
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+
+
+class _Client:
+    """A raw connection as one service user, recording the server's permission errors."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: nats.NATS | None = None
+
+    @classmethod
+    async def connect(cls, server: AuthNats, user: str) -> _Client:
+        c = cls()
+
+        async def on_error(e: Exception) -> None:
+            c.errors.append(str(e))
+
+        c.nc = await nats.connect(server.url(user), error_cb=on_error, allow_reconnect=False,
+                                  inbox_prefix=f"_INBOX.{user}")
+        return c
+
+    def violated(self, what: str) -> bool:
+        return any("permissions violation" in e.lower() and what.lower() in e.lower() for e in self.errors)
+
+
+def _bus(server: AuthNats, user: str, keys: BusKeys) -> Bus:
+    signers = (user,) if user in ("registry", "budget", "keypool") else ()
+    return Bus(servers=(server.url(user),), name=f"t-{user}", subjects=Subjects("aigw"), auth=keys.auth(signers=signers),
+               inbox_prefix=f"_INBOX.{user}")
+
+
+@pytest.fixture
+async def owned_streams(auth_nats: AuthNats) -> AsyncIterator[dict[str, Bus]]:
+    """The usage stream (with an event and budget's durable) and the key bucket, made by their owners."""
+    keys = BusKeys.generate()
+    buses = {u: _bus(auth_nats, u, keys) for u in ("budget", "keypool", "gateway")}
+    for b in buses.values():
+        await b.start(wait=5)
+        assert b.connected
+    s = buses["budget"].subjects
+    await buses["budget"].ensure_usage_stream()
+    await buses["budget"].js.pull_subscribe(s.usage_all, durable=s.durable("budget_usage"), stream=s.usage_stream,
+                                            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT))
+    await keys_bucket(buses["keypool"])
+    ev = InterceptionEnded(event_id="e1", interception_id="i1", at=1.0, status="ok")
+    await buses["gateway"].js_publish(s.usage("ended"), ev, msg_id="e1")  # the gateway may publish usage
+    yield buses
+    for b in buses.values():
+        await b.close()
+
+
+async def _refused(c: _Client, coro, subject: str) -> None:  # type: ignore[no-untyped-def]
+    """The JetStream call fails and the server names the denied API subject."""
+    with pytest.raises((nats.errors.Error, TimeoutError)):
+        await coro
+    deadline = time.monotonic() + 3
+    while not c.violated(subject):
+        assert time.monotonic() < deadline, f"no violation for {subject}: {c.errors}"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_gateway_cannot_purge_delete_or_reconfigure_streams_or_the_bucket(auth_nats: AuthNats,
+                                                                                     owned_streams) -> None:  # type: ignore[no-untyped-def]
+    s = Subjects("aigw")
+    gw = await _Client.connect(auth_nats, "gateway")
+    js = gw.nc.jetstream(timeout=1)  # type: ignore[union-attr]
+    await _refused(gw, js.purge_stream(s.usage_stream), f"$JS.API.STREAM.PURGE.{s.usage_stream}")
+    await _refused(gw, js.delete_stream(s.usage_stream), f"$JS.API.STREAM.DELETE.{s.usage_stream}")
+    await _refused(gw, js.delete_key_value(s.keys_bucket), f"$JS.API.STREAM.DELETE.KV_{s.keys_bucket}")
+    await _refused(gw, js.purge_stream(f"KV_{s.keys_bucket}"), f"$JS.API.STREAM.PURGE.KV_{s.keys_bucket}")
+    info = await js.stream_info(s.usage_stream)  # reading the definition is allowed
+    cfg = info.config
+    cfg.max_msgs = 1
+    await _refused(gw, js.update_stream(cfg), f"$JS.API.STREAM.UPDATE.{s.usage_stream}")
+    await _refused(gw, js.delete_msg(s.usage_stream, 1), f"$JS.API.STREAM.MSG.DELETE.{s.usage_stream}")
+    # nothing happened: the event is still there for budget
+    info = await owned_streams["budget"].js.stream_info(s.usage_stream)
+    assert info.state.messages == 1 and info.config.max_msgs != 1
+    await owned_streams["keypool"].js.stream_info(f"KV_{s.keys_bucket}")
+    await gw.nc.close()  # type: ignore[union-attr]
+
+
+async def test_the_gateway_cannot_consume_budgets_durable_or_write_the_bucket(auth_nats: AuthNats,
+                                                                              owned_streams) -> None:  # type: ignore[no-untyped-def]
+    s = Subjects("aigw")
+    durable = s.durable("budget_usage")
+    gw = await _Client.connect(auth_nats, "gateway")
+    js = gw.nc.jetstream(timeout=1)  # type: ignore[union-attr]
+    await _refused(gw, js.consumer_info(s.usage_stream, durable), f"$JS.API.CONSUMER.INFO.{s.usage_stream}.{durable}")
+
+    async def pull() -> None:
+        sub = await js.pull_subscribe_bind(durable, s.usage_stream)
+        await sub.fetch(1, timeout=1)
+
+    await _refused(gw, pull(), f"$JS.API.CONSUMER.MSG.NEXT.{s.usage_stream}.{durable}")
+    await _refused(gw, js.add_consumer(s.usage_stream, ConsumerConfig(durable_name="gw_steal")),
+                   "$JS.API.CONSUMER.")
+    # and the key bucket: readable, not writable
+    kv = await js.key_value(s.keys_bucket)
+    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+        await kv.get("p.k")
+    await _refused(gw, kv.put("p.k", b"{}"), f"$KV.{s.keys_bucket}.p.k")
+    # budget still has its event
+    sub = await owned_streams["budget"].js.pull_subscribe_bind(durable, s.usage_stream)
+    (m,) = await sub.fetch(1, timeout=5)
+    assert b"e1" in m.data
+    await gw.nc.close()  # type: ignore[union-attr]
+
+
+async def test_the_gateway_cannot_read_another_services_inbox(auth_nats: AuthNats) -> None:
+    s = Subjects("aigw")
+    gw = await _Client.connect(auth_nats, "gateway")
+    stolen: list[bytes] = []
+
+    async def steal(m) -> None:  # type: ignore[no-untyped-def]
+        stolen.append(m.data)
+
+    for pattern in ("_INBOX.budget.>", "_INBOX.>", "_INBOX.*.*"):
+        await gw.nc.subscribe(pattern, cb=steal)  # type: ignore[union-attr]
+    await gw.nc.flush()  # type: ignore[union-attr]
+    # a real exchange: budget asks the registry; the answer travels on budget's inbox
+    registry = await _Client.connect(auth_nats, "registry")
+
+    async def answer(m) -> None:  # type: ignore[no-untyped-def]
+        await m.respond(encode(AuthVerifyReply(identity=None)))
+
+    await registry.nc.subscribe(s.auth_verify, cb=answer)  # type: ignore[union-attr]
+    await registry.nc.flush()  # type: ignore[union-attr]
+    budget = await _Client.connect(auth_nats, "budget")
+    reply = await budget.nc.request(s.auth_verify, encode(AuthVerifyRequest(token_hash="h")), timeout=5)  # type: ignore[union-attr]
+    assert b"auth.verify.reply" in reply.data
+    await asyncio.sleep(0.3)
+    assert stolen == []
+    for pattern in ("_INBOX.budget.>", "_INBOX.>", "_INBOX.*.*"):
+        assert gw.violated(f'subscription to "{pattern}"'), gw.errors
+    # nor answer a request as someone else: the gateway may not publish into budget's inbox
+    await gw.nc.publish("_INBOX.budget.x.y", b"{}")  # type: ignore[union-attr]
+    await gw.nc.flush()  # type: ignore[union-attr]
+    await asyncio.sleep(0.2)
+    assert gw.violated('publish to "_INBOX.budget.x.y"'), gw.errors
+    for c in (gw, registry, budget):
+        await c.nc.close()  # type: ignore[union-attr]
 
 
 def _have_stack() -> bool:

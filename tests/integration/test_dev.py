@@ -129,6 +129,8 @@ async def test_aigw_dev_serves_a_request_and_leaves_nothing_behind(state_root: P
         assert resp.choices[0].message.content
         assert mock_upstream.count_by_key["sk-upstream"] == 1
 
+        await _nats_refuses_anonymous_and_logs_hold_no_password(state)
+
         console = f"http://127.0.0.1:{ports['console']}/"
         assert f"  console   {console}" in out, "the console line, aligned with the other services"
         await _console_signs_in(console, token)
@@ -147,6 +149,33 @@ async def test_aigw_dev_serves_a_request_and_leaves_nothing_behind(state_root: P
     # data is kept for next time
     assert (state / "postgres" / "pgdata" / "PG_VERSION").exists()
     assert (state / "nats" / "jetstream").exists()
+
+
+async def _nats_refuses_anonymous_and_logs_hold_no_password(state: Path) -> None:
+    """The embedded NATS runs with one user per service: no anonymous client, no wrong password; the
+    passwords and bus signing keys are 0600 files, and no service logs its password."""
+    import nats
+    import nats.errors
+
+    port = int((state / "nats" / "port").read_text().strip())
+    for url in (f"nats://127.0.0.1:{port}", f"nats://gateway:wrong@127.0.0.1:{port}"):
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3)
+    passwords = {f.name: f.read_text().strip() for f in (state / "nats-users").iterdir()}
+    assert set(passwords) == {"gateway", "registry", "keypool", "budget", "chatd"}
+    nc = await nats.connect(f"nats://gateway:{passwords['gateway']}@127.0.0.1:{port}", allow_reconnect=False,
+                            connect_timeout=3)
+    await nc.close()
+    for f in [*(state / "nats-users").iterdir(), *(state / "bus-keys").iterdir()]:
+        assert oct(f.stat().st_mode & 0o777) == "0o600", f
+    logs = "\n".join(f.read_text(errors="replace") for f in (state / "logs").iterdir())
+    assert "nats connected" in logs
+    for pw in passwords.values():
+        assert pw not in logs
+    for key in (state / "bus-keys").iterdir():
+        assert key.read_text().strip() not in logs
+    violations = [ln for ln in (state / "nats" / "nats.log").read_text().splitlines() if "Violation" in ln]
+    assert violations == [], "every service works within its generated permissions"
 
 
 async def _console_signs_in(console: str, token: str) -> None:

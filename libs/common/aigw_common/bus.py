@@ -10,8 +10,8 @@ unique prefix each so they can run in parallel on one server).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -652,16 +652,13 @@ def now() -> float:
     return time.time()
 
 
-def make_bus(settings: Any, service: str) -> Bus:
-    """A bus for ``service`` from :class:`~aigw_common.settings.Settings`."""
-    return Bus(servers=tuple(settings.nats_urls), name=f"aigw-{service}", subjects=Subjects(settings.bus_prefix),
-               js_replicas=settings.js_replicas)
 def make_bus(settings: Any, service: str, registry: CollectorRegistry | None = None) -> Bus:
     """A bus for ``service`` from :class:`~aigw_common.settings.Settings`: its own signing key (if it is a
     producer), every producer's public key, and its own inbox prefix (``_INBOX.<service>``) so NATS can
     confine each service to its own replies."""
     return Bus(servers=tuple(settings.nats_urls), name=f"aigw-{service}", subjects=Subjects(settings.bus_prefix),
-               auth=BusAuth.from_settings(settings, service, registry), inbox_prefix=f"_INBOX.{service}")
+               js_replicas=settings.js_replicas, auth=BusAuth.from_settings(settings, service, registry),
+               inbox_prefix=f"_INBOX.{service}")
 
 
 __all__ = ["Bus", "BusAuth", "Message", "Subjects", "decode", "decoder_for", "encode", "make_bus"]

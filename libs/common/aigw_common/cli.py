@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     sub.add_parser("proto", help="regenerate proto/ JSON Schemas from the bus messages")
     oa = sub.add_parser("openapi", help="write every service's OpenAPI document into docs/openapi/")
     oa.add_argument("--out", default="docs/openapi", help="directory (default docs/openapi)")
+    na = sub.add_parser("nats-auth", help="print the NATS authorization block (one user per service, least "
+                        "privilege; passwords as $NATS_<SERVICE>_PASSWORD)")
+    na.add_argument("--prefix", default="aigw", help="bus subject prefix (AIGW_BUS_PREFIX; default aigw)")
+    cs = sub.add_parser("compose-secrets", help="write per-service secret env files for deploy/compose.yaml "
+                        "(NATS passwords, bus signing keys), each holding only what its service needs")
+    cs.add_argument("dir", nargs="?", default="deploy/secrets", help="target directory (default deploy/secrets)")
+    sub.add_parser("bus-keys", help="generate Ed25519 bus signing keys: AIGW_<PRODUCER>_SIGNING_KEY lines "
+                   "and the AIGW_BUS_VERIFY_KEYS line for every service")
     admin = sub.add_parser("admin", help="administer a running aigw (providers, keys, users, tokens, budgets)", add_help=False)
     admin.add_argument("rest", nargs=argparse.REMAINDER)  # for the listing in `aigw --help`; handled above
     args = parser.parse_args(argv)
@@ -132,6 +140,25 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     if args.cmd == "openapi":
         for p in write_openapi(Path(args.out)):
             print(p)
+        return 0
+    if args.cmd == "nats-auth":
+        from .natsauth import authorization_block
+
+        print(authorization_block(prefix=args.prefix), end="")
+        return 0
+    if args.cmd == "compose-secrets":
+        from .natsauth import write_service_secrets
+
+        written = write_service_secrets(Path(args.dir))
+        print("\n".join(str(p) for p in written) if written else f"{args.dir}/nats.env exists: nothing written")
+        return 0
+    if args.cmd == "bus-keys":
+        from .signing import PRODUCERS, generate_keypair
+
+        pairs = {p: generate_keypair() for p in PRODUCERS}
+        for p, (priv, _pub) in pairs.items():
+            print(f"AIGW_{p.upper()}_SIGNING_KEY={priv}")
+        print("AIGW_BUS_VERIFY_KEYS=" + ",".join(f"{p}:{pub}" for p, (_priv, pub) in pairs.items()))
         return 0
     if args.cmd == "proto":
         from .proto import write_schemas

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,7 +38,9 @@ from .embedded import (
     stop_process,
 )
 from .errors import AigwError, ConfigError
+from .natsauth import BUS_USERS, authorization_block
 from .settings import Settings
+from .signing import PRODUCERS, Signer, generate_keypair
 
 READY_TIMEOUT = 90.0
 DEV_DATABASE = "aigw"
@@ -57,6 +60,23 @@ def _secret_file(path: Path, make: str) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(make + "\n")
     return make
+
+
+def _nats_passwords(state: Path) -> dict[str, str]:
+    """One password per service for the embedded NATS, kept in ``.aigw/nats-users/<service>`` (0600)."""
+    d = state / "nats-users"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return {u: _secret_file(d / u, secrets.token_urlsafe(24)) for u in BUS_USERS}
+
+
+def _bus_keys(state: Path) -> tuple[str, dict[str, str]]:
+    """The producers' bus signing keys, kept in ``.aigw/bus-keys/<producer>.key`` (0600), and the
+    ``AIGW_BUS_VERIFY_KEYS`` value with their public halves."""
+    d = state / "bus-keys"
+    d.mkdir(mode=0o700, exist_ok=True)
+    private = {p: _secret_file(d / f"{p}.key", generate_keypair()[0]) for p in PRODUCERS}
+    verify = ",".join(f"{p}:{Signer.from_b64(p, k).public_b64()}" for p, k in private.items())
+    return verify, private
 
 
 def _with_database(url: str, db: str) -> str:
@@ -100,6 +120,8 @@ class DevStack:
     children: list[Child] = field(default_factory=list)
     settings: Settings | None = None
     token: str = ""
+    nats_passwords: dict[str, str] = field(default_factory=dict)  # embedded NATS: user -> password
+    signing_keys: dict[str, str] = field(default_factory=dict)  # generated bus signing keys, by producer
 
     async def start(self) -> None:
         from .cli import available_services, run_migrations
@@ -121,9 +143,16 @@ class DevStack:
             self.pg = EmbeddedPostgres(self.state / "postgres")
             env["AIGW_DATABASE_URL"] = await _ensure_database(await self.pg.start(), DEV_DATABASE)
         if not env.get("AIGW_NATS_URL"):
-            say(f"aigw dev: starting embedded NATS (JetStream) in {self.state / 'nats'}")
-            self.nats = EmbeddedNats(self.state / "nats")
-            env["AIGW_NATS_URL"] = await self.nats.start()
+            say(f"aigw dev: starting embedded NATS (JetStream) in {self.state / 'nats'}, one user per service")
+            self.nats_passwords = _nats_passwords(self.state)
+            self.nats = EmbeddedNats(self.state / "nats", authorization=authorization_block(
+                self.nats_passwords, prefix=base.bus_prefix))
+            await self.nats.start()
+            # the dev process itself never connects; each child gets its own user (see child_env)
+            env["AIGW_NATS_URL"] = self.nats.url
+        if not env.get("AIGW_BUS_VERIFY_KEYS"):
+            verify, self.signing_keys = _bus_keys(self.state)
+            env["AIGW_BUS_VERIFY_KEYS"] = verify
         if not env.get("AIGW_ENCRYPTION_KEYS"):
             env["AIGW_ENCRYPTION_KEYS"] = _secret_file(self.state / "encryption-keys", generate_key())
         if env.get("AIGW_BOOTSTRAP_TOKEN"):
@@ -148,12 +177,22 @@ class DevStack:
             self.children.append(self._spawn(s, logs / f"{s}.log"))
         await asyncio.gather(*(self._wait_ready(c) for c in self.children))
 
+    def child_env(self, name: str) -> dict[str, str]:
+        """The environment of one service: its own NATS user and, for a producer, only its own signing key."""
+        env = dict(self.env)
+        if self.nats is not None and name in self.nats_passwords:
+            env["AIGW_NATS_URL"] = self.nats.url_for(name, self.nats_passwords[name])
+        for producer, key in self.signing_keys.items():
+            if producer == name:
+                env[f"AIGW_{producer.upper()}_SIGNING_KEY"] = key
+        return env
+
     def _spawn(self, name: str, log: Path) -> Child:
         assert self.settings is not None
         a = self.settings.addrs[name]
         with open(log, "ab") as fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "aigw_common.cli", name], env=self.env, stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", "aigw_common.cli", name], env=self.child_env(name), stdin=subprocess.DEVNULL,
                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=die_with_parent(signal.SIGTERM),
             )

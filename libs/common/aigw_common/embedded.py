@@ -413,9 +413,12 @@ class EmbeddedNats:
     """A private ``nats-server -js`` on 127.0.0.1 with its JetStream store in ``data_dir``."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, start_timeout: float = 30.0,
-                 stop_timeout: float = 10.0) -> None:
+                 stop_timeout: float = 10.0, authorization: str | None = None) -> None:
         self.dir = Path(data_dir).absolute()
         self.logfile = self.dir / "nats.log"
+        # nats-server configuration text (e.g. natsauth.authorization_block): written to nats.conf
+        # (mode 0600, it holds passwords) and loaded with -c; None runs without authorization.
+        self.authorization = authorization
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.port = 0
@@ -424,6 +427,12 @@ class EmbeddedNats:
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    def url_for(self, user: str, password: str) -> str:
+        """The URL a service connects with as ``user`` (parts quoted, so any password survives)."""
+        from urllib.parse import quote
+
+        return f"nats://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}"
 
     async def start(self) -> str:
         if self.proc is not None and self.proc.poll() is None:
@@ -435,6 +444,12 @@ class EmbeddedNats:
         self.port = _remembered_port(self.dir / "port")
         cmd = [str(binary), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.dir / "jetstream"),
                "-n", f"aigw-dev-{self.port}"]
+        if self.authorization is not None:
+            conf = self.dir / "nats.conf"
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.authorization)
+            cmd[1:1] = ["-c", str(conf)]
         self.proc = _spawn(cmd, self.logfile, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         await _wait_ready("nats-server", self.proc, self.logfile, self.start_timeout, self._ready, self.stop)
         log.info("embedded nats started", extra={"port": self.port, "pid": self.proc.pid, "dir": str(self.dir)})

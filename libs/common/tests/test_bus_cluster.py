@@ -8,16 +8,19 @@ import contextlib
 import time
 import uuid
 
-from aigw_common.bus import Bus, Subjects, encode
-from aigw_common.keystate import KeyStateWatch, keys_bucket
+from aigw_common.bus import Bus, Subjects
+from aigw_common.keystate import KeyStateWatch, entry_subject, keys_bucket
 from aigw_common.schemas import AuthVerifyReply, AuthVerifyRequest, InterceptionEnded, KeyState
 from aigw_common.settings import Settings
+from aigw_testing.buskeys import BusKeys
 from aigw_testing.natscluster import NatsCluster
 from aigw_testing.wait import eventually
 
+_KEYS = BusKeys.generate()
+
 
 def _bus(cluster: NatsCluster, prefix: str, replicas: int, name: str = "t") -> Bus:
-    return Bus(servers=cluster.urls, name=name, subjects=Subjects(prefix), js_replicas=replicas)
+    return Bus(servers=cluster.urls, name=name, subjects=Subjects(prefix), js_replicas=replicas, auth=_KEYS.auth())
 
 
 def test_comma_list_and_replicas_from_env() -> None:
@@ -106,7 +109,7 @@ async def test_clients_follow_the_cluster_when_their_node_dies(nats_cluster: Nat
 
         async def put() -> bool:
             with contextlib.suppress(Exception):
-                await kv.put("p.k", encode(state))
+                await kv.put("p.k", writer.auth.seal_entry(entry_subject(writer, "p.k"), state))
                 return True
             return False
 

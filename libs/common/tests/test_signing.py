@@ -257,8 +257,9 @@ async def test_forged_key_state_writes_are_ignored(gateway_bus: Bus, bus: Bus, n
         fake, _ = _pair("keypool")
         valid = KeyState(provider_id="p", key_id="k1", state="valid", updated_at=time.time() + 10)
         ts, sig = fake.sign(entry_subject(bus, "p.k1"), "", encode(valid))
-        from aigw_common.schemas import SignedEntry
         import msgspec
+
+        from aigw_common.schemas import SignedEntry
 
         await rogue_kv.put("p.k1", encode(SignedEntry(signer="keypool", ts=ts, sig=sig, payload=msgspec.Raw(encode(valid)))))
         genuine_k1 = (await rogue_kv.get("p.k1")).value

@@ -22,7 +22,6 @@ from aigw_common.crypto import generate_key
 from aigw_common.settings import Settings
 
 from .buskeys import BusKeys
-
 from .harness import AppHarness
 from .infra import Infra
 from .natscluster import nats_cluster  # noqa: F401 - a fixture: a three-node JetStream cluster of its own
@@ -110,6 +109,15 @@ def bus_keys() -> BusKeys:
 def bus_auth(bus_keys: BusKeys) -> BusAuth:
     """Proof of sender for a test's own bus: may sign as every producer (the test plays any of them)."""
     return bus_keys.auth()
+
+
+@pytest.fixture
+def auth_nats():  # type: ignore[no-untyped-def]
+    """A private nats-server with the production (k8s) authorization: one user per service."""
+    from .natsauth import auth_nats_server
+
+    with auth_nats_server() as server:
+        yield server
 
 
 @pytest.fixture

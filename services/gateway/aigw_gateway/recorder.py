@@ -134,7 +134,7 @@ class Recorder:
         self._queue: asyncio.Queue[tuple[str, str, bytes, dict[str, str] | None]] = asyncio.Queue(queue_size)
         self._pending: dict[str, _Pending] = {}  # reply token → the group it acknowledges
         self._pending_events = 0
-        self._inbox = f"_INBOX.aigw-usage.{uuid.uuid4().hex}"
+        self._inbox = f"{bus.inbox_prefix}.usage.{uuid.uuid4().hex}"  # under the service inbox NATS lets it read
         self._tokens = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._replay_wake = asyncio.Event()

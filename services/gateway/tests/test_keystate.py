@@ -8,7 +8,7 @@ import time
 import pytest
 from multidict import CIMultiDict
 
-from aigw_common.bus import Bus, Subjects, encode
+from aigw_common.bus import Bus, Subjects
 from aigw_common.embedded import EmbeddedNats
 from aigw_common.keystate import entry_subject, keys_bucket
 from aigw_common.schemas import KeyReport, KeyState

@@ -1,0 +1,93 @@
+"""A real nats-server under the production authorization (deploy/k8s/nats.yaml), for permission tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from aigw_common.embedded import find_nats_server, free_port, log_tail
+from aigw_common.natsauth import BUS_USERS, password_var
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def k8s_nats_conf() -> str:
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/nats.yaml").read_text()) if d]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "aigw-nats-config"]
+    return str(cm["data"]["nats.conf"])
+
+
+def k8s_authorization() -> str:
+    """The ``authorization { ... }`` block of the shipped k8s config, exactly as written there."""
+    conf = k8s_nats_conf()
+    start = conf.index("authorization {")
+    depth, i = 0, start
+    while True:
+        c = conf[i]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return conf[start : i + 1] + "\n"
+        i += 1
+
+
+@dataclass
+class AuthNats:
+    port: int
+    log: Path
+    passwords: dict[str, str]
+
+    def url(self, user: str) -> str:
+        return f"nats://{user}:{self.passwords[user]}@127.0.0.1:{self.port}"
+
+    @property
+    def anonymous_url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def violations(self) -> list[str]:
+        return [ln for ln in self.log.read_text(errors="replace").splitlines() if "Violation" in ln]
+
+
+@contextmanager
+def auth_nats_server(authorization: str | None = None) -> Iterator[AuthNats]:
+    """A single JetStream node with ``authorization`` (default: the k8s block), passwords from its env."""
+    binary = find_nats_server()
+    if binary is None:
+        import pytest
+
+        pytest.skip("no nats-server binary")
+    d = Path(tempfile.mkdtemp(prefix="aigw-nats-auth-"))
+    conf = f"jetstream {{\n  store_dir: {d / 'js'}\n}}\n" + (authorization or k8s_authorization())
+    (d / "nats.conf").write_text(conf)
+    passwords = {u: f"pw-{u}-{os.urandom(4).hex()}" for u in BUS_USERS}
+    env = {**os.environ, **{password_var(u): p for u, p in passwords.items()}}
+    port = free_port()
+    log = d / "nats.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(binary), "-c", str(d / "nats.conf"), "-a", "127.0.0.1", "-p", str(port),
+                                 "-m", str(free_port())], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 15
+        while "Server is ready" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, f"nats-server refused the config:\n{log_tail(log)}"
+            assert time.monotonic() < deadline, log_tail(log)
+            time.sleep(0.05)
+        yield AuthNats(port, log, passwords)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+__all__ = ["AuthNats", "auth_nats_server", "k8s_authorization", "k8s_nats_conf"]
