@@ -399,8 +399,10 @@ class Bus:
                     await asyncio.wait_for(self.nc.drain(), 5)
                 else:
                     await self.nc.close()
-            except (TimeoutError, ConnectionClosedError, NatsTimeout):
-                await self.nc.close()
+            except (TimeoutError, ConnectionClosedError, NatsTimeout, OSError):
+                # the server may be gone already (shut down first): closing must not raise
+                with contextlib.suppress(OSError, ConnectionClosedError):
+                    await self.nc.close()
 
     def _require(self) -> NatsClient:
         nc = self.nc
