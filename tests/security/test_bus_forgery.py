@@ -203,3 +203,39 @@ async def test_forged_registry_snapshot_adds_no_provider(world: World) -> None:
     else:
         assert any("aigw.providers.changed" in v for v in w.violations()), "the server refused the publish"
     await rogue.close()
+
+
+async def test_nats_passwords_never_reach_a_log_line(auth_nats: AuthNats, logs, database_url, make_settings,  # type: ignore[no-untyped-def]
+                                                    mock_upstream, apps) -> None:
+    """Every service connects with a password in its NATS URL (one with a wrong one, so the error paths
+    log too); no log line, as the production JSON formatter or the text formatter writes it, holds one."""
+    import logging
+
+    from aigw_common.logging import TextFormatter
+    from aigw_testing.stack import start_stack
+
+    mock_upstream.play("openai/chatcompletions/simple")
+    wrong = "Wr0ngS3cretPw"
+
+    def settings_for(svc: str, urls: dict[str, str]):  # type: ignore[no-untyped-def]
+        return make_settings(AIGW_NATS_URL=auth_nats.url(svc), AIGW_BUS_PREFIX="aigw", AIGW_DATABASE_URL=database_url,
+                             AIGW_BOOTSTRAP_TOKEN=TOKEN, AIGW_OPENAI_BASE_URL=mock_upstream.url + "/v1",
+                             AIGW_OPENAI_KEY="sk-the-only-pool-key", AIGW_GATEWAY_URL=urls.get("gateway"))
+
+    urls = await start_stack(apps, settings_for, ["registry", "keypool", "budget", "gateway"])
+    w = World("production-permissions", urls, auth_nats.url("gateway"), Subjects("aigw"), auth_nats)
+    assert await _chat(w) == 200
+    # a service whose password is wrong keeps retrying (and logging) without showing it
+    from aigw_common.cli import load_service
+
+    bad = make_settings(AIGW_NATS_URL=f"nats://chatd:{wrong}@127.0.0.1:{auth_nats.port}", AIGW_BUS_PREFIX="aigw",
+                        AIGW_DATABASE_URL=database_url, AIGW_GATEWAY_URL=urls["gateway"])
+    await apps.start(load_service("chatd").create_app(bad))
+    await asyncio.sleep(2.0)
+    text = TextFormatter("test")
+    lines = logs.lines + [text.format(r) for r in logs.records]
+    assert any("nats connected" in ln for ln in lines)
+    assert any('"user":"gateway"' in ln for ln in logs.lines), "the user name is logged, the password is not"
+    leaked = [ln for ln in lines for pw in [*auth_nats.passwords.values(), wrong] if pw in ln]
+    assert leaked == []
+    assert logging.getLogger().level == logging.DEBUG  # every level was captured

@@ -168,7 +168,8 @@ async def _until(kv, provider_id: str, key_id: str, until: float) -> bool:  # ty
         e = await kv.get(kv_key(provider_id, key_id))
     except KeyNotFoundError:
         return False
-    return bool(msgspec.json.decode(e.value).get("until") == until)
+    stored = msgspec.json.decode(e.value)  # a signed envelope: the key state is its payload
+    return bool(stored.get("payload", {}).get("until") == until)
 
 
 async def _health(url: str, provider: str, token: str) -> tuple[int, Any]:

@@ -3,7 +3,8 @@
 Refreshed at start (retried until the registry answers), on every
 ``providers.changed`` and every ``revision_check_interval`` to heal a missed
 event. Each refresh hands the previous and the new snapshot to ``on_snapshot``,
-which clears the state of replaced/re-enabled keys and purges removed ones.
+which clears the state of replaced/re-enabled keys and of removed ones (a signed valid state: readers
+ignore deletes).
 """
 
 from __future__ import annotations

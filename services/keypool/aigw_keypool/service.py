@@ -368,7 +368,8 @@ class KeyPoolService:
             log.warning("could not publish keys.exhausted", extra={"error": str(e)})
 
     async def _on_snapshot(self, old: RegistrySnapshot | None, new: RegistrySnapshot) -> None:
-        """Clear replaced / re-enabled keys, purge keys the registry no longer has, refresh gauges."""
+        """Clear replaced / re-enabled keys and keys the registry no longer has (a signed valid state, never
+        a delete), refresh gauges."""
         current = snapshot_keys(new)
         if not await wait_event(self.mirror.loaded, 5.0):
             raise TimeoutError("key-state bucket not loaded yet")  # the registry view retries
