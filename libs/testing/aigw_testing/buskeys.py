@@ -37,9 +37,15 @@ def auth_from_env(env: dict[str, str] | object) -> BusAuth:
     """A test bus's :class:`BusAuth` from a service environment that holds every producer's signing key."""
     from aigw_common.settings import Settings
 
-    st = Settings.from_env(env)  # type: ignore[arg-type]
-    return BusAuth({p: Signer.from_b64(p, k) for p, k in st.signing_keys.items()},
-                   Verifier.from_pairs(st.verify_keys))
+    return auth_for(Settings.from_env(env))  # type: ignore[arg-type]
 
 
-__all__ = ["BusKeys", "auth_from_env"]
+def auth_for(settings: object) -> BusAuth:
+    """A test bus's :class:`BusAuth` from :class:`~aigw_common.settings.Settings` made by ``make_settings``
+    (which hold every producer's signing key): it may sign as any producer and verifies like a service."""
+    keys = getattr(settings, "signing_keys", {})
+    return BusAuth({p: Signer.from_b64(p, k) for p, k in keys.items()},
+                   Verifier.from_pairs(getattr(settings, "verify_keys", ())))
+
+
+__all__ = ["BusKeys", "auth_for", "auth_from_env"]

@@ -23,6 +23,7 @@ from aigw_common.schemas import AnyUsageEvent, InterceptionEnded, PromptRecorded
 from aigw_gateway.app import RECORDER, create_app
 from aigw_gateway.recorder import HEADER_ROOM, Recorder, RecordPolicy, cut_utf8, fit_event
 from aigw_gateway.spool import Spool
+from aigw_testing.buskeys import auth_for
 from aigw_testing.registry_stub import RegistryStub
 from aigw_testing.upstream import MockUpstream
 from aigw_testing.usage import UsageCollector
@@ -94,7 +95,7 @@ async def small_nats(tmp_path: Path) -> AsyncIterator[str]:
 
 async def _gateway(apps, make_settings, mock_upstream: MockUpstream, nats: str, **env: str):  # type: ignore[no-untyped-def]
     settings = make_settings(AIGW_NATS_URL=nats, **env)
-    bus = Bus(servers=(nats,), name="test", subjects=Subjects(settings.bus_prefix))
+    bus = Bus(servers=(nats,), name="test", subjects=Subjects(settings.bus_prefix), auth=auth_for(settings))
     await bus.start(wait=5)
     registry = await RegistryStub(bus, settings.encryption_keys).start()
     registry.put_provider("openai", "openai", mock_upstream.url + "/v1", ["sk-test-key-1"])
