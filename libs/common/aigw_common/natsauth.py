@@ -62,7 +62,7 @@ def permissions(service: str, prefix: str = "aigw") -> dict[str, object]:
     # Subjects only one service may publish: denied explicitly to every other user, so a later
     # widening of an allow list cannot grant them by accident.
     single_writer = {
-        "registry": [s.providers_changed, s.auth_revoked],
+        "registry": [s.providers_changed, s.auth_revoked, s.directory_changed],
         "budget": [s.budget_state, s.budget("prices"), s.budget("reclaim")],
         "keypool": [f"$KV.{s.keys_bucket}.>", s.keys_exhausted],
         "gateway": [s.usage_all],
@@ -81,8 +81,8 @@ def permissions(service: str, prefix: str = "aigw") -> dict[str, object]:
         sub = [s.providers_changed, s.auth_revoked, s.budget_state, s.budget("prices"), s.budget("reclaim"),
                s.keys_exhausted, inbox]
     elif service == "registry":
-        pub = [s.providers_changed, s.auth_revoked]
-        sub = [s.registry_snapshot, s.auth_verify, inbox]
+        pub = [s.providers_changed, s.auth_revoked, s.directory_changed]
+        sub = [s.registry_snapshot, s.auth_verify, s.registry_directory, inbox]
         responds = True
     elif service == "keypool":
         pub = [s.keys_exhausted, s.registry_snapshot, s.auth_verify, f"$KV.{s.keys_bucket}.>",
@@ -91,9 +91,9 @@ def permissions(service: str, prefix: str = "aigw") -> dict[str, object]:
         sub = [s.keys_report, s.providers_changed, s.auth_revoked, inbox]
         responds = True
     elif service == "budget":
-        pub = [s.budget_state, s.budget("prices"), s.budget("reclaim"), s.auth_verify,
+        pub = [s.budget_state, s.budget("prices"), s.budget("reclaim"), s.auth_verify, s.registry_directory,
                *_js(usage, "INFO", "CREATE", "UPDATE"), *_durable(usage, s.durable("budget_usage"))]
-        sub = [f"{p}.budget.>", s.auth_revoked, inbox]
+        sub = [f"{p}.budget.>", s.auth_revoked, s.directory_changed, inbox]
         responds = True
     elif service == "chatd":
         pub = [f"{p}.chat.>", s.registry_snapshot, s.auth_verify]

@@ -114,6 +114,7 @@ class DirectoryEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DirectoryReply(Message, kw_only=True, tag="registry.directory.reply"):
+    signed_by: ClassVar[str] = "registry"
     users: list[DirectoryEntry] = []  # only what was found
     groups: list[DirectoryEntry] = []
     error: str | None = None
@@ -121,6 +122,8 @@ class DirectoryReply(Message, kw_only=True, tag="registry.directory.reply"):
 
 class DirectoryChanged(Message, kw_only=True, tag="registry.directory.changed"):
     """Users and groups whose name, existence or membership changed: followers drop what they cached."""
+
+    signed_by: ClassVar[str] = "registry"
 
     user_ids: list[str] = []
     group_ids: list[str] = []
