@@ -46,7 +46,7 @@ def _head(title: str, assets: dict[str, Asset], csrf: str = "") -> str:
     meta = f'<meta name="csrf-token" content="{escape(csrf)}">' if csrf else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">{meta}'
-            f'<title>{escape(title)} · aigw</title>'
+            f'<title>{escape(title)} · aigw</title><link rel="icon" href="data:,">'
             f'<link rel="stylesheet" href="/static/console.css?v={css.version}"></head>')
 
 

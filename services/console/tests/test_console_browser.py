@@ -57,6 +57,13 @@ async def browser() -> AsyncIterator[Any]:
             await b.close()
 
 
+def _no_script_errors(page: Any) -> list[str]:
+    """Uncaught exceptions of the page's script, collected for the end of the test."""
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
 async def _shot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -94,6 +101,7 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     upstream = s.up.rewrite(s.upstream.url) + "/v1"
     page = await (await browser.new_context(accept_downloads=True)).new_page()
     page.set_default_timeout(WAIT)
+    script_errors = _no_script_errors(page)
     await _sign_in(page, console, s.owner_token)
     await expect(page.locator('tr[data-provider="openai"]')).to_have_count(1)  # seeded from the env
 
@@ -253,6 +261,7 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     await page.goto(console + "/audit")
     await expect(page.locator('tr[data-action="provider.create"]').first).to_contain_text(me["username"])
     await _shot(page, "audit")
+    assert not script_errors, script_errors
 
 
 async def test_a_member_sees_only_their_own(console_chat_system: System, browser: Any) -> None:
@@ -297,6 +306,7 @@ async def test_a_member_sees_only_their_own(console_chat_system: System, browser
 
     page = await (await browser.new_context()).new_page()
     page.set_default_timeout(WAIT)
+    script_errors = _no_script_errors(page)
     loaded: list[tuple[str, str]] = []
 
     async def on_response(resp: Any) -> None:
@@ -332,3 +342,4 @@ async def test_a_member_sees_only_their_own(console_chat_system: System, browser
     for url, body in loaded:
         leaked = sorted(x for x in forbidden if x in body)
         assert not leaked, f"{url} returned another user's data: {leaked}: {json.dumps(body)[:300]}"
+    assert not script_errors, script_errors
