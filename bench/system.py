@@ -39,10 +39,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _known(var: str, env: dict[str, str]) -> bool:
+def _known(var: str, env: dict[str, str], value: str = "true") -> bool:
     """Whether this checkout's settings know ``var`` (an unknown AIGW_ variable is a startup error)."""
     try:
-        Settings.from_env({**env, var: "true"})
+        Settings.from_env({**env, var: value})
     except Exception:  # any refusal means "not known here"; the bench then leaves the variable out
         return False
     return True
@@ -76,7 +76,7 @@ class BenchSystem:
         if self.workers != 1:
             env["AIGW_GATEWAY_WORKERS"] = str(self.workers)
         probe = {k: v for k, v in env.items() if k != "AIGW_CONSOLE_ADDR"}
-        if not _known("AIGW_CONSOLE_ADDR", probe):
+        if not _known("AIGW_CONSOLE_ADDR", probe, env["AIGW_CONSOLE_ADDR"]):  # an address, not "true"
             env.pop("AIGW_CONSOLE_ADDR")
         for var in ("AIGW_ALLOW_PRIVATE_UPSTREAMS", "AIGW_ALLOW_LINK_LOCAL_BASE_URLS"):
             if _known(var, {k: v for k, v in env.items() if k in probe}):
