@@ -50,11 +50,12 @@ class UsageConsumer:
     def __init__(
         self, bus: Bus, handler: Handler, registry: CollectorRegistry, *, durable: str = "budget_usage",
         batch: int = 256, concurrency: int = 8, ack_wait: float = 30.0, min_delay: float = 1.0, max_delay: float = 10.0,
-        batch_handler: BatchHandler | None = None,
+        batch_handler: BatchHandler | None = None, linger: float = 0.05,
     ) -> None:
         self.bus = bus
         self.handler = handler
         self.batch_handler = batch_handler
+        self.linger = linger  # a short batch waits this long for more (recording latency, not admission's)
         self.durable = bus.subjects.durable(durable)
         self.batch = batch
         self.concurrency = concurrency
@@ -108,6 +109,8 @@ class UsageConsumer:
             except nats.errors.TimeoutError:
                 continue
             if self.batch_handler is not None:
+                if len(msgs) < self.batch and self.linger > 0:
+                    msgs += await self._more(psub, self.batch - len(msgs))
                 await self.handle_batch(msgs)
                 continue
 
@@ -118,6 +121,15 @@ class UsageConsumer:
                         await self.handle(m)
 
             await asyncio.gather(*(one(m) for m in msgs), return_exceptions=True)
+
+    async def _more(self, psub: Any, n: int) -> list[Msg]:
+        """What arrives within ``linger`` of a short batch: at a low rate a batch would otherwise be one
+        request's record, and a transaction per request is most of what recording costs Postgres."""
+        await asyncio.sleep(self.linger)
+        try:
+            return list(await psub.fetch(n, timeout=self.linger))
+        except nats.errors.TimeoutError:
+            return []
 
     async def handle(self, m: Msg) -> str:
         """Process one message (an event or a request's record) and settle it; returns the outcome."""
