@@ -50,6 +50,7 @@ _SCALARS = frozenset(
         "AIGW_GATEWAY_URL",
         "AIGW_ALLOW_BYOK",
         "AIGW_DUMP_DIR",
+        "AIGW_DUMP_MAX_BYTES",
         "AIGW_CIRCUIT_BREAKER_ENABLED",
         "AIGW_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
         "AIGW_CIRCUIT_BREAKER_INTERVAL",
@@ -175,6 +176,7 @@ class Settings:
     gateway_url: str = "http://127.0.0.1:8080"
     allow_byok: bool = True
     dump_dir: Path | None = None
+    dump_max_bytes: int = 1024 * 1024 * 1024  # all API dumps together; each file at most 1/16 of it
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     max_body_bytes: int = 32 * 1024 * 1024
     retention_seconds: float = 60 * 86400.0
@@ -488,6 +490,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["allow_byok"] = _bool("AIGW_ALLOW_BYOK", v)
     if v := get("AIGW_DUMP_DIR"):
         kw["dump_dir"] = Path(v)
+    if v := get("AIGW_DUMP_MAX_BYTES"):
+        kw["dump_max_bytes"] = _size("AIGW_DUMP_MAX_BYTES", v)
     b = {}
     if v := get("AIGW_CIRCUIT_BREAKER_ENABLED"):
         b["enabled"] = _bool("AIGW_CIRCUIT_BREAKER_ENABLED", v)

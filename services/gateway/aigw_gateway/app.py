@@ -30,6 +30,7 @@ from aigw_common.settings import Settings
 
 from .breaker import STATE_NAMES, Breakers
 from .budget import BudgetGuard
+from .dump import DumpStore
 from .keys import KeyPools
 from .keystate import KeyReporter, KeyStateWatcher
 from .metrics import GatewayMetrics
@@ -122,7 +123,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                                             limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",))
     breakers = Breakers(settings.breaker, on_state=on_breaker)
-    gw = Gateway(settings, loader, pools, breakers, identities, recorder, guard, metrics, session, bus_sealer)
+    dumps = DumpStore(settings.dump_dir, settings.dump_max_bytes) if settings.dump_dir is not None else None
+    if dumps is not None:
+        await asyncio.to_thread(dumps.start)
+    gw = Gateway(settings, loader, pools, breakers, identities, recorder, guard, metrics, session, bus_sealer, dumps)
 
     bus.on_connect(marks.on_connect)
     bus.on_reconnect(marks.on_connect)
@@ -150,6 +154,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await recorder.stop()
         await bus.close()
         await session.close()
+        if dumps is not None:
+            await asyncio.to_thread(dumps.stop)
 
 
 class _MarkSink:

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -55,7 +54,7 @@ from .breaker import Breakers
 from .budget import Admission, BudgetGuard
 from .catalog import ModelCatalog
 from .clients import detect_client, session_id
-from .dump import Dump
+from .dump import AttemptDump, DumpStore, secret_settings
 from .errors import Api, error_response, sse_error_event
 from .keys import KeyPools, PoolKey
 from .metrics import GatewayMetrics
@@ -133,6 +132,15 @@ async def _read_error_body(resp: aiohttp.ClientResponse) -> bytes | None:
     return data
 
 
+async def _read_dump_body(resp: aiohttp.ClientResponse, idle: float) -> bytes:
+    """The body of an answer we fail over from, for its dump (bounded; whatever arrives in time)."""
+    try:
+        async with asyncio.timeout(idle):
+            return await resp.content.read(_ERROR_BODY_LIMIT)
+    except (TimeoutError, aiohttp.ClientError) as e:
+        return f"[body unreadable: {type(e).__name__}]".encode()
+
+
 def _filtered_headers(headers: CIMultiDictProxy[str], filt: ResponseFilter | None) -> CIMultiDict[str]:
     out = hdr.downstream(headers)
     if filt is not None:
@@ -161,7 +169,7 @@ class Gateway:
     def __init__(
         self, settings: Settings, loader: ProviderLoader, pools: KeyPools, breakers: Breakers,
         identities: IdentityCache, recorder: Recorder, guard: BudgetGuard, metrics: GatewayMetrics,
-        session: aiohttp.ClientSession, bus_sealer: Sealer,
+        session: aiohttp.ClientSession, bus_sealer: Sealer, dumps: DumpStore | None = None,
     ) -> None:
         self.settings = settings
         self.loader = loader
@@ -173,7 +181,7 @@ class Gateway:
         self.m = metrics
         self.session = session
         self.bus_sealer = bus_sealer
-        self.dump_dir: Path | None = settings.dump_dir
+        self.dumps = dumps
         self.catalog = ModelCatalog()
         configure(settings)
 
@@ -277,10 +285,11 @@ class Gateway:
 
     async def _send(
         self, request: web.Request, provider: Provider, endpoint: Endpoint | None, url: URL,
-        headers: CIMultiDict[str], body: bytes, caller: Caller,
-    ) -> tuple[aiohttp.ClientResponse, PoolKey | None, ResponseFilter | None, Outgoing]:
-        """Walk the key pool (or make the single BYOK attempt); return the response to relay and how the
-        adapter wants its body rewritten for the client (None: as is)."""
+        headers: CIMultiDict[str], body: bytes, caller: Caller, dump_id: str | None = None,
+    ) -> tuple[aiohttp.ClientResponse, PoolKey | None, ResponseFilter | None, AttemptDump | None]:
+        """Walk the key pool (or make the single BYOK attempt); return the response to relay, how the
+        adapter wants its body rewritten for the client (None: as is), and the dump of that attempt
+        (with ``AIGW_DUMP_DIR``: every attempt is dumped, the failed-over ones whole)."""
         adapter = provider.adapter
         t = provider.timeouts
         # connect: sock_connect; first byte: the timeout below; idle between chunks: _chunks() while relaying
@@ -311,13 +320,21 @@ class Gateway:
                 log.warning("refused an upstream URL outside the provider's base path",
                             extra={"provider": provider.name, "error": str(e)})
                 raise Refused(400, "the request would leave the provider's API path") from None
+            ad: AttemptDump | None = None
+            if dump_id is not None and self.dumps is not None:
+                secrets = (key.secret if key is not None else caller.credential or "", *secret_settings(provider.settings))
+                ad = self.dumps.attempt(provider.name, dump_id, i + 1)
+                ad.request(out.method, out.url, out.headers, out.body, secrets)
             try:
                 async with asyncio.timeout(t.connect + t.first_byte):  # no extra task per request, unlike wait_for
                     resp = await self.session.request(out.method, out.url, headers=out.headers, data=out.body,
                                                       timeout=timeout, allow_redirects=False)
-            except TimeoutError:
-                raise Refused(504, f"provider {provider.name!r} did not answer within {t.connect + t.first_byte:.0f}s") from None
-            except aiohttp.ClientError as e:
+            except (TimeoutError, aiohttp.ClientError) as e:
+                if ad is not None:
+                    ad.error(f"{type(e).__name__}: {e}")
+                    ad.close()
+                if isinstance(e, TimeoutError):
+                    raise Refused(504, f"provider {provider.name!r} did not answer within {t.connect + t.first_byte:.0f}s") from None
                 if (forbidden := netguard.forbidden_cause(e)) is not None:
                     log.warning("upstream address refused", extra={"provider": provider.name, "error": str(forbidden)})
                     raise Refused(502, f"provider {provider.name!r} resolves to a {forbidden.klass} address, "
@@ -325,7 +342,7 @@ class Gateway:
                 log.warning("upstream unreachable", extra={"provider": provider.name, "error": str(e)})
                 raise Refused(502, f"provider {provider.name!r} is unreachable") from None
             if key is None:
-                return resp, None, adapter.response_filter(provider, out, resp.status, resp.headers), out
+                return resp, None, adapter.response_filter(provider, out, resp.status, resp.headers), ad
             body403 = None
             if resp.status == 403:
                 try:
@@ -336,7 +353,11 @@ class Gateway:
             marked = self.pools.observe(provider.id, key.id, resp.status, resp.headers, body403)
             self.m.upstream_attempts.labels(provider.name, key.id, str(resp.status)).inc()
             if marked is None:
-                return resp, key, adapter.response_filter(provider, out, resp.status, resp.headers), out
+                return resp, key, adapter.response_filter(provider, out, resp.status, resp.headers), ad
+            if ad is not None:  # the answer that made us fail over: what an operator needs most
+                ad.response_head(resp.status, resp.headers)
+                ad.chunk(body403 if body403 is not None else await _read_dump_body(resp, t.idle))
+                ad.close()
             resp.release()
             if i + 1 < len(keys):
                 self.m.failovers.labels(provider.name, key.id, marked).inc()
@@ -367,26 +388,36 @@ class Gateway:
     async def _passthrough(self, request: web.Request, provider: Provider, path: str, caller: Caller,
                            body: bytes) -> web.StreamResponse:
         url = self._upstream_url(provider, path, request)
-        resp, _key, filt, _sent = await self._send(request, provider, None, url, upstream_headers(request, provider), body,
-                                            caller)
+        dump_id = uuid.uuid4().hex if self.dumps is not None else None
+        resp, _key, filt, ad = await self._send(request, provider, None, url, upstream_headers(request, provider), body,
+                                                caller, dump_id)
         try:
             out = web.StreamResponse(status=resp.status, headers=_filtered_headers(resp.headers, filt))
             await out.prepare(request)
+            if ad is not None:
+                ad.response_head(resp.status, resp.headers)
             try:
                 async for chunk in _chunks(resp, provider.timeouts.idle):
                     if filt is not None:
                         chunk = filt.feed(chunk)
+                    if ad is not None:
+                        ad.chunk(chunk)
                     await out.write(chunk)
             except TimeoutError:
                 log.warning("pass-through upstream went quiet; response truncated",
                             extra={"provider": provider.name, "idle_timeout": provider.timeouts.idle})
                 return out
             if filt is not None:
-                await out.write(filt.finish())
+                tail = filt.finish()
+                if ad is not None:
+                    ad.chunk(tail)
+                await out.write(tail)
             await out.write_eof()
             return out
         finally:
             resp.close()
+            if ad is not None:
+                ad.close()
             self.m.passthrough.labels(provider.name, str(resp.status)).inc()
 
     # ------------------------------------------------------------ bridged
@@ -424,13 +455,12 @@ class Gateway:
             url = self._upstream_url(provider, path, request)
             headers = upstream_headers(request, provider)
             try:
-                resp, key, filt, sent = await self._send(request, provider, endpoint, url, headers, body, caller)
+                resp, key, filt, rec.dump = await self._send(request, provider, endpoint, url, headers, body, caller,
+                                                             rec.id)
             except Refused as r:
                 status = r.status
                 rec.error = r.message
                 raise
-            if rec.dump is not None:  # what actually went upstream, credentials masked
-                await rec.dump.request(sent.method, sent.url, sent.headers, sent.body)
             status = resp.status
             rec.key = key
             try:
@@ -465,7 +495,7 @@ class Gateway:
             data = filt.feed(data) + filt.finish()
         if rec.dump is not None:
             rec.dump.response_head(resp.status, resp.headers)
-            rec.dump.response_chunk(data)
+            rec.dump.chunk(data)
         if resp.status < 400:
             rec.extracted = extract_blocking(endpoint, data)
         else:
@@ -492,7 +522,7 @@ class Gateway:
                         continue
                     ext.feed(chunk)
                     if dump is not None:
-                        dump.response_chunk(chunk)
+                        dump.chunk(chunk)
                     if hidden is not None and not (chunk := hidden.feed(chunk)):
                         continue
                     await out.write(chunk)
@@ -563,7 +593,7 @@ class _Interception:
         self._seq = 0
         self.client = detect_client(request.headers)
         self._session = session_id(request.headers)
-        self.dump = Dump(gw.dump_dir, provider.name, self.id) if gw.dump_dir is not None else None
+        self.dump: AttemptDump | None = None  # the attempt being relayed (set by _send)
 
     def start(self) -> None:
         """Count the request in flight; its started/prompt events wait for the end (or ``START_DELAY``), so a
@@ -644,4 +674,4 @@ class _Interception:
         gw.m.interceptions.labels(pname, self.endpoint, str(status or 0), self.client).inc()
         gw.m.duration.labels(pname, self.endpoint).observe(duration)
         if self.dump is not None:
-            asyncio.get_running_loop().create_task(self.dump.finish())
+            self.dump.close()
