@@ -263,3 +263,51 @@ async def test_a_message_at_chatd_size_limit_is_answered_and_recorded_and_record
     assert cut["prompt_truncated"] and len(cut["prompt"].encode()) <= 65536
     [small] = [i for i in got if i["prompt"] == "and a small one"]
     assert not small["prompt_truncated"]
+
+
+async def test_interrupt_stops_the_turn_and_the_gateway_records_it_interrupted(stack: Stack) -> None:
+    """POST …/interrupt: the upstream call through the real gateway is cancelled at once, the partial reply is
+    kept and marked, the chat goes idle, no summary is made, and the interception ends ``interrupted``."""
+    s = stack
+    s.mock.play("openai/chatcompletions/simple", event_delay=0.2)
+    mc = await _model_config(s)
+    _, dana = await s.member("dana")
+    chat_id = await s.chat(dana, mc)
+    base = f"{s.urls['chatd']}/api/experimental/chats/{chat_id}"
+    events: list[tuple[str, Any]] = []
+    got_delta = asyncio.Event()
+
+    async def read() -> None:
+        async with s.http.get(base + "/stream", headers={"Authorization": f"Bearer {dana}"},
+                              timeout=aiohttp.ClientTimeout(total=30)) as r:
+            event, data = "", []
+            async for raw in r.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+                elif not line and data:
+                    events.append((event, msgspec.json.decode("\n".join(data))))
+                    event, data = "", []
+                    if events[-1][0] == "message_delta" and events[-1][1]["offset"] > 0:
+                        got_delta.set()
+                    if events[-1][0] == "message" and events[-1][1]["role"] == "assistant":
+                        return
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.3)
+    await s.api(dana).ok("POST", base + "/messages", {"content": "a long answer please"}, status=202)
+    await asyncio.wait_for(got_delta.wait(), 15)
+    t0 = asyncio.get_running_loop().time()
+    await s.api(dana).ok("POST", base + "/interrupt", status=202)
+    await asyncio.wait_for(reader, 15)
+    took = asyncio.get_running_loop().time() - t0
+    print(f"\ninterrupt → partial reply recorded in {took * 1000:.0f} ms")
+    final = events[-1][1]
+    assert final["interrupted"] is True and final["content"]
+    assert final["content"] == "".join(d["text"] for e, d in events if e == "message_delta")
+    chat = await s.api(dana).ok("GET", base)
+    assert chat["status"] == "idle" and chat["messages"][-1]["interrupted"] is True
+    recorded = await s.interceptions(chat_id, 1)
+    assert [i["status"] for i in recorded] == ["interrupted"]  # one call: no summary of an interrupted turn

@@ -83,7 +83,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                                  failures=FailureThrottle(settings.auth_failures_per_minute))
     d.hub = ChatHub(bus, d.replica_id)
     d.directory = ProviderDirectory(bus, d.store.sync_providers, timeout=config.control_timeout,
-                                    interval=settings.revision_check_interval)
+                                    interval=settings.revision_check_interval, sealer=bus_sealer)
     skills = d.skills
 
     async def on_revoked(msg: AuthRevoked, _m: Msg) -> None:
@@ -105,6 +105,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state.checks.append(lambda: None if bus.connected else "not connected to NATS")
 
     # 3. tasks
+    await d.runner.listen_interrupts()
     sweeper = asyncio.create_task(d.runner.sweeper(), name="chatd-sweeper")
     try:
         yield

@@ -44,11 +44,20 @@ class ChatErrorOut(msgspec.Struct):
     detail: str | None
 
 
-class MessageOut(msgspec.Struct):
+class MessageOut(msgspec.Struct, omit_defaults=True, kw_only=True):
     id: uuid.UUID
     role: str
     content: str
     created_at: datetime
+    interrupted: bool = False  # present (true) on an assistant reply cut short by an interrupt
+
+
+class PartialOut(msgspec.Struct):
+    """The reply a running turn has streamed so far (a stream's snapshot; message_delta continues it)."""
+
+    message_id: uuid.UUID
+    text: str
+    turn_id: uuid.UUID | None = None
 
 
 class QueuedOut(MessageOut):
@@ -64,6 +73,7 @@ class ChatSummaryOut(msgspec.Struct):
     owner_id: str
     last_turn_summary: str | None
     last_error: ChatErrorOut | None
+    summarize: bool  # false: no summary is generated for this chat's turns
     created_at: datetime
     updated_at: datetime
 
@@ -71,6 +81,11 @@ class ChatSummaryOut(msgspec.Struct):
 class ChatOut(ChatSummaryOut):
     messages: list[MessageOut]
     queue: list[QueuedOut]
+    partial: PartialOut | None
+
+
+class InterruptAccepted(msgspec.Struct):
+    turn_id: uuid.UUID | None  # the turn asked to stop; null when none was running
 
 
 class ChatList(msgspec.Struct):
@@ -112,11 +127,14 @@ ROUTES: list[Route] = [
     )),
     Route("POST", _CHATS, None, "user", "Create a chat", "chats", body=ChatCreate, response=ChatOut, status=201),
     Route("GET", _CHATS + "/{chat}", None, "user", "Read a chat (others' chats are 404)", "chats", response=ChatOut),
-    Route("PATCH", _CHATS + "/{chat}", None, "user", "Rename or (un)archive a chat", "chats", body=ChatPatch,
-          response=ChatOut),
+    Route("PATCH", _CHATS + "/{chat}", None, "user", "Rename, (un)archive, or turn summaries on or off",
+          "chats", body=ChatPatch, response=ChatOut),
     Route("DELETE", _CHATS + "/{chat}", None, "user", "Delete a chat", "chats"),
     Route("POST", _CHATS + "/{chat}/messages", None, "user", "Post a message: queues a turn", "chats",
           body=MessagePost, response=MessageAccepted, status=202),
+    Route("POST", _CHATS + "/{chat}/interrupt", None, "user",
+          "Stop the running turn: the upstream call is cancelled, the partial reply kept (interrupted), "
+          "the chat goes idle", "chats", response=InterruptAccepted, status=202),
     Route("GET", _CHATS + "/{chat}/stream", None, "user",
           "The chat's live events (SSE: snapshot, status, message_delta, message, error)", "chats",
           response=str, content_type="text/event-stream"),

@@ -14,12 +14,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
 from nats.aio.msg import Msg
 
 from aigw_common.aio import stop_task
 from aigw_common.bus import Bus
-from aigw_common.errors import BusError
-from aigw_common.schemas import ProvidersChanged, RegistrySnapshot, SnapshotRequest
+from aigw_common.crypto import Sealer
+from aigw_common.errors import BusError, CryptoError
+from aigw_common.schemas import ProviderConfig, ProvidersChanged, RegistrySnapshot, SnapshotRequest
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,14 @@ class ProviderInfo:
     base_url: str
     enabled: bool = True
     allow_byok: bool = True
+    small_model: str | None = None  # the provider's small, fast model (Bedrock small_fast_model): for summaries
 
 
 class ProviderDirectory:
     def __init__(self, bus: Bus, on_change: Callable[[int, list[ProviderInfo]], Awaitable[object]], *,
-                 timeout: float = 2.0, interval: float = 30.0) -> None:
+                 timeout: float = 2.0, interval: float = 30.0, sealer: Sealer | None = None) -> None:
         self.bus = bus
+        self.sealer = sealer  # opens provider settings (for the small model); None: no small models known
         self.on_change = on_change
         self.timeout = timeout
         self.interval = interval
@@ -85,7 +89,8 @@ class ProviderDirectory:
             if self.revision is not None and snap.revision <= self.revision:
                 return True  # nothing new (or an answer older than what we hold)
             self.providers = {
-                p.id: ProviderInfo(p.id, p.name, p.type, p.base_url, p.enabled, p.allow_byok) for p in snap.providers
+                p.id: ProviderInfo(p.id, p.name, p.type, p.base_url, p.enabled, p.allow_byok, self._small_model(p))
+                for p in snap.providers
             }
             self.revision = snap.revision
             try:
@@ -95,6 +100,18 @@ class ProviderDirectory:
                 self.revision = None
                 return False
             return True
+
+    def _small_model(self, p: ProviderConfig) -> str | None:
+        if self.sealer is None or not p.settings_sealed:
+            return None
+        try:
+            settings = msgspec.json.decode(self.sealer.open_bytes(p.settings_sealed))
+        except (CryptoError, msgspec.DecodeError) as e:
+            log.warning("provider settings cannot be opened; no small model for summaries",
+                        extra={"provider": p.name, "error": str(e)})
+            return None
+        small = settings.get("small_fast_model") if isinstance(settings, dict) else None
+        return small if isinstance(small, str) and small else None
 
     def resolve(self, id_or_name: str) -> ProviderInfo | None:
         if (p := self.providers.get(id_or_name)) is not None:

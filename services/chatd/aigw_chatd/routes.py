@@ -9,6 +9,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -51,6 +52,7 @@ class ChatCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ChatPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     title: str | None = None
     archived: bool | None = None
+    summarize: bool | None = None  # false: no last_turn_summary is generated for this chat
 
 
 class MessagePost(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -101,6 +103,7 @@ class ChatRoutes:
         router.add_patch("/api/experimental/chats/{chat}", self.patch_chat)
         router.add_delete("/api/experimental/chats/{chat}", self.delete_chat)
         router.add_post("/api/experimental/chats/{chat}/messages", self.post_message)
+        router.add_post("/api/experimental/chats/{chat}/interrupt", self.interrupt)
         router.add_get("/api/experimental/chats/{chat}/stream", self.stream)
 
     async def identity(self, request: web.Request) -> Identity:
@@ -196,7 +199,7 @@ class ChatRoutes:
         if body.title is not None and len(body.title) > MAX_TITLE:
             raise bad_request(f"title is at most {MAX_TITLE} characters", "title")
         row = await self.d.store.update_chat(chat["id"], title=body.title.strip() if body.title is not None else None,
-                                           archived=body.archived)
+                                           archived=body.archived, summarize=body.summarize)
         if row is None:
             raise not_found("chat")
         return json_response(await self.d.store.chat_body(chat["id"]))
@@ -249,6 +252,19 @@ class ChatRoutes:
                 await self.d.hub.publish(str(chat["id"]), "status", status)
         return json_response({"message_id": message_id, "turn_id": turn_id}, status=202)
 
+    async def interrupt(self, request: web.Request) -> web.Response:
+        """Stop the chat's running turn: its partial reply is kept (marked interrupted) and the chat goes idle.
+
+        202 at once; the runner — on this replica or another, told over the bus, with the turn row's flag as
+        the backstop its heartbeat reads — cancels the upstream call. ``turn_id`` is null when nothing ran.
+        """
+        ident = await self.identity(request)
+        chat = await self._chat(request, ident)
+        res = await self.d.store.request_interrupt(chat["id"])
+        if res is not None and not self.d.runner.interrupt(chat["id"]):
+            await self.d.runner.send_interrupt(chat["id"])
+        return json_response({"turn_id": res[0] if res is not None else None}, status=202)
+
     # ------------------------------------------------------------ the live stream
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
@@ -260,6 +276,12 @@ class ChatRoutes:
             snapshot = await self.d.store.chat_body(chat["id"])
             if snapshot is None:
                 raise not_found("chat")
+            if (exact := self.d.runner.partial(chat["id"])) is not None and snapshot.get("partial") is not None:
+                snapshot["partial"].update(exact)  # the turn runs here: what it streamed so far, exactly
+            elif exact is not None:
+                snapshot["partial"] = exact
+            # deltas queued since we subscribed may already be in the snapshot's partial text: skip that part
+            have = snapshot["partial"] if snapshot.get("partial") else None
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
             await resp.prepare(request)
@@ -275,6 +297,10 @@ class ChatRoutes:
                     if item is None:
                         break
                     event, data = item
+                    if event == "message_delta" and have is not None:
+                        data = _after_snapshot(data, have)
+                        if data is None:
+                            continue
                     await _send(resp, event, data)
                     if event == "status" and data == b'{"status":"deleted"}':
                         break
@@ -282,6 +308,29 @@ class ChatRoutes:
                 return resp
             await _eof(resp)
         return resp
+
+
+class _Delta(msgspec.Struct):
+    message_id: uuid.UUID
+    text: str
+    offset: int | None = None
+
+
+def _after_snapshot(data: bytes, have: dict[str, Any]) -> bytes | None:
+    """A delta trimmed of the text the snapshot's partial reply already held (None: all of it was)."""
+    try:
+        d = msgspec.json.decode(data, type=_Delta)
+    except msgspec.DecodeError:
+        return data
+    if d.offset is None or str(d.message_id) != str(have.get("message_id")):
+        return data
+    known = len(have.get("text") or "")
+    if d.offset + len(d.text) <= known:
+        return None
+    if d.offset >= known:
+        return data
+    cut = known - d.offset
+    return msgspec.json.encode({"message_id": d.message_id, "text": d.text[cut:], "offset": known})
 
 
 async def _send(resp: web.StreamResponse, event: str, data: bytes) -> None:

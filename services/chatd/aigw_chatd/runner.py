@@ -16,16 +16,17 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from aigw_common.auth import IdentityCache
 from aigw_common.crypto import Sealer
 from aigw_common.errors import BusError, CryptoError
 from aigw_common.metrics import CollectorRegistry, Counter, Gauge, Histogram
-from aigw_common.schemas import Identity
+from aigw_common.schemas import ChatEvent, Identity
 from aigw_common.settings import Settings
 
 from .config import ChatdConfig
@@ -72,9 +73,20 @@ def token_aad(turn_id: uuid.UUID) -> bytes:
     return b"chatd-turn:" + turn_id.bytes
 
 
+PARTIAL_FLUSH = 0.3  # seconds between saves of the reply streamed so far (for snapshots on other replicas)
+
+
 @dataclass(slots=True)
 class _RunState:
     lost: bool = False  # the lease is gone (chat deleted, or another replica requeued the turn)
+    interrupted: bool = False  # an interrupt asked the turn to stop: keep the partial reply
+    message_id: uuid.UUID | None = None  # the assistant message being streamed
+    parts: list[str] = field(default_factory=list)  # its text so far
+    length: int = 0  # characters so far (the next delta's offset)
+    flushed: int = -1  # length last saved to the turn row
+
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 class TurnRunner:
@@ -112,6 +124,48 @@ class TurnRunner:
         t = asyncio.create_task(self._chain(turn), name=f"chatd-chat-{turn.chat_id}")
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+
+    def partial(self, chat_id: uuid.UUID) -> dict[str, Any] | None:
+        """The reply a turn running here has streamed so far (exact, unlike the periodically saved copy)."""
+        entry = self._running.get(chat_id)
+        if entry is None or entry[1].message_id is None:
+            return None
+        st = entry[1]
+        return {"message_id": st.message_id, "text": st.text()}
+
+    def interrupt(self, chat_id: uuid.UUID) -> bool:
+        """Stop this replica's running turn of a chat, keeping what it streamed so far."""
+        entry = self._running.get(chat_id)
+        if entry is None:
+            return False
+        task, state = entry
+        if not state.interrupted:
+            state.interrupted = True
+            task.cancel()
+        return True
+
+    async def listen_interrupts(self) -> None:
+        """Interrupts of turns running on another replica arrive on ``<chat subject>.interrupt``."""
+        bus = self.hub.bus
+        await bus.subscribe(bus.subjects.chat("*") + ".interrupt", ChatEvent, self._on_interrupt)
+
+    async def _on_interrupt(self, msg: ChatEvent, _m: Any) -> None:
+        try:
+            self.interrupt(uuid.UUID(msg.chat_id))
+        except ValueError:
+            log.warning("interrupt for a malformed chat id", extra={"chat_id": msg.chat_id[:64]})
+
+    async def send_interrupt(self, chat_id: uuid.UUID) -> None:
+        """Tell every replica (the turn's runner among them) to stop the chat's turn; the turn row's flag,
+        checked by the runner's heartbeat, backs this up if the message is lost."""
+        bus = self.hub.bus
+        try:
+            await bus.publish(bus.subjects.chat(str(chat_id)) + ".interrupt",
+                              ChatEvent(chat_id=str(chat_id), event="interrupt", data=msgspec.Raw(b"{}"),
+                                        origin=self.runner_id))
+        except BusError as e:
+            log.warning("interrupt not sent over the bus; the runner's heartbeat will see it",
+                        extra={"chat_id": str(chat_id), "error": str(e)})
 
     def abandon(self, chat_id: uuid.UUID) -> bool:
         """Stop this replica's running turn of a chat that was deleted (other replicas notice by heartbeat)."""
@@ -173,6 +227,7 @@ class TurnRunner:
         me = asyncio.current_task()
         assert me is not None
         hb = asyncio.create_task(self._heartbeat(turn, state, me))
+        flusher = asyncio.create_task(self._flush_partial(turn, state))
         self._running[turn.chat_id] = (me, state)
         self.m_running.inc()
         started = time.monotonic()
@@ -182,28 +237,39 @@ class TurnRunner:
         ctx: _TurnContext | None = None
         try:
             ctx = await self._prepare(turn)
-            reply, asst_id = await self._attempts(turn, ctx)
+            reply, asst_id = await self._attempts(turn, ctx, state)
         except TurnError as e:
             error = e
         except asyncio.CancelledError:
-            if state.lost:
+            if state.interrupted and not state.lost:
+                me.uncancel()  # our own interrupt: finish the turn with what was streamed
+                reply, asst_id = state.text(), state.message_id
+                log.info("turn interrupted", extra={"chat_id": chat_id, "turn_id": str(turn.id),
+                                                    "partial_chars": state.length})
+            elif state.lost:
                 me.uncancel()
                 log.info("turn abandoned: no longer ours", extra={"chat_id": chat_id, "turn_id": str(turn.id)})
                 return None
-            await asyncio.shield(self.store.release_turn(turn.id, self.runner_id))
-            raise
+            else:
+                await asyncio.shield(self.store.release_turn(turn.id, self.runner_id))
+                raise
         finally:
             hb.cancel()
+            flusher.cancel()
             self._running.pop(turn.chat_id, None)
             self.m_running.dec()
         self.m_duration.observe(time.monotonic() - started)
-        self.m_turns.labels("error" if error else "ok", error.kind if error else "").inc()
+        self.m_turns.labels("interrupted" if state.interrupted else "error" if error else "ok",
+                            error.kind if error else "").inc()
         if error is not None:
             log.info("turn failed", extra={"chat_id": chat_id, "turn_id": str(turn.id), "kind": error.kind,
                                            "retryable": error.retryable, "status_code": error.status_code})
+        if state.interrupted:
+            error = None  # an interrupt is not a failure, even if it landed while a retry waited
         res = await self.store.finish_turn(turn, self.runner_id, self.config.lease, reply=reply,
                                            assistant_message_id=asst_id,
-                                           error=error.as_dict() if error is not None else None)
+                                           error=error.as_dict() if error is not None else None,
+                                           interrupted=state.interrupted)
         if res is None:
             return None
         msg, nxt = res
@@ -211,7 +277,7 @@ class TurnRunner:
             await self.hub.publish(chat_id, "error", {"turn_id": turn.id, **error.as_dict()})
         elif msg is not None:
             await self.hub.publish(chat_id, "message", msg)
-            if self.config.summary and ctx is not None:
+            if self.config.summary and ctx is not None and not state.interrupted and ctx.summarize:
                 self._spawn(self._summarize(turn, ctx, prompt_of(turn.content, turn.skill_name), reply or ""))
         await self._publish_status(turn.chat_id)
         return nxt
@@ -229,10 +295,28 @@ class TurnRunner:
             except OSError as e:
                 log.warning("turn heartbeat failed", extra={"turn_id": str(turn.id), "error": str(e)})
                 continue
+            if ours is None:  # an interrupt was requested (its bus message may have been lost)
+                if not state.interrupted:
+                    state.interrupted = True
+                    task.cancel()
+                return
             if not ours:
                 state.lost = True
                 task.cancel()
                 return
+
+    async def _flush_partial(self, turn: ClaimedTurn, state: _RunState) -> None:
+        """Save the reply so far every ``PARTIAL_FLUSH`` s while it grows, for snapshots served elsewhere."""
+        while True:
+            await asyncio.sleep(PARTIAL_FLUSH)
+            if state.message_id is None or state.flushed == state.length:
+                continue
+            length = state.length
+            try:
+                await self.store.save_partial(turn.id, self.runner_id, state.message_id, state.text())
+                state.flushed = length
+            except OSError as e:
+                log.warning("partial reply not saved", extra={"turn_id": str(turn.id), "error": str(e)})
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
@@ -274,7 +358,7 @@ class TurnRunner:
         if history and history[-1].role == "user":
             history[-1] = ChatMessage("user", prompt_of(turn.content, turn.skill_name))
         return _TurnContext(token=token, ident=ident, provider=provider, model=mc["model"], route=route,
-                            history=history)
+                            history=history, summarize=bool(chat["summarize"]) if chat is not None else True)
 
     def _route(self, turn: ClaimedTurn, ident: Identity, token: Secret, provider: ProviderInfo) -> Route:
         key = self._byok_key(ident, provider)
@@ -296,16 +380,22 @@ class TurnRunner:
                                     detail=str(e)) from None
         return None
 
-    async def _attempts(self, turn: ClaimedTurn, ctx: _TurnContext) -> tuple[str, uuid.UUID]:
+    async def _attempts(self, turn: ClaimedTurn, ctx: _TurnContext, state: _RunState) -> tuple[str, uuid.UUID]:
         chat_id = str(turn.chat_id)
         body = build_body(ctx.route.api, ctx.model, ctx.history, instructions=turn.instructions, stream=True,
                           max_tokens=self.config.max_tokens)
         while True:
             attempt = await self.store.note_attempt(turn.id, self.runner_id)
             asst_id = uuid.uuid4()
+            state.message_id, state.parts, state.length = asst_id, [], 0
 
             async def on_text(text: str, _id: uuid.UUID = asst_id) -> None:
-                await self.hub.publish(chat_id, "message_delta", {"message_id": _id, "text": text})
+                offset = state.length
+                state.parts.append(text)
+                state.length += len(text)
+                # offset: where this text starts in the reply, so a stream that began with a snapshot's
+                # partial text skips what it already has
+                await self.hub.publish(chat_id, "message_delta", {"message_id": _id, "text": text, "offset": offset})
 
             try:
                 result = await stream_turn(self._session_for(ctx.route), ctx.route, body, on_text, read_timeout=self.config.read_timeout,
@@ -329,7 +419,7 @@ class TurnRunner:
 
     async def _summarize(self, turn: ClaimedTurn, ctx: _TurnContext, prompt: str, reply: str) -> None:
         """One line for the chat list, from a small model through the same route; stale results lose."""
-        model = self.settings.chatd_summary_model or ctx.model
+        model = ctx.provider.small_model or self.settings.chatd_summary_model or ctx.model
         body = build_body(ctx.route.api, model,
                           [ChatMessage("user", f"User: {prompt[:2000]}\n\nAssistant: {reply[:4000]}")],
                           instructions=SUMMARY_INSTRUCTIONS, stream=False, max_tokens=64)
@@ -353,6 +443,7 @@ class _TurnContext:
     model: str
     route: Route
     history: list[ChatMessage]
+    summarize: bool = True
 
     def __repr__(self) -> str:
         return f"_TurnContext(provider={self.provider.name!r}, model={self.model!r}, route={self.route!r})"

@@ -14,14 +14,17 @@ from typing import Any
 
 import asyncpg
 
-CHAT_COLS = ("id, owner_id, model_config_id, title, status, archived, last_turn_summary, last_error, "
+CHAT_COLS = ("id, owner_id, model_config_id, title, status, archived, last_turn_summary, last_error, summarize, "
              "created_at, updated_at")
 MC_COLS = ("id, display_name, provider_id, provider_name, provider_type, base_url, allow_byok, model, enabled, "
            "created_at, updated_at")
 
 
 def message_body(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": r["id"], "role": r["role"], "content": r["content"], "created_at": r["created_at"]}
+    body = {"id": r["id"], "role": r["role"], "content": r["content"], "created_at": r["created_at"]}
+    if r["interrupted"]:
+        body["interrupted"] = True  # an assistant reply cut short by an interrupt
+    return body
 
 
 def queued_body(r: asyncpg.Record) -> dict[str, Any]:
@@ -33,7 +36,7 @@ def chat_summary_body(r: asyncpg.Record) -> dict[str, Any]:
     return {"id": r["id"], "title": r["title"], "status": r["status"], "archived": r["archived"],
             "model_config_id": r["model_config_id"], "owner_id": r["owner_id"],
             "last_turn_summary": r["last_turn_summary"], "last_error": r["last_error"],
-            "created_at": r["created_at"], "updated_at": r["updated_at"]}
+            "summarize": r["summarize"], "created_at": r["created_at"], "updated_at": r["updated_at"]}
 
 
 def model_config_body(r: asyncpg.Record) -> dict[str, Any]:
@@ -142,10 +145,12 @@ class Store:
             *args,
         )
 
-    async def update_chat(self, chat_id: uuid.UUID, *, title: str | None, archived: bool | None) -> asyncpg.Record | None:
+    async def update_chat(self, chat_id: uuid.UUID, *, title: str | None, archived: bool | None,
+                          summarize: bool | None = None) -> asyncpg.Record | None:
         return await self.pool.fetchrow(
-            f"UPDATE chatd.chats SET title = coalesce($2, title), archived = coalesce($3, archived), updated_at = now() "
-            f"WHERE id = $1 RETURNING {CHAT_COLS}", chat_id, title, archived,
+            f"UPDATE chatd.chats SET title = coalesce($2, title), archived = coalesce($3, archived), "
+            f"summarize = coalesce($4, summarize), updated_at = now() "
+            f"WHERE id = $1 RETURNING {CHAT_COLS}", chat_id, title, archived, summarize,
         )
 
     async def delete_chat(self, chat_id: uuid.UUID) -> bool:
@@ -157,13 +162,19 @@ class Store:
             chat = await c.fetchrow(f"SELECT {CHAT_COLS} FROM chatd.chats WHERE id = $1", chat_id)
             if chat is None:
                 return None
-            msgs = await c.fetch("SELECT id, role, content, created_at FROM chatd.messages WHERE chat_id = $1 ORDER BY seq",
-                                 chat_id)
+            msgs = await c.fetch("SELECT id, role, content, created_at, interrupted FROM chatd.messages "
+                                 "WHERE chat_id = $1 ORDER BY seq", chat_id)
             queue = await c.fetch("SELECT id, user_message_id, content, created_at FROM chatd.turns "
                                   "WHERE chat_id = $1 AND status = 'queued' ORDER BY seq", chat_id)
+            running = await c.fetchrow("SELECT id, partial_message_id, partial_text FROM chatd.turns "
+                                       "WHERE chat_id = $1 AND status = 'running'", chat_id)
         body = chat_summary_body(chat)
         body["messages"] = [message_body(m) for m in msgs]
         body["queue"] = [queued_body(q) for q in queue]
+        # the reply streamed so far by a running turn (as last flushed; the runner's replica knows it exactly)
+        body["partial"] = ({"turn_id": running["id"], "message_id": running["partial_message_id"],
+                            "text": running["partial_text"] or ""}
+                           if running is not None and running["partial_message_id"] is not None else None)
         return body
 
     async def status_body(self, chat_id: uuid.UUID) -> dict[str, Any] | None:
@@ -217,8 +228,8 @@ class Store:
         return _claimed(row)
 
     async def user_message(self, message_id: uuid.UUID) -> asyncpg.Record | None:
-        return await self.pool.fetchrow("SELECT id, role, content, created_at FROM chatd.messages WHERE id = $1",
-                                        message_id)
+        return await self.pool.fetchrow("SELECT id, role, content, created_at, interrupted FROM chatd.messages "
+                                        "WHERE id = $1", message_id)
 
     async def history(self, chat_id: uuid.UUID, upto_message: uuid.UUID) -> list[asyncpg.Record]:
         return await self.pool.fetch(
@@ -226,13 +237,28 @@ class Store:
             "(SELECT seq FROM chatd.messages WHERE id = $2) ORDER BY seq", chat_id, upto_message,
         )
 
-    async def heartbeat(self, turn_id: uuid.UUID, runner: str, lease: float) -> bool:
-        """Extend the lease; False when the turn is no longer ours (chat deleted, lease lost)."""
-        r = await self.pool.execute(
+    async def heartbeat(self, turn_id: uuid.UUID, runner: str, lease: float) -> bool | None:
+        """Extend the lease; False when the turn is no longer ours (chat deleted, lease lost), None when an
+        interrupt asked it to stop."""
+        interrupt = await self.pool.fetchval(
             "UPDATE chatd.turns SET lease_until = now() + make_interval(secs => $3) "
-            "WHERE id = $1 AND status = 'running' AND runner = $2", turn_id, runner, lease,
+            "WHERE id = $1 AND status = 'running' AND runner = $2 RETURNING interrupt_requested", turn_id, runner, lease,
         )
-        return r != "UPDATE 0"
+        if interrupt is None:
+            return False
+        return None if interrupt else True
+
+    async def request_interrupt(self, chat_id: uuid.UUID) -> tuple[uuid.UUID, str | None] | None:
+        """Mark the chat's running turn to be stopped; (turn id, runner replica), or None when none runs."""
+        row = await self.pool.fetchrow(
+            "UPDATE chatd.turns SET interrupt_requested = true WHERE chat_id = $1 AND status = 'running' "
+            "RETURNING id, runner", chat_id)
+        return (row["id"], row["runner"]) if row is not None else None
+
+    async def save_partial(self, turn_id: uuid.UUID, runner: str, message_id: uuid.UUID, text: str) -> None:
+        await self.pool.execute(
+            "UPDATE chatd.turns SET partial_message_id = $3, partial_text = $4 "
+            "WHERE id = $1 AND status = 'running' AND runner = $2", turn_id, runner, message_id, text)
 
     async def note_attempt(self, turn_id: uuid.UUID, runner: str) -> int:
         return await self.pool.fetchval(
@@ -242,6 +268,7 @@ class Store:
 
     async def finish_turn(self, turn: ClaimedTurn, runner: str, lease: float, *, reply: str | None,
                           assistant_message_id: uuid.UUID | None, error: dict[str, Any] | None,
+                          interrupted: bool = False,
                           ) -> tuple[dict[str, Any] | None, ClaimedTurn | None] | None:
         """Persist the outcome and claim the chat's next queued turn, atomically.
 
@@ -250,24 +277,39 @@ class Store:
         async with self.pool.acquire() as c, c.transaction():
             if await c.fetchval("SELECT 1 FROM chatd.chats WHERE id = $1 FOR UPDATE", turn.chat_id) is None:
                 return None
+            status = "interrupted" if interrupted else "failed" if error else "succeeded"
             ok = await c.fetchval(
                 "UPDATE chatd.turns SET status = $3, ended_at = now(), token_sealed = NULL, lease_until = NULL, "
-                "assistant_message_id = $4, error = $5 WHERE id = $1 AND status = 'running' AND runner = $2 RETURNING seq",
-                turn.id, runner, "failed" if error else "succeeded", assistant_message_id, error,
+                "assistant_message_id = $4, error = $5, partial_text = NULL "
+                "WHERE id = $1 AND status = 'running' AND runner = $2 RETURNING seq",
+                turn.id, runner, status, assistant_message_id, error,
             )
             if ok is None:
                 return None
             msg = None
-            if error is None:
+            if interrupted:
+                # the partial reply is kept, marked; the chat goes idle; the summary is left as it was
+                if reply and assistant_message_id is not None:
+                    row = await c.fetchrow(
+                        "INSERT INTO chatd.messages (id, chat_id, turn_id, role, content, interrupted) "
+                        "VALUES ($1,$2,$3,'assistant',$4,true) RETURNING id, role, content, created_at, interrupted",
+                        assistant_message_id, turn.chat_id, turn.id, reply,
+                    )
+                    msg = message_body(row)
+                await c.execute("UPDATE chatd.chats SET status = 'idle', last_error = NULL, updated_at = now() "
+                                "WHERE id = $1", turn.chat_id)
+            elif error is None:
                 assert assistant_message_id is not None and reply is not None
                 row = await c.fetchrow(
                     "INSERT INTO chatd.messages (id, chat_id, turn_id, role, content) VALUES ($1,$2,$3,'assistant',$4) "
-                    "RETURNING id, role, content, created_at", assistant_message_id, turn.chat_id, turn.id, reply,
+                    "RETURNING id, role, content, created_at, interrupted", assistant_message_id, turn.chat_id, turn.id,
+                    reply,
                 )
                 msg = message_body(row)
+                # a successful turn replaces the old summary: it is cleared now and its own one set when ready
                 await c.execute(
-                    "UPDATE chatd.chats SET status = 'idle', last_error = NULL, last_turn_seq = greatest(last_turn_seq, $2), "
-                    "updated_at = now() WHERE id = $1", turn.chat_id, turn.seq,
+                    "UPDATE chatd.chats SET status = 'idle', last_error = NULL, last_turn_summary = NULL, "
+                    "last_turn_seq = greatest(last_turn_seq, $2), updated_at = now() WHERE id = $1", turn.chat_id, turn.seq,
                 )
             else:
                 # an error clears the summary: it described a turn that is no longer the last one
