@@ -36,8 +36,10 @@ browser: install
 	  else echo "make: chromium is missing and this is not root with apt-get; the console's browser tests will skip"; fi; \
 	fi
 
+# ruff everywhere; mypy --strict over libs/ and services/*/aigw_* (configuration in pyproject.toml)
 lint: install
 	.venv/bin/ruff check libs services tests
+	.venv/bin/mypy
 
 proto: install
 	.venv/bin/aigw proto

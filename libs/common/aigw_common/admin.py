@@ -281,7 +281,7 @@ def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO) -> Any:
         if verb == "list":
             return reg.call("GET", base)
         if verb == "create":
-            body: dict[str, Any] = {"name": args.name, "scope": args.scope}
+            body = {"name": args.name, "scope": args.scope}
             if args.no_expiry:
                 body["expires_at"] = None
             elif args.expires_at:

@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -87,7 +88,7 @@ def client_key(address: str | None) -> str:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address[:64]
-    if ip.version == 6 and ip.ipv4_mapped is None:  # type: ignore[union-attr]
+    if ip.version == 6 and ip.ipv4_mapped is None:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(getattr(ip, "ipv4_mapped", None) or ip)
 
@@ -149,7 +150,7 @@ class IdentityCache:
     async def _on_revoked(self, msg: AuthRevoked, _m: Msg) -> None:
         self.evict(token_ids=msg.token_ids, user_ids=msg.user_ids)
 
-    def evict(self, *, token_ids: list[str] = (), user_ids: list[str] = ()) -> int:  # type: ignore[assignment]
+    def evict(self, *, token_ids: Iterable[str] = (), user_ids: Iterable[str] = ()) -> int:
         tids, uids = set(token_ids), set(user_ids)
         drop = [h for h, e in self._entries.items()
                 if e.identity is not None and (e.identity.token_id in tids or e.identity.user_id in uids)]

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 import nats
@@ -64,8 +64,13 @@ def decoder_for(t: Any) -> msgspec.json.Decoder[Any]:
     return d
 
 
-def decode(data: bytes, t: type[T] | Any) -> T:
-    """Decode ``data`` into ``t`` or raise :class:`DecodeError` (a poison message)."""
+@overload
+def decode(data: bytes, t: type[T]) -> T: ...
+@overload
+def decode(data: bytes, t: Any) -> Any: ...
+def decode(data: bytes, t: Any) -> Any:
+    """Decode ``data`` into ``t`` (a Struct class, or any msgspec type such as a Union) or raise
+    :class:`DecodeError` (a poison message)."""
     try:
         return decoder_for(t).decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
@@ -444,10 +449,16 @@ class Bus:
         except (ConnectionClosedError, OutboundBufferLimitError) as e:
             raise BusError(f"publish to {subject} failed: {e}") from e
 
+    @overload
+    async def request(self, subject: str, msg: msgspec.Struct, reply_type: type[T], *, timeout: float = 2.0,
+                      headers: dict[str, str] | None = None) -> T: ...
+    @overload
+    async def request(self, subject: str, msg: msgspec.Struct, reply_type: Any, *, timeout: float = 2.0,
+                      headers: dict[str, str] | None = None) -> Any: ...
     async def request(
-        self, subject: str, msg: msgspec.Struct, reply_type: type[T] | Any, *, timeout: float = 2.0,
+        self, subject: str, msg: msgspec.Struct, reply_type: Any, *, timeout: float = 2.0,
         headers: dict[str, str] | None = None,
-    ) -> T:
+    ) -> Any:
         nc = self._require()
         if _signed_by(reply_type):
             return await self._signed_request(nc, subject, encode(msg), reply_type, timeout, self._headers(headers))
@@ -527,7 +538,7 @@ class Bus:
         """Wait until the server has processed everything sent so far (e.g. a new subscription)."""
         nc = self._require()
         try:
-            await nc.flush(timeout=timeout)
+            await nc.flush(timeout=timeout)  # type: ignore[arg-type]  # nats-py annotates int, takes any seconds
         except (NatsTimeout, TimeoutError, ConnectionClosedError) as e:
             raise BusError(f"flush failed: {e}") from e
 
@@ -551,7 +562,7 @@ class Bus:
                 data = encode(reply)
                 try:
                     h = self.auth.sign(type(reply), m.reply, m.subject, data, None)
-                    await self.nc.publish(m.reply, data, headers=h)  # type: ignore[union-attr]
+                    await self.nc.publish(m.reply, data, headers=h)  # type: ignore[union-attr]  # connected: a message came in
                 except BusError as e:
                     log.error("cannot sign reply", extra={"subject": m.subject, "error": str(e)})
                 except (ConnectionClosedError, OutboundBufferLimitError) as e:
@@ -608,11 +619,16 @@ class Bus:
         await self.ensure_stream(s.usage_stream, [s.usage_all], duplicate_window=USAGE_DUPLICATE_WINDOW)
 
     async def js_publish(
-        self, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None, timeout: float = 2.0,
+        self, subject: str, msg: msgspec.Struct | None, *, msg_id: str | None = None, timeout: float = 2.0,
         headers: dict[str, str] | None = None, data: bytes | None = None,
     ) -> None:
         """Publish to JetStream and wait for the ack; ``msg_id`` is the dedup id (``Nats-Msg-Id``)."""
-        payload = data if data is not None else encode(msg)
+        if data is not None:
+            payload = data
+        elif msg is not None:
+            payload = encode(msg)
+        else:
+            raise TypeError("js_publish needs a message or its encoded data")
         h = self.auth.sign(type(msg), subject, "", payload, self._headers(headers)) or {}
         if msg_id:
             h["Nats-Msg-Id"] = msg_id

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 from .errors import AigwError, ConfigError
@@ -19,7 +20,7 @@ from .settings import SERVICES, Settings
 _T = TypeVar("_T")
 
 
-def load_service(name: str):  # type: ignore[no-untyped-def]
+def load_service(name: str) -> ModuleType:
     """Import ``aigw_<name>.app``: it exports ``create_app(settings)`` and optionally ``MIGRATIONS``."""
     try:
         return importlib.import_module(f"aigw_{name}.app")
@@ -75,7 +76,7 @@ def run_service(name: str, settings: Settings, *, reuse_port: bool = False) -> i
 async def run_migrations(settings: Settings) -> list[str]:
     from .db import migrate_dsn
 
-    sets = []
+    sets: list[Any] = []
     for s in available_services():
         sets.extend(getattr(load_service(s), "MIGRATIONS", ()))
     return await migrate_dsn(settings.require_database(), *sets)
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         from .signing import PRODUCERS, generate_keypair
 
         pairs = {p: generate_keypair() for p in PRODUCERS}
-        for p, (priv, _pub) in pairs.items():
-            print(f"AIGW_{p.upper()}_SIGNING_KEY={priv}")
+        for producer, (priv, _pub) in pairs.items():
+            print(f"AIGW_{producer.upper()}_SIGNING_KEY={priv}")
         print("AIGW_BUS_VERIFY_KEYS=" + ",".join(f"{p}:{pub}" for p, (_priv, pub) in pairs.items()))
         return 0
     if args.cmd == "proto":

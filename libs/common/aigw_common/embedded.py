@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import AigwError, ConfigError
 
@@ -84,7 +85,7 @@ def _remembered_port(path: Path) -> int:
     return port
 
 
-def die_with_parent(sig: int):  # type: ignore[no-untyped-def]
+def die_with_parent(sig: int) -> Callable[[], None] | None:
     """A ``preexec_fn`` asking Linux to send ``sig`` to the child when its parent dies."""
     if not sys.platform.startswith("linux"):
         return None
@@ -118,10 +119,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _spawn(cmd: list[str], logfile: Path, **kw: object) -> subprocess.Popen[bytes]:
+def _spawn(cmd: list[str], logfile: Path, **kw: Any) -> subprocess.Popen[bytes]:
     """Start ``cmd`` with stdout/stderr appended to ``logfile`` (a plain Popen: usable from any loop)."""
     with open(logfile, "ab") as fh:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, **kw)
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes], within: float) -> bool:

@@ -137,7 +137,7 @@ class _BucketWatch:
             op = (m.headers or {}).get(KV_OP)
             w._queue.put_nowait(KeyValue.Entry(bucket=bucket, key=m.subject[len(prefix):], value=m.data,
                                                revision=meta.sequence.stream, delta=meta.num_pending,
-                                               created=meta.timestamp, operation=op))
+                                               created=None, operation=op))  # nobody reads created
             if meta.num_pending == 0 and not w._init_done:
                 w._init_done = True
                 w._queue.put_nowait(None)
@@ -255,7 +255,7 @@ class KeyStateWatch:
                     self.bus.auth.refused(KeyState, Rejected("unsigned_delete"), entry_subject(self.bus, entry.key))
                 continue
             try:
-                state = self.bus.auth.open_entry(entry_subject(self.bus, entry.key), entry.value, KeyState)
+                state = self.bus.auth.open_entry(entry_subject(self.bus, entry.key), entry.value or b"", KeyState)
             except DecodeError as e:
                 log.warning("undecodable key state", extra={"key": entry.key, "error": str(e)})
                 continue
@@ -264,7 +264,7 @@ class KeyStateWatch:
             if (state.provider_id, state.key_id) != split_kv_key(entry.key):
                 self.bus.auth.refused(KeyState, Rejected("wrong_key", "keypool"), entry_subject(self.bus, entry.key))
                 continue
-            self._set(entry.key, state, entry.revision)
+            self._set(entry.key, state, entry.revision or 0)  # always set by the stream; typed optional
 
     def _set(self, key: str, state: KeyState | None, revision: int) -> None:
         old = self.states.get(key)

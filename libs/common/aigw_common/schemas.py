@@ -28,7 +28,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=T
 # --------------------------------------------------------------------- registry
 
 
-class ProvidersChanged(Message, kw_only=True, tag="providers.changed"):
+class ProvidersChanged(Message, frozen=True, kw_only=True, tag="providers.changed"):
     signed_by: ClassVar[str] = "registry"
     revision: int
     provider_ids: list[str] = []
@@ -54,17 +54,17 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float = 0.0
 
 
-class SnapshotRequest(Message, kw_only=True, tag="registry.snapshot.request"):
+class SnapshotRequest(Message, frozen=True, kw_only=True, tag="registry.snapshot.request"):
     known_revision: int | None = None
 
 
-class RegistrySnapshot(Message, kw_only=True, tag="registry.snapshot"):
+class RegistrySnapshot(Message, frozen=True, kw_only=True, tag="registry.snapshot"):
     signed_by: ClassVar[str] = "registry"
     revision: int
     providers: list[ProviderConfig] = []
 
 
-class AuthVerifyRequest(Message, kw_only=True, tag="auth.verify.request"):
+class AuthVerifyRequest(Message, frozen=True, kw_only=True, tag="auth.verify.request"):
     token_hash: str
 
 
@@ -91,12 +91,12 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     provider_keys: list[UserProviderKey] = []
 
 
-class AuthVerifyReply(Message, kw_only=True, tag="auth.verify.reply"):
+class AuthVerifyReply(Message, frozen=True, kw_only=True, tag="auth.verify.reply"):
     signed_by: ClassVar[str] = "registry"
     identity: Identity | None = None  # None: unknown, expired or revoked token
 
 
-class DirectoryLookup(Message, kw_only=True, tag="registry.directory.lookup"):
+class DirectoryLookup(Message, frozen=True, kw_only=True, tag="registry.directory.lookup"):
     """Who is behind these references: ``*_refs`` are ids or names of live users/groups; ``*_ids`` are ids
     whose names are wanted, deleted users included (history keeps its labels). At most 500 in all."""
 
@@ -113,14 +113,14 @@ class DirectoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     group_ids: list[str] = []  # a user's groups
 
 
-class DirectoryReply(Message, kw_only=True, tag="registry.directory.reply"):
+class DirectoryReply(Message, frozen=True, kw_only=True, tag="registry.directory.reply"):
     signed_by: ClassVar[str] = "registry"
     users: list[DirectoryEntry] = []  # only what was found
     groups: list[DirectoryEntry] = []
     error: str | None = None
 
 
-class DirectoryChanged(Message, kw_only=True, tag="registry.directory.changed"):
+class DirectoryChanged(Message, frozen=True, kw_only=True, tag="registry.directory.changed"):
     """Users and groups whose name, existence or membership changed: followers drop what they cached."""
 
     signed_by: ClassVar[str] = "registry"
@@ -129,7 +129,7 @@ class DirectoryChanged(Message, kw_only=True, tag="registry.directory.changed"):
     group_ids: list[str] = []
 
 
-class AuthRevoked(Message, kw_only=True, tag="auth.revoked"):
+class AuthRevoked(Message, frozen=True, kw_only=True, tag="auth.revoked"):
     signed_by: ClassVar[str] = "registry"
     token_ids: list[str] = []
     user_ids: list[str] = []
@@ -150,7 +150,7 @@ class RateLimitInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     reset_tokens_at: float | None = None
 
 
-class KeyMarked(Message, kw_only=True, tag="keys.marked"):
+class KeyMarked(Message, frozen=True, kw_only=True, tag="keys.marked"):
     event_id: str
     provider_id: str
     key_id: str
@@ -162,7 +162,7 @@ class KeyMarked(Message, kw_only=True, tag="keys.marked"):
     ratelimit: RateLimitInfo | None = None
 
 
-class KeyState(Message, kw_only=True, tag="keys.state"):
+class KeyState(Message, frozen=True, kw_only=True, tag="keys.state"):
     signed_by: ClassVar[str] = "keypool"
     provider_id: str
     key_id: str
@@ -185,13 +185,13 @@ class KeyStat(msgspec.Struct, frozen=True, kw_only=True):
     ratelimit: RateLimitInfo | None = None
 
 
-class KeyReport(Message, kw_only=True, tag="keys.report"):
+class KeyReport(Message, frozen=True, kw_only=True, tag="keys.report"):
     gateway_id: str
     at: float
     keys: list[KeyStat] = []
 
 
-class KeysExhausted(Message, kw_only=True, tag="keys.exhausted"):
+class KeysExhausted(Message, frozen=True, kw_only=True, tag="keys.exhausted"):
     signed_by: ClassVar[str] = "keypool"
     provider_id: str
     soonest: float | None = None  # epoch seconds when a key comes back; None: every key revoked
@@ -208,7 +208,7 @@ class TokenCounts(msgspec.Struct, frozen=True, kw_only=True):
     reasoning_tokens: int = 0
 
 
-class UsageEvent(Message, kw_only=True):
+class UsageEvent(Message, frozen=True, kw_only=True):
     """Common fields of every event on the ``AIGW_USAGE`` stream; ``event_id`` is the dedup id."""
 
     event_id: str
@@ -219,7 +219,7 @@ class UsageEvent(Message, kw_only=True):
     truncated: bool = False
 
 
-class InterceptionStarted(UsageEvent, kw_only=True, tag="usage.started"):
+class InterceptionStarted(UsageEvent, frozen=True, kw_only=True, tag="usage.started"):
     user_id: str | None
     group_ids: list[str] = []
     token_id: str | None = None
@@ -241,16 +241,16 @@ class InterceptionStarted(UsageEvent, kw_only=True, tag="usage.started"):
     gateway_id: str = ""
 
 
-class TokenUsage(UsageEvent, kw_only=True, tag="usage.tokens"):
+class TokenUsage(UsageEvent, frozen=True, kw_only=True, tag="usage.tokens"):
     model: str
     tokens: TokenCounts
 
 
-class PromptRecorded(UsageEvent, kw_only=True, tag="usage.prompt"):
+class PromptRecorded(UsageEvent, frozen=True, kw_only=True, tag="usage.prompt"):
     prompt: str
 
 
-class ToolUsage(UsageEvent, kw_only=True, tag="usage.tool"):
+class ToolUsage(UsageEvent, frozen=True, kw_only=True, tag="usage.tool"):
     name: str
     call_id: str = ""
     arguments: str = ""
@@ -258,7 +258,7 @@ class ToolUsage(UsageEvent, kw_only=True, tag="usage.tool"):
     error: str | None = None
 
 
-class InterceptionEnded(UsageEvent, kw_only=True, tag="usage.ended"):
+class InterceptionEnded(UsageEvent, frozen=True, kw_only=True, tag="usage.ended"):
     status: Literal["ok", "error", "cancelled", "interrupted"]  # interrupted: the client went away mid-request
     status_code: int = 0
     duration_ms: int = 0
@@ -272,7 +272,7 @@ class InterceptionEnded(UsageEvent, kw_only=True, tag="usage.ended"):
 AnyUsageEvent = InterceptionStarted | TokenUsage | PromptRecorded | ToolUsage | InterceptionEnded
 
 
-class UsageRecord(Message, kw_only=True, tag="usage.record"):
+class UsageRecord(Message, frozen=True, kw_only=True, tag="usage.record"):
     """The events of one request that are ready together, as one message (``aigw.usage.record``).
 
     A finished request's started, prompt, token, tool and ended events cost the bus, the stream and the
@@ -292,7 +292,7 @@ AnyUsageMessage = AnyUsageEvent | UsageRecord
 BudgetScope = Literal["user", "group"]
 
 
-class BudgetState(Message, kw_only=True, tag="budget.state"):
+class BudgetState(Message, frozen=True, kw_only=True, tag="budget.state"):
     signed_by: ClassVar[str] = "budget"
     scope: BudgetScope
     subject_id: str
@@ -316,18 +316,18 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
     cache_write_per_mtok_micros: int
 
 
-class BudgetPrices(Message, kw_only=True, tag="budget.prices"):
+class BudgetPrices(Message, frozen=True, kw_only=True, tag="budget.prices"):
     """The whole price table, published by the budget service whenever it changes."""
 
     signed_by: ClassVar[str] = "budget"
     prices: list[ModelPrice] = []
 
 
-class BudgetSnapshotRequest(Message, kw_only=True, tag="budget.snapshot.request"):
+class BudgetSnapshotRequest(Message, frozen=True, kw_only=True, tag="budget.snapshot.request"):
     pass
 
 
-class BudgetSnapshot(Message, kw_only=True, tag="budget.snapshot"):
+class BudgetSnapshot(Message, frozen=True, kw_only=True, tag="budget.snapshot"):
     signed_by: ClassVar[str] = "budget"
     states: list[BudgetState] = []
     prices: list[ModelPrice] | None = None  # None: the service could not read prices (keep what you have)
@@ -347,7 +347,7 @@ class LeaseItem(msgspec.Struct, frozen=True, kw_only=True):
     need_micros: int = 0  # of the target, what requests are waiting for right now
 
 
-class BudgetLeaseRequest(Message, kw_only=True, tag="budget.lease.request"):
+class BudgetLeaseRequest(Message, frozen=True, kw_only=True, tag="budget.lease.request"):
     gateway_id: str
     items: list[LeaseItem]
 
@@ -368,13 +368,13 @@ class LeaseGrant(msgspec.Struct, frozen=True, kw_only=True):
     name: str = ""
 
 
-class BudgetLeaseReply(Message, kw_only=True, tag="budget.lease.reply"):
+class BudgetLeaseReply(Message, frozen=True, kw_only=True, tag="budget.lease.reply"):
     signed_by: ClassVar[str] = "budget"
     grants: list[LeaseGrant] = []
     error: str | None = None
 
 
-class BudgetReclaim(Message, kw_only=True, tag="budget.reclaim"):
+class BudgetReclaim(Message, frozen=True, kw_only=True, tag="budget.reclaim"):
     """Gateways holding idle headroom of this budget should hand it back (another one is waiting)."""
 
     signed_by: ClassVar[str] = "budget"
@@ -387,7 +387,7 @@ class BudgetReclaim(Message, kw_only=True, tag="budget.reclaim"):
 # --------------------------------------------------------------------- signed storage
 
 
-class SignedEntry(Message, kw_only=True, tag="signed"):
+class SignedEntry(Message, frozen=True, kw_only=True, tag="signed"):
     """A signed value in a JetStream KV bucket (KV entries carry no headers): ``payload`` is the
     message's exact JSON, ``sig`` its signer's Ed25519 signature over bucket.key and ``ts``."""
 
@@ -400,7 +400,7 @@ class SignedEntry(Message, kw_only=True, tag="signed"):
 # --------------------------------------------------------------------- chat
 
 
-class ChatEvent(Message, kw_only=True, tag="chat.event"):
+class ChatEvent(Message, frozen=True, kw_only=True, tag="chat.event"):
     chat_id: str
     event: str  # snapshot | status | message_delta | message | error
     data: msgspec.Raw

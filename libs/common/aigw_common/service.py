@@ -16,6 +16,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -68,8 +69,8 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 def base_app(
-    name: str, settings: Settings, *, middlewares: list | None = None, client_max_size: int | None = None,  # type: ignore[type-arg]
-    handler_args: dict | None = None,  # type: ignore[type-arg]
+    name: str, settings: Settings, *, middlewares: list[Any] | None = None, client_max_size: int | None = None,
+    handler_args: dict[str, Any] | None = None,
     public_metrics: bool = True,
 ) -> web.Application:
     """A new application with settings, a private metrics registry, and /healthz /readyz /metrics

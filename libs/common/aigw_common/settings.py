@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import netguard
@@ -452,7 +453,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         v = env.get(name)
         return v if v is not None and v.strip() != "" else None
 
-    kw: dict[str, object] = {}
+    kw: dict[str, Any] = {}
     if v := get("AIGW_DATABASE_URL"):
         kw["database_url"] = _url("AIGW_DATABASE_URL", v, ("postgres", "postgresql"))
     if v := get("AIGW_NATS_URL"):
@@ -465,8 +466,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
             kw["gateway_workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
                 os.cpu_count() or 1)
         else:
-            kw["gateway_workers"] = _int("AIGW_GATEWAY_WORKERS", v, minimum=1)
-            if kw["gateway_workers"] > 256:
+            workers = kw["gateway_workers"] = _int("AIGW_GATEWAY_WORKERS", v, minimum=1)
+            if workers > 256:
                 raise ConfigError(f"AIGW_GATEWAY_WORKERS={v!r}: at most 256 (or auto = one per core)")
     if v := get("AIGW_JS_REPLICAS"):
         replicas = _int("AIGW_JS_REPLICAS", v, minimum=1)
@@ -492,7 +493,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["dump_dir"] = Path(v)
     if v := get("AIGW_DUMP_MAX_BYTES"):
         kw["dump_max_bytes"] = _size("AIGW_DUMP_MAX_BYTES", v)
-    b = {}
+    b: dict[str, Any] = {}
     if v := get("AIGW_CIRCUIT_BREAKER_ENABLED"):
         b["enabled"] = _bool("AIGW_CIRCUIT_BREAKER_ENABLED", v)
     if v := get("AIGW_CIRCUIT_BREAKER_FAILURE_THRESHOLD"):
@@ -503,7 +504,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         b["timeout"] = _duration("AIGW_CIRCUIT_BREAKER_TIMEOUT", v)
     if v := get("AIGW_CIRCUIT_BREAKER_MAX_REQUESTS"):
         b["max_requests"] = _int("AIGW_CIRCUIT_BREAKER_MAX_REQUESTS", v, minimum=1)
-    kw["breaker"] = BreakerSettings(**b)  # type: ignore[arg-type]
+    kw["breaker"] = BreakerSettings(**b)
     if v := get("AIGW_MAX_BODY_BYTES"):
         kw["max_body_bytes"] = _size("AIGW_MAX_BODY_BYTES", v)
     if v := get("AIGW_RETENTION"):
@@ -548,7 +549,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["key_recheck_min"] = _duration("AIGW_KEY_RECHECK_MIN", v)
     if v := get("AIGW_KEY_RECHECK_MAX"):
         kw["key_recheck_max"] = _duration("AIGW_KEY_RECHECK_MAX", v)
-    if float(kw.get("key_recheck_min", 60.0)) <= 0 or float(kw.get("key_recheck_max", 3600.0)) < float(kw.get("key_recheck_min", 60.0)):  # type: ignore[arg-type]
+    if float(kw.get("key_recheck_min", 60.0)) <= 0 or float(kw.get("key_recheck_max", 3600.0)) < float(kw.get("key_recheck_min", 60.0)):
         raise ConfigError("AIGW_KEY_RECHECK_MIN must be positive and no more than AIGW_KEY_RECHECK_MAX")
     if v := get("AIGW_METRICS_ADDR"):
         kw["metrics_addr"] = _addr("AIGW_METRICS_ADDR", v)
@@ -567,15 +568,15 @@ def _parse(env: Mapping[str, str]) -> Settings:
     seeds = _legacy_providers(env)
     legacy_names = {s.name for s in seeds}
     skipped: list[SkippedSeed] = []
-    for s in _indexed_providers(env, skipped):
-        if s.name in legacy_names:
+    for seed in _indexed_providers(env, skipped):
+        if seed.name in legacy_names:
             raise ConfigError(
-                f"{s.source} declares provider {s.name!r}, which a legacy AIGW_{s.name.upper()}_* variable "
-                "already declares; give the indexed provider another AIGW_PROVIDER_<N>_NAME"
+                f"{seed.source} declares provider {seed.name!r}, which a legacy AIGW_{seed.name.upper()}_* "
+                "variable already declares; give the indexed provider another AIGW_PROVIDER_<N>_NAME"
             )
-        if any(o.name == s.name for o in seeds):
-            raise ConfigError(f"{s.source} declares provider {s.name!r} twice")
-        seeds.append(s)
+        if any(o.name == seed.name for o in seeds):
+            raise ConfigError(f"{seed.source} declares provider {seed.name!r} twice")
+        seeds.append(seed)
     kw["providers"] = tuple(seeds)
     kw["skipped_providers"] = tuple(skipped)
     kw["aws_env"] = {k: env[k] for k in AWS_ENV_VARS if env.get(k)}
@@ -585,4 +586,4 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["verify_keys"] = parse_verify_keys("AIGW_BUS_VERIFY_KEYS", v)
     if v := get("AIGW_BUS_MAX_MESSAGE_AGE"):
         kw["bus_max_message_age"] = _duration("AIGW_BUS_MAX_MESSAGE_AGE", v)
-    return Settings(**kw)  # type: ignore[arg-type]
+    return Settings(**kw)

@@ -50,7 +50,7 @@ def setup_tracing(service: str, env: Mapping[str, str] | None = None) -> None:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     else:
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[import-not-found]
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError:
             log.warning("OTLP exporter not installed; install opentelemetry-exporter-otlp-proto-http to export traces")
             return

@@ -27,6 +27,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 import msgspec
@@ -56,7 +57,7 @@ class SeenBedrock(SeenRequest):
     model: str = ""
     streaming: bool = False
     signed_headers: tuple[str, ...] = ()
-    invoke_body: dict | None = None  # type: ignore[type-arg]  # the InvokeModel body (count-tokens: decoded)
+    invoke_body: dict[str, Any] | None = None  # the InvokeModel body (count-tokens: decoded)
 
 
 class Rejected(Exception):
@@ -193,14 +194,14 @@ class MockBedrock(MockUpstream):
         if expected != given:
             raise Rejected(403, "InvalidSignatureException", SIGNATURE_MISMATCH)
 
-    def _count_tokens_body(self, body: bytes, model: str) -> dict:  # type: ignore[type-arg]
+    def _count_tokens_body(self, body: bytes, model: str) -> dict[str, Any]:
         try:
             inner = base64.b64decode(msgspec.json.decode(body)["input"]["invokeModel"]["body"], validate=True)
         except (msgspec.DecodeError, KeyError, TypeError, binascii.Error):
             raise Rejected(400, "ValidationException", "input.invokeModel.body: a base64 InvokeModel body is required") from None
         return self._invoke_body(inner, model)
 
-    def _invoke_body(self, body: bytes, model: str) -> dict:  # type: ignore[type-arg]
+    def _invoke_body(self, body: bytes, model: str) -> dict[str, Any]:
         def invalid(message: str) -> Rejected:
             return Rejected(400, "ValidationException", message)
 

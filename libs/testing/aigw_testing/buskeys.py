@@ -37,7 +37,7 @@ def auth_from_env(env: dict[str, str] | object) -> BusAuth:
     """A test bus's :class:`BusAuth` from a service environment that holds every producer's signing key."""
     from aigw_common.settings import Settings
 
-    return auth_for(Settings.from_env(env))  # type: ignore[arg-type]
+    return auth_for(Settings.from_env(env))  # type: ignore[arg-type]  # env: a plain dict of strings
 
 
 def auth_for(settings: object) -> BusAuth:

@@ -33,7 +33,7 @@ class FaultProxy:
 
     @classmethod
     async def start_for(cls, target_host: str, target_port: int, **kw: object) -> FaultProxy:
-        p = cls(target_host, target_port, **kw)  # type: ignore[arg-type]
+        p = cls(target_host, target_port, **kw)  # type: ignore[arg-type]  # options forwarded as given
         await p.up()
         return p
 

@@ -18,7 +18,7 @@ class AppHarness:
         site = web.TCPSite(runner, host, port)
         await site.start()
         self._runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp has no public bound-port API
         return f"http://{host}:{port}"
 
     async def stop(self, app: web.Application) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -26,7 +28,7 @@ class Infra:
     def __init__(self) -> None:
         self._pg: str | None = None
         self._nats: str | None = None
-        self._stoppers: list = []  # type: ignore[type-arg]
+        self._stoppers: list[Callable[[], object]] = []
 
     def pg_admin_url(self) -> str:
         if self._pg is None:
@@ -42,18 +44,19 @@ class Infra:
         url = os.environ.get("AIGW_TEST_PG_URL", DEFAULT_PG)
         if reachable(url):
             return url
+        embedded: Any = None
         try:
-            from aigw_common.embedded import EmbeddedPostgres
+            from aigw_common.embedded import EmbeddedPostgres as embedded
         except ImportError:
-            EmbeddedPostgres = None
-        if EmbeddedPostgres is not None:
+            pass
+        if embedded is not None:
             import tempfile
 
-            pg = EmbeddedPostgres(tempfile.mkdtemp(prefix="aigw-test-pg-"))
+            pg = embedded(tempfile.mkdtemp(prefix="aigw-test-pg-"))
             url = asyncio.run(pg.start())
             self._stoppers.append(lambda: asyncio.run(pg.stop()))
             return url
-        from testcontainers.postgres import PostgresContainer  # type: ignore[import-not-found]
+        from testcontainers.postgres import PostgresContainer  # type: ignore[import-not-found]  # optional, only without local binaries
 
         c = PostgresContainer("postgres:16-alpine", driver=None).start()
         self._stoppers.append(c.stop)

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,7 +226,7 @@ class NatsCluster:
 
 
 @pytest.fixture
-async def nats_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+async def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsCluster]:
     """A three-node JetStream cluster of its own (its processes killed and its store dirs removed after)."""
     c = await NatsCluster.start(tmp_path_factory.mktemp("nats-cluster"))
     yield c

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -86,7 +88,7 @@ async def cleanup_jetstream(nats_url: str, prefix: str) -> None:
         try:
             js = nc.jetstream()
             for name in await js.streams_info():
-                n = name.config.name
+                n = name.config.name or ""
                 if n.startswith(stream_prefix) or n.startswith(bucket_prefix):
                     with contextlib.suppress(Exception):
                         await js.delete_stream(n)
@@ -112,7 +114,7 @@ def bus_auth(bus_keys: BusKeys) -> BusAuth:
 
 
 @pytest.fixture
-def auth_nats():  # type: ignore[no-untyped-def]
+def auth_nats():  # type: ignore[no-untyped-def]  # a generator fixture over a lazily imported server type
     """A private nats-server with the production (k8s) authorization: one user per service."""
     from .natsauth import auth_nats_server
 
@@ -121,7 +123,7 @@ def auth_nats():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def base_env(nats_url: str, bus_prefix: str, encryption_key: str, bus_keys: BusKeys, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def base_env(nats_url: str, bus_prefix: str, encryption_key: str, bus_keys: BusKeys, tmp_path: Path) -> dict[str, str]:
     """The environment a service would get, pointed at this test's isolated bus and data dir.
 
     It holds every producer's signing key (each service reads only its own) and all public keys."""
@@ -169,7 +171,7 @@ async def mock_upstream() -> AsyncIterator[MockUpstream]:
 
 
 @pytest.fixture
-async def mock_bedrock():  # type: ignore[no-untyped-def]
+async def mock_bedrock() -> AsyncIterator[Any]:  # a MockBedrock (imported lazily: botocore)
     """A mock Bedrock runtime checking SigV4 (``mock_bedrock.access_key`` / ``secret_key`` / ``region``)."""
     from .bedrock_mock import MockBedrock
 

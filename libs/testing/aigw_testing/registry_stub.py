@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -86,7 +88,7 @@ class RegistryStub:
                                             sealed=self.sealer.seal(key)))
         return AuthVerifyReply(identity=Identity(user_id=u.user_id, username=u.username, roles=u.roles,
                                                  group_ids=u.group_ids, token_id=u.token_id, provider_keys=keys,
-                                                 scope=u.scope, expires_at=u.expires_at))  # type: ignore[arg-type]
+                                                 scope=u.scope, expires_at=u.expires_at))  # type: ignore[arg-type]  # the stub keeps scope as str
 
     async def _directory(self, req: DirectoryLookup, _m: object) -> DirectoryReply:
         """Like the registry: refs match a live user/group by id or (case-insensitive) name; ids match ids."""
@@ -109,14 +111,14 @@ class RegistryStub:
         self.groups[gid] = name
         return gid
 
-    async def directory_changed(self, *, user_ids: list[str] = (), group_ids: list[str] = ()) -> None:  # type: ignore[assignment]
+    async def directory_changed(self, *, user_ids: Sequence[str] = (), group_ids: Sequence[str] = ()) -> None:
         await self.bus.publish(self.bus.subjects.directory_changed,
                                DirectoryChanged(user_ids=list(user_ids), group_ids=list(group_ids)))
 
     # ------------------------------------------------------------ state
 
     def put_provider(self, name: str, type: str, base_url: str, keys: list[str] | None = None, *,
-                     enabled: bool = True, allow_byok: bool = True, settings: dict | None = None,  # type: ignore[type-arg]
+                     enabled: bool = True, allow_byok: bool = True, settings: dict[str, Any] | None = None,
                      key_ids: list[str] | None = None) -> ProviderConfig:
         """Create or replace a provider; keys get stable ids ``<name>-k<position>`` unless given."""
         old = self.providers.get(name)

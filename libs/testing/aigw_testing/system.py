@@ -234,13 +234,13 @@ class System:
         t = await self.owner.ok("POST", reg + f"/api/v2/users/{u['id']}/tokens", {"name": "t", "scope": scope})
         return Member(u["id"], username, t["token"], t["id"])
 
-    def openai(self, token: str, gateway: str = "gateway", provider: str = "openai", **kw: Any):  # type: ignore[no-untyped-def]
+    def openai(self, token: str, gateway: str = "gateway", provider: str = "openai", **kw: Any):  # type: ignore[no-untyped-def]  # SDK client types; the SDKs are imported lazily
         import openai
 
         return openai.AsyncOpenAI(base_url=f"{self.urls[gateway]}/{provider}/v1", api_key=token,
                                   **{"max_retries": 0, "timeout": 20.0, **kw})
 
-    def anthropic(self, token: str, gateway: str = "gateway", **kw: Any):  # type: ignore[no-untyped-def]
+    def anthropic(self, token: str, gateway: str = "gateway", **kw: Any):  # type: ignore[no-untyped-def]  # as openai()
         import anthropic
 
         return anthropic.AsyncAnthropic(base_url=self.urls[gateway] + "/anthropic", api_key=token,
@@ -287,11 +287,11 @@ class System:
             assert len(rows) == expect, f"{len(rows)} interceptions recorded, expected {expect}"
         sums: dict[str, int] = {}
         seen: set[str] = set()
-        for e in self.usage.events:
-            if isinstance(e, TokenUsage) and e.event_id not in seen:
-                seen.add(e.event_id)
-                t = e.tokens
-                sums[e.interception_id] = sums.get(e.interception_id, 0) + t.input_tokens + t.output_tokens \
+        for ev in self.usage.events:
+            if isinstance(ev, TokenUsage) and ev.event_id not in seen:
+                seen.add(ev.event_id)
+                t = ev.tokens
+                sums[ev.interception_id] = sums.get(ev.interception_id, 0) + t.input_tokens + t.output_tokens \
                     + t.cache_read_tokens + t.cache_write_tokens
         for r in rows:
             got = r["input_tokens"] + r["output_tokens"] + r["cache_read_tokens"] + r["cache_write_tokens"]
@@ -312,7 +312,7 @@ class System:
 
 
 @pytest.fixture
-async def start_system(apps, base_env, database_url, nats_url, mock_upstream):  # type: ignore[no-untyped-def]
+async def start_system(apps, base_env, database_url, nats_url, mock_upstream):  # type: ignore[no-untyped-def]  # pytest fixture args
     """``s = await start_system(services=…, env=…)``: the stack behind fault proxies, closed after the test."""
     started: list[System] = []
 
@@ -468,7 +468,7 @@ class ServiceProcess:
 
     async def _signal(self, sig: int, within: float) -> int:
         if self.proc is None or self.proc.returncode is not None:
-            return self.proc.returncode if self.proc is not None else 0
+            return self.proc.returncode if self.proc is not None and self.proc.returncode is not None else 0
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(sig)
         try:

@@ -14,6 +14,7 @@ import asyncio
 import collections
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -34,7 +35,7 @@ class SeenRequest:
     def key(self) -> str | None:
         return credential_of(self.headers)
 
-    def json(self) -> dict:  # type: ignore[type-arg]
+    def json(self) -> dict[str, Any]:
         return msgspec.json.decode(self.body) if self.body else {}
 
 
@@ -82,7 +83,7 @@ class MockUpstream:
         self.event_delay = event_delay
         return self.fixture
 
-    def on_key(self, key: str, status: int, headers: dict[str, str] | None = None, body: bytes | dict | None = None,  # type: ignore[type-arg]
+    def on_key(self, key: str, status: int, headers: dict[str, str] | None = None, body: bytes | dict[str, Any] | None = None,
                times: int | None = None) -> None:
         if isinstance(body, dict):
             body = msgspec.json.encode(body)
@@ -104,7 +105,7 @@ class MockUpstream:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp has no public bound-port API
         self.url = f"http://{host}:{port}"
         return self.url
 

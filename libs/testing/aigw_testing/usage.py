@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+from nats.aio.msg import Msg
+
 from aigw_common.bus import Bus
 from aigw_common.schemas import (
     AnyUsageEvent,
@@ -25,7 +27,7 @@ class UsageCollector:
     async def start(self) -> UsageCollector:
         assert self.bus.nc is not None
 
-        async def cb(m) -> None:  # type: ignore[no-untyped-def]
+        async def cb(m: Msg) -> None:
             self.events.extend(usage_events(m.data))
             self._changed.set()
 

@@ -77,7 +77,7 @@ def _require_admin(ident: Identity) -> None:
 # ---------------------------------------------------------------- budgets
 
 
-async def _subject(request: web.Request, scope: str, ident: Identity) -> tuple[str, str]:
+async def _subject(request: web.Request, scope: Literal["user", "group"], ident: Identity) -> tuple[str, str]:
     """(id, name) of the path's user or group; 404 when the registry knows none."""
     svc = request.app[SERVICE]
     ref = request.match_info["ref"]

@@ -64,7 +64,7 @@ def _iso(at: float) -> str:
 
 
 def _kind(ev: AnyUsageEvent) -> str:
-    return type(ev).__struct_config__.tag.split(".", 1)[1]  # type: ignore[union-attr]
+    return str(type(ev).__struct_config__.tag).split(".", 1)[1]
 
 
 _STARTED = """
@@ -275,8 +275,8 @@ class BatchRecorder:
             if not s["model"]:
                 s["model"] = ev.model
             for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
-                s[f] = int(s[f]) + getattr(t, f)  # type: ignore[call-overload]
-            s["cost_micros"] = int(s["cost_micros"]) + cost  # type: ignore[call-overload]
+                s[f] = int(s[f]) + getattr(t, f)  # type: ignore[call-overload]  # s is a dict[str, object] row
+            s["cost_micros"] = int(s["cost_micros"]) + cost  # type: ignore[call-overload]  # s is a dict[str, object] row
             s["unpriced"] = bool(s["unpriced"]) or price is None
         await conn.execute(_TOKEN_ROWS, rows)
         await conn.execute(_TOKEN_SUMS, sorted(sums.values(), key=lambda r: str(r["id"])))
@@ -329,11 +329,11 @@ class BatchRecorder:
             " DO UPDATE SET spent_micros = spend.spent_micros + EXCLUDED.spent_micros",
             [k[0] for k in order], [k[1] for k in order], [k[2] for k in order], [spend[k] for k in order],
         )
-        for (scope, subject, period, gateway), delta in sorted(leases.items()):  # key order: the lock order
+        for (scope, subject, lease_period, gateway), delta in sorted(leases.items()):  # key order: the lock order
             await conn.execute(
                 "UPDATE leases SET recorded_micros = recorded_micros + $5"
                 " WHERE scope = $1 AND subject_id = $2 AND period_start = $3 AND gateway_id = $4",
-                scope, subject, period, gateway, delta,
+                scope, subject, lease_period, gateway, delta,
             )
         await conn.execute("UPDATE interceptions SET attributed_micros = cost_micros WHERE id = ANY($1::text[])", done)
         return moved

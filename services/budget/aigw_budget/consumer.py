@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import nats.errors
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Any], Awaitable[object]]
 # events in → per event, what applying it gave (an object with ``duplicate``) or the AigwError that refused it
-BatchHandler = Callable[[list[Any]], Awaitable[list[object]]]
+BatchHandler = Callable[[list[Any]], Awaitable[Sequence[object]]]
 
 _NATS_ERRORS = (
     nats.errors.Error,
@@ -197,7 +197,7 @@ class UsageConsumer:
                 i += len(evs)
         return out
 
-    async def _settle_applied(self, m: Msg, events: list[Any], results: list[object]) -> str:
+    async def _settle_applied(self, m: Msg, events: list[Any], results: Sequence[object]) -> str:
         """Ack a message whose events were applied (or were duplicates); term one whose every event was refused.
 
         An event the database refused for its data is dropped (logged) either way: retrying cannot help.

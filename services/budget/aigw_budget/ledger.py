@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -91,8 +92,8 @@ class Ledger:
     ) -> tuple[LeaseGrant, bool]:
         table, col = TABLES[item.scope]
         limit = await conn.fetchval(f"SELECT spend_limit_micros FROM {table} WHERE {col} = $1 FOR UPDATE", item.subject_id)
-        common = dict(scope=item.scope, subject_id=item.subject_id, seq=item.seq, name=name,
-                      period_start=period.start.timestamp(), period_end=period.end.timestamp())
+        common: dict[str, Any] = dict(scope=item.scope, subject_id=item.subject_id, seq=item.seq, name=name,
+                                      period_start=period.start.timestamp(), period_end=period.end.timestamp())
         if limit is None:
             return LeaseGrant(found=False, **common), False
         nowdt = datetime.fromtimestamp(now, UTC)
@@ -175,7 +176,7 @@ class Ledger:
         if keys is not None and include_deleted:
             seen = {(s.scope, s.subject_id) for s in out}
             out += [
-                BudgetState(scope=s, subject_id=i, blocked=False, spent_micros=0, limit_micros=0,  # type: ignore[arg-type]
+                BudgetState(scope=s, subject_id=i, blocked=False, spent_micros=0, limit_micros=0,  # type: ignore[arg-type]  # scope: str from the DB, one of the Literal
                             period_start=period.start.timestamp(), period_end=period.end.timestamp(), deleted=True)
                 for s, i in keys if (s, i) not in seen
             ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Literal
 
 from nats.aio.msg import Msg
@@ -44,7 +45,7 @@ class Directory:
     async def _on_changed(self, msg: DirectoryChanged, _m: Msg | None) -> None:
         self.evict(user_ids=msg.user_ids, group_ids=msg.group_ids)
 
-    def evict(self, *, user_ids: list[str] = (), group_ids: list[str] = ()) -> None:  # type: ignore[assignment]
+    def evict(self, *, user_ids: Sequence[str] = (), group_ids: Sequence[str] = ()) -> None:
         gone = {("user", i) for i in user_ids} | {("group", i) for i in group_ids}
         for k in gone:
             self._by_id.pop(k, None)
@@ -86,10 +87,10 @@ class Directory:
         if reply.error:
             raise BusError(f"directory lookup refused: {reply.error}")
         now = time.monotonic()
-        for e in reply.users:
-            self._remember("user", e, now)
-        for e in reply.groups:
-            self._remember("group", e, now)
+        for entry in reply.users:
+            self._remember("user", entry, now)
+        for entry in reply.groups:
+            self._remember("group", entry, now)
         return reply
 
     # ------------------------------------------------------------ queries

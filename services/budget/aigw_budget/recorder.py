@@ -91,7 +91,7 @@ class Recorder:
         claimed = await conn.fetchval(
             "INSERT INTO processed_events (event_id, interception_id, kind) VALUES ($1, $2, $3)"
             " ON CONFLICT (event_id) DO NOTHING RETURNING true",
-            ev.event_id, ev.interception_id, type(ev).__struct_config__.tag.split(".", 1)[1],
+            ev.event_id, ev.interception_id, str(type(ev).__struct_config__.tag).split(".", 1)[1],
         )
         if not claimed:
             return Applied(duplicate=True, budgets=[])

@@ -60,13 +60,13 @@ class ChatHub:
             yield q
         finally:
             async with self._lock:
-                ch = self._chats.get(chat_id)
-                if ch is not None:
-                    ch.listeners.discard(q)
-                    if not ch.listeners:
+                cur = self._chats.get(chat_id)
+                if cur is not None:
+                    cur.listeners.discard(q)
+                    if not cur.listeners:
                         del self._chats[chat_id]
-                        if ch.sub is not None:
-                            await self.bus.unsubscribe(ch.sub)
+                        if cur.sub is not None:
+                            await self.bus.unsubscribe(cur.sub)
 
     def listeners(self, chat_id: str) -> int:
         ch = self._chats.get(chat_id)

@@ -298,9 +298,10 @@ class ChatRoutes:
                         break
                     event, data = item
                     if event == "message_delta" and have is not None:
-                        data = _after_snapshot(data, have)
-                        if data is None:
+                        rest = _after_snapshot(data, have)
+                        if rest is None:
                             continue
+                        data = rest
                     await _send(resp, event, data)
                     if event == "status" and data == b'{"status":"deleted"}':
                         break

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -133,7 +134,7 @@ class SkillStore:
             await c.execute("DELETE FROM chatd.skills WHERE id = $1", skill["id"])
             await self._audit(c, ident.user_id, "skill.delete", skill["user_id"], skill["name"], {"id": str(skill["id"])})
 
-    async def purge_users(self, user_ids: list[str]) -> int:
+    async def purge_users(self, user_ids: Sequence[str]) -> int:
         """A deleted user's skills go with them (audited as the system's doing)."""
         async with self.pool.acquire() as c, c.transaction():
             rows = await c.fetch("DELETE FROM chatd.skills WHERE user_id = ANY($1::text[]) RETURNING user_id, name",

@@ -256,7 +256,7 @@ def stream_closed(provider: str, why: str) -> TurnError:
 
 async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, str]]:
     """(event, data) pairs of a text/event-stream body, as they arrive."""
-    event, data = "", []
+    event, data = "", list[str]()
     async for raw in content:
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         if not line:

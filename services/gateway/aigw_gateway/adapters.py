@@ -17,7 +17,7 @@ from yarl import URL
 from aigw_common.durations import parse_duration
 from aigw_common.errors import AigwError
 
-from . import bedrock, paths
+from . import bedrock, paths, sigv4
 from .errors import Api
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class OpenAIAdapter(Adapter):
     api: Api = "openai"
     route_prefix = "/v1"  # Copilot's bridged routes have none
     forward_names = frozenset({"originator", "session_id", "conversation_id"})  # Codex
-    forward_prefixes = ("openai-", "x-stainless-")
+    forward_prefixes: tuple[str, ...] = ("openai-", "x-stainless-")
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         if method == "POST":
@@ -214,7 +214,7 @@ class AnthropicAdapter(Adapter):
 
     passthrough_routes = ANTHROPIC_PASSTHROUGH
     forward_names = frozenset({"x-app", "x-claude-code-session-id"})  # Claude Code
-    forward_prefixes = ("anthropic-", "x-stainless-")
+    forward_prefixes: tuple[str, ...] = ("anthropic-", "x-stainless-")
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         return "messages" if method == "POST" and path == "/v1/messages" else None
@@ -269,7 +269,7 @@ class CopilotAdapter(OpenAIAdapter):
                                "copilot-integration-id", "copilot-vision-request", "editor-version",
                                "editor-plugin-version", "vscode-sessionid", "vscode-machineid",
                                "x-vscode-user-agent-library-version"})
-    forward_prefixes = ("openai-", "x-stainless-", "copilot-", "editor-", "x-github-")
+    forward_prefixes: tuple[str, ...] = ("openai-", "x-stainless-", "copilot-", "editor-", "x-github-")
 
 
 def _looks_like_jwt(token: str) -> bool:
@@ -347,7 +347,7 @@ class BedrockAdapter(AnthropicAdapter):
                                betas, bearer=bearer)
         except ValueError as e:
             raise AdapterRefusal(400, f"invalid request body: {e}") from None
-        except bedrock.sigv4.CredentialsError as e:
+        except sigv4.CredentialsError as e:
             raise AdapterRefusal(502, f"provider {provider.name!r}: {e}") from None
         if req is None:
             raise AdapterRefusal(404, f"{out.method} {_path_of(out.url, provider.base)} has no Bedrock equivalent")

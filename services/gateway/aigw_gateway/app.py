@@ -166,7 +166,7 @@ class _MarkSink:
         self.bus = bus
         self.backlog: list[KeyMarked] = []
         self.max_backlog = max_backlog
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
 
     def __call__(self, mark: KeyMarked) -> None:
         t = asyncio.get_running_loop().create_task(self._publish(mark))

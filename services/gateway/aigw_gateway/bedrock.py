@@ -69,13 +69,17 @@ ThinkingMode = Literal["budget", "adaptive", "adaptive-only"]
 _VERSION = re.compile(r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d{1,2}))?(?!\d)")
 
 
+_THINKING_MODES: dict[str, ThinkingMode] = {"budget": "budget", "adaptive": "adaptive", "adaptive-only": "adaptive-only"}
+
+
 def thinking_mode(model: str, override: str | None = None) -> ThinkingMode:
     """What thinking a Bedrock model accepts: budget only (≤ 4.5), both (4.6), adaptive only (≥ 4.7).
 
     Read from the version in the model id; a provider can pin it with settings ``thinking_mode``.
     """
-    if override in ("budget", "adaptive", "adaptive-only"):
-        return override  # type: ignore[return-value]
+    pinned = _THINKING_MODES.get(override or "")
+    if pinned is not None:
+        return pinned
     m = _VERSION.search(model)
     if not m:
         return "budget"

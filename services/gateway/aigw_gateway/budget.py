@@ -327,7 +327,7 @@ class BudgetGuard:
         seq = lease.seq
         if target < lease.granted:
             lease.granted = target  # stop using what is handed back before saying so
-        item = LeaseItem(scope=lease.key[0], subject_id=lease.key[1], period_start=lease.period_start,  # type: ignore[arg-type]
+        item = LeaseItem(scope=lease.key[0], subject_id=lease.key[1], period_start=lease.period_start,  # type: ignore[arg-type]  # key[0]: str scope
                          seq=seq, consumed_micros=lease.consumed, inflight_micros=lease.inflight,
                          target_micros=target, need_micros=need)
         sent = time.monotonic()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiDict
 
 if TYPE_CHECKING:
     from aigw_common.schemas import Identity
@@ -141,7 +141,8 @@ class ModelCatalog:
         try:
             async with asyncio.timeout(self.timeout):
                 # each type's own model-list pass-through route (Copilot's has no /v1)
-                url = p.adapter.upstream_url(p, "/models" if p.type == "copilot" else "/v1/models", "")
+                url = p.adapter.upstream_url(p, "/models" if p.type == "copilot" else "/v1/models",
+                                             MultiDict[str]())
                 resp, _key, filt, _out = await gw._send(request, p, None, url, CIMultiDict(), b"", caller)
                 try:
                     if resp.status != 200:

@@ -155,6 +155,6 @@ class KeyPools:
         for obs in self.observers:
             obs(provider_id, key_id, status, headers)
         if marked and self.sink is not None:
-            self.sink(KeyMarked(event_id=uuid.uuid4().hex, provider_id=provider_id, key_id=key_id, state=marked,  # type: ignore[arg-type]
+            self.sink(KeyMarked(event_id=uuid.uuid4().hex, provider_id=provider_id, key_id=key_id, state=marked,  # type: ignore[arg-type]  # marked: str, one of the Literal
                                 until=until, status_code=status, gateway_id=self.gateway_id, at=time.time()))
         return marked

@@ -88,6 +88,7 @@ async def _chunks(resp: aiohttp.ClientResponse, idle: float) -> AsyncIterator[by
     loop = asyncio.get_running_loop()
     content = resp.content
     last = loop.time()
+    handle: asyncio.TimerHandle
 
     def check() -> None:
         nonlocal handle
@@ -664,7 +665,7 @@ class _Interception:
                 outcome = "error"
         duration = time.monotonic() - self.t0
         events.append(InterceptionEnded(event_id=self._event_id(), interception_id=self.id, at=now,
-                                        status=outcome, status_code=status,  # type: ignore[arg-type]
+                                        status=outcome, status_code=status,  # type: ignore[arg-type]  # outcome: str, one of the Literal
                                         duration_ms=int(duration * 1000), error=self.error,
                                         key_id=self.key.id if self.key is not None else None,
                                         key_hint=self.key.hint if self.key is not None else ""))

@@ -189,7 +189,7 @@ class Recorder:
 
     def _enqueue(self, subject: str, msg_id: str, data: bytes) -> None:
         # the trace context of the request, captured now: the publisher task runs outside it
-        trace = tracing.inject({}) or None
+        trace = dict(tracing.inject({})) or None
         item = (subject, msg_id, data, trace)
         try:
             self._queue.put_nowait(item)
@@ -387,7 +387,7 @@ class Recorder:
         ev: UsageEvent | None = None
         for _ in range(4):
             try:
-                await self.bus.js_publish(subject, None, msg_id=msg_id, data=data, timeout=5.0)  # type: ignore[arg-type]
+                await self.bus.js_publish(subject, None, msg_id=msg_id, data=data, timeout=5.0)
             except BusError as e:
                 if e.retryable:
                     raise

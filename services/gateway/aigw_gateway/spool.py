@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
@@ -42,7 +43,7 @@ class Spool:
         self.dir = directory
         self.max_bytes = max_bytes
         self.dropped = 0
-        self._fh: object | None = None
+        self._fh: BinaryIO | None = None
         self._current: Path | None = None
         self._size = 0
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -90,15 +91,15 @@ class Spool:
         if self._fh is None:
             self._current = self.dir / f"{time.time_ns():020d}.open.jsonl"
             self._fh = open(self._current, "ab")
-        self._fh.write(line)  # type: ignore[attr-defined]
-        self._fh.flush()  # type: ignore[attr-defined]
-        os.fsync(self._fh.fileno())  # type: ignore[attr-defined]
+        self._fh.write(line)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
         self._size += len(line)
         return True
 
     def _seal_current(self) -> None:
         if self._fh is not None and self._current is not None:
-            self._fh.close()  # type: ignore[attr-defined]
+            self._fh.close()
             self._current.rename(self._current.with_name(self._current.name.replace(".open", "")))
             self._fh, self._current = None, None
 

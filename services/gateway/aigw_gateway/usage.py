@@ -158,7 +158,7 @@ def parse_request(endpoint: Endpoint, body: bytes) -> RequestInfo:
     if kind is None:
         raise ValueError(f"unknown endpoint {endpoint!r}")
     try:
-        req = msgspec.json.decode(body, type=kind)
+        req: Any = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as e:
         raise _field_error(e) from None
     except msgspec.DecodeError as e:

@@ -348,8 +348,8 @@ class KeyPoolService:
             counts[st] += 1
             if until is not None:
                 soonest = until if soonest is None else min(soonest, until)
-        for st, n in counts.items():
-            self.metrics.keys.labels(p.name, st).set(n)
+        for state, n in counts.items():
+            self.metrics.keys.labels(p.name, state).set(n)
         if counts["valid"]:
             self.exhausted.pop(provider_id, None)
             return

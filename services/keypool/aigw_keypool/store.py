@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from aigw_common.errors import BusError
 from aigw_common.keystate import KeyStateWatch, entry_subject, kv_key
@@ -29,7 +30,7 @@ class KeyStore:
         self.mirror = mirror
 
     @property
-    def _kv(self):  # type: ignore[no-untyped-def]
+    def _kv(self) -> KeyValue:
         if self.mirror.kv is None:
             raise BusError("key-state bucket not open yet")
         return self.mirror.kv
@@ -41,7 +42,7 @@ class KeyStore:
             return None, 0
         bus = self.mirror.bus
         # A value that fails the signature check counts as no state: the next write replaces it.
-        return bus.auth.open_entry(entry_subject(bus, key), e.value, KeyState), e.revision
+        return bus.auth.open_entry(entry_subject(bus, key), e.value or b"", KeyState), e.revision or 0  # both set when stored
 
     async def change(self, provider_id: str, key_id: str, rule: Rule) -> tuple[KeyState | None, KeyState] | None:
         """Apply ``rule`` to the current state; returns (before, after) when it wrote, None when nothing changed."""

@@ -57,7 +57,8 @@ async def list_audit_logs(reg: Registry, request: web.Request, actor: Actor) -> 
         raise bad_request("limit must be between 1 and 500", "limit")
     if cursor is not None and not 0 < cursor < 2**63:
         raise bad_request("cursor is out of range", "cursor")
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     for col in ("action", "resource_type", "resource_id", "actor_name"):
         param = "actor" if col == "actor_name" else col
         if val := q.get(param):

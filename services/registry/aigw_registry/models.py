@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from .validate import PROVIDER_TYPES
+from aigw_common.settings import PROVIDER_TYPES
 
 DateTime = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
 
@@ -261,4 +261,4 @@ class ErrorOut(Out):
 
 def to_builtins(obj: Out) -> dict[str, Any]:
     """A response Struct as plain JSON-able data (for audit before/after)."""
-    return msgspec.to_builtins(obj)  # type: ignore[no-any-return]
+    return msgspec.to_builtins(obj)

@@ -19,7 +19,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from aigw_common.aio import wait_event
 from aigw_common.bus import Bus, decode
 from aigw_common.errors import BusError
-from aigw_common.metrics import Counter, Gauge
+from aigw_common.metrics import CollectorRegistry, Counter, Gauge
 
 from .core import OutboxMessage, Registry
 
@@ -67,7 +67,7 @@ async def prune(reg: Registry) -> None:
 
 
 class Relay:
-    def __init__(self, reg: Registry, bus: Bus, metrics_registry, *, poll: float = 1.0) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, reg: Registry, bus: Bus, metrics_registry: CollectorRegistry, *, poll: float = 1.0) -> None:
         self.reg, self.bus, self.poll = reg, bus, poll
         self.sent = Counter("aigw_registry_outbox_published_total", "Outbox events published",
                             registry=metrics_registry)

@@ -54,7 +54,7 @@ async def fetch_keys(conn: asyncpg.Connection, provider_ids: list[Any]) -> dict[
 def settings_of(reg: Registry, row: asyncpg.Record) -> dict[str, str]:
     if not row["settings_sealed"]:
         return {}
-    return msgspec.json.decode(reg.open("provider-settings", str(row["id"]), row["settings_sealed"]))  # type: ignore[no-any-return]
+    return msgspec.json.decode(reg.open("provider-settings", str(row["id"]), row["settings_sealed"]))
 
 
 def key_out(k: asyncpg.Record) -> KeyOut:

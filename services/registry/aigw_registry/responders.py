@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from aigw_common.auth import same_token
 from aigw_common.bus import Bus
 from aigw_common.errors import CryptoError
-from aigw_common.metrics import Counter, Gauge
+from aigw_common.metrics import CollectorRegistry, Counter, Gauge
 from aigw_common.schemas import (
     AuthVerifyReply,
     AuthVerifyRequest,
@@ -121,7 +121,7 @@ async def verify_token(reg: Registry, token_hash: str) -> Identity | None:
 class Responders:
     """NATS handlers over :func:`build_snapshot` / :func:`verify_token`, with a snapshot cached per revision."""
 
-    def __init__(self, reg: Registry, metrics_registry) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, reg: Registry, metrics_registry: CollectorRegistry) -> None:
         self.reg = reg
         self._cached: RegistrySnapshot | None = None
         self.requests = Counter("aigw_registry_bus_requests_total", "Bus requests answered by the registry",

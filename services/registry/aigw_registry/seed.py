@@ -29,7 +29,7 @@ import msgspec
 from aigw_common.auth import ROLE_OWNER, SCOPE_ADMIN
 from aigw_common.crypto import hash_token
 from aigw_common.errors import ConfigError
-from aigw_common.settings import ProviderSeed
+from aigw_common.settings import PROVIDER_TYPES, ProviderSeed
 
 from . import validate as v
 from .core import SEED_LOCK, SYSTEM, Registry
@@ -164,7 +164,7 @@ async def reconcile(reg: Registry) -> SeedReport:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SEED_LOCK)
         for sk in reg.settings.skipped_providers:
             log.warning(f"skipping env provider of unknown type: {sk.variable}={sk.type!r}",
-                        extra={"variable": sk.variable, "type": sk.type, "known_types": ",".join(v.PROVIDER_TYPES)})
+                        extra={"variable": sk.variable, "type": sk.type, "known_types": ",".join(PROVIDER_TYPES)})
             report.skipped.append(sk.variable)
         for seed in reg.settings.providers:
             await _seed_one(reg, conn, seed, report)

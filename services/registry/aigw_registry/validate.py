@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aigw_common import headers, netguard
@@ -19,6 +20,8 @@ from aigw_common.auth import ROLES
 from aigw_common.crypto import mask_secret
 from aigw_common.durations import parse_duration
 from aigw_common.settings import PROVIDER_NAME_RE, PROVIDER_TYPES, RESERVED_PROVIDER_NAMES
+
+T = TypeVar("T")
 
 MAX_API_KEY_BYTES = 10 * 1024
 MAX_KEYS_PER_PROVIDER = 100
@@ -69,7 +72,7 @@ class Problems:
     def __init__(self) -> None:
         self.items: list[Validation] = []
 
-    def check(self, fn, *args, **kw):  # type: ignore[no-untyped-def]
+    def check(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T | None:
         try:
             return fn(*args, **kw)
         except Invalid as e:
