@@ -116,6 +116,16 @@ def document() -> dict[str, Any]:
             operation["requestBody"] = {"required": method == "POST" and endpoint is not None,
                                         "content": {"application/json": {"schema": {"type": "object"}}}}
         paths.setdefault("/{provider}" + path, {})[method.lower()] = operation
+    paths["/v1/models"] = {"get": {  # proxy.Gateway.handle → catalog.ModelCatalog (no provider prefix)
+        "operationId": "get_models_all_providers", "tags": ["models"],
+        "summary": "The models the caller may use across providers (OpenAI list shape, ids provider/model)",
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {
+            "type": "object", "required": ["object", "data"],
+            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
+                "type": "object", "required": ["id", "object"],
+                "properties": {"id": {"type": "string"}, "object": {"const": "model"},
+                               "owned_by": {"type": "string"}}}}}}}}},
+            **{c: _ERROR_REFS[c] for c in ("401", "403")}}}}
     for probe, what in (("/healthz", "Alive"), ("/readyz", "Ready to serve (NATS connected or last state known)"),
                         ("/metrics", "Prometheus metrics")):
         paths[probe] = {"get": {"operationId": "get_" + probe.strip("/"), "summary": what, "tags": ["meta"],
