@@ -311,3 +311,41 @@ async def test_interrupt_stops_the_turn_and_the_gateway_records_it_interrupted(s
     assert chat["status"] == "idle" and chat["messages"][-1]["interrupted"] is True
     recorded = await s.interceptions(chat_id, 1)
     assert [i["status"] for i in recorded] == ["interrupted"]  # one call: no summary of an interrupted turn
+
+
+async def test_skills_of_a_user_deleted_while_chatd_was_away_are_dropped(stack: Stack, apps, make_settings,  # type: ignore[no-untyped-def]
+                                                                         database_url) -> None:
+    """auth.revoked is core NATS: a chatd that was down misses it. chatd reconciles skill owners against the
+    registry's directory at start (and periodically), so the durable record — the deleted user — wins."""
+    import uuid
+
+    import asyncpg
+
+    from aigw_chatd.app import create_app as chatd_app
+    from aigw_testing.stack import wait_ready
+
+    s = stack
+    gus_id, _gus = await s.member("gus")
+    ivy_id, ivy = await s.member("ivy")
+    await s.api(ivy).ok("POST", s.urls["chatd"] + "/api/experimental/users/me/skills",
+                        {"name": "kept", "content": "x"}, status=201)
+    await s.owner.ok("DELETE", s.urls["registry"] + f"/api/v2/users/{gus_id}", status=204)
+    # the state a chatd that was down during the deletion is left with: gus's skill is still there
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO chatd.skills (id, user_id, username, name, content) VALUES ($1, $2, 'gus',"
+                           " 'orphan', 'y')", uuid.uuid4(), gus_id)
+        settings = make_settings(AIGW_DATABASE_URL=database_url, AIGW_BOOTSTRAP_TOKEN=OWNER_TOKEN,
+                                 AIGW_GATEWAY_URL=s.urls["gateway"])
+        url = await apps.start(chatd_app(settings))  # a chatd (re)starting
+        await wait_ready(url, 30)
+        deadline = asyncio.get_running_loop().time() + 10
+        while await conn.fetchval("SELECT count(*) FROM chatd.skills WHERE user_id = $1", gus_id):
+            assert asyncio.get_running_loop().time() < deadline, "the deleted user's skills were not dropped"
+            await asyncio.sleep(0.1)
+        assert await conn.fetchval("SELECT count(*) FROM chatd.skills WHERE user_id = $1", ivy_id) == 1
+        audit = await conn.fetchval("SELECT count(*) FROM chatd.audit_log WHERE action = 'skill.purge' AND"
+                                    " target_user_id = $1", gus_id)
+        assert audit >= 1
+    finally:
+        await conn.close()

@@ -96,7 +96,7 @@ def permissions(service: str, prefix: str = "aigw") -> dict[str, object]:
         sub = [f"{p}.budget.>", s.auth_revoked, s.directory_changed, inbox]
         responds = True
     elif service == "chatd":
-        pub = [f"{p}.chat.>", s.registry_snapshot, s.auth_verify]
+        pub = [f"{p}.chat.>", s.registry_snapshot, s.auth_verify, s.registry_directory]
         sub = [f"{p}.chat.>", s.providers_changed, s.auth_revoked, inbox]
     else:
         raise ValueError(f"no NATS user for {service!r}")

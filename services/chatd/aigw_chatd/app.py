@@ -33,7 +33,7 @@ from .openapi import add_document
 from .providers import ProviderDirectory
 from .routes import ChatRoutes
 from .runner import TurnRunner
-from .skills import SkillRoutes, SkillStore
+from .skills import SkillRoutes, SkillStore, reconcile_owners
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -107,13 +107,26 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     # 3. tasks
     await d.runner.listen_interrupts()
     sweeper = asyncio.create_task(d.runner.sweeper(), name="chatd-sweeper")
+    reconciler = asyncio.create_task(_reconcile_skill_owners(d.skills, bus, config), name="chatd-skill-owners")
     try:
         yield
     finally:
         await d.runner.drain(settings.shutdown_grace)
         await stop_task(sweeper)
+        await stop_task(reconciler)
         await d.directory.stop()
         await session.close()
         await direct.close()
         await bus.close()
         await close_pool(pool)
+
+
+async def _reconcile_skill_owners(skills: SkillStore, bus: Bus, config: ChatdConfig) -> None:
+    """At start (once NATS is up) and every ``owner_reconcile_interval``: see ``skills.reconcile_owners``."""
+    while True:
+        await bus.wait_connected()
+        try:
+            await reconcile_owners(skills, bus, config.control_timeout)
+        except OSError as e:
+            log.warning("skill owners not reconciled", extra={"error": str(e)})
+        await asyncio.sleep(config.owner_reconcile_interval)

@@ -22,3 +22,4 @@ class ChatdConfig:
     summary: bool = True
     summary_timeout: float = 30.0
     summary_max_chars: int = 200
+    owner_reconcile_interval: float = 600.0  # how often skills of users deleted while chatd was away are purged

@@ -30,7 +30,9 @@ from aigw_common.api import (
     read_json,
 )
 from aigw_common.auth import authenticate, is_owner
-from aigw_common.schemas import Identity
+from aigw_common.bus import Bus
+from aigw_common.errors import BusError
+from aigw_common.schemas import DirectoryLookup, DirectoryReply, Identity
 
 from .store import Store
 
@@ -143,6 +145,39 @@ class SkillStore:
                 names = sorted(r["name"] for r in rows if r["user_id"] == uid)
                 await self._audit(c, None, "skill.purge", uid, "*", {"reason": "user deleted", "names": names})
         return len(rows)
+
+
+    async def owners(self) -> list[str]:
+        return [r["user_id"] for r in await self.pool.fetch("SELECT DISTINCT user_id FROM chatd.skills")]
+
+
+DIRECTORY_CHUNK = 500  # the registry answers at most this many ids per lookup
+
+
+async def reconcile_owners(skills: SkillStore, bus: Bus, timeout: float) -> int:
+    """Purge the skills of users the registry says are deleted: the durable half of user deletion.
+
+    ``aigw.auth.revoked`` is core NATS: a chatd that was down when a user was deleted never hears it. So at
+    start and periodically chatd asks the registry's directory about every user that owns skills and drops
+    the skills of those marked deleted. A lookup that fails or answers an error changes nothing.
+    """
+    owners = await skills.owners()
+    purged = 0
+    for i in range(0, len(owners), DIRECTORY_CHUNK):
+        chunk = owners[i:i + DIRECTORY_CHUNK]
+        try:
+            reply = await bus.request(bus.subjects.registry_directory, DirectoryLookup(user_ids=chunk), DirectoryReply,
+                                      timeout=timeout)
+        except BusError as e:
+            log.warning("skill owners not reconciled: registry directory unavailable", extra={"error": str(e)})
+            return purged
+        if reply.error:
+            log.warning("skill owners not reconciled", extra={"error": reply.error})
+            return purged
+        if gone := [u.id for u in reply.users if u.deleted and u.id in chunk]:
+            purged += await skills.purge_users(gone)
+            log.info("skills of deleted users purged (reconciliation)", extra={"users": len(gone)})
+    return purged
 
 
 def _uuid(s: str) -> uuid.UUID | None:
