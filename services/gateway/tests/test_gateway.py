@@ -229,6 +229,23 @@ class TestBadInput:
             assert r.status == 404 and (await r.json())["type"] == "error"
 
 
+async def test_count_tokens_passes_through(gw):
+    """POST /v1/messages/count_tokens (the recorded fixture) through the real SDK: the body goes upstream as
+    sent, with a pool key, and the answer comes back unchanged."""
+    from aigw_testing.txtar import load
+
+    fx = gw.upstream.play("anthropic/count_tokens")
+    req = fx.request_json()
+    client = anthropic.AsyncAnthropic(base_url=f"{gw.url}/anthropic", api_key=gw.user.token, max_retries=0)
+    got = await client.messages.count_tokens(model=req["model"], messages=req["messages"], system=req["system"],
+                                             tools=req["tools"])
+    assert got.input_tokens == msgspec.json.decode(load("anthropic/count_tokens").sections["non-streaming"])[
+        "input_tokens"] == 611
+    seen = gw.upstream.requests[-1]
+    assert seen.path == "/v1/messages/count_tokens" and seen.key == "sk-ant-test-key-1"
+    assert seen.json() == req and gw.user.token not in str(dict(seen.headers))
+
+
 async def test_prefixes_and_passthrough(gw):
     gw.upstream.play("anthropic/fallthrough")
     for prefix in ("", "/api/v2/aibridge", "/api/v2/ai-gateway"):
