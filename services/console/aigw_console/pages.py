@@ -60,7 +60,7 @@ def signin_page(assets: dict[str, Asset], error: str = "") -> str:
             '<input id="token" name="token" type="password" required autofocus spellcheck="false">'
             '<button type="submit">Sign in</button></form>'
             '<p class="hint">The owner token of <code>aigw dev</code> is in <code>.aigw/owner-token</code>. '
-            'Create another with <code>aigw admin tokens create</code>.</p></main></body></html>')
+            'Create another with <code>aigw admin tokens create --scope admin</code>.</p></main></body></html>')
 
 
 def app_page(page: str, me: Me, csrf: str, assets: dict[str, Asset]) -> str:
