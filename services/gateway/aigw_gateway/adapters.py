@@ -18,6 +18,7 @@ from aigw_common.durations import parse_duration
 from aigw_common.errors import AigwError
 
 from . import bedrock, paths, sigv4
+from . import headers as hdr
 from .errors import Api
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class Adapter:
 
     passthrough_routes: tuple[Route, ...] = ()
     # client headers forwarded upstream besides headers.COMMON (lowercase names and prefixes)
-    forward_names: frozenset[str] = frozenset()
+    forward_names: frozenset[str] = hdr.allowed(())
     forward_prefixes: tuple[str, ...] = ()
 
     def passthrough(self, method: str, path: str) -> bool:
@@ -177,7 +178,7 @@ class OpenAIAdapter(Adapter):
 
     api: Api = "openai"
     route_prefix = "/v1"  # Copilot's bridged routes have none
-    forward_names = frozenset({"originator", "session_id", "conversation_id"})  # Codex
+    forward_names = hdr.allowed({"originator", "session_id", "conversation_id"})  # Codex
     forward_prefixes: tuple[str, ...] = ("openai-", "x-stainless-")
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
@@ -213,7 +214,7 @@ class AnthropicAdapter(Adapter):
     api: Api = "anthropic"
 
     passthrough_routes = ANTHROPIC_PASSTHROUGH
-    forward_names = frozenset({"x-app", "x-claude-code-session-id"})  # Claude Code
+    forward_names = hdr.allowed({"x-app", "x-claude-code-session-id"})  # Claude Code
     forward_prefixes: tuple[str, ...] = ("anthropic-", "x-stainless-")
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
@@ -264,7 +265,7 @@ class CopilotAdapter(OpenAIAdapter):
     route_prefix = ""
     passthrough_routes = COPILOT_PASSTHROUGH
     # what Copilot clients (VS Code, the CLI) send and Copilot's API reads
-    forward_names = frozenset({"openai-intent", "x-initiator", "x-interaction-id", "x-interaction-type",
+    forward_names = hdr.allowed({"openai-intent", "x-initiator", "x-interaction-id", "x-interaction-type",
                                "x-onbehalf-extension-id", "x-agent-task-id", "x-github-api-version",
                                "copilot-integration-id", "copilot-vision-request", "editor-version",
                                "editor-plugin-version", "vscode-sessionid", "vscode-machineid",
@@ -284,7 +285,7 @@ class AzureAdapter(OpenAIAdapter):
     ``Authorization``; any other user credential goes out as ``api-key``.
     """
 
-    forward_names = OpenAIAdapter.forward_names | {"x-ms-client-request-id", "x-ms-useragent"}
+    forward_names = OpenAIAdapter.forward_names | hdr.allowed({"x-ms-client-request-id", "x-ms-useragent"})
 
     def upstream_url(self, provider: Provider, path: str, query: MultiMapping[str]) -> URL:
         version = provider.settings.get("api_version")

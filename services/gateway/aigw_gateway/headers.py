@@ -29,25 +29,38 @@ _RESPONSE_DROP = frozenset({
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length", "content-encoding",
     "upgrade", "trailer", "proxy-authenticate", "set-cookie", "set-cookie2", "server", "alt-svc", "via",
 })
+_STANDARD_CONNECTION = frozenset({"keep-alive", "close", "upgrade"})
+
+
+def allowed(names: Iterable[str]) -> frozenset[str]:
+    """A type's forwarded header names: :data:`COMMON` plus ``names``, lowercase, minus :data:`NEVER`
+    (computed once per adapter class, so the per-request check is one set lookup)."""
+    return frozenset(n.lower() for n in (*COMMON, *names)) - NEVER
+
+
 def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     names: set[str] = set()
     for h in ("Connection", "Proxy-Connection"):
         for v in headers.getall(h, ()):
-            names.update(t.strip().lower() for t in v.split(",") if t.strip())
+            names.update(t.strip().lower() for t in v.split(","))
+    names -= _STANDARD_CONNECTION
+    names.discard("")
     return frozenset(names)
 
 
 def upstream(headers: CIMultiDictProxy[str], names: frozenset[str], prefixes: tuple[str, ...],
-             extra: Iterable[str] = ()) -> CIMultiDict[str]:
-    """The client's headers that may go upstream: ``COMMON | names | extra`` or a name starting with one
-    of ``prefixes`` (all lowercase), minus :data:`NEVER` and anything named in ``Connection``."""
-    hop = _connection_named(headers) if ("Connection" in headers or "Proxy-Connection" in headers) else frozenset()
+             extra: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    """The client's headers that may go upstream: one of ``names`` (from :func:`allowed`) or ``extra``
+    (the provider's ``forward_headers``, already filtered by the never-forward rules), or a name starting
+    with one of ``prefixes`` that no never-forward rule covers; minus anything named in ``Connection``."""
+    hop = _connection_named(headers) if ("Connection" in headers or "Proxy-Connection" in headers) else None
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in headers.items():
         lk = k.lower()
-        if lk in NEVER or lk in hop or lk.startswith(NEVER_PREFIXES):
-            continue
-        if lk in COMMON or lk in names or lk in extra or lk.startswith(prefixes):
+        if lk in names or lk in extra or (lk.startswith(prefixes) and lk not in NEVER
+                                          and not lk.startswith(NEVER_PREFIXES)):
+            if hop and lk in hop:
+                continue
             out.add(k, v)
     out["Accept-Encoding"] = "identity"  # usage is read from the bytes we relay
     return out
@@ -55,5 +68,7 @@ def upstream(headers: CIMultiDictProxy[str], names: frozenset[str], prefixes: tu
 
 def downstream(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's response headers a client may see."""
-    hop = _connection_named(headers) if "Connection" in headers else frozenset()
+    hop = _connection_named(headers) if "Connection" in headers else None
+    if not hop:
+        return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _RESPONSE_DROP)
     return CIMultiDict((k, v) for k, v in headers.items() if (lk := k.lower()) not in _RESPONSE_DROP and lk not in hop)

@@ -314,7 +314,8 @@ class Gateway:
                 adapter.set_credential(h, key.secret)
             try:
                 out = adapter.prepare(provider, endpoint, Outgoing(request.method, url, h, body))
-                paths.check_under(out.url, provider.base)
+                if out.url is not url:  # rebuilt by the adapter (Bedrock: the model is in the path)
+                    paths.check_under(out.url, provider.base)
             except AdapterRefusal as e:
                 raise Refused(e.status, e.message) from None
             except paths.UnsafeUpstream as e:
