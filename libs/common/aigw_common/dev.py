@@ -39,10 +39,15 @@ from .embedded import (
 )
 from .errors import AigwError, ConfigError
 from .natsauth import BUS_USERS, authorization_block
-from .settings import Settings
+from .settings import CONSOLE_UPSTREAMS, SERVICES, Settings
 from .signing import PRODUCERS, Signer, generate_keypair
 
 READY_TIMEOUT = 90.0
+# All the console reads: where it listens, where the admin APIs are, logging and drain, its session TTL.
+CONSOLE_VARS = frozenset(
+    {f"AIGW_{s.upper()}_ADDR" for s in SERVICES} | {f"AIGW_{s.upper()}_URL" for s in CONSOLE_UPSTREAMS}
+    | {"AIGW_CONSOLE_SESSION_TTL", "AIGW_LOG_FORMAT", "AIGW_LOG_LEVEL", "AIGW_SHUTDOWN_GRACE", "AIGW_DATA_DIR"}
+)
 DEV_DATABASE = "aigw"
 
 
@@ -178,8 +183,11 @@ class DevStack:
         await asyncio.gather(*(self._wait_ready(c) for c in self.children))
 
     def child_env(self, name: str) -> dict[str, str]:
-        """The environment of one service: its own NATS user and, for a producer, only its own signing key."""
+        """The environment of one service: its own NATS user and, for a producer, only its own signing key;
+        the console, which holds no secret, only the AIGW_ variables it reads."""
         env = dict(self.env)
+        if name == "console":
+            return {k: v for k, v in env.items() if not k.startswith("AIGW_") or k in CONSOLE_VARS}
         if self.nats is not None and name in self.nats_passwords:
             env["AIGW_NATS_URL"] = self.nats.url_for(name, self.nats_passwords[name])
         for producer, key in self.signing_keys.items():
