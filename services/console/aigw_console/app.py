@@ -212,8 +212,12 @@ async def static(request: web.Request) -> web.Response:
     versioned = request.query.get("v") == asset.version
     etag = f'"{asset.version}"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable" if versioned else "no-cache"}
+    headers["Vary"] = "Accept-Encoding"
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=asset.gzipped, content_type=asset.content_type, charset="utf-8", headers=headers)
     return web.Response(body=asset.body, content_type=asset.content_type, charset="utf-8", headers=headers)
 
 

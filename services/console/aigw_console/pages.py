@@ -8,6 +8,7 @@ Every value written into HTML goes through :func:`html.escape`.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from dataclasses import dataclass
 from html import escape
@@ -29,6 +30,7 @@ PAGES: dict[str, tuple[str, str]] = {
 @dataclass(frozen=True, slots=True)
 class Asset:
     body: bytes
+    gzipped: bytes  # compressed once at start, sent to browsers that accept gzip
     content_type: str
     version: str  # content hash: the URL changes when the file does, so it can be cached forever
 
@@ -37,7 +39,7 @@ def load_assets() -> dict[str, Asset]:
     out = {}
     for name, ctype in (("console.js", "text/javascript"), ("console.css", "text/css")):
         body = resources.files("aigw_console").joinpath("static", name).read_bytes()
-        out[name] = Asset(body, ctype, hashlib.sha256(body).hexdigest()[:16])
+        out[name] = Asset(body, gzip.compress(body, 9, mtime=0), ctype, hashlib.sha256(body).hexdigest()[:16])
     return out
 
 

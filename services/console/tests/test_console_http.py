@@ -88,11 +88,17 @@ async def test_first_page_is_small(console_system: System) -> None:
         async with http.get(s.urls["console"] + "/providers") as r:
             html = await r.text()
             total += len(html.encode())
+        wire = total
         for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
-            async with http.get(s.urls["console"] + asset) as r:
+            async with http.get(s.urls["console"] + asset, headers={"Accept-Encoding": "identity"}) as r:
                 assert r.status == 200 and "immutable" in r.headers["Cache-Control"]
                 total += len(await r.read())
-        assert total < 200_000, total
+            async with http.get(s.urls["console"] + asset, headers={"Accept-Encoding": "gzip"},
+                                auto_decompress=False) as r:
+                assert r.headers["Content-Encoding"] == "gzip"
+                wire += len(await r.read())
+        assert total < 200_000, total  # even uncompressed
+        assert wire < total / 2, (wire, total)
 
 
 async def test_api_route_injects_the_session_token_and_refuses_the_rest(console_system: System) -> None:
