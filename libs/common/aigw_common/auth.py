@@ -70,6 +70,7 @@ def same_token(a: str, b: str) -> bool:
 class _Entry:
     identity: Identity | None
     expires: float
+    stale_until: float | None = None  # set while served past expiry: the registry was unreachable to re-verify
 
 
 class AuthThrottled(AigwError):
@@ -140,6 +141,8 @@ class IdentityCache:
     timeout: float = 2.0
     failures: FailureThrottle = field(default_factory=FailureThrottle)
     verify_requests: int = 0  # asked of the registry (a counter for metrics and tests)
+    stale_grace: float = 300.0  # how long past expiry a verified token may be served while the registry is away
+    stale_retry: float = 5.0  # meanwhile, how often one request asks the registry again
     _entries: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
     _negative: OrderedDict[str, float] = field(default_factory=OrderedDict)  # token hash → expiry (monotonic)
     _inflight: dict[str, asyncio.Future[Identity | None]] = field(default_factory=dict)
@@ -179,15 +182,23 @@ class IdentityCache:
 
         ``client`` is the caller's address: its failures are counted, and once over the allowance a token
         that is not cached raises :class:`AuthThrottled` without asking anyone. Raises BusError if the
-        registry cannot be asked.
+        registry cannot be asked — unless the token was verified less than ``stale_grace`` seconds past its
+        cache expiry: then the known identity keeps serving while the registry is unreachable (a NATS node or
+        the database failing over), as the rest of the gateway's in-memory state does, and the registry is
+        asked again every ``stale_retry`` seconds. A revocation heard meanwhile still evicts it at once.
         """
         h = hash_token(token)
         now = time.monotonic()
         e = self._entries.get(h)
+        stale: _Entry | None = None
         if e is not None:
             if self._fresh(e, now):
                 return e.identity
             del self._entries[h]
+            stale_until = e.stale_until if e.stale_until is not None else e.expires + self.stale_grace
+            live = e.identity is not None and (e.identity.expires_at is None or e.identity.expires_at > time.time())
+            if live and now < stale_until:
+                stale = _Entry(e.identity, now + self.stale_retry, stale_until)
         key = client_key(client) if client is not None else None
         neg = self._negative.get(h)
         if neg is not None:
@@ -199,7 +210,15 @@ class IdentityCache:
         if key is not None and (wait := self.failures.retry_after(key)) is not None:
             self.failures.throttled += 1
             raise AuthThrottled(wait)
-        ident = await self._ask(h)
+        try:
+            ident = await self._ask(h)
+        except BusError as err:
+            if stale is None or h in self._entries:
+                raise
+            log.warning("registry unreachable; a known token keeps its cached identity",
+                        extra={"token_id": stale.identity.token_id if stale.identity else None, "error": err.message})
+            self._entries[h] = stale  # asked again after stale_retry, never served past stale_until
+            return stale.identity
         if ident is None and key is not None:
             self.failures.failed(key)
         return ident
@@ -214,7 +233,8 @@ class IdentityCache:
         try:
             self.verify_requests += 1
             reply = await self.bus.request(
-                self.bus.subjects.auth_verify, AuthVerifyRequest(token_hash=h), AuthVerifyReply, timeout=self.timeout
+                self.bus.subjects.auth_verify, AuthVerifyRequest(token_hash=h), AuthVerifyReply, timeout=self.timeout,
+                attempts=2,  # a lookup: asked again if the first question or its answer died with a NATS node
             )
         except BaseException as exc:
             fut.set_exception(exc if isinstance(exc, Exception) else BusError("verification cancelled"))

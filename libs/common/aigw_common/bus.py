@@ -451,19 +451,36 @@ class Bus:
 
     @overload
     async def request(self, subject: str, msg: msgspec.Struct, reply_type: type[T], *, timeout: float = 2.0,
-                      headers: dict[str, str] | None = None) -> T: ...
+                      headers: dict[str, str] | None = None, attempts: int = 1, retry_delay: float = 0.2) -> T: ...
     @overload
     async def request(self, subject: str, msg: msgspec.Struct, reply_type: Any, *, timeout: float = 2.0,
-                      headers: dict[str, str] | None = None) -> Any: ...
+                      headers: dict[str, str] | None = None, attempts: int = 1, retry_delay: float = 0.2) -> Any: ...
     async def request(
         self, subject: str, msg: msgspec.Struct, reply_type: Any, *, timeout: float = 2.0,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, attempts: int = 1, retry_delay: float = 0.2,
     ) -> Any:
+        """Ask and decode the reply. ``attempts`` > 1 is for idempotent questions (lookups): a request or its
+        reply is lost when the node carrying it dies, or meets no responder while the responder reconnects
+        to a surviving node; asking again a moment later gets the answer instead of an error."""
         nc = self._require()
-        if _signed_by(reply_type):
-            return await self._signed_request(nc, subject, encode(msg), reply_type, timeout, self._headers(headers))
+        data, h = encode(msg), self._headers(headers)
+        for attempt in range(1, attempts + 1):
+            try:
+                if _signed_by(reply_type):
+                    return await self._signed_request(nc, subject, data, reply_type, timeout, h)
+                return await self._request_once(nc, subject, data, reply_type, timeout, h)
+            except BusError as e:
+                if attempt == attempts:
+                    raise
+                log.info("bus request unanswered; asking again", extra={"subject": subject, "error": e.message})
+                await asyncio.sleep(retry_delay)
+                nc = self._require()
+        raise AssertionError("unreachable")
+
+    async def _request_once(self, nc: NatsClient, subject: str, data: bytes, reply_type: Any, timeout: float,
+                            headers: dict[str, str] | None) -> Any:
         try:
-            reply = await nc.request(subject, encode(msg), timeout=timeout, headers=self._headers(headers))
+            reply = await nc.request(subject, data, timeout=timeout, headers=headers)
         except NoRespondersError as e:
             raise BusError(f"no responder on {subject}") from e
         except (NatsTimeout, TimeoutError) as e:
@@ -647,6 +664,11 @@ class Bus:
             raise BusError(f"jetstream publish to {subject} refused: {e.description or e}", retryable=retry) from e
         except nats.errors.Error as e:  # connection closed, draining, reconnecting, outbound buffer full…
             raise BusError(f"jetstream publish to {subject} failed: {e}") from e
+        except nats.js.errors.Error as e:
+            # NoStreamResponseError: the stream has no leader right now (a cluster electing one after a node
+            # died) — nats-py turns the no-responders status into this; or an API error in the PubAck.
+            # Either way the message is not stored: the caller keeps it and tries again.
+            raise BusError(f"jetstream publish to {subject} not stored: {type(e).__name__}: {e}") from e
 
 
 def _stream_differs(have: StreamConfig, want: StreamConfig) -> bool:

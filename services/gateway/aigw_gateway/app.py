@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from aigw_common import netguard
+from aigw_common.aio import stop_task
 from aigw_common.auth import FailureThrottle, IdentityCache
 from aigw_common.bus import Bus, make_bus
 from aigw_common.crypto import PURPOSE_BUS, Sealer
@@ -152,6 +153,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await reporter.stop()
         await watcher.stop()
         await recorder.stop()
+        await marks.stop()
         await bus.close()
         await session.close()
         if dumps is not None:
@@ -159,14 +161,18 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 class _MarkSink:
-    """Publishes key marks without making the request wait; marks that cannot go out now (NATS down)
-    are kept (bounded) and sent on reconnect, so the rest of the fleet still hears of them."""
+    """Publishes key marks without making the request wait; marks that cannot go out now are kept
+    (bounded) and sent on reconnect, so the rest of the fleet still hears of them. A publish can also fail
+    while the connection stays up (a JetStream cluster electing the stream's leader): then the backlog is
+    retried every ``retry_interval`` seconds, since no reconnect will come to flush it."""
 
-    def __init__(self, bus: Bus, max_backlog: int = 10_000) -> None:
+    def __init__(self, bus: Bus, max_backlog: int = 10_000, retry_interval: float = 1.0) -> None:
         self.bus = bus
         self.backlog: list[KeyMarked] = []
         self.max_backlog = max_backlog
+        self.retry_interval = retry_interval
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._retry: asyncio.Task[None] | None = None
 
     def __call__(self, mark: KeyMarked) -> None:
         t = asyncio.get_running_loop().create_task(self._publish(mark))
@@ -182,7 +188,21 @@ class _MarkSink:
                         extra={"provider_id": mark.provider_id, "key_id": mark.key_id, "error": str(e)})
             if len(self.backlog) < self.max_backlog:
                 self.backlog.append(mark)
+            if self._retry is None or self._retry.done():
+                self._retry = asyncio.get_running_loop().create_task(self._retry_backlog())
             return False
+
+    async def _retry_backlog(self) -> None:
+        while self.backlog:
+            await asyncio.sleep(self.retry_interval)
+            if self.bus.connected:
+                backlog, self.backlog = self.backlog, []
+                for mark in backlog:
+                    await self._publish(mark)
+
+    async def stop(self) -> None:
+        if self._retry is not None:
+            await stop_task(self._retry)
 
     async def on_connect(self) -> None:
         try:

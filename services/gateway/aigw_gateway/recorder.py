@@ -355,7 +355,14 @@ class Recorder:
                 if not self.bus.connected:
                     await asyncio.sleep(1.0)
                     continue
-                if await self._replay_once():
+                try:
+                    replayed = await self._replay_once()
+                except Exception:
+                    # a bug or an error no one foresaw must not end the replay: the spool would wait
+                    # for a restart with events the budget never sees
+                    log.exception("usage spool replay failed; retrying")
+                    replayed = False
+                if replayed:
                     log.info("usage spool replayed")
                 else:
                     await asyncio.sleep(1.0)
