@@ -526,3 +526,19 @@ def test_nats_cluster_config_is_valid_for_nats_server(k8s_objects: list[Obj], tm
     r = subprocess.run([str(binary), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30,
                        env={"PATH": "/usr/bin:/bin", **env})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cloudnative_pg_example_is_a_primary_with_one_standby() -> None:
+    """The documented Postgres option: not in the base, a CloudNativePG Cluster of two instances, spread over
+    machines, with ingress opened past the base's default deny."""
+    base = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert not any("examples" in r for r in base["resources"]), "Postgres stays external by default"
+    docs = [d for d in yaml.safe_load_all((K8S / "examples" / "cloudnative-pg.yaml").read_text()) if d]
+    cluster = next(d for d in docs if d["kind"] == "Cluster")
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
+    assert cluster["spec"]["instances"] == 2
+    assert cluster["spec"]["affinity"]["podAntiAffinityType"] == "required"
+    assert cluster["spec"]["bootstrap"]["initdb"] == {"database": "aigw", "owner": "aigw"}
+    pol = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    assert pol["spec"]["podSelector"]["matchLabels"] == {"cnpg.io/cluster": cluster["metadata"]["name"]}
+    assert {p["port"] for r in pol["spec"]["ingress"] for p in r["ports"]} == {5432, 8000}

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -57,12 +59,79 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeou
                 dsn, min_size=min_size, max_size=max_size, timeout=timeout, init=_init_conn,
                 command_timeout=30, max_inactive_connection_lifetime=300, server_settings=server_settings,
             )
-        except (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, TimeoutError) as e:
+        except (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, TimeoutError,
+                asyncpg.TargetServerAttributeNotMatched) as e:
             if asyncio.get_running_loop().time() > deadline:
                 raise DatabaseUnavailable(f"cannot connect to Postgres: {e}") from e
             log.warning("postgres not reachable yet; retrying", extra={"error": str(e)})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 3.0)
+
+
+# Failures that say "the database is not there right now" or "the same thing again may work": a server
+# stopping or starting, a connection cut, a failover in progress (a standby still read-only, or no host of
+# a multi-host URL yet matching target_session_attrs), a deadlock or serialization failure.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError: the connection was cut mid-transaction
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.QueryCanceledError,
+    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.ReadOnlySQLTransactionError,  # reached a standby (or a demoted primary) during a failover
+    asyncpg.TargetServerAttributeNotMatched,  # no host is read-write yet: the standby is being promoted
+    asyncpg.InternalClientError,  # a connection left mid-operation when its server went away
+)
+# Everything a database call can raise; catch these, then tell them apart with :func:`is_transient`.
+DB_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                                              asyncpg.InternalClientError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_DB_ERRORS)
+
+
+T = TypeVar("T")
+
+
+async def in_transaction(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[T]], *,
+                         attempts: int = 3, retry_delay: float = 0.5, acquire_timeout: float = 5.0,
+                         isolation: str | None = None, readonly: bool = False) -> T:
+    """Run ``fn(conn)`` in a transaction; when the transaction is cut by a transient failure (a failover, a
+    restart, a deadlock), run it again on a fresh connection, up to ``attempts`` times in all: the first
+    retry at once, later ones after ``retry_delay``, doubling. (A database that is simply down fails each
+    attempt fast, so a caller answering requests is never held up long.)
+
+    ``fn`` must be safe to run again: it is, when the cut transaction rolled back. (A commit whose answer was
+    lost may have applied: callers that write make their writes idempotent, e.g. keyed by an event id.) The
+    pool replaces a cut connection on the next acquire; with a multi-host ``AIGW_DATABASE_URL`` and
+    ``target_session_attrs=read-write`` that connection goes to whichever host is the primary now. After the
+    last attempt a transient failure raises :class:`DatabaseUnavailable` (retryable); anything else propagates.
+    """
+    delay = 0.0  # the first retry at once: a cut connection is replaced by a fresh one, nothing to wait for
+    for attempt in range(1, attempts + 1):
+        try:
+            async with pool.acquire(timeout=acquire_timeout) as conn:
+                try:
+                    async with conn.transaction(isolation=isolation, readonly=readonly):  # type: ignore[arg-type]
+                        return await fn(conn)
+                except TRANSIENT_DB_ERRORS:
+                    # never hand a cut connection back: the pool would give it to the next caller, which
+                    # would meet a half-dead protocol state instead of a fresh connection to the new primary
+                    conn.terminate()
+                    raise
+        except TRANSIENT_DB_ERRORS as e:
+            if attempt == attempts:
+                raise DatabaseUnavailable(f"database unavailable: {type(e).__name__}: {e}") from e
+            log.warning("transaction cut; retrying", extra={"error": f"{type(e).__name__}: {e}",
+                                                            "attempt": attempt, "retry_in": delay})
+            await asyncio.sleep(delay)
+            delay = min(max(delay * 2, retry_delay), 5.0)
+    raise AssertionError("unreachable")
 
 
 async def migrate(conn: asyncpg.Connection, *sets: MigrationSet) -> list[str]:

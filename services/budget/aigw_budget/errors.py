@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import asyncpg
-
+from aigw_common.db import DB_ERRORS, is_transient
 from aigw_common.errors import AigwError, DatabaseUnavailable
 
-# Failures that say "the database is not there right now" or "try the same thing again".
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.QueryCanceledError,
-    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
-)
+__all__ = ["DB_ERRORS", "RecordError", "classify"]
 
 
 class RecordError(AigwError):
@@ -26,12 +14,8 @@ class RecordError(AigwError):
     retryable = False
 
 
-# Everything a database call can raise; catch these, then classify.
-DB_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
 def classify(exc: BaseException) -> AigwError:
     """Turn one of DB_ERRORS into DatabaseUnavailable (retryable) or RecordError (not)."""
-    if isinstance(exc, _TRANSIENT):
+    if is_transient(exc):
         return DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {exc}")
     return RecordError(f"database rejected the data: {type(exc).__name__}: {exc}")

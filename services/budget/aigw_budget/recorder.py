@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from aigw_common.db import in_transaction
 from aigw_common.pricing import PriceTable, cost_micros
 from aigw_common.schemas import (
     AnyUsageEvent,
@@ -77,8 +78,9 @@ class Recorder:
         """Apply one event; raises DatabaseUnavailable (retry later) or RecordError (never retry)."""
         check(ev)
         try:
-            async with self.pool.acquire(timeout=self.acquire_timeout) as conn, conn.transaction():
-                return await self._apply(conn, ev)
+            # a transaction cut by a failover runs again on the new primary (the event id makes it idempotent)
+            return await in_transaction(self.pool, lambda conn: self._apply(conn, ev), attempts=2,
+                                        acquire_timeout=self.acquire_timeout)
         except DB_ERRORS as e:
             raise classify(e) from e
 

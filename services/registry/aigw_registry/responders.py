@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -17,6 +18,7 @@ from nats.aio.msg import Msg
 
 from aigw_common.auth import same_token
 from aigw_common.bus import Bus
+from aigw_common.db import in_transaction
 from aigw_common.errors import CryptoError
 from aigw_common.metrics import CollectorRegistry, Counter, Gauge
 from aigw_common.schemas import (
@@ -53,12 +55,16 @@ async def build_snapshot(reg: Registry, skipped: list[str] | None = None) -> Reg
     A row that cannot be served — secrets that do not open with AIGW_ENCRYPTION_KEYS, a type this
     version does not know — is left out (its name appended to ``skipped``) so the others still load.
     """
-    async with reg.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+    async def read(conn: asyncpg.Connection) -> tuple[int, list[asyncpg.Record], Any]:
         revision = await current_revision(conn)
         rows = await conn.fetch(
             "SELECT id, type, name, display_name, enabled, allow_byok, base_url, settings_sealed, updated_at"
             " FROM registry.ai_providers WHERE deleted_at IS NULL AND enabled ORDER BY name")
-        keys = await fetch_keys(conn, [r["id"] for r in rows])
+        return revision, rows, await fetch_keys(conn, [r["id"] for r in rows])
+
+    # a read cut by a failover is read again from the new primary
+    revision, rows, keys = await in_transaction(reg.pool, read, attempts=2, isolation="repeatable_read",
+                                                readonly=True)
     providers = []
     for r in rows:
         pid = str(r["id"])
@@ -92,20 +98,11 @@ async def verify_token(reg: Registry, token_hash: str) -> Identity | None:
     """The identity behind a token hash, or None when unknown, expired, or its user is deleted."""
     if not _HASH_RE.match(token_hash):
         return None
-    async with reg.pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT t.id, t.token_hash, t.scope, t.expires_at, u.id AS user_id, u.username, u.roles"
-            " FROM registry.api_tokens t JOIN registry.users u ON u.id = t.user_id"
-            " WHERE t.token_hash = $1 AND u.deleted_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())",
-            token_hash)
-        if row is None or not same_token(row["token_hash"], token_hash):
-            return None
-        groups = await conn.fetch("SELECT group_id FROM registry.group_members WHERE user_id = $1 ORDER BY group_id",
-                                  row["user_id"])
-        ukeys = await conn.fetch(
-            "SELECT k.user_id, k.provider_id, p.name, k.hint, k.api_key_sealed FROM registry.user_ai_provider_keys k"
-            " JOIN registry.ai_providers p ON p.id = k.provider_id"
-            " WHERE k.user_id = $1 AND p.deleted_at IS NULL AND p.enabled ORDER BY p.name", row["user_id"])
+    found = await in_transaction(reg.pool, lambda conn: _identity_rows(conn, token_hash), attempts=2,
+                                 readonly=True)  # a read cut by a failover is read again
+    if found is None:
+        return None
+    row, groups, ukeys = found
     uid = str(row["user_id"])
     return Identity(
         user_id=uid, username=row["username"], roles=list(row["roles"]),
@@ -116,6 +113,24 @@ async def verify_token(reg: Registry, token_hash: str) -> Identity | None:
             sealed=reg.for_bus.seal(reg.open("user-provider-key", f"{uid}:{k['provider_id']}", k["api_key_sealed"])),
         ) for k in ukeys],
     )
+
+
+async def _identity_rows(conn: asyncpg.Connection, token_hash: str) -> Any:
+    """The token's row, its user's groups and stored provider keys (one read), or None."""
+    row = await conn.fetchrow(
+        "SELECT t.id, t.token_hash, t.scope, t.expires_at, u.id AS user_id, u.username, u.roles"
+        " FROM registry.api_tokens t JOIN registry.users u ON u.id = t.user_id"
+        " WHERE t.token_hash = $1 AND u.deleted_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())",
+        token_hash)
+    if row is None or not same_token(row["token_hash"], token_hash):
+        return None
+    groups = await conn.fetch("SELECT group_id FROM registry.group_members WHERE user_id = $1 ORDER BY group_id",
+                              row["user_id"])
+    ukeys = await conn.fetch(
+        "SELECT k.user_id, k.provider_id, p.name, k.hint, k.api_key_sealed FROM registry.user_ai_provider_keys k"
+        " JOIN registry.ai_providers p ON p.id = k.provider_id"
+        " WHERE k.user_id = $1 AND p.deleted_at IS NULL AND p.enabled ORDER BY p.name", row["user_id"])
+    return row, groups, ukeys
 
 
 class Responders:
