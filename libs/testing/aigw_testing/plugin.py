@@ -27,6 +27,7 @@ from .buskeys import BusKeys
 from .harness import AppHarness
 from .infra import Infra
 from .natscluster import nats_cluster  # noqa: F401 - a fixture: a three-node JetStream cluster of its own
+from .pgpair import pg_pair  # noqa: F401 - a fixture: a Postgres primary + streaming standby of its own
 from .system import start_system  # noqa: F401 - a fixture: the whole stack behind fault proxies
 from .upstream import MockUpstream
 

@@ -128,6 +128,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _is_list(url: str) -> bool:
+    """A multi-host URL: a comma list of NATS URLs, or a libpq URL with several hosts."""
+    return "," in url
+
+
 def _hostport(url: str) -> tuple[str, int]:
     p = urlsplit(url)
     return p.hostname or "127.0.0.1", p.port or 0
@@ -140,8 +145,8 @@ class System:
         self.settings: Settings
         self.database_url = ""  # direct, for the tests' own queries
         self.nats_url = ""  # direct
-        self.nats: FaultProxy
-        self.pg: FaultProxy
+        self.nats: FaultProxy  # unset when the stack uses a server list (a cluster): kill its nodes instead
+        self.pg: FaultProxy  # likewise for a multi-host Postgres URL
         self.up: FaultProxy  # in front of the mock upstream
         self.upstream: MockUpstream
         self.urls: dict[str, str] = {}
@@ -161,17 +166,26 @@ class System:
                     fixture: str = "openai/chatcompletions/simple") -> System:
         s = cls()
         s.apps, s.upstream, s.database_url, s.nats_url = apps, upstream, database_url, nats_url
-        s.nats = await FaultProxy.start_for(*_hostport(nats_url))
-        s.pg = await FaultProxy.start_for(*_hostport(database_url))
+        # A server list (a NATS cluster, a Postgres primary + standby) is reached directly: its faults are
+        # made by killing its nodes, not by a proxy, and the clients must see every node.
         s.up = await FaultProxy.start_for(*_hostport(upstream.url))
-        s._proxies = [s.nats, s.pg, s.up]
+        s._proxies = [s.up]
+        nats_env, pg_env = nats_url, database_url
+        if not _is_list(nats_url):
+            s.nats = await FaultProxy.start_for(*_hostport(nats_url))
+            s._proxies.append(s.nats)
+            nats_env = s.nats.rewrite(nats_url)
+        if not _is_list(database_url):
+            s.pg = await FaultProxy.start_for(*_hostport(database_url))
+            s._proxies.append(s.pg)
+            pg_env = s.pg.rewrite(database_url)
         upstream.play(fixture)
         s.owner_token = "aigw_owner_" + secrets.token_urlsafe(24)
         up_url = s.up.rewrite(upstream.url)
         s.env = {
             **base_env,
-            "AIGW_DATABASE_URL": s.pg.rewrite(database_url),
-            "AIGW_NATS_URL": s.nats.rewrite(nats_url),
+            "AIGW_DATABASE_URL": pg_env,
+            "AIGW_NATS_URL": nats_env,
             "AIGW_BOOTSTRAP_TOKEN": s.owner_token,
             "AIGW_OPENAI_BASE_URL": up_url + "/v1",
             "AIGW_OPENAI_KEY": OPENAI_KEY,
@@ -180,10 +194,12 @@ class System:
             **(env or {}),
         }
         s.settings = Settings.from_env(s.env)
-        s.bus = Bus(servers=(nats_url,), name="aigw-test-system", subjects=Subjects(s.env["AIGW_BUS_PREFIX"]),
-                    auth=auth_from_env(s.env))
+        s.bus = Bus(servers=tuple(u.strip() for u in nats_url.split(",")), name="aigw-test-system",
+                    subjects=Subjects(s.env["AIGW_BUS_PREFIX"]), auth=auth_from_env(s.env))
         await s.bus.start(wait=5)
-        s.usage = await UsageCollector(s.bus).start()
+        # A core subscription misses what is published while its node is down: on a cluster whose nodes the
+        # test kills, the collector reads the usage stream itself (what the budget service consumes).
+        s.usage = await UsageCollector(s.bus, from_stream=_is_list(nats_url)).start()
         s.http = aiohttp.ClientSession()
         s.owner = Api(s.http, s.owner_token)
         for name in START_ORDER:
@@ -264,6 +280,8 @@ class System:
 
         async def settled() -> bool:
             # equality, not inclusion: the collector's copy of an event can lag the budget's by a moment
+            if not await self.usage.sync():
+                return False
             published = {e.event_id for e in self.usage.events}
             rows = await self.query("SELECT event_id FROM processed_events")
             state["published"], state["processed"] = published, {r["event_id"] for r in rows}
@@ -317,7 +335,9 @@ async def start_system(apps, base_env, database_url, nats_url, mock_upstream):  
     started: list[System] = []
 
     async def start(**kw: Any) -> System:
-        s = await System.start(apps, base_env, database_url, nats_url, mock_upstream, **kw)
+        # nats_url= / database_url= point the stack at servers of the test's own (a cluster, a standby pair)
+        s = await System.start(apps, base_env, kw.pop("database_url", database_url), kw.pop("nats_url", nats_url),
+                               mock_upstream, **kw)
         started.append(s)
         return s
 
