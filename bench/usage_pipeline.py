@@ -4,9 +4,9 @@
     python -m bench.usage_pipeline --replicas 3           # on a local 3-node JetStream cluster (R3)
     python -m bench.usage_pipeline --interceptions 5000 --replicas 3
 
-It publishes what gateways publish per request (started, tokens, prompt, ended: 4 events of one interception,
-each with its ``Nats-Msg-Id``) to ``AIGW_USAGE`` under a private prefix, waiting for every ack, and reports
-acked events/s. Then it starts the real budget service (its ``UsageConsumer`` and ``Recorder``, in this
+It publishes what gateways publish per request (one ``usage.record`` message holding the started, prompt,
+tokens and ended events of one interception, with its ``Nats-Msg-Id``) to ``AIGW_USAGE`` under a private
+prefix, waiting for every ack, and reports acked messages/s. Then it starts the real budget service (its ``UsageConsumer`` and ``Recorder``, in this
 process) against a fresh database and reports how fast that one consumer applies the backlog: events/s and
 interceptions/s, until ``budget.processed_events`` holds every event. docs/scaling.md uses these figures.
 Postgres is the machine's at 127.0.0.1:5432 when reachable, else the embedded one ``aigw dev`` uses.
@@ -34,14 +34,22 @@ from aigw_common.schemas import (
     TokenUsage,
 )
 from aigw_common.settings import Settings
+from aigw_common.usage_wire import record_payload
 from aigw_testing.harness import AppHarness
 from aigw_testing.infra import Infra
 from aigw_testing.natscluster import NatsCluster
 from aigw_testing.plugin import cleanup_jetstream
 
 
+def record_of(i: int) -> tuple[str, bytes, str]:
+    """(kind, payload, dedup id) of one request as a gateway publishes it: its events in one usage.record."""
+    evs = events_of(i)
+    record_id = "rec." + evs[0][2]
+    return "record", record_payload(record_id, [data for _, data, _ in evs]), record_id
+
+
 def events_of(i: int) -> list[tuple[str, bytes, str]]:
-    """(kind, payload, event id) of one interception, as a gateway emits them."""
+    """(kind, payload, event id) of one interception's events."""
     iid = uuid.uuid4().hex
     at = time.time()
     evs = [
@@ -60,7 +68,7 @@ def events_of(i: int) -> list[tuple[str, bytes, str]]:
 
 
 async def publish(bus: Bus, n: int, window: int) -> float:
-    """Publish ``n`` interceptions with at most ``window`` acks outstanding; return acked events/s."""
+    """Publish ``n`` requests' records with at most ``window`` acks outstanding; return acked messages/s."""
     js = bus.js
     sem = asyncio.Semaphore(window)
     subj = bus.subjects
@@ -70,8 +78,8 @@ async def publish(bus: Bus, n: int, window: int) -> float:
             await js.publish(subj.usage(kind), data, headers={"Nats-Msg-Id": eid}, timeout=10)
 
     t0 = time.monotonic()
-    await asyncio.gather(*(one(*ev) for i in range(n) for ev in events_of(i)))
-    return 4 * n / (time.monotonic() - t0)
+    await asyncio.gather(*(one(*record_of(i)) for i in range(n)))
+    return n / (time.monotonic() - t0)
 
 
 async def consume(settings: Settings, db_url: str, total: int) -> tuple[float, float]:
@@ -139,10 +147,11 @@ async def main() -> None:
             per_s, took = await consume(settings, db_url, total)
         finally:
             await bus.close()
-        print(f"usage pipeline, R{args.replicas}, {args.interceptions} interceptions ({total} events)")
-        print(f"  JetStream publish, acked, {args.window} in flight:  {pub:8.0f} events/s")
-        print(f"  one budget consumer (batch 64, 8 concurrent):   {per_s:8.0f} events/s"
-              f"  = {per_s / 4:6.0f} interceptions/s  ({took:.1f} s for the backlog)")
+        print(f"usage pipeline, R{args.replicas}, {args.interceptions} requests ({total} events, one usage.record"
+              f" message each)")
+        print(f"  JetStream publish, acked, {args.window} in flight:  {pub:8.0f} messages (requests)/s")
+        print(f"  one budget consumer (batch 64, 8 concurrent):   {per_s / 4:8.0f} requests/s"
+              f"  = {per_s:6.0f} events/s  ({took:.1f} s for the backlog)")
     finally:
         if cluster is not None:
             await cluster.close()
