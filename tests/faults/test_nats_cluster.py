@@ -26,7 +26,7 @@ import openai
 import pytest
 
 from aigw_common.schemas import KeyMarked
-from aigw_gateway.app import LOADER, POOLS, RECORDER
+from aigw_gateway.app import GUARD, LOADER, POOLS, RECORDER
 from aigw_gateway.keys import COOLING
 from aigw_keypool.api import SERVICE as KEYPOOL
 from aigw_testing.natscluster import NatsCluster
@@ -41,7 +41,7 @@ GATEWAYS = ("gateway", "gateway2")
 STEPS = [3.0, pytest.param(30.0, marks=[pytest.mark.soak, pytest.mark.timeout(900)])]  # seconds per step
 PRICE = {"model": "gpt-4.1", "input_per_mtok_micros": 0, "output_per_mtok_micros": 50_000_000,
          "cache_read_per_mtok_micros": 0, "cache_write_per_mtok_micros": 0}
-CENT = 10_000  # what one request of the fixture costs at PRICE (200 output tokens)
+LIMIT = 50_000  # micro-USD: 5 cents
 
 
 class Run:
@@ -220,21 +220,32 @@ async def test_nats_cluster_loses_nodes_under_steady_traffic(nats_cluster: NatsC
         measured=f"all three restarted in {rolled:.1f} s; then a key mark reached the other gateway in "
                  f"{mark * 1000:.0f} ms, a new provider both in {provider * 1000:.0f} ms")
 
-    # 4. budgets still hold on the re-formed cluster: 5 cents, requests of 1 cent through both gateways
+    # 4. budgets still hold on the re-formed cluster: a budget of 5 cents, requests alternating between the two
+    # gateways until they are refused; what was spent stays within the budget
     await s.owner.ok("PUT", s.url("budget", "/api/v2/ai/prices"), PRICE)
     payer = await s.member("payer")
     await s.owner.ok("PUT", s.url("budget", f"/api/v2/users/{payer.id}/ai/budget"),
-                     {"spend_limit_micros": 5 * CENT, "period": "month"})
+                     {"spend_limit_micros": LIMIT, "period": "month"})
+
+    def priced(gw: str) -> bool:
+        p = s.app[gw][GUARD].prices.lookup("gpt-4.1")
+        return p is not None and p.output_per_mtok_micros == PRICE["output_per_mtok_micros"]
+
+    for gw in GATEWAYS:  # the prices and the budget reached both gateways over the re-formed cluster
+        await eventually(lambda gw=gw: priced(gw), 10, f"the prices at {gw}")
+        await eventually(lambda gw=gw: ("user", payer.id) in s.app[gw][GUARD].budgets, 10, f"the budget at {gw}")
     ok, refused = 0, 0
-    for i in range(12):
+    for i in range(60):  # each costs a few thousand micros: the budget runs out well before
         try:
             await s.openai(payer.token, GATEWAYS[i % 2]).chat.completions.create(
                 model="gpt-4.1", max_tokens=200, messages=[{"role": "user", "content": f"pay {i}"}])
             ok += 1
         except openai.RateLimitError:
             refused += 1
-    assert ok + refused == 12 and refused > 0, (ok, refused)
+            if refused == 3:
+                break
+    assert ok > 0 and refused == 3, (ok, refused)
     await s.ledger(timeout=60)
     spent = await s.query("SELECT coalesce(sum(spent_micros), 0)::bigint AS s FROM spend"
                           " WHERE scope = 'user' AND subject_id = $1", payer.id)
-    assert spent[0]["s"] == ok * CENT <= 5 * CENT, (spent[0]["s"], ok)
+    assert 0 < spent[0]["s"] <= LIMIT, (spent[0]["s"], ok)
