@@ -103,6 +103,8 @@ async def verify_token(reg: Registry, token_hash: str) -> Identity | None:
     if found is None:
         return None
     row, groups, ukeys = found
+    if not same_token(row["token_hash"], token_hash):
+        return None
     uid = str(row["user_id"])
     return Identity(
         user_id=uid, username=row["username"], roles=list(row["roles"]),
@@ -122,7 +124,7 @@ async def _identity_rows(conn: asyncpg.Connection, token_hash: str) -> Any:
         " FROM registry.api_tokens t JOIN registry.users u ON u.id = t.user_id"
         " WHERE t.token_hash = $1 AND u.deleted_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())",
         token_hash)
-    if row is None or not same_token(row["token_hash"], token_hash):
+    if row is None:
         return None
     groups = await conn.fetch("SELECT group_id FROM registry.group_members WHERE user_id = $1 ORDER BY group_id",
                               row["user_id"])
