@@ -37,6 +37,8 @@ SINGLE_WRITER = {
     "aigw.usage.tokens": "gateway",
     "aigw.budget.state": "budget",
     "aigw.budget.reclaim": "budget",
+    "aigw.budget.limits": "budget",
+    "aigw.budget.limits.reclaim": "budget",
     "$KV.aigw_keys.p1.k1": "keypool",
 }
 

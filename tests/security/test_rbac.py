@@ -62,6 +62,15 @@ async def _put_user_budget(w: World, _role: str) -> None:
                             {"spend_limit_micros": 10**6})
 
 
+async def _put_group_limits(w: World, _role: str) -> None:
+    await w.api("owner").ok("PUT", w.s.url("budget", "/api/v2/groups/eng/ai/limits"), {"requests_per_minute": 1000})
+
+
+async def _put_user_limits(w: World, _role: str) -> None:
+    await w.api("owner").ok("PUT", w.s.url("budget", f"/api/v2/users/{w.users['member'].id}/ai/limits"),
+                            {"concurrent_requests": 100})
+
+
 async def _own_chat(w: World, role: str) -> None:
     w.ids["own_chat"] = (await w.api(role).ok("POST", w.s.url("chatd", "/api/experimental/chats"),
                                               {"model_config_id": w.ids["mc"]}, status=201))["id"]
@@ -103,6 +112,27 @@ MATRIX: dict[tuple[str, str, str], list[Case]] = {
     ],
     ("budget", "DELETE", B + "/users/{ref}/ai/budget"): [
         Case(B + "/users/{member_id}/ai/budget", admin_only(204), prepare=_put_user_budget),
+    ],
+    # limits: the same roles as budgets
+    ("budget", "GET", B + "/groups/{ref}/ai/limits"): [
+        Case(B + "/groups/eng/ai/limits", same(200), prepare=_put_group_limits),
+        Case(B + "/groups/ops/ai/limits", {"member": 403, "admin": 404, "owner": 404}),
+    ],
+    ("budget", "PUT", B + "/groups/{ref}/ai/limits"): [
+        Case(B + "/groups/eng/ai/limits", admin_only(200), {"requests_per_minute": 5000}),
+    ],
+    ("budget", "DELETE", B + "/groups/{ref}/ai/limits"): [
+        Case(B + "/groups/eng/ai/limits", admin_only(204), prepare=_put_group_limits),
+    ],
+    ("budget", "GET", B + "/users/{ref}/ai/limits"): [
+        Case(B + "/users/{member_id}/ai/limits", same(200), prepare=_put_user_limits),
+        Case(B + "/users/{other_id}/ai/limits", {"member": 403, "admin": 404, "owner": 404}),
+    ],
+    ("budget", "PUT", B + "/users/{ref}/ai/limits"): [
+        Case(B + "/users/me/ai/limits", admin_only(200), {"concurrent_requests": 500}),
+    ],
+    ("budget", "DELETE", B + "/users/{ref}/ai/limits"): [
+        Case(B + "/users/{member_id}/ai/limits", admin_only(204), prepare=_put_user_limits),
     ],
     ("budget", "GET", B + "/ai/prices"): [Case(B + "/ai/prices", same(200))],
     ("budget", "PUT", B + "/ai/prices"): [

@@ -63,7 +63,8 @@ def permissions(service: str, prefix: str = "aigw") -> dict[str, object]:
     # widening of an allow list cannot grant them by accident.
     single_writer = {
         "registry": [s.providers_changed, s.auth_revoked, s.directory_changed],
-        "budget": [s.budget_state, s.budget("prices"), s.budget("reclaim")],
+        "budget": [s.budget_state, s.budget("prices"), s.budget("reclaim"), s.budget("limits"),
+                   s.budget("limits.reclaim")],
         "keypool": [f"$KV.{s.keys_bucket}.>", s.keys_exhausted],
         "gateway": [s.usage_all],
         "chatd": [f"{p}.chat.>"],
@@ -73,13 +74,13 @@ def permissions(service: str, prefix: str = "aigw") -> dict[str, object]:
     responds = False
     if service == "gateway":
         pub = [s.usage_all, s.keys_marked, s.keys_report, s.registry_snapshot, s.auth_verify,
-               s.budget("lease"), s.budget_snapshot,
+               s.budget("lease"), s.budget_snapshot, s.budget("limits.lease"), s.budget("limits.snapshot"),
                # usage and marks streams: look up, create when missing (same definition as their owners);
                # never update, purge or delete
                *_js(usage, "INFO", "CREATE"), *_js(marks, "INFO", "CREATE"), *_js(kv, "INFO", "CREATE", "MSG.GET"),
                f"$JS.API.DIRECT.GET.{kv}.>", *_watch(kv)]
         sub = [s.providers_changed, s.auth_revoked, s.budget_state, s.budget("prices"), s.budget("reclaim"),
-               s.keys_exhausted, inbox]
+               s.budget("limits"), s.budget("limits.reclaim"), s.keys_exhausted, inbox]
     elif service == "registry":
         pub = [s.providers_changed, s.auth_revoked, s.directory_changed]
         sub = [s.registry_snapshot, s.auth_verify, s.registry_directory, inbox]
@@ -91,7 +92,8 @@ def permissions(service: str, prefix: str = "aigw") -> dict[str, object]:
         sub = [s.keys_report, s.providers_changed, s.auth_revoked, inbox]
         responds = True
     elif service == "budget":
-        pub = [s.budget_state, s.budget("prices"), s.budget("reclaim"), s.auth_verify, s.registry_directory,
+        pub = [s.budget_state, s.budget("prices"), s.budget("reclaim"), s.budget("limits"), s.budget("limits.reclaim"),
+               s.auth_verify, s.registry_directory,
                *_js(usage, "INFO", "CREATE", "UPDATE"), *_durable(usage, s.durable("budget_usage"))]
         sub = [f"{p}.budget.>", s.auth_revoked, s.directory_changed, inbox]
         responds = True

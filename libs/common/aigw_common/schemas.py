@@ -384,6 +384,90 @@ class BudgetReclaim(Message, frozen=True, kw_only=True, tag="budget.reclaim"):
     requester: str
 
 
+# --------------------------------------------------------------------- rate and concurrency limits
+
+
+class LimitsState(Message, kw_only=True, tag="limits.state"):
+    """A user's or group's rate limits (budget API ``…/ai/limits``); None: that dimension is not limited."""
+
+    signed_by: ClassVar[str] = "budget"
+
+    scope: BudgetScope
+    subject_id: str
+    name: str = ""
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent_requests: int | None = None
+    deleted: bool = False  # the limits were removed: gateways stop enforcing them
+
+
+class LimitsSnapshotRequest(Message, kw_only=True, tag="limits.snapshot.request"):
+    pass
+
+
+class LimitsSnapshot(Message, kw_only=True, tag="limits.snapshot"):
+    signed_by: ClassVar[str] = "budget"
+    states: list[LimitsState] | None = None  # None: the service could not read them (keep what you have)
+
+
+class LimitLeaseItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One limited subject in a limit lease request: this gateway's use of the current window and what it wants.
+
+    ``window`` is the wall-clock minute (epoch seconds // 60). Request and token grants are cumulative for the
+    window; slots (concurrency) are held across windows until released or expired.
+    """
+
+    scope: BudgetScope
+    subject_id: str
+    window: int
+    seq: int
+    requests_used: int = 0
+    requests_want: int = 0
+    tokens_used: int = 0
+    tokens_want: int = 0
+    inflight: int = 0
+    slots_want: int = 0
+
+
+class LimitLeaseRequest(Message, kw_only=True, tag="limits.lease.request"):
+    gateway_id: str
+    items: list[LimitLeaseItem]
+
+
+class LimitGrant(msgspec.Struct, frozen=True, kw_only=True):
+    scope: BudgetScope
+    subject_id: str
+    window: int
+    seq: int
+    found: bool = True  # False: the subject has no limits (any more)
+    requests: int = 0  # cumulative grant for the window
+    tokens: int = 0  # cumulative grant for the window
+    slots: int = 0
+    slots_ttl: float = 0.0  # seconds the slots are held without renewal
+    requests_full: bool = False  # the window's requests are all granted elsewhere: refuse until it ends
+    tokens_full: bool = False
+    slots_full: bool = False
+    retry_in: float | None = None  # other gateways hold unused grants and were asked to hand them back
+    limits: LimitsState | None = None
+
+
+class LimitLeaseReply(Message, kw_only=True, tag="limits.lease.reply"):
+    signed_by: ClassVar[str] = "budget"
+    grants: list[LimitGrant] = []
+    error: str | None = None
+
+
+class LimitReclaim(Message, kw_only=True, tag="limits.reclaim"):
+    """Gateways holding unused grants or slots of this subject should hand them back (another one is waiting)."""
+
+    signed_by: ClassVar[str] = "budget"
+
+    scope: BudgetScope
+    subject_id: str
+    window: int
+    requester: str
+
+
 # --------------------------------------------------------------------- signed storage
 
 
@@ -431,6 +515,12 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     BudgetLeaseRequest,
     BudgetLeaseReply,
     BudgetReclaim,
+    LimitsState,
+    LimitsSnapshotRequest,
+    LimitsSnapshot,
+    LimitLeaseRequest,
+    LimitLeaseReply,
+    LimitReclaim,
     SignedEntry,
     ChatEvent,
 )

@@ -12,6 +12,7 @@ import binascii
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -26,6 +27,8 @@ from aigw_common.schemas import Identity, ModelPrice
 
 from .errors import DB_ERRORS, classify
 from .ledger import TABLES
+from .limits import FIELDS as LIMIT_FIELDS
+from .limits import TABLES as LIMIT_TABLES
 from .periods import iso, month_of
 from .service import BudgetService
 
@@ -40,6 +43,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class BudgetBody(msgspec.Struct, forbid_unknown_fields=True):
     spend_limit_micros: int
     period: Literal["month"] = "month"
+
+
+MAX_LIMIT = 2**31 - 1
+
+
+class LimitsBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Rate and concurrency limits of a user or group; null (or absent): that dimension is not limited."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent_requests: int | None = None
 
 
 class PriceBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -185,6 +199,64 @@ def budget_routes(scope: Literal["user", "group"]) -> list[web.RouteDef]:
                 raise not_found("budget")
             await _audit(conn, ident, "budget.deleted", scope, subject_id, dict(before), None)
         await svc.publish_states([(scope, subject_id)], include_deleted=True)
+        return web.Response(status=204)
+
+    return [web.get(path, get), web.put(path, put), web.delete(path, delete)]
+
+
+def limits_routes(scope: Literal["user", "group"]) -> list[web.RouteDef]:
+    """``/api/v2/{users|groups}/{ref}/ai/limits``: same roles as budgets; changes audited like budget changes."""
+    path = f"/api/v2/{scope}s/{{ref}}/ai/limits"
+    table, col = LIMIT_TABLES[scope]
+    cols = ", ".join(LIMIT_FIELDS)
+
+    @_db
+    async def get(request: web.Request) -> web.Response:
+        ident = await _who(request)
+        subject_id, _ = await _subject(request, scope, ident)
+        if not _may_read(scope, subject_id, ident):
+            raise forbidden(f"you may read only limits of your own {'user' if scope == 'user' else 'groups'}")
+        found = await request.app[SERVICE].limits.get(scope, subject_id)
+        if found is None:
+            raise not_found("limits")
+        return json_response(asdict(found))
+
+    @_db
+    async def put(request: web.Request) -> web.Response:
+        ident = await _who(request)
+        _require_admin(ident)
+        subject_id, _ = await _subject(request, scope, ident)
+        body = await read_json(request, LimitsBody)
+        for f in LIMIT_FIELDS:
+            v = getattr(body, f)
+            if v is not None and not 0 <= v <= MAX_LIMIT:
+                raise bad_request(f"{f} must be null or between 0 and {MAX_LIMIT}", f)
+        svc = request.app[SERVICE]
+        values = [getattr(body, f) for f in LIMIT_FIELDS]
+        async with svc.pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(f"SELECT {cols} FROM {table} WHERE {col} = $1 FOR UPDATE", subject_id)
+            await conn.execute(
+                f"INSERT INTO {table} ({col}, {cols}) VALUES ($1, $2, $3, $4) ON CONFLICT ({col}) DO UPDATE SET"
+                " requests_per_minute = $2, tokens_per_minute = $3, concurrent_requests = $4, updated_at = now()",
+                subject_id, *values,
+            )
+            await _audit(conn, ident, "limits.created" if before is None else "limits.updated", scope, subject_id,
+                         dict(before) if before else None, msgspec.to_builtins(body))
+        await svc.publish_limits([(scope, subject_id)])
+        return json_response(dict(zip(LIMIT_FIELDS, values, strict=True)))
+
+    @_db
+    async def delete(request: web.Request) -> web.Response:
+        ident = await _who(request)
+        _require_admin(ident)
+        subject_id, _ = await _subject(request, scope, ident)
+        svc = request.app[SERVICE]
+        async with svc.pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(f"DELETE FROM {table} WHERE {col} = $1 RETURNING {cols}", subject_id)
+            if before is None:
+                raise not_found("limits")
+            await _audit(conn, ident, "limits.deleted", scope, subject_id, dict(before), None)
+        await svc.publish_limits([(scope, subject_id)])
         return web.Response(status=204)
 
     return [web.get(path, get), web.put(path, put), web.delete(path, delete)]
@@ -448,6 +520,8 @@ def routes() -> list[web.RouteDef]:
     return [
         *budget_routes("group"),
         *budget_routes("user"),
+        *limits_routes("group"),
+        *limits_routes("user"),
         web.get("/api/v2/ai/prices", get_prices),
         web.put("/api/v2/ai/prices", put_price),
         web.get("/api/v2/ai/usage", get_usage),

@@ -14,7 +14,7 @@ from aiohttp import web
 from aigw_common.openapi import Query, Route, document_route, finish, serve_document
 from aigw_common.schemas import ModelPrice
 
-from .api import BudgetBody, PriceBody
+from .api import BudgetBody, LimitsBody, PriceBody
 
 
 class BudgetOut(msgspec.Struct):
@@ -24,6 +24,12 @@ class BudgetOut(msgspec.Struct):
     reserved_micros: int
     period_start: str
     period_end: str
+
+
+class LimitsOut(msgspec.Struct):
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    concurrent_requests: int | None
 
 
 class Totals(msgspec.Struct):
@@ -115,9 +121,23 @@ def _budget_routes(scope: str) -> list[Route]:
     ]
 
 
+def _limits_routes(scope: str) -> list[Route]:
+    path = f"/api/v2/{scope}s/{{ref}}/ai/limits"
+    who = "your own user's limits" if scope == "user" else "the limits of your groups"
+    return [
+        Route("GET", path, None, "user", f"Read a {scope}'s rate and concurrency limits (members: {who})", "limits",
+              response=LimitsOut),
+        Route("PUT", path, None, "admin", f"Set a {scope}'s requests and tokens per minute and concurrent requests "
+              "(null: not limited)", "limits", body=LimitsBody, response=LimitsOut),
+        Route("DELETE", path, None, "admin", f"Remove a {scope}'s limits", "limits"),
+    ]
+
+
 ROUTES: list[Route] = [
     *_budget_routes("group"),
     *_budget_routes("user"),
+    *_limits_routes("group"),
+    *_limits_routes("user"),
     Route("GET", "/api/v2/ai/prices", None, "user", "The price table", "prices", response=PriceList),
     Route("PUT", "/api/v2/ai/prices", None, "admin", "Set one model's prices", "prices", body=PriceBody,
           response=ModelPrice),

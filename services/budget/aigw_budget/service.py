@@ -28,6 +28,12 @@ from aigw_common.schemas import (
     BudgetSnapshot,
     BudgetSnapshotRequest,
     BudgetState,
+    LimitLeaseReply,
+    LimitLeaseRequest,
+    LimitReclaim,
+    LimitsSnapshot,
+    LimitsSnapshotRequest,
+    LimitsState,
 )
 from aigw_common.settings import Settings
 
@@ -35,6 +41,7 @@ from .batch import BatchRecorder
 from .consumer import UsageConsumer
 from .errors import DB_ERRORS, classify
 from .ledger import Ledger
+from .limits import LimitStore
 from .names import Directory
 from .recorder import Applied, BudgetKey, PriceBook, Recorder
 
@@ -53,6 +60,7 @@ class BudgetService:
         self.prices = PriceBook()
         self.directory = Directory(bus, ttl=settings.identity_ttl)
         self.ledger = Ledger(pool, self.directory, ttl=lease_ttl, grace=lease_grace)
+        self.limits = LimitStore(pool, self.directory)
         self.recorder = Recorder(pool, self.prices)
         self.batches = BatchRecorder(self.recorder)
         self.consumer = UsageConsumer(bus, self.record, registry, batch_handler=self.record_batch)
@@ -75,6 +83,9 @@ class BudgetService:
         await self.bus.subscribe(s.budget("lease"), BudgetLeaseRequest, self.on_lease, queue="budget")
         await self.bus.subscribe(s.budget_snapshot, BudgetSnapshotRequest, self.on_snapshot, queue="budget")
         await self.bus.subscribe(s.budget("prices"), BudgetPrices, self.on_prices)
+        await self.bus.subscribe(s.budget("limits.lease"), LimitLeaseRequest, self.on_limit_lease, queue="budget")
+        await self.bus.subscribe(s.budget("limits.snapshot"), LimitsSnapshotRequest, self.on_limits_snapshot,
+                                 queue="budget")
         self._tasks = [
             asyncio.create_task(self.consumer.run(), name="budget-usage-consumer"),
             asyncio.create_task(self._publish_loop(), name="budget-state-publisher"),
@@ -144,7 +155,38 @@ class BudgetService:
 
     # ------------------------------------------------------------ publishing
 
-    async def _publish(self, subject: str, msg: BudgetState | BudgetPrices | BudgetReclaim) -> None:
+    async def on_limit_lease(self, req: LimitLeaseRequest, _m: Msg | None) -> LimitLeaseReply:
+        grants = []
+        try:
+            for item in req.items:
+                grant, reclaim = await self.limits.grant(req.gateway_id, item)
+                grants.append(grant)
+                if reclaim:
+                    await self._publish(self.bus.subjects.budget("limits.reclaim"), LimitReclaim(
+                        scope=item.scope, subject_id=item.subject_id, window=item.window, requester=req.gateway_id))
+        except AigwError as e:
+            log.warning("limit lease request failed", extra={"gateway_id": req.gateway_id, "error": e.message})
+            return LimitLeaseReply(grants=grants, error=e.message)
+        return LimitLeaseReply(grants=grants)
+
+    async def on_limits_snapshot(self, _req: LimitsSnapshotRequest, _m: Msg | None) -> LimitsSnapshot:
+        try:
+            return LimitsSnapshot(states=await self.limits.states())
+        except AigwError as e:
+            log.warning("limits snapshot failed", extra={"error": e.message})
+            return LimitsSnapshot(states=None)
+
+    async def publish_limits(self, keys: list[tuple[str, str]]) -> None:
+        """Tell gateways a subject's limits changed (or are gone); they also heal from the periodic snapshot."""
+        try:
+            states = await self.limits.states(keys, include_deleted=True)
+        except AigwError as e:
+            log.warning("limits state unavailable", extra={"error": e.message})
+            return
+        for st in states:
+            await self._publish(self.bus.subjects.budget("limits"), st)
+
+    async def _publish(self, subject: str, msg: BudgetState | BudgetPrices | BudgetReclaim | LimitsState | LimitReclaim) -> None:
         try:
             await self.bus.publish(subject, msg)
         except AigwError as e:  # gateways heal from the periodic snapshot
@@ -191,6 +233,7 @@ class BudgetService:
                     break
                 await asyncio.sleep(0.05)  # let other work in between batches
             await self.ledger.expire_old(now=now)
+            await self.limits.expire_old(now=now)
         except DB_ERRORS as e:
             raise classify(e) from e
         return total

@@ -34,6 +34,7 @@ from .budget import BudgetGuard
 from .dump import DumpStore
 from .keys import KeyPools
 from .keystate import KeyReporter, KeyStateWatcher
+from .limits import LimitGuard
 from .metrics import GatewayMetrics
 from .providers import ProviderLoader, ProviderSet
 from .proxy import Gateway
@@ -51,6 +52,7 @@ POOLS = web.AppKey("key_pools", KeyPools)
 RECORDER = web.AppKey("recorder", Recorder)
 IDENTITIES = web.AppKey("identities", IdentityCache)
 GUARD = web.AppKey("budget_guard", BudgetGuard)
+LIMITS = web.AppKey("limit_guard", LimitGuard)
 GATEWAY_ID = web.AppKey("gateway_id", str)
 # Tests only: the DNS resolver under the upstream address guard (a name → address map stands in for DNS).
 UPSTREAM_RESOLVER = web.AppKey("upstream_resolver", AbstractResolver)
@@ -127,7 +129,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     dumps = DumpStore(settings.dump_dir, settings.dump_max_bytes) if settings.dump_dir is not None else None
     if dumps is not None:
         await asyncio.to_thread(dumps.start)
-    gw = Gateway(settings, loader, pools, breakers, identities, recorder, guard, metrics, session, bus_sealer, dumps)
+    limits = LimitGuard(bus, app[METRICS], holder_id=guard.id,
+                        snapshot_interval=max(5.0, settings.revision_check_interval))
+    gw = Gateway(settings, loader, pools, breakers, identities, recorder, guard, metrics, session, bus_sealer, dumps,
+                 limits=limits)
 
     bus.on_connect(marks.on_connect)
     bus.on_reconnect(marks.on_connect)
@@ -139,15 +144,17 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[STATE].checks.append(watcher.not_ready)
     await recorder.start()
     await guard.start()
+    await limits.start()
     spool_task = asyncio.create_task(_spool_gauges(recorder, metrics), name="spool-gauges")
 
     app[BUS], app[LOADER], app[POOLS], app[RECORDER] = bus, loader, pools, recorder
-    app[IDENTITIES], app[GUARD], app[GATEWAY] = identities, guard, gw
+    app[IDENTITIES], app[GUARD], app[GATEWAY], app[LIMITS] = identities, guard, gw, limits
     # Ready with zero providers and with NATS down: the gateway serves what it knows and keeps retrying.
     try:
         yield
     finally:
         spool_task.cancel()
+        await limits.stop()
         await guard.stop()
         await loader.stop()
         await reporter.stop()

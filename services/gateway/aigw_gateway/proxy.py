@@ -57,6 +57,7 @@ from .clients import detect_client, session_id
 from .dump import AttemptDump, DumpStore, secret_settings
 from .errors import Api, error_response, sse_error_event
 from .keys import KeyPools, PoolKey
+from .limits import LimitDecision, LimitGuard
 from .metrics import GatewayMetrics
 from .providers import Provider, ProviderLoader
 from .recorder import Recorder
@@ -171,7 +172,9 @@ class Gateway:
         self, settings: Settings, loader: ProviderLoader, pools: KeyPools, breakers: Breakers,
         identities: IdentityCache, recorder: Recorder, guard: BudgetGuard, metrics: GatewayMetrics,
         session: aiohttp.ClientSession, bus_sealer: Sealer, dumps: DumpStore | None = None,
+        limits: LimitGuard | None = None,
     ) -> None:
+        self.limits = limits
         self.settings = settings
         self.loader = loader
         self.pools = pools
@@ -433,23 +436,33 @@ class Gateway:
             raise Refused(400, f"invalid request body: {e}") from None
         if len(info.model.encode()) > MAX_MODEL_BYTES:  # breakers, metrics and records are keyed by it
             raise Refused(400, f"model: longer than {MAX_MODEL_BYTES} bytes")
-        # in memory when the lease has room; only a short lease waits (bounded) for a refill
-        admission = await self.guard.acquire(caller.identity, provider.name, info.model, info)
-        if not admission.allowed:
-            raise Refused(429, admission.message or "budget exhausted", retry_after=admission.retry_after)
-        bkey = (provider.name, endpoint, info.model)
-        breaker = self.breakers.get(*bkey)
-        if not self.breakers.allow(breaker, bkey):
-            self.guard.settle(admission, info.model, None)
-            self.m.circuit_rejects.labels(provider.name, endpoint).inc()
-            assert breaker is not None
-            raise Refused(503, f"circuit open for {provider.name} {endpoint} {info.model or '(no model)'}: "
-                               "the provider is overloaded", retry_after=breaker.retry_after(time.monotonic()))
+        # rate and concurrency limits, then the budget: in memory while the grants have room; only an empty
+        # grant waits (bounded) for a refill
+        limit = await self.limits.acquire(caller.identity) if self.limits is not None else None
+        if limit is not None and not limit.allowed:
+            raise Refused(429, limit.message, retry_after=limit.retry_after)
+        try:
+            admission = await self.guard.acquire(caller.identity, provider.name, info.model, info)
+            if not admission.allowed:
+                raise Refused(429, admission.message or "budget exhausted", retry_after=admission.retry_after)
+            bkey = (provider.name, endpoint, info.model)
+            breaker = self.breakers.get(*bkey)
+            if not self.breakers.allow(breaker, bkey):
+                self.guard.settle(admission, info.model, None)
+                self.m.circuit_rejects.labels(provider.name, endpoint).inc()
+                assert breaker is not None
+                raise Refused(503, f"circuit open for {provider.name} {endpoint} {info.model or '(no model)'}: "
+                                   "the provider is overloaded", retry_after=breaker.retry_after(time.monotonic()))
+        except BaseException:
+            if self.limits is not None:
+                self.limits.settle(limit, None)
+            raise
         hide_usage = False  # we asked for usage the client did not: its usage-only chunk is metered, not relayed
         if info.stream and endpoint == "chat_completions" and (with_usage := inject_include_usage(body)) is not None:
             body, hide_usage = with_usage, True
 
         rec = _Interception(self, request, provider, endpoint, caller, info, admission)
+        rec.limit = limit
         rec.start()
         outcome = "error"
         status = 0
@@ -571,6 +584,7 @@ class _Interception:
         "id",
         "info",
         "key",
+        "limit",
         "provider",
         "started_at",
         "t0",
@@ -585,6 +599,7 @@ class _Interception:
         self.caller = caller
         self.info = info
         self.admission = admission
+        self.limit: LimitDecision | None = None
         self.key: PoolKey | None = None
         self.extracted: Extracted | None = None
         self.error: str | None = None
@@ -672,6 +687,8 @@ class _Interception:
                                         key_hint=self.key.hint if self.key is not None else ""))
         gw.recorder.emit_group(events)
         gw.guard.settle(self.admission, (ext.model if ext else None) or self.info.model, tokens)
+        if gw.limits is not None:
+            gw.limits.settle(self.limit, tokens)
         gw.m.in_flight.labels(pname).dec()
         gw.m.interceptions.labels(pname, self.endpoint, str(status or 0), self.client).inc()
         gw.m.duration.labels(pname, self.endpoint).observe(duration)
