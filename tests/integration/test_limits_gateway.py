@@ -91,6 +91,7 @@ async def _chat(c: openai.AsyncOpenAI, text: str = "hi") -> Any:
 async def test_five_requests_per_minute_across_two_gateways(fleet: Fleet) -> None:
     """Limit 5 rpm on a group: five requests alternating between two gateways pass, the sixth gets 429 with
     Retry-After (on either gateway), and a member of no limited group is not affected."""
+    fleet.stub.add_group("g-eng", "g-eng")  # the registry's directory knows the group
     await fleet.api("PUT", "/api/v2/groups/g-eng/ai/limits", {"requests_per_minute": 5})
     users = [fleet.stub.add_user(group_ids=["g-eng"]) for _ in range(2)]
     free = fleet.stub.add_user(group_ids=["g-other"])
@@ -109,6 +110,7 @@ async def test_five_requests_per_minute_across_two_gateways(fleet: Fleet) -> Non
 
 
 async def test_a_burst_on_two_gateways_gets_exactly_the_limit(fleet: Fleet) -> None:
+    fleet.stub.add_group("g-burst", "g-burst")
     await fleet.api("PUT", "/api/v2/groups/g-burst/ai/limits", {"requests_per_minute": 7})
     users = [fleet.stub.add_user(group_ids=["g-burst"]) for _ in range(4)]
     await fleet.limits_known("group", "g-burst")
