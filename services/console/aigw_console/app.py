@@ -70,7 +70,7 @@ class Runtime:
 
 CONFIG = web.AppKey("console_config", ConsoleConfig)
 RUNTIME = web.AppKey("console_runtime", Runtime)
-ASSETS = web.AppKey("console_assets", dict)
+ASSETS = web.AppKey("console_assets", dict[str, pages.Asset])
 WHO = web.AppKey("console_who", WhoCache)
 LIMITER = web.AppKey("console_signin_limiter", SignInLimiter)
 PROXY_METRICS = web.AppKey("console_proxy_metrics", ProxyMetrics)

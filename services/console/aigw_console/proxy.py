@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY = 4096
 _REQUEST_HEADERS = ("Accept", "Content-Type", "Last-Event-ID")
-_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "Cache-Control", "Location")
+_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "Cache-Control")  # no Location: it would name an inner host
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
 
