@@ -317,7 +317,8 @@ class AzureAdapter(OpenAIAdapter):
 
 class BedrockAdapter(AnthropicAdapter):
     """Anthropic Messages on AWS Bedrock (see :mod:`aigw_gateway.bedrock`): SigV4 with the provider's AWS
-    credentials (or the AWS chain), or a Bedrock API key as the user's BYOK credential."""
+    credentials (or the AWS chain); or, per pool key or BYOK credential, a Bedrock API key (bearer) or an
+    access-key pair ``AKID:SECRET[:TOKEN]`` (SigV4 with it). A pool of them fails over like any other type."""
 
     keyless = True
 
@@ -343,8 +344,11 @@ class BedrockAdapter(AnthropicAdapter):
         bearer = h.get("X-Api-Key")
         if bearer is None and (a := h.get("Authorization", ""))[:7].lower() == "bearer ":
             bearer = a[7:].strip()
+        cfg = self.config(provider)
+        if bearer is not None and (pair := bedrock.key_pair(bearer)) is not None:
+            cfg, bearer = bedrock.with_credentials(cfg, pair), None  # an access-key pair: SigV4 with it
         try:
-            req = bedrock.plan(self.config(provider), out.method, _path_of(out.url, provider.base), out.body,
+            req = bedrock.plan(cfg, out.method, _path_of(out.url, provider.base), out.body,
                                betas, bearer=bearer)
         except ValueError as e:
             raise AdapterRefusal(400, f"invalid request body: {e}") from None

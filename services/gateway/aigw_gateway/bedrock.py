@@ -27,6 +27,7 @@ extractor reads it; a blocking body is already Anthropic JSON; error bodies
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -89,6 +90,24 @@ def thinking_mode(model: str, override: str | None = None) -> ThinkingMode:
     if version >= (4, 6):
         return "adaptive"
     return "budget"
+
+
+# A pool key (or a BYOK credential) that is an AWS access-key pair rather than a Bedrock API key:
+# "<access key id>:<secret>" or "<access key id>:<secret>:<session token>".
+_KEY_PAIR = re.compile(r"^([A-Z0-9]{12,128}):([^:\s]{1,256})(?::(\S{1,4096}))?$")
+
+
+def key_pair(credential: str) -> sigv4.Credentials | None:
+    """AWS credentials from an ``AKID:SECRET[:SESSION_TOKEN]`` credential; None for a Bedrock API key."""
+    m = _KEY_PAIR.match(credential)
+    if m is None:
+        return None
+    return sigv4.Credentials(m.group(1), m.group(2), m.group(3) or None, source="pool")
+
+
+def with_credentials(cfg: BedrockConfig, creds: sigv4.Credentials) -> BedrockConfig:
+    """The provider's config signing with one pool key's credentials instead of its settings'."""
+    return dataclasses.replace(cfg, credentials=sigv4.CredentialChain(creds, {}))
 
 
 class BedrockConfigError(ValueError):

@@ -93,7 +93,10 @@ def forbidden_for_other_reason(body: bytes | None) -> bool:
         return False
     err = doc.get("error") if isinstance(doc, dict) else None
     if not isinstance(err, dict):
-        return False
+        # Bedrock: {"message": "You don't have access to the model with the specified model ID."}
+        # (signature and unknown-key refusals never name a model)
+        msg = doc.get("message", doc.get("Message")) if isinstance(doc, dict) else None
+        return isinstance(msg, str) and bool(_NAMES_A_MODEL.search(msg))
     if err.get("code") in _NOT_THE_KEY_CODES:
         return True
     msg = err.get("message")

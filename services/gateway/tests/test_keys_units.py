@@ -36,6 +36,9 @@ def test_cooldown_from_retry_after() -> None:
     (b'{"error":{"code":"invalid_api_key","message":"Incorrect API key provided"}}', False),
     (b'{"error":"model_not_found"}', False),
     (b"<html>403 Forbidden (WAF)</html>", False),
+    (b'{"message":"You don\'t have access to the model with the specified model ID."}', True),  # Bedrock
+    (b'{"message":"The security token included in the request is invalid."}', False),
+    (b'{"message":"The request signature we calculated does not match the signature you provided."}', False),
     (b"", False),
     (None, False),
 ])

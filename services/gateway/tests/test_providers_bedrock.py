@@ -203,3 +203,38 @@ async def test_inference_profile_arn_as_model(bgw) -> None:  # type: ignore[no-u
                                             messages=[{"role": "user", "content": "hi"}])
     assert msg.content[0].text == "Good morning! How can I help?"  # type: ignore[union-attr]
     assert bgw.bedrock.requests[-1].model == arn and bgw.bedrock.rejections == []
+
+
+async def test_a_pool_of_bedrock_credentials_fails_over(bgw) -> None:  # type: ignore[no-untyped-def]
+    """Bedrock pool keys — access-key pairs (AKID:SECRET) or Bedrock API keys — fail over like any pool."""
+    m = bgw.bedrock
+    m.api_keys.add("ABSKgood-bedrock-api-key-0003")
+    bad_pair = f"{m.access_key}:not-the-secret-0001"
+    good_pair = f"{m.access_key}:{m.secret_key}"
+    bgw.registry.put_provider("bedrock", "bedrock", m.url, [bad_pair, "ABSKunknown-api-key-0002", good_pair], settings={
+        "region": m.region, "model": SONNET_45})
+    await bgw.registry.publish_changed()
+    await bgw.wait_revision()
+    m.play("anthropic/simple_bedrock")
+    got = await client(bgw).messages.create(model="claude-sonnet-4-5", max_tokens=10,
+                                            messages=[{"role": "user", "content": "hi"}])
+    assert got.content
+    assert [r[1] for r in m.rejections[-2:]] == ["InvalidSignatureException", "UnrecognizedClientException"]
+    seen = m.requests[-1]
+    assert "x-amz-content-sha256" in seen.signed_headers  # the pair signed it (SigV4), not a bearer
+    [ended] = await bgw.usage.wait_ended(1)
+    assert ended.status == "ok" and ended.key_id == "bedrock-k3" and "secret" not in ended.key_hint
+    # the two refused keys are revoked: the next request goes straight to the good pair
+    n = len(m.rejections)
+    await client(bgw).messages.create(model="claude-sonnet-4-5", max_tokens=10,
+                                      messages=[{"role": "user", "content": "hi"}])
+    assert len(m.rejections) == n
+
+    # a pool of API keys works the same way
+    bgw.registry.put_provider("bedrock", "bedrock", m.url, ["ABSKunknown-api-key-0004", "ABSKgood-bedrock-api-key-0003"],
+                              settings={"region": m.region, "model": SONNET_45}, key_ids=["api-k1", "api-k2"])
+    await bgw.registry.publish_changed()
+    await bgw.wait_revision()
+    await client(bgw).messages.create(model="claude-sonnet-4-5", max_tokens=10,
+                                      messages=[{"role": "user", "content": "hi"}])
+    assert m.requests[-1].headers["Authorization"] == "Bearer ABSKgood-bedrock-api-key-0003"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import asyncpg
 import msgspec
 from aiohttp import web
 
-from aigw_common.api import ApiError, Validation, conflict, json_response, not_found, read_json
+from aigw_common.api import ApiError, conflict, json_response, not_found, read_json
 from aigw_common.crypto import mask_secret
 
 from . import validate as v
@@ -92,8 +93,18 @@ async def _insert_key(reg: Registry, conn: asyncpg.Connection, pid: str, api_key
     return await conn.fetchrow(
         "INSERT INTO registry.ai_provider_keys (id, provider_id, position, api_key_sealed, key_id, hint)"
         " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, provider_id, position, hint, created_at",
-        kid, pid, position, sealed, enc_kid, mask_secret(api_key),
+        kid, pid, position, sealed, enc_kid, key_hint(api_key),
     )
+
+
+_AWS_KEY_PAIR = re.compile(r"^([A-Z0-9]{12,128}):\S+$")
+
+
+def key_hint(api_key: str) -> str:
+    """The masked hint a key is shown by; for a Bedrock access-key pair (``AKID:SECRET``), of its key id only,
+    so no character of the secret is ever shown."""
+    m = _AWS_KEY_PAIR.match(api_key)
+    return mask_secret(m.group(1)) if m else mask_secret(api_key)
 
 
 async def insert_provider(
@@ -145,8 +156,6 @@ async def create_provider(reg: Registry, request: web.Request, actor: Actor) -> 
     keys = [p.check(v.secret_value, k, f"keys[{i}]") for i, k in enumerate(body.keys)]
     if len(keys) > v.MAX_KEYS_PER_PROVIDER:
         p.add("keys", f"at most {v.MAX_KEYS_PER_PROVIDER} keys per provider")
-    if keys and ptype == "bedrock":
-        p.add("keys", "a bedrock provider takes its credentials in settings (access_key, access_key_secret), not keys")
     if keys and not body.enabled:
         p.add("keys", "a key cannot be attached to a disabled provider")
     p.raise_if_any()
@@ -242,9 +251,6 @@ async def create_key(reg: Registry, request: web.Request, actor: Actor) -> web.R
         row = await fetch_provider(conn, request.match_info["idOrName"], lock="FOR UPDATE")
         p.raise_if_any()
         assert api_key is not None
-        if row["type"] == "bedrock":
-            raise ApiError(400, "a bedrock provider takes its credentials in settings, not keys", None,
-                           [Validation("api_key", "bedrock credentials live in settings.access_key / access_key_secret")])
         if not row["enabled"]:
             raise conflict(f"provider {row['name']!r} is disabled", "enable it before attaching keys")
         pid = str(row["id"])

@@ -97,8 +97,6 @@ def _prepare(seed: ProviderSeed, allowed: frozenset[str]) -> tuple[str, dict[str
     except v.Invalid as e:
         raise ConfigError(f"provider {seed.name!r}: {e.field} {e.detail}") from None
     settings = {k: val.strip() for k, val in seed.settings.items() if val and val.strip()}
-    if seed.type == "bedrock" and keys:
-        raise ConfigError(f"provider {seed.name!r} ({seed.source}): bedrock takes ACCESS_KEY/ACCESS_KEY_SECRET, not KEY")
     return base, settings, keys
 
 

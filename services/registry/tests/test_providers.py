@@ -115,7 +115,6 @@ CREATE_CASES = [
     ({"type": "bedrock", "settings": {"model": "m"}}, "settings.region"),
     ({"type": "bedrock", "settings": {}}, "settings.region"),
     ({"type": "bedrock", "settings": {"region": "r", "model": "m", "access_key": "AKIA1234"}}, "settings.access_key_secret"),
-    ({"type": "bedrock", "settings": {"region": "r", "model": "m"}, "keys": ["sk-aaaaaaaaaa"]}, "keys"),
     ({"type": "azure", "settings": {"api_version": "1", "deployment": "x"}}, "settings.deployment"),
     ({"unknown": 1}, "unknown"),
     ({"enabled": "yes"}, "enabled"),
@@ -166,7 +165,7 @@ async def test_valid_urls_and_settings(client) -> None:  # type: ignore[no-untyp
     az = await client.ok("POST", P, {"name": "az", "type": "azure", "base_url": "https://x.openai.azure.com",
                                      "settings": {"api_version": "2024-10-21"}})
     assert az["settings"] == {"api_version": "2024-10-21"}
-    assert (await client.post(f"{P}/bed/keys", {"api_key": "sk-aaaaaaaaaaaa"})).status == 400
+    assert (await client.post(f"{P}/bed/keys", {"api_key": "ABSKbedrock-api-key-1"})).status == 201  # a pool of them
 
 
 async def test_link_local_allowed_by_setting(start_registry) -> None:  # type: ignore[no-untyped-def]
@@ -318,3 +317,16 @@ async def test_provider_configs_for_members(client, start_registry) -> None:  # 
     r2 = await start_registry(AIGW_ALLOW_BYOK="false")
     no_byok = await r2.client.ok("GET", "/api/v2/users/mary/ai/provider-configs")
     assert not any(p["byok"] for p in no_byok["providers"])
+
+
+async def test_bedrock_pool_of_credentials(client) -> None:  # type: ignore[no-untyped-def]
+    """A bedrock provider takes pool keys: Bedrock API keys, or access-key pairs shown by their key id only."""
+    P = "/api/v2/ai/providers"
+    body = await client.ok("POST", P, {"name": "bed", "type": "bedrock", "settings": {"region": "us-east-1"},
+                                       "base_url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+                                       "keys": ["AKIAPAIRONE00001:secret/one/AAAA9999", "ABSKbedrockapikey0002"]})
+    hints = [k["hint"] for k in body["keys"]]
+    assert hints[0].endswith("0001") and "9999" not in hints[0]  # the pair's hint is of its key id
+    assert hints[1].endswith("0002")
+    k = await client.ok("POST", f"{P}/bed/keys", {"api_key": "ASIAPAIRTWO00003:secret2:sessiontoken"})
+    assert k["hint"].endswith("0003") and "secret2" not in str(k)
