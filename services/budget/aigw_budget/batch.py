@@ -27,7 +27,7 @@ retried event by event with ``apply``, so one bad event is terminated alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -67,23 +67,6 @@ def _kind(ev: AnyUsageEvent) -> str:
     return str(type(ev).__struct_config__.tag).split(".", 1)[1]
 
 
-_STARTED = """
-UPDATE interceptions i SET
-  started_at = e.at, occurred_at = e.at, user_id = e.user_id, group_ids = e.group_ids, token_id = e.token_id,
-  gateway_id = e.gateway_id, provider_id = e.provider_id, provider_name = e.provider_name,
-  provider_type = e.provider_type, endpoint = e.endpoint,
-  model = CASE WHEN e.model <> '' THEN e.model ELSE i.model END,
-  client = e.client, session_id = e.session_id, credential_kind = e.credential_kind,
-  credential_hint = CASE WHEN e.credential_hint <> '' THEN e.credential_hint ELSE i.credential_hint END,
-  key_id = COALESCE(e.key_id, i.key_id), streaming = e.streaming,
-  reservation_micros = e.reservation_micros, metadata = e.metadata
-FROM jsonb_to_recordset($1::jsonb) AS e(
-  id text, at timestamptz, user_id text, group_ids text[], token_id text, gateway_id text, provider_id text,
-  provider_name text, provider_type text, endpoint text, model text, client text, session_id text,
-  credential_kind text, credential_hint text, key_id text, streaming boolean, reservation_micros bigint,
-  metadata jsonb)
-WHERE i.id = e.id"""
-
 _TOKEN_ROWS = """
 INSERT INTO token_usages (event_id, interception_id, at, model, input_tokens, output_tokens, cache_read_tokens,
                           cache_write_tokens, reasoning_tokens, cost_micros, priced)
@@ -92,28 +75,10 @@ SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(
   cache_read_tokens bigint, cache_write_tokens bigint, reasoning_tokens bigint, cost_micros bigint,
   priced boolean)"""
 
-_TOKEN_SUMS = """
-UPDATE interceptions i SET
-  model = CASE WHEN i.model = '' THEN e.model ELSE i.model END,
-  input_tokens = i.input_tokens + e.input_tokens, output_tokens = i.output_tokens + e.output_tokens,
-  cache_read_tokens = i.cache_read_tokens + e.cache_read_tokens,
-  cache_write_tokens = i.cache_write_tokens + e.cache_write_tokens,
-  reasoning_tokens = i.reasoning_tokens + e.reasoning_tokens, cost_micros = i.cost_micros + e.cost_micros,
-  unpriced = i.unpriced OR e.unpriced
-FROM jsonb_to_recordset($1::jsonb) AS e(
-  id text, model text, input_tokens bigint, output_tokens bigint, cache_read_tokens bigint,
-  cache_write_tokens bigint, reasoning_tokens bigint, cost_micros bigint, unpriced boolean)
-WHERE i.id = e.id"""
-
 _PROMPT_ROWS = """
 INSERT INTO prompts (event_id, interception_id, at, prompt, truncated)
 SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(event_id text, interception_id text, at timestamptz, prompt text,
   truncated boolean)"""
-
-_PROMPT_LATEST = """
-UPDATE interceptions i SET prompt = e.prompt, prompt_at = e.at, prompt_truncated = e.truncated
-FROM jsonb_to_recordset($1::jsonb) AS e(id text, prompt text, at double precision, truncated boolean)
-WHERE i.id = e.id AND (i.prompt_at IS NULL OR i.prompt_at <= e.at)"""
 
 _TOOL_ROWS = """
 INSERT INTO tool_usages (event_id, interception_id, at, name, call_id, arguments, injected, error, truncated)
@@ -121,14 +86,69 @@ SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(
   event_id text, interception_id text, at timestamptz, name text, call_id text, arguments text, injected boolean,
   error text, truncated boolean)"""
 
-_ENDED = """
-UPDATE interceptions i SET status = e.status, status_code = e.status_code, duration_ms = e.duration_ms,
-  error = e.error, ended_at = e.at, key_id = COALESCE(e.key_id, i.key_id),
-  credential_hint = CASE WHEN e.key_hint <> '' THEN e.key_hint ELSE i.credential_hint END
+# Everything one batch says about each interception, in one UPDATE (one new row version, not four): the
+# started event's fields (s_*), the token sums (t_*), the latest prompt (p_*), the ended event's fields (e_*),
+# each applied only when the batch has it — in the order one-by-one application gives them precedence
+# (started, then tokens, then prompt, then ended; the ended event's key — the one that finally answered — wins
+# over a start's, whichever arrived first). RETURNING feeds attribution; attributed_micros is untouched
+# here, so it comes back as it was.
+_MERGED = """
+UPDATE interceptions i SET
+  started_at = CASE WHEN e.has_s THEN e.s_at ELSE i.started_at END,
+  occurred_at = CASE WHEN e.has_s THEN e.s_at ELSE i.occurred_at END,
+  user_id = CASE WHEN e.has_s THEN e.s_user_id ELSE i.user_id END,
+  group_ids = CASE WHEN e.has_s THEN e.s_group_ids ELSE i.group_ids END,
+  token_id = CASE WHEN e.has_s THEN e.s_token_id ELSE i.token_id END,
+  gateway_id = CASE WHEN e.has_s THEN e.s_gateway_id ELSE i.gateway_id END,
+  provider_id = CASE WHEN e.has_s THEN e.s_provider_id ELSE i.provider_id END,
+  provider_name = CASE WHEN e.has_s THEN e.s_provider_name ELSE i.provider_name END,
+  provider_type = CASE WHEN e.has_s THEN e.s_provider_type ELSE i.provider_type END,
+  endpoint = CASE WHEN e.has_s THEN e.s_endpoint ELSE i.endpoint END,
+  client = CASE WHEN e.has_s THEN e.s_client ELSE i.client END,
+  session_id = CASE WHEN e.has_s THEN e.s_session_id ELSE i.session_id END,
+  credential_kind = CASE WHEN e.has_s THEN e.s_credential_kind ELSE i.credential_kind END,
+  streaming = CASE WHEN e.has_s THEN e.s_streaming ELSE i.streaming END,
+  reservation_micros = CASE WHEN e.has_s THEN e.s_reservation_micros ELSE i.reservation_micros END,
+  metadata = CASE WHEN e.has_s THEN e.s_metadata ELSE i.metadata END,
+  model = CASE WHEN e.has_s AND e.s_model <> '' THEN e.s_model WHEN i.model = '' THEN e.t_model ELSE i.model END,
+  key_id = COALESCE(e.e_key_id, CASE WHEN i.ended_at IS NOT NULL THEN i.key_id END, e.s_key_id, i.key_id),
+  credential_hint = CASE WHEN e.e_key_hint <> '' THEN e.e_key_hint
+                         WHEN i.ended_at IS NOT NULL AND i.credential_hint <> '' THEN i.credential_hint
+                         WHEN e.has_s AND e.s_credential_hint <> '' THEN e.s_credential_hint
+                         ELSE i.credential_hint END,
+  input_tokens = i.input_tokens + e.t_input_tokens, output_tokens = i.output_tokens + e.t_output_tokens,
+  cache_read_tokens = i.cache_read_tokens + e.t_cache_read_tokens,
+  cache_write_tokens = i.cache_write_tokens + e.t_cache_write_tokens,
+  reasoning_tokens = i.reasoning_tokens + e.t_reasoning_tokens, cost_micros = i.cost_micros + e.t_cost_micros,
+  unpriced = i.unpriced OR e.t_unpriced,
+  prompt = CASE WHEN e.has_p AND (i.prompt_at IS NULL OR i.prompt_at <= e.p_at) THEN e.p_prompt ELSE i.prompt END,
+  prompt_truncated = CASE WHEN e.has_p AND (i.prompt_at IS NULL OR i.prompt_at <= e.p_at) THEN e.p_truncated
+                          ELSE i.prompt_truncated END,
+  prompt_at = CASE WHEN e.has_p AND (i.prompt_at IS NULL OR i.prompt_at <= e.p_at) THEN e.p_at ELSE i.prompt_at END,
+  status = CASE WHEN e.has_e THEN e.e_status ELSE i.status END,
+  status_code = CASE WHEN e.has_e THEN e.e_status_code ELSE i.status_code END,
+  duration_ms = CASE WHEN e.has_e THEN e.e_duration_ms ELSE i.duration_ms END,
+  error = CASE WHEN e.has_e THEN e.e_error ELSE i.error END,
+  ended_at = CASE WHEN e.has_e THEN e.e_at ELSE i.ended_at END
 FROM jsonb_to_recordset($1::jsonb) AS e(
-  id text, status text, status_code integer, duration_ms integer, error text, at timestamptz, key_id text,
-  key_hint text)
-WHERE i.id = e.id"""
+  id text,
+  has_s boolean, s_at timestamptz, s_user_id text, s_group_ids text[], s_token_id text, s_gateway_id text,
+  s_provider_id text, s_provider_name text, s_provider_type text, s_endpoint text, s_model text, s_client text,
+  s_session_id text, s_credential_kind text, s_credential_hint text, s_key_id text, s_streaming boolean,
+  s_reservation_micros bigint, s_metadata jsonb,
+  t_model text, t_input_tokens bigint, t_output_tokens bigint, t_cache_read_tokens bigint,
+  t_cache_write_tokens bigint, t_reasoning_tokens bigint, t_cost_micros bigint, t_unpriced boolean,
+  has_p boolean, p_prompt text, p_at double precision, p_truncated boolean,
+  has_e boolean, e_status text, e_status_code integer, e_duration_ms integer, e_error text, e_at timestamptz,
+  e_key_id text, e_key_hint text)
+WHERE i.id = e.id
+RETURNING i.id, i.user_id, i.group_ids, i.started_at, i.gateway_id, i.cost_micros, i.attributed_micros"""
+
+_NO_CHANGE: dict[str, object] = {
+    "has_s": False, "t_model": "", "t_input_tokens": 0, "t_output_tokens": 0, "t_cache_read_tokens": 0,
+    "t_cache_write_tokens": 0, "t_reasoning_tokens": 0, "t_cost_micros": 0, "t_unpriced": False,
+    "has_p": False, "has_e": False, "e_key_hint": "",
+}
 
 
 class BatchRecorder:
@@ -208,15 +228,27 @@ class BatchRecorder:
         )
         claimed = {r["event_id"] for r in rows}
         mine = [ev for ev in batch if ev.event_id in claimed]
-        started = {ev.interception_id: ev for ev in mine if isinstance(ev, InterceptionStarted)}  # last wins
-        if started:
-            await conn.execute(_STARTED, [self._started_row(ev) for ev in started.values()])
+        if not mine:
+            return claimed
+        merged: dict[str, dict[str, object]] = {}
+
+        def row(iid: str) -> dict[str, object]:
+            return merged.setdefault(iid, {"id": iid, **_NO_CHANGE})
+
+        for ev in mine:  # the last started/ended of an interception wins, as one by one
+            if isinstance(ev, InterceptionStarted):
+                row(ev.interception_id).update(self._started_row(ev))
+            elif isinstance(ev, InterceptionEnded):
+                row(ev.interception_id).update({
+                    "has_e": True, "e_status": ev.status, "e_status_code": ev.status_code,
+                    "e_duration_ms": ev.duration_ms, "e_error": ev.error, "e_at": _iso(ev.at),
+                    "e_key_id": ev.key_id, "e_key_hint": ev.key_hint})
         tokens = [ev for ev in mine if isinstance(ev, TokenUsage)]
         if tokens:
-            await self._tokens(conn, tokens, result)
+            await self._tokens(conn, tokens, merged, row, result)
         prompts = [ev for ev in mine if isinstance(ev, PromptRecorded)]
         if prompts:
-            await self._prompts(conn, prompts)
+            await self._prompts(conn, prompts, row)
         tools = [ev for ev in mine if isinstance(ev, ToolUsage)]
         if tools:
             await conn.execute(_TOOL_ROWS, [
@@ -224,37 +256,36 @@ class BatchRecorder:
                  "call_id": ev.call_id, "arguments": ev.arguments, "injected": ev.injected, "error": ev.error,
                  "truncated": ev.truncated}
                 for ev in tools])
-        ended = {ev.interception_id: ev for ev in mine if isinstance(ev, InterceptionEnded)}  # last wins
-        if ended:
-            await conn.execute(_ENDED, [
-                {"id": ev.interception_id, "status": ev.status, "status_code": ev.status_code,
-                 "duration_ms": ev.duration_ms, "error": ev.error, "at": _iso(ev.at), "key_id": ev.key_id,
-                 "key_hint": ev.key_hint} for ev in ended.values()])
-        touched = sorted({ev.interception_id for ev in mine if isinstance(ev, InterceptionStarted | TokenUsage)})
-        if touched:
-            result.budgets.update(await self._attribute(conn, touched))
+        if merged:
+            after = await conn.fetch(_MERGED, sorted(merged.values(), key=lambda r: str(r["id"])))
+            result.budgets.update(await self._attribute(conn, after))
         return claimed
 
     @staticmethod
     def _started_row(ev: InterceptionStarted) -> dict[str, object]:
         return {
-            "id": ev.interception_id, "at": _iso(ev.at), "user_id": ev.user_id, "group_ids": list(ev.group_ids),
-            "token_id": ev.token_id, "gateway_id": ev.gateway_id, "provider_id": ev.provider_id,
-            "provider_name": ev.provider_name, "provider_type": ev.provider_type, "endpoint": ev.endpoint,
-            "model": ev.model, "client": ev.client, "session_id": ev.session_id,
-            "credential_kind": ev.credential_kind, "credential_hint": ev.credential_hint, "key_id": ev.key_id,
-            "streaming": ev.streaming, "reservation_micros": ev.reservation_micros, "metadata": dict(ev.metadata),
+            "has_s": True, "s_at": _iso(ev.at), "s_user_id": ev.user_id, "s_group_ids": list(ev.group_ids),
+            "s_token_id": ev.token_id, "s_gateway_id": ev.gateway_id, "s_provider_id": ev.provider_id,
+            "s_provider_name": ev.provider_name, "s_provider_type": ev.provider_type, "s_endpoint": ev.endpoint,
+            "s_model": ev.model, "s_client": ev.client, "s_session_id": ev.session_id,
+            "s_credential_kind": ev.credential_kind, "s_credential_hint": ev.credential_hint,
+            "s_key_id": ev.key_id, "s_streaming": ev.streaming, "s_reservation_micros": ev.reservation_micros,
+            "s_metadata": dict(ev.metadata),
         }
 
-    async def _tokens(self, conn: asyncpg.Connection, tokens: list[TokenUsage], result: BatchResult) -> None:
+    async def _tokens(self, conn: asyncpg.Connection, tokens: list[TokenUsage], merged: dict[str, dict[str, object]],
+                      row: Callable[[str], dict[str, object]], result: BatchResult) -> None:
         unnamed = sorted({ev.interception_id for ev in tokens if not ev.model})
         current: dict[str, str] = {}
-        if unnamed:  # price by the requested model when the upstream reported none
+        if unnamed:  # price by the requested model when the upstream reported none (the batch's start first)
             for r in await conn.fetch("SELECT id, model FROM interceptions WHERE id = ANY($1::text[])", unnamed):
                 current[r["id"]] = r["model"]
+            for iid in unnamed:
+                started = merged.get(iid)
+                if started is not None and started["has_s"] and started["s_model"]:
+                    current[iid] = str(started["s_model"])
         table = self.recorder.prices.table
         rows: list[dict[str, object]] = []
-        sums: dict[str, dict[str, object]] = {}
         for ev in tokens:
             model = ev.model or current.get(ev.interception_id, "")
             if ev.model and not current.get(ev.interception_id):
@@ -269,20 +300,18 @@ class BatchRecorder:
                          "model": ev.model, "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
                          "cache_read_tokens": t.cache_read_tokens, "cache_write_tokens": t.cache_write_tokens,
                          "reasoning_tokens": t.reasoning_tokens, "cost_micros": cost, "priced": price is not None})
-            s = sums.setdefault(ev.interception_id, {
-                "id": ev.interception_id, "model": "", "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
-                "cache_write_tokens": 0, "reasoning_tokens": 0, "cost_micros": 0, "unpriced": False})
-            if not s["model"]:
-                s["model"] = ev.model
+            s = row(ev.interception_id)
+            if not s["t_model"]:
+                s["t_model"] = ev.model
             for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
-                s[f] = int(s[f]) + getattr(t, f)  # type: ignore[call-overload]  # s is a dict[str, object] row
-            s["cost_micros"] = int(s["cost_micros"]) + cost  # type: ignore[call-overload]  # s is a dict[str, object] row
-            s["unpriced"] = bool(s["unpriced"]) or price is None
+                s["t_" + f] = int(s["t_" + f]) + getattr(t, f)  # type: ignore[call-overload]  # s is a dict[str, object] row
+            s["t_cost_micros"] = int(s["t_cost_micros"]) + cost  # type: ignore[call-overload]  # s is a dict[str, object] row
+            s["t_unpriced"] = bool(s["t_unpriced"]) or price is None
         await conn.execute(_TOKEN_ROWS, rows)
-        await conn.execute(_TOKEN_SUMS, sorted(sums.values(), key=lambda r: str(r["id"])))
 
     @staticmethod
-    async def _prompts(conn: asyncpg.Connection, prompts: list[PromptRecorded]) -> None:
+    async def _prompts(conn: asyncpg.Connection, prompts: list[PromptRecorded],
+                       row: Callable[[str], dict[str, object]]) -> None:
         await conn.execute(_PROMPT_ROWS, [
             {"event_id": ev.event_id, "interception_id": ev.interception_id, "at": _iso(ev.at), "prompt": ev.prompt,
              "truncated": ev.truncated} for ev in prompts])
@@ -291,17 +320,14 @@ class BatchRecorder:
             cur = latest.get(ev.interception_id)
             if cur is None or cur.at <= ev.at:
                 latest[ev.interception_id] = ev
-        await conn.execute(_PROMPT_LATEST, [{"id": ev.interception_id, "prompt": ev.prompt, "at": ev.at,
-                                             "truncated": ev.truncated} for ev in latest.values()])
+        for ev in latest.values():
+            row(ev.interception_id).update({"has_p": True, "p_prompt": ev.prompt, "p_at": ev.at,
+                                            "p_truncated": ev.truncated})
 
     @staticmethod
-    async def _attribute(conn: asyncpg.Connection, ids: list[str]) -> set[BudgetKey]:
-        """Add each interception's not-yet-attributed cost to spend and to its gateway's leases, per budget."""
-        rows = await conn.fetch(
-            "SELECT id, user_id, group_ids, started_at, gateway_id, cost_micros, attributed_micros"
-            " FROM interceptions WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE",
-            ids,
-        )
+    async def _attribute(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> set[BudgetKey]:
+        """Add each interception's not-yet-attributed cost to spend and to its gateway's leases, per budget
+        (``rows``: the interceptions as the merged UPDATE left them, still locked by it)."""
         spend: dict[tuple[str, str, object], int] = {}
         leases: dict[tuple[str, str, object, str], int] = {}
         done: list[str] = []

@@ -140,7 +140,11 @@ class Recorder:
                  provider_id = $7, provider_name = $8, provider_type = $9, endpoint = $10,
                  model = CASE WHEN $11 <> '' THEN $11 ELSE model END,
                  client = $12, session_id = $13, credential_kind = $14,
-                 credential_hint = CASE WHEN $15 <> '' THEN $15 ELSE credential_hint END, key_id = COALESCE($16, key_id),
+                 -- the ended event names the key that finally answered: a start arriving after it keeps it
+                 credential_hint = CASE WHEN ended_at IS NOT NULL AND credential_hint <> '' THEN credential_hint
+                                        WHEN $15 <> '' THEN $15 ELSE credential_hint END,
+                 key_id = CASE WHEN ended_at IS NOT NULL AND key_id IS NOT NULL THEN key_id
+                               ELSE COALESCE($16, key_id) END,
                  streaming = $17, reservation_micros = $18, metadata = $19
                WHERE id = $1""",
             ev.interception_id, at, ev.user_id, list(ev.group_ids), ev.token_id, ev.gateway_id,

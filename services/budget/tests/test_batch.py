@@ -70,7 +70,7 @@ def history(rng: random.Random, p: str, at0: float) -> list[AnyUsageEvent]:
                                  call_id=f"c{rng.randrange(10**6)}", arguments='{"x": 1}', injected=rng.random() < 0.3,
                                  error=rng.choice([None, "boom"]), truncated=rng.random() < 0.3))
         if rng.random() < 0.9:
-            key = rng.choice([f"k{n % 3}", None])  # the key that answered, when the start went out without it
+            key = rng.choice([f"k{n % 3}", f"k{(n + 1) % 3}", None])  # the key that answered (failover may change it)
             evs.append(InterceptionEnded(event_id=next(ids), interception_id=iid, at=at0 + n + 1,
                                          status=rng.choice(["ok", "error", "cancelled", "interrupted"]), status_code=200,
                                          duration_ms=rng.randrange(5000), key_id=key,
