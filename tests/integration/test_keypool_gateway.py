@@ -304,7 +304,24 @@ async def test_reset_returns_a_revoked_key_to_every_gateway_within_a_second(flee
     assert mock.count_by_key[KEYS[0]] == n + 2
     health = await f.health()
     assert health["keys"][0]["state"] == "valid" and health["keys"][0]["reason"] == "reset"
+    # the same through `aigw admin keys reset|health`
+    import io
+    import json
+
+    from aigw_common.admin import main as admin_main
+
+    mock.on_key(KEYS[0], 401, times=1)
+    await f.chat("a")
+    await eventually(f.everyone(0, "revoked"), PROPAGATION, "key 1 revoked again")
+    outs = []
+    for verb in (["reset", "fleet", f.kid(0)], ["health", "fleet"]):
+        buf = io.StringIO()
+        argv = ["--registry-url", f.registry_url, "--keypool-url", f.keypool_url, "--token", f.owner, "keys", *verb]
+        assert await asyncio.to_thread(admin_main, argv, {}, stdout=buf) == 0
+        outs.append(json.loads(buf.getvalue()))
+    assert outs[0]["state"] == "valid" and outs[1]["keys"][0]["reason"] == "reset"
+    await eventually(f.everyone(0, "valid"), PROPAGATION, "every gateway uses key 1 again (admin CLI)")
     audit = (await f.admin("GET", "/api/v2/audit-logs", None))["audit_logs"]
     resets = [a for a in audit if a["action"] == "provider_key.reset"]
-    assert len(resets) == 1 and resets[0]["resource_id"] == f.kid(0)
-    assert resets[0]["before"]["state"] == "revoked" and resets[0]["after"]["state"] == "valid"
+    assert len(resets) == 2 and {r["resource_id"] for r in resets} == {f.kid(0)}
+    assert all(r["before"]["state"] == "revoked" and r["after"]["state"] == "valid" for r in resets)

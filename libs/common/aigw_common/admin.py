@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aigw admin", description="administer a running aigw (prints JSON)")
     p.add_argument("--registry-url", help="registry base URL (default: from AIGW_REGISTRY_ADDR)")
     p.add_argument("--budget-url", help="budget base URL (default: from AIGW_BUDGET_ADDR)")
+    p.add_argument("--keypool-url", help="keypool base URL (default: from AIGW_KEYPOOL_ADDR)")
     p.add_argument("--token", help="aigw token (default: AIGW_ADMIN_TOKEN, else <dir>/owner-token)")
     p.add_argument("--dir", help="aigw dev state directory holding owner-token (default: .aigw)")
     res = p.add_subparsers(dest="resource", required=True)
@@ -144,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     r = k.add_parser("remove")
     r.add_argument("provider")
     r.add_argument("key_id")
+    k.add_parser("health", help="fleet-wide health of the pool: state, why, next re-check").add_argument("provider")
+    rs = k.add_parser("reset", help="return a key to valid on every gateway now (keypool; audited)")
+    rs.add_argument("provider")
+    rs.add_argument("key_id")
 
     us = res.add_parser("users", help="users").add_subparsers(dest="verb", required=True)
     us.add_parser("list")
@@ -218,7 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO) -> Any:
+def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO, keypool: Api | None = None) -> Any:
     P = "/api/v2/ai/providers"
     res, verb = args.resource, getattr(args, "verb", None)
     if res == "providers":
@@ -260,6 +265,12 @@ def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO) -> Any:
             return out[0] if len(out) == 1 else {"keys": out}
         if verb == "remove":
             return reg.call("DELETE", f"{P}/{_seg(args.provider)}/keys/{_seg(args.key_id)}")
+        if args.verb in ("health", "reset"):
+            if keypool is None:
+                raise AdminError("no keypool URL")
+            if args.verb == "health":
+                return keypool.call("GET", f"{P}/{_seg(args.provider)}/keys/health")
+            return keypool.call("POST", f"{P}/{_seg(args.provider)}/keys/{_seg(args.key_id)}/reset")
     if res == "users":
         if verb == "list":
             return reg.call("GET", "/api/v2/users")
@@ -353,7 +364,8 @@ def main(argv: list[str], env: Mapping[str, str], *, stdin: TextIO | None = None
         token = _token(args, settings)
         reg = Api(args.registry_url or _local_url(settings.addrs["registry"]), token)
         budget = Api(args.budget_url or _local_url(settings.addrs["budget"]), token)
-        result = _run(args, reg, budget, stdin or sys.stdin)
+        keypool = Api(args.keypool_url or _local_url(settings.addrs["keypool"]), token)
+        result = _run(args, reg, budget, stdin or sys.stdin, keypool)
     except ApiFailure as e:
         print(json.dumps({"status": e.status, **(e.body if isinstance(e.body, dict) else {"body": e.body})},
                          indent=2), file=err)
