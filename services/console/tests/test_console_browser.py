@@ -252,6 +252,19 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     rows = list(csv.DictReader(io.StringIO(text)))
     assert rows and rows[0]["provider"] == "mockai" and sum(int(r["interceptions"]) for r in rows) == 2, text
     await _shot(page, "usage")
+    # a model's price, set from the console (USD per million tokens)
+    prices = page.locator("form:has(button:text('Set price'))")
+    await prices.locator("input[name=model]").fill("console-model")
+    await prices.locator("input[name=input_per_mtok_micros]").fill("1.25")
+    await prices.locator("input[name=output_per_mtok_micros]").fill("10")
+    await prices.locator("button:text('Set price')").click()
+    await expect(page.locator("#flash")).to_contain_text("Price of console-model saved")
+    await expect(page.locator("body")).to_have_attribute("data-ready", "1")  # the page has been redrawn
+    await page.fill("input[aria-label='Filter prices']", "console-model")
+    await expect(page.locator('tr[data-price="console-model"]')).to_contain_text("1.2500")
+    got = {p["model"]: p for p in (await s.owner.ok("GET", s.url("budget", "/api/v2/ai/prices")))["prices"]}
+    assert got["console-model"]["input_per_mtok_micros"] == 1_250_000
+    assert got["console-model"]["output_per_mtok_micros"] == 10_000_000
     await page.click("button:text('30 days')")  # a preset range: the same two requests, a longer axis
     await expect(page).to_have_url(re.compile(r"from=\d{4}-\d\d-\d\d&to="))
     await expect(page.locator('[data-total="interceptions"]')).to_have_attribute("data-value", "2")

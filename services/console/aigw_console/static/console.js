@@ -666,13 +666,42 @@
     show(toolbar, h("h2", {}, `Totals ${from} – ${to}`), stats,
       h("h2", {}, `${metric === "spend" ? "Spend" : "Tokens"} per day by ${dim} `, csv), chart(days, stacks, value, metric),
       h("div", { class: "cols" }, h("div", {}, h("h2", {}, "Top users"), topTable(byUser.rows, "users", "user")), h("div", {}, h("h2", {}, "Top models"), topTable(byModel.rows, "models", "model"))),
-      ADMIN ? await topKeys(range) : null);
+      ADMIN ? await topKeys(range) : null,
+      await pricesPanel());
   }
 
   // Axis labels with as many decimals as the scale needs ($0.0012, not $0.00).
   function axisMoney(v, max) {
     const digits = Math.min(6, Math.max(2, Math.ceil(-Math.log10(max / 1e6)) + 1));
     return "$" + (v / 1e6).toFixed(digits);
+  }
+
+  // The price table spend is computed from (USD per million tokens); admins set a model's row.
+  async function pricesPanel() {
+    let prices;
+    try {
+      prices = (await api("GET", "/api/v2/ai/prices")).prices;
+    } catch (e) {
+      return h("p", { class: "error" }, "Prices unavailable: " + errText(e));
+    }
+    const usd = (m) => (m / 1e6).toFixed(4);
+    const cols = [["input_per_mtok_micros", "Input"], ["output_per_mtok_micros", "Output"], ["cache_read_per_mtok_micros", "Cache read"], ["cache_write_per_mtok_micros", "Cache write"]];
+    return h("div", {}, h("h2", {}, "Prices (USD per million tokens)"),
+      listView({
+        name: "prices", rows: prices.slice().sort((a, b) => a.model.localeCompare(b.model)), text: (p) => p.model, pageSize: 10,
+        rowAttrs: (p) => ({ "data-price": p.model }),
+        columns: [{ label: "Model", cell: (p) => h("code", {}, p.model) }, ...cols.map(([k, l]) => ({ label: l, num: true, cell: (p) => usd(p[k]) }))],
+      }),
+      ADMIN ? form(async (f) => {
+        let body;
+        try {
+          body = { model: val(f, "model") };
+          for (const [k] of cols) if (val(f, k) !== "") body[k] = usdToMicros(val(f, k));
+        } catch (e) { flash(e.message, true); return; }
+        await change(`Price of ${body.model} saved`, () => api("PUT", "/api/v2/ai/prices", body), route);
+      }, field("Model", h("input", { name: "model", required: true, size: 18 })),
+        cols.map(([k, l]) => field(l + (k.startsWith("cache") ? " (default: input)" : ""), h("input", { name: k, inputmode: "decimal", size: 8, required: !k.startsWith("cache") }))),
+        h("button", { class: "primary", type: "submit" }, "Set price")) : null);
   }
 
   // Spend by the pool key that answered (admins; needs the budget service's group_by=key).
@@ -846,6 +875,7 @@
 
   const PAGES = { providers: providersPage, people: peoplePage, budgets: budgetsPage, usage: usagePage, traffic: trafficPage, audit: auditPage };
   async function route() {
+    delete B.dataset.ready;  // set again once the page has rendered (tests and screenshots wait for it)
     for (const t of [...timers]) { clearInterval(t); timers.delete(t); }
     try {
       await PAGES[PAGE]();
