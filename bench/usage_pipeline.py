@@ -35,6 +35,7 @@ from aigw_common.schemas import (
 )
 from aigw_common.settings import Settings
 from aigw_common.usage_wire import record_payload
+from aigw_testing.buskeys import BusKeys
 from aigw_testing.harness import AppHarness
 from aigw_testing.infra import Infra
 from aigw_testing.natscluster import NatsCluster
@@ -135,7 +136,8 @@ async def main() -> None:
             nats_url = infra.nats_url()
         env = {"AIGW_DATABASE_URL": db_url, "AIGW_NATS_URL": nats_url, "AIGW_BUS_PREFIX": prefix,
                "AIGW_JS_REPLICAS": str(args.replicas), "AIGW_ENCRYPTION_KEYS": generate_key(),
-               "AIGW_DATA_DIR": tempfile.mkdtemp(prefix="aigw-bench-"), "AIGW_LOG_LEVEL": "WARNING"}
+               "AIGW_DATA_DIR": tempfile.mkdtemp(prefix="aigw-bench-"), "AIGW_LOG_LEVEL": "WARNING",
+               **BusKeys.generate().env()}  # the budget service signs what it publishes
         settings = Settings.from_env(env)
         bus = Bus(servers=tuple(nats_url.split(",")), name="bench", subjects=Subjects(prefix),
                   js_replicas=args.replicas)
