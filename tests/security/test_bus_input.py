@@ -67,7 +67,7 @@ def budget_poison() -> list[tuple[str, bytes]]:
 
 
 async def _budget(bus: Bus, make_settings, database_url: str, apps):  # type: ignore[no-untyped-def]
-    await RegistryStub(bus, make_settings().encryption_keys).start()
+    await RegistryStub(bus, make_settings().bus_keys()).start()
     app = budget_app(make_settings(AIGW_DATABASE_URL=database_url))
     await apps.start(app)
     consumer = app[BUDGET].consumer
@@ -153,7 +153,7 @@ async def test_budget_usage_consumer_survives_arbitrary_events(bus, budget_consu
 
 
 async def _keypool(bus: Bus, make_settings, apps):  # type: ignore[no-untyped-def]
-    registry = await RegistryStub(bus, make_settings().encryption_keys).start()
+    registry = await RegistryStub(bus, make_settings().bus_keys()).start()
     p = registry.put_provider("openai", "openai", "http://up.example", ["zzkey-aaaa1111", "zzkey-bbbb2222"])
     await ensure_marks_stream(bus)
     admin = registry.add_user(roles=["admin"])

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Coroutine, Mapping
@@ -46,6 +47,10 @@ async def run_one(name: str, settings: Settings, *, reuse_port: bool = False) ->
     from .service import serve
 
     tracing.setup_tracing(name)
+    for var in settings.foreign_secrets(name):
+        logging.getLogger("aigw").warning(
+            "a secret this service does not hold is set in its environment; it is ignored: remove it",
+            extra={"variable": var, "service": name, "see": "docs/security.md"})
     mod = load_service(name)
     app = mod.create_app(settings)
     addr = settings.addrs[name]
@@ -73,13 +78,16 @@ def run_service(name: str, settings: Settings, *, reuse_port: bool = False) -> i
         return 130
 
 
-async def run_migrations(settings: Settings) -> list[str]:
+async def run_migrations(settings: Settings, *, owners: Mapping[str, str] | None = None) -> list[str]:
     from .db import migrate_dsn
 
     sets: list[Any] = []
     for s in available_services():
         sets.extend(getattr(load_service(s), "MIGRATIONS", ()))
-    return await migrate_dsn(settings.require_database(), *sets)
+    unknown = set(owners or ()) - {s.schema for s in sets}
+    if unknown:
+        raise ConfigError(f"--owner names no schema of an installed service: {', '.join(sorted(unknown))}")
+    return await migrate_dsn(settings.require_database(), *sets, owners=owners)
 
 
 def openapi_documents() -> dict[str, dict[str, Any]]:
@@ -120,7 +128,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     sub = parser.add_subparsers(dest="cmd", required=True)
     for s in SERVICES:
         sub.add_parser(s, help=f"run the {s} service (configured by AIGW_* env vars)")
-    sub.add_parser("migrate", help="apply database migrations and exit")
+    mig = sub.add_parser("migrate", help="apply database migrations and exit")
+    mig.add_argument("--owner", action="append", default=[], metavar="SCHEMA=ROLE",
+                     help="give SCHEMA (registry, budget, chatd) its own role, created if missing, and migrate it "
+                          "as that role; repeat per service (docs/security.md)")
     dev = sub.add_parser("dev", help="run the whole system on this machine (embedded Postgres and NATS when unset)")
     dev.add_argument("--dir", default=".aigw", help="state directory (default .aigw)")
     sub.add_parser("proto", help="regenerate proto/ JSON Schemas from the bus messages")
@@ -184,7 +195,11 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     if args.cmd != "migrate":
         return run_service(args.cmd, settings)
     try:
-        applied = asyncio.run(run_migrations(settings))
+        owners = dict(o.split("=", 1) for o in args.owner if "=" in o)
+        if len(owners) != len(args.owner):
+            print("aigw migrate: --owner takes SCHEMA=ROLE", file=sys.stderr)
+            return 2
+        applied = asyncio.run(run_migrations(settings, owners=owners))
         print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
         return 0
     except AigwError as e:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -134,13 +135,50 @@ async def in_transaction(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], 
     raise AssertionError("unreachable")
 
 
-async def migrate(conn: asyncpg.Connection, *sets: MigrationSet) -> list[str]:
-    """Apply pending migrations of each set in order; return what was applied."""
+ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+async def provision_owners(conn: asyncpg.Connection, owners: Mapping[str, str]) -> None:
+    """Give each schema its own role (``{"registry": "aigw_registry", …}``): the role is created if missing
+    (LOGIN, no password: set one with ALTER ROLE, or use your platform's IAM auth), owns the schema and
+    everything in it, and nobody else (PUBLIC) may use the schema. Run as a role that may create roles.
+    Migrations then run as the owner (:func:`migrate` with ``owners``), so new objects are the role's too."""
+    dbname = await conn.fetchval("SELECT current_database()")
+    for schema, role in owners.items():
+        if not ROLE_RE.match(role) or not ROLE_RE.match(schema):
+            raise MigrationError(f"invalid role or schema name {role!r}/{schema!r}: use [a-z_][a-z0-9_]*")
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            await conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        await conn.execute(f'GRANT "{role}" TO current_user')  # to act as the owner below (no-op for superusers)
+        await conn.execute(f'GRANT CONNECT ON DATABASE "{dbname}" TO "{role}"')
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION "{role}"')
+        await conn.execute(f'ALTER SCHEMA "{schema}" OWNER TO "{role}"')
+        await conn.execute(f'REVOKE ALL ON SCHEMA "{schema}" FROM PUBLIC')
+        for kind, rows in (("TABLE", "SELECT tablename AS n FROM pg_tables WHERE schemaname = $1"),
+                           ("SEQUENCE", "SELECT sequencename AS n FROM pg_sequences WHERE schemaname = $1"),
+                           ("VIEW", "SELECT viewname AS n FROM pg_views WHERE schemaname = $1")):
+            for r in await conn.fetch(rows, schema):
+                await conn.execute(f'ALTER {kind} "{schema}"."{r["n"]}" OWNER TO "{role}"')
+        log.info("schema owner provisioned", extra={"schema": schema, "role": role})
+
+
+async def migrate(conn: asyncpg.Connection, *sets: MigrationSet, owners: Mapping[str, str] | None = None) -> list[str]:
+    """Apply pending migrations of each set in order; return what was applied.
+
+    With ``owners`` (schema → role, see :func:`provision_owners`) each schema's migrations run as its role.
+    A service migrating at start with a role that owns only its schema works too: an existing schema is
+    not created again (that would need CREATE on the database)."""
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
+        if owners:
+            await provision_owners(conn, owners)
         for ms in sets:
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{ms.schema}"')
+            if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", ms.schema):
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{ms.schema}"')
+            role = (owners or {}).get(ms.schema)
+            if role:
+                await conn.execute(f'SET ROLE "{role}"')
             await conn.execute(
                 f'CREATE TABLE IF NOT EXISTS "{ms.schema}".schema_migrations ('
                 "version text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -168,15 +206,18 @@ async def migrate(conn: asyncpg.Connection, *sets: MigrationSet) -> list[str]:
                     raise MigrationError(f"migration {ms.schema}/{path.name} failed: {e}") from e
                 applied.append(f"{ms.schema}/{path.stem}")
                 log.info("migration applied", extra={"migration": f"{ms.schema}/{path.name}"})
+            if role:
+                await conn.execute("RESET ROLE")
     finally:
+        await conn.execute("RESET ROLE")
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied
 
 
-async def migrate_dsn(dsn: str, *sets: MigrationSet) -> list[str]:
+async def migrate_dsn(dsn: str, *sets: MigrationSet, owners: Mapping[str, str] | None = None) -> list[str]:
     conn = await asyncpg.connect(dsn)
     try:
-        return await migrate(conn, *sets)
+        return await migrate(conn, *sets, owners=owners)
     finally:
         await conn.close()
 

@@ -39,7 +39,7 @@ from .embedded import (
 )
 from .errors import AigwError, ConfigError
 from .natsauth import BUS_USERS, authorization_block
-from .settings import CONSOLE_UPSTREAMS, SERVICES, Settings
+from .settings import CONSOLE_UPSTREAMS, SERVICES, Settings, env_for_service
 from .signing import PRODUCERS, Signer, generate_keypair
 
 READY_TIMEOUT = 90.0
@@ -127,6 +127,7 @@ class DevStack:
     token: str = ""
     nats_passwords: dict[str, str] = field(default_factory=dict)  # embedded NATS: user -> password
     signing_keys: dict[str, str] = field(default_factory=dict)  # generated bus signing keys, by producer
+    chatd_keys: str = ""
 
     async def start(self) -> None:
         from .cli import available_services, run_migrations
@@ -160,6 +161,10 @@ class DevStack:
             env["AIGW_BUS_VERIFY_KEYS"] = verify
         if not env.get("AIGW_ENCRYPTION_KEYS"):
             env["AIGW_ENCRYPTION_KEYS"] = _secret_file(self.state / "encryption-keys", generate_key())
+        if not env.get("AIGW_BUS_SEALING_KEYS"):
+            env["AIGW_BUS_SEALING_KEYS"] = _secret_file(self.state / "bus-sealing-keys", generate_key())
+        # chatd seals its own rows (a running turn's token) with a key of its own, not the registry's
+        self.chatd_keys = _secret_file(self.state / "chatd-encryption-keys", generate_key())
         if env.get("AIGW_BOOTSTRAP_TOKEN"):
             self.token = env["AIGW_BOOTSTRAP_TOKEN"]
             _secret_file(self.state / "owner-token", self.token)
@@ -183,11 +188,15 @@ class DevStack:
         await asyncio.gather(*(self._wait_ready(c) for c in self.children))
 
     def child_env(self, name: str) -> dict[str, str]:
-        """The environment of one service: its own NATS user and, for a producer, only its own signing key;
-        the console, which holds no secret, only the AIGW_ variables it reads."""
+        """The environment of one service: only the secrets it holds (``env_for_service``; chatd its own
+        at-rest key), its own NATS user and, for a producer, only its own signing key; the console, which
+        holds no secret, only the AIGW_ variables it reads."""
         env = dict(self.env)
         if name == "console":
             return {k: v for k, v in env.items() if not k.startswith("AIGW_") or k in CONSOLE_VARS}
+        env = env_for_service(name, env)
+        if name == "chatd" and "AIGW_ENCRYPTION_KEYS" in env and self.chatd_keys:
+            env["AIGW_ENCRYPTION_KEYS"] = self.chatd_keys
         if self.nats is not None and name in self.nats_passwords:
             env["AIGW_NATS_URL"] = self.nats.url_for(name, self.nats_passwords[name])
         for producer, key in self.signing_keys.items():

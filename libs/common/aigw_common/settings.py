@@ -14,7 +14,7 @@ import binascii
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +39,46 @@ PROVIDER_TYPES = ("openai", "anthropic", "bedrock", "copilot", "openai-compat", 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
+# Which service holds which secret (docs/security.md has the matrix). "AIGW_PROVIDER_*" stands for every
+# provider seed variable (legacy AIGW_OPENAI_KEY … and AIGW_PROVIDER_<N>_*): their keys are the registry's.
+SECRET_HOLDERS: dict[str, frozenset[str]] = {
+    "AIGW_BOOTSTRAP_TOKEN": frozenset({"registry"}),
+    "AIGW_PROVIDER_*": frozenset({"registry"}),
+    "AIGW_ENCRYPTION_KEYS": frozenset({"registry", "chatd"}),  # at rest; chatd's value is its own key
+    "AIGW_BUS_SEALING_KEYS": frozenset({"registry", "gateway", "keypool", "chatd"}),
+    # keypool: an optional connection for its audit rows (see docs/security.md)
+    "AIGW_DATABASE_URL": frozenset({"registry", "budget", "chatd", "keypool"}),
+}
+
+def holds(service: str, secret: str) -> bool:
+    """Whether ``service`` holds the secret variable (group) ``secret`` of ``SECRET_HOLDERS``."""
+    return service in SECRET_HOLDERS[secret]
+
+
+def _secret_var(var: str) -> str | None:
+    """The ``SECRET_HOLDERS`` entry a variable belongs to, if it is a secret."""
+    if var in SECRET_HOLDERS:
+        return var
+    if _PROVIDER_VAR.match(var) or var.startswith(("AIGW_OPENAI_", "AIGW_ANTHROPIC_", "AIGW_BEDROCK_")):
+        return "AIGW_PROVIDER_*"
+    return None
+
+
+def env_for_service(service: str, env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the secret variables ``service`` does not hold: what a launcher (``aigw dev``) hands
+    each service's process. With no AIGW_BUS_SEALING_KEYS (a legacy single-key install) the bus-key holders
+    keep AIGW_ENCRYPTION_KEYS, from which their bus key is derived."""
+    legacy = not (env.get("AIGW_BUS_SEALING_KEYS") or "").strip()
+    out = {}
+    for var, value in env.items():
+        group = _secret_var(var)
+        if group is not None and not holds(service, group):
+            if not (legacy and group == "AIGW_ENCRYPTION_KEYS" and holds(service, "AIGW_BUS_SEALING_KEYS")):
+                continue
+        out[var] = value
+    return out
+
+
 # Scalar variables every service knows. Provider variables are matched separately.
 _SCALARS = frozenset(
     {
@@ -47,6 +87,7 @@ _SCALARS = frozenset(
         "AIGW_JS_REPLICAS",
         "AIGW_GATEWAY_WORKERS",
         "AIGW_ENCRYPTION_KEYS",
+        "AIGW_BUS_SEALING_KEYS",
         "AIGW_BOOTSTRAP_TOKEN",
         "AIGW_GATEWAY_URL",
         "AIGW_ALLOW_BYOK",
@@ -169,7 +210,8 @@ class Settings:
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     js_replicas: int = 1  # replicas of every stream and bucket aigw creates (3 on a 3-node cluster)
     gateway_workers: int = 1  # gateway processes sharing the port (SO_REUSEPORT) under one supervisor
-    encryption_keys: tuple[bytes, ...] = ()
+    encryption_keys: tuple[bytes, ...] = ()  # this service's at-rest keys (registry; chatd its own)
+    bus_sealing_keys: tuple[bytes, ...] = ()  # seal secrets on the bus (registry) / open them (gateway, keypool, chatd)
     bootstrap_token: str | None = None
     addrs: Mapping[str, ListenAddr] = field(
         default_factory=lambda: {s: ListenAddr("127.0.0.1", p) for s, p in DEFAULT_PORTS.items()}
@@ -241,6 +283,41 @@ class Settings:
         if not self.encryption_keys:
             raise ConfigError("AIGW_ENCRYPTION_KEYS is required (aigw dev generates one into .aigw/)")
         return self.encryption_keys
+
+    def bus_keys(self) -> tuple[bytes, ...]:
+        """The master keys of the bus sealer: ``AIGW_BUS_SEALING_KEYS``; without it (single-key installs from
+        before the split) the bus key is derived from ``AIGW_ENCRYPTION_KEYS`` as it always was."""
+        return self.bus_sealing_keys or self.encryption_keys
+
+    def require_bus_keys(self) -> tuple[bytes, ...]:
+        keys = self.bus_keys()
+        if not keys:
+            raise ConfigError("AIGW_BUS_SEALING_KEYS is required (aigw dev generates one into .aigw/)")
+        return keys
+
+    def for_service(self, service: str) -> Settings:
+        """These settings with every secret ``service`` does not hold dropped (``SECRET_HOLDERS``), so a
+        service that was handed more than it needs still keeps only its own in memory."""
+        drop: dict[str, object] = {}
+        if not holds(service, "AIGW_BOOTSTRAP_TOKEN"):
+            drop["bootstrap_token"] = None
+        if not holds(service, "AIGW_PROVIDER_*"):
+            drop["providers"] = ()
+        if not holds(service, "AIGW_DATABASE_URL"):
+            drop["database_url"] = None
+        bus_holder = holds(service, "AIGW_BUS_SEALING_KEYS")
+        if not bus_holder:
+            drop["bus_sealing_keys"] = ()
+        if not holds(service, "AIGW_ENCRYPTION_KEYS") and (self.bus_sealing_keys or not bus_holder):
+            drop["encryption_keys"] = ()
+        return replace(self, **drop) if drop else self  # type: ignore[arg-type]
+
+    def foreign_secrets(self, service: str) -> list[str]:
+        """The secret variables set here that ``service`` does not hold (to warn about at its start)."""
+        held = {"AIGW_BOOTSTRAP_TOKEN": self.bootstrap_token, "AIGW_PROVIDER_*": self.providers,
+                "AIGW_DATABASE_URL": self.database_url, "AIGW_BUS_SEALING_KEYS": self.bus_sealing_keys,
+                "AIGW_ENCRYPTION_KEYS": self.encryption_keys if self.bus_sealing_keys else ()}
+        return [var for var, value in held.items() if value and not holds(service, var)]
 
 
 # ---------------------------------------------------------------- parsing helpers
@@ -476,6 +553,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["js_replicas"] = replicas
     if v := get("AIGW_ENCRYPTION_KEYS"):
         kw["encryption_keys"] = _encryption_keys("AIGW_ENCRYPTION_KEYS", v)
+    if v := get("AIGW_BUS_SEALING_KEYS"):
+        kw["bus_sealing_keys"] = _encryption_keys("AIGW_BUS_SEALING_KEYS", v)
     if v := get("AIGW_BOOTSTRAP_TOKEN"):
         if len(v.strip()) < 16:
             raise ConfigError("AIGW_BOOTSTRAP_TOKEN must be at least 16 characters")

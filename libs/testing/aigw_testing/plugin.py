@@ -124,7 +124,13 @@ def auth_nats():  # type: ignore[no-untyped-def]  # a generator fixture over a l
 
 
 @pytest.fixture
-def base_env(nats_url: str, bus_prefix: str, encryption_key: str, bus_keys: BusKeys, tmp_path: Path) -> dict[str, str]:
+def bus_sealing_key() -> str:
+    return generate_key()
+
+
+@pytest.fixture
+def base_env(nats_url: str, bus_prefix: str, encryption_key: str, bus_sealing_key: str, bus_keys: BusKeys,
+             tmp_path: Path) -> dict[str, str]:
     """The environment a service would get, pointed at this test's isolated bus and data dir.
 
     It holds every producer's signing key (each service reads only its own) and all public keys."""
@@ -132,7 +138,8 @@ def base_env(nats_url: str, bus_prefix: str, encryption_key: str, bus_keys: BusK
         **bus_keys.env(),
         "AIGW_NATS_URL": nats_url,
         "AIGW_BUS_PREFIX": bus_prefix,
-        "AIGW_ENCRYPTION_KEYS": encryption_key,
+        "AIGW_ENCRYPTION_KEYS": encryption_key,  # at rest (registry, chatd)
+        "AIGW_BUS_SEALING_KEYS": bus_sealing_key,  # on the bus (registry seals; gateway, keypool, chatd open)
         "AIGW_DATA_DIR": str(tmp_path / "data"),
         "AIGW_LOG_FORMAT": "text",
         "AIGW_SHUTDOWN_GRACE": "2s",

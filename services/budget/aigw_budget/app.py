@@ -22,6 +22,7 @@ MIGRATIONS: tuple[MigrationSet, ...] = (MigrationSet("budget", Path(__file__).pa
 
 
 def create_app(settings: Settings, *, lease_ttl: float | None = None, lease_grace: float | None = None) -> web.Application:
+    settings = settings.for_service("budget")  # only the secrets budget holds (docs/security.md)
     app = base_app("budget", settings, middlewares=[error_middleware])
     app.router.add_routes(routes())
     add_document(app)

@@ -84,7 +84,7 @@ class Budget:
 @pytest.fixture
 async def budget(bus: Bus, make_settings, database_url: str, apps) -> AsyncIterator[Budget]:  # type: ignore[no-untyped-def]
     settings = make_settings(AIGW_DATABASE_URL=database_url)
-    stub = RegistryStub(bus, settings.encryption_keys)
+    stub = RegistryStub(bus, settings.bus_keys())
     await stub.start()
     app = create_app(settings)
     url = await apps.start(app)

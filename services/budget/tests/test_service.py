@@ -114,14 +114,14 @@ async def publish_slowly(bus: Bus, events: list, over: float) -> None:  # type: 
 
 
 async def test_postgres_outage_loses_nothing(bus: Bus, ev, eventually, make_settings, database_url: str, apps) -> None:  # type: ignore[no-untyped-def]
-    await RegistryStub(bus, make_settings().encryption_keys).start()
+    await RegistryStub(bus, make_settings().bus_keys()).start()
     await run_outage(bus, ev, eventually, make_settings, database_url, apps, seconds=4)
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(240)
 async def test_postgres_outage_30s_loses_nothing(bus: Bus, ev, eventually, make_settings, database_url: str, apps) -> None:  # type: ignore[no-untyped-def]
-    await RegistryStub(bus, make_settings().encryption_keys).start()
+    await RegistryStub(bus, make_settings().bus_keys()).start()
     await run_outage(bus, ev, eventually, make_settings, database_url, apps, seconds=30)
 
 

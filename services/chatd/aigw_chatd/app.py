@@ -45,6 +45,7 @@ BUS = web.AppKey("chatd_bus", Bus)
 
 
 def create_app(settings: Settings, *, config: ChatdConfig | None = None) -> web.Application:
+    settings = settings.for_service("chatd")  # only the secrets chatd holds (docs/security.md)
     app = base_app("chatd", settings, middlewares=[error_middleware])
     deps = Deps(settings, config or ChatdConfig(), uuid.uuid4().hex[:12])
     app[DEPS] = deps
@@ -67,7 +68,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     d = app[DEPS]
     settings, config = d.settings, d.config
     d.at_rest = Sealer.from_keys(settings.require_encryption_keys(), PURPOSE_AT_REST)
-    bus_sealer = Sealer.from_keys(settings.require_encryption_keys(), PURPOSE_BUS)
+    bus_sealer = Sealer.from_keys(settings.require_bus_keys(), PURPOSE_BUS)
 
     # 1. the pool (and the schema)
     pool = await create_pool(settings.require_database())

@@ -175,7 +175,7 @@ async def world(database_url: str, base_env: dict[str, str], bus: Bus, mock_upst
                 ) -> AsyncIterator[World]:
     env = dict(base_env, AIGW_DATABASE_URL=database_url, AIGW_GATEWAY_URL=mock_upstream.url)
     settings = Settings.from_env(env)
-    registry = await RegistryStub(bus, settings.encryption_keys).start()
+    registry = await RegistryStub(bus, settings.bus_keys()).start()
     async with aiohttp.ClientSession() as http:
         w = World(settings, registry, mock_upstream, http, apps, settings_env=env)
         yield w

@@ -256,6 +256,7 @@ async def security_headers(request: web.Request, handler: Callable[[web.Request]
 
 
 def create_app(settings: Settings) -> web.Application:
+    settings = settings.for_service("console")  # only the secrets console holds (docs/security.md)
     app = base_app("console", settings, middlewares=[security_headers, error_middleware], client_max_size=MAX_BODY)
     app[CONFIG] = ConsoleConfig.from_settings(settings)
     app[ASSETS] = pages.load_assets()

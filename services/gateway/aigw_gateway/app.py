@@ -59,7 +59,8 @@ UPSTREAM_RESOLVER = web.AppKey("upstream_resolver", AbstractResolver)
 
 
 def create_app(settings: Settings) -> web.Application:
-    settings.require_encryption_keys()
+    settings = settings.for_service("gateway")  # holds the bus sealing key only: no at-rest key, no DSN
+    settings.require_bus_keys()
     app = base_app("gateway", settings, client_max_size=settings.max_body_bytes,
                    public_metrics=settings.metrics_addr is None)
     app[HANDLER_CANCELLATION] = True
@@ -88,7 +89,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = GatewayMetrics.create(app[METRICS])
     bus = make_bus(settings, "gateway", app[METRICS])
-    bus_sealer = Sealer.from_keys(settings.encryption_keys, PURPOSE_BUS)
+    bus_sealer = Sealer.from_keys(settings.require_bus_keys(), PURPOSE_BUS)
     pools = KeyPools()
     app[GATEWAY_ID] = pools.gateway_id
     marks = _MarkSink(bus)

@@ -38,7 +38,7 @@ class GW:
 
 @pytest.fixture
 async def registry(bus: Bus, make_settings) -> RegistryStub:  # type: ignore[no-untyped-def]
-    return await RegistryStub(bus, make_settings().encryption_keys).start()
+    return await RegistryStub(bus, make_settings().bus_keys()).start()
 
 
 @pytest.fixture

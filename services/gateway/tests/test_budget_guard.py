@@ -80,7 +80,7 @@ class Env:
 @pytest.fixture
 async def env(bus: Bus, make_settings, database_url: str, apps) -> AsyncIterator[Env]:  # type: ignore[no-untyped-def]
     settings = make_settings(AIGW_DATABASE_URL=database_url)
-    stub = await RegistryStub(bus, settings.encryption_keys).start()
+    stub = await RegistryStub(bus, settings.bus_keys()).start()
     app = create_budget_app(settings)
     url = await apps.start(app)
     await asyncio.wait_for(app[SERVICE].consumer.ready.wait(), 10)

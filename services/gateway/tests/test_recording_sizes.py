@@ -97,7 +97,7 @@ async def _gateway(apps, make_settings, mock_upstream: MockUpstream, nats: str, 
     settings = make_settings(AIGW_NATS_URL=nats, **env)
     bus = Bus(servers=(nats,), name="test", subjects=Subjects(settings.bus_prefix), auth=auth_for(settings))
     await bus.start(wait=5)
-    registry = await RegistryStub(bus, settings.encryption_keys).start()
+    registry = await RegistryStub(bus, settings.bus_keys()).start()
     registry.put_provider("openai", "openai", mock_upstream.url + "/v1", ["sk-test-key-1"])
     user = registry.add_user(roles=["member"])
     usage = await UsageCollector(bus).start()

@@ -24,6 +24,7 @@ MIGRATIONS: tuple[MigrationSet, ...] = ()
 
 
 def create_app(settings: Settings) -> web.Application:
+    settings = settings.for_service("keypool")  # only the secrets keypool holds (docs/security.md)
     app = base_app("keypool", settings, middlewares=[error_middleware])
     add_routes(app)
     add_document(app)
@@ -34,7 +35,7 @@ def create_app(settings: Settings) -> web.Application:
         identities = IdentityCache(bus, ttl=settings.identity_ttl,
                                            failures=FailureThrottle(settings.auth_failures_per_minute))
         await identities.start()
-        sealer = Sealer.from_keys(settings.encryption_keys, PURPOSE_BUS) if settings.encryption_keys else None
+        sealer = Sealer.from_keys(settings.bus_keys(), PURPOSE_BUS) if settings.bus_keys() else None
         svc = KeyPoolService(bus, app[METRICS], resync_interval=settings.revision_check_interval,
                              backoff=Backoff(settings.key_recheck_min, settings.key_recheck_max), sealer=sealer,
                              allowed_upstreams=settings.allow_private_upstreams)

@@ -14,7 +14,7 @@ from aigw_testing.registry_stub import RegistryStub
 
 @pytest.fixture
 async def registry(bus: Bus, make_settings) -> RegistryStub:  # type: ignore[no-untyped-def]
-    stub = RegistryStub(bus, make_settings().encryption_keys)
+    stub = RegistryStub(bus, make_settings().bus_keys())
     await stub.start()
     await ensure_marks_stream(bus)
     return stub

@@ -8,6 +8,7 @@ bootstrap owner (under an advisory lock, before anything can read) → bus
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,14 +27,20 @@ from .outbox import Relay
 from .responders import Responders
 from .seed import reconcile
 
+log = logging.getLogger(__name__)
+
 MIGRATIONS: tuple[MigrationSet, ...] = (MigrationSet(SCHEMA, Path(__file__).parent / "migrations"),)
 
 MAX_BODY = 1024 * 1024  # control-plane bodies are small; keys are at most 10 KiB each
 
 
 def create_app(settings: Settings, *, relay_poll: float = 1.0) -> web.Application:
+    settings = settings.for_service("registry")  # only the secrets registry holds (docs/security.md)
     settings.require_database()
     settings.require_encryption_keys()
+    if not settings.bus_sealing_keys:
+        log.warning("AIGW_BUS_SEALING_KEYS is not set: the bus key is derived from AIGW_ENCRYPTION_KEYS, so "
+                    "gateways must hold the at-rest key too; set AIGW_BUS_SEALING_KEYS (docs/security.md)")
     app = base_app("registry", settings, middlewares=[error_middleware], client_max_size=MAX_BODY)
     add_routes(app)
     reg = app[REGISTRY] = Registry(settings)

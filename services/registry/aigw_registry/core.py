@@ -66,9 +66,8 @@ class Registry:
     outbox_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        keys = self.settings.require_encryption_keys()
-        self.at_rest = Sealer.from_keys(keys, PURPOSE_AT_REST)
-        self.for_bus = Sealer.from_keys(keys, PURPOSE_BUS)
+        self.at_rest = Sealer.from_keys(self.settings.require_encryption_keys(), PURPOSE_AT_REST)
+        self.for_bus = Sealer.from_keys(self.settings.require_bus_keys(), PURPOSE_BUS)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
