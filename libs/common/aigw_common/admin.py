@@ -220,6 +220,10 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--resource-id")
     au.add_argument("--actor")
     au.add_argument("--cursor")
+
+    rs = res.add_parser("rotate-secrets", help="re-seal every stored secret with the first key of "
+                        "AIGW_ENCRYPTION_KEYS (owners; batched, resumable), so older keys can be dropped")
+    rs.add_argument("--batch-size", type=int, default=100, help="rows per transaction (1-1000)")
     return p
 
 
@@ -334,11 +338,30 @@ def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO, keypool
             return budget.call("PUT", path, {"spend_limit_micros": micros, "period": args.period})
         if verb == "delete":
             return budget.call("DELETE", path)
+    if res == "rotate-secrets":
+        return _rotate(reg, args.batch_size)
     if res == "audit":
         return reg.call("GET", "/api/v2/audit-logs", query={
             "limit": args.limit, "action": args.action, "resource_type": args.resource_type,
             "resource_id": args.resource_id, "actor": args.actor, "cursor": args.cursor})
     raise AdminError(f"unknown command {res} {verb}")
+
+
+def _rotate(reg: Api, batch: int) -> Any:
+    """Call the registry until nothing is left under an older key; rows another writer held locked are
+    picked up by the next round. Prints the totals; exits 1 if rows remain after the rounds stop helping."""
+    total: dict[str, int] = {}
+    out: Any = None
+    for _ in range(100):
+        out = reg.call("POST", "/api/v2/secrets/rotate", {"batch_size": batch})
+        for kind, n in out["resealed"].items():
+            total[kind] = total.get(kind, 0) + n
+        if not any(out["remaining"].values()) or not any(out["resealed"].values()):
+            break
+    out["resealed"] = total
+    if any(out["remaining"].values()):
+        raise AdminError(f"secrets still under an older key: {out['remaining']}; run rotate-secrets again")
+    return out
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> str:

@@ -7,11 +7,12 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from aigw_common.api import bad_request, forbidden, json_response
+from aigw_common.api import bad_request, conflict, forbidden, json_response, read_json
+from aigw_common.errors import CryptoError
 
 from . import identity as ident
 from . import providers as prov
-from .core import Actor, Registry
+from .core import Actor, Registry, audit
 from .models import (
     AuditEntry,
     AuditList,
@@ -27,6 +28,8 @@ from .models import (
     ProviderList,
     ProviderOut,
     ProviderPatch,
+    RotateSecrets,
+    RotateSecretsOut,
     TokenCreate,
     TokenCreated,
     TokenList,
@@ -39,6 +42,7 @@ from .models import (
     UserPatch,
 )
 from .openapi import Query, Route, document
+from .rotate import pending, reseal
 
 REGISTRY = web.AppKey("registry", Registry)
 OPENAPI = web.AppKey("openapi", bytes)
@@ -76,6 +80,23 @@ async def list_audit_logs(reg: Registry, request: web.Request, actor: Actor) -> 
                           resource_id=r["resource_id"], before=r["before"], after=r["after"]) for r in rows[:limit]]
     return json_response(AuditList(audit_logs=entries,
                                    next_cursor=entries[-1].id if len(rows) > limit else None))
+
+
+async def rotate_secrets(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+    """Owner only: re-seal stored secrets with the first key of AIGW_ENCRYPTION_KEYS (see rotate.py)."""
+    if not actor.is_owner:
+        raise forbidden("only an owner may rotate the encryption of stored secrets")
+    body = await read_json(request, RotateSecrets) if request.can_read_body else RotateSecrets()
+    current = reg.at_rest.current_key_id
+    try:
+        done = await reseal(reg, batch=body.batch_size, max_rows=body.max_rows)
+    except CryptoError as e:
+        raise conflict("a stored secret cannot be opened with AIGW_ENCRYPTION_KEYS", str(e)) from None
+    async with reg.transaction() as conn:
+        left = await pending(conn, current)
+        await audit(conn, actor, "secrets.rotate", "encryption_key", current, None,
+                    {"resealed": done, "remaining": left})
+    return json_response(RotateSecretsOut(key_id=current, resealed=done, remaining=left))
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -146,6 +167,9 @@ ROUTES: list[Route] = [
               Query("resource_id", _STR),
               Query("actor", _STR, "actor name"),
           )),
+    Route("POST", "/api/v2/secrets/rotate", rotate_secrets, "admin",
+          "Re-seal stored secrets with the first key of AIGW_ENCRYPTION_KEYS (owners only; batched, resumable)",
+          "secrets", body=RotateSecrets, response=RotateSecretsOut),
     Route("GET", "/api/v2/openapi.json", openapi_json, "public", "This document", "meta"),
 ]
 

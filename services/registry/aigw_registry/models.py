@@ -245,6 +245,20 @@ class AuditList(Out):
     next_cursor: str | None
 
 
+# ------------------------------------------------------------------ secrets rotation
+
+
+class RotateSecrets(Body):
+    batch_size: Annotated[int, Meta(ge=1, le=1000)] = 100  # rows per transaction
+    max_rows: Annotated[int, Meta(ge=1)] | None = None  # stop after this many (the next call carries on)
+
+
+class RotateSecretsOut(Out):
+    key_id: str  # the current (first) key of AIGW_ENCRYPTION_KEYS: every re-sealed row uses it
+    resealed: dict[str, int]  # per kind: provider-key, provider-settings, user-provider-key
+    remaining: dict[str, int]  # still under another key (0 everywhere: the old keys may be dropped)
+
+
 # ------------------------------------------------------------------ errors
 
 
