@@ -180,10 +180,17 @@ def test_compose_runs_every_service_from_one_image_with_healthchecks(compose: Ob
         assert "healthcheck" in svcs[infra]
 
 
+# Which env files each compose service mounts (the matrix of docs/security.md): .env is the registry's.
+COMPOSE_ENV_FILES = {"registry": [".env", "secrets/registry.env"], "gateway": ["secrets/gateway.env"],
+                     "keypool": ["secrets/keypool.env"], "budget": ["secrets/budget.env"],
+                     "chatd": ["secrets/chatd.env"], "migrate": []}
+
+
 def test_compose_takes_secrets_only_from_the_env_file(compose: Obj) -> None:
     for name in (*SERVICES, "migrate"):
         s = compose["services"][name]
-        assert s["env_file"][0]["path"] == ".env"
+        assert [f["path"] for f in s.get("env_file", [])] == COMPOSE_ENV_FILES[name], name
+        assert ("AIGW_DATABASE_URL" in s["environment"]) == (name not in ("gateway", "keypool")), name
         for k, v in s["environment"].items():
             if _is_secret_name(k):
                 # only interpolations of .env values, never a literal
@@ -212,9 +219,9 @@ def test_compose_nats_has_one_user_per_service_and_refuses_anonymous(compose: Ob
         assert f"user: {user}\n      password: ${password_var(user)}\n" in conf
     for name in SERVICES:
         s = compose["services"][name]
-        assert [f["path"] for f in s["env_file"]] == [".env", f"secrets/{name}.env"], name
+        assert [f["path"] for f in s["env_file"]][-1] == f"secrets/{name}.env", name
         assert "AIGW_NATS_URL" not in s.get("environment", {}), "the URL with its password is in the secrets file"
-    assert all(f["path"] == ".env" for f in compose["services"]["migrate"]["env_file"])
+    assert not compose["services"]["migrate"].get("env_file"), "migrate needs only its database URL"
     assert "secrets/" in (DEPLOY / ".gitignore").read_text().splitlines()
 
 
@@ -255,6 +262,10 @@ def test_compose_secrets_give_each_service_only_its_own(tmp_path: Path) -> None:
         assert {k for k in env if k.endswith("_SIGNING_KEY")} == ({f"AIGW_{svc.upper()}_SIGNING_KEY"}
                                                                    if svc in ("registry", "budget", "keypool") else set())
         Settings.from_env(env)  # valid configuration
+        # the bus sealing key only where it is held; chatd alone gets an at-rest key here (its own)
+        assert ("AIGW_BUS_SEALING_KEYS" in env) == (svc in ("registry", "gateway", "keypool", "chatd")), svc
+        assert ("AIGW_ENCRYPTION_KEYS" in env) == (svc == "chatd"), svc
+    assert len({files[s]["AIGW_BUS_SEALING_KEYS"] for s in ("registry", "gateway", "keypool", "chatd")}) == 1
     assert write_service_secrets(tmp_path / "secrets") == []  # never overwritten
 
 
@@ -354,8 +365,10 @@ def test_every_service_has_a_deployment_with_probes_resources_and_nonroot(k8s_ob
         pre_stop = 5.0 if "preStop" in c.get("lifecycle", {}) else 0.0
         assert pod["terminationGracePeriodSeconds"] > grace + pre_stop, name
         env_from = {(e.get("configMapRef") or e.get("secretRef"))["name"] for e in c["envFrom"]}
-        assert env_from == {"aigw-config", "aigw-secrets"}
+        assert env_from == {"aigw-config"} | ({f"aigw-{name}-secrets"} if name in SERVICE_SECRETS else set())
         env = {e["name"]: e for e in c["env"]}
+        bus = env.get("AIGW_BUS_SEALING_KEYS", {}).get("valueFrom", {}).get("secretKeyRef")
+        assert (bus == {"name": "aigw-bus-sealing", "key": "AIGW_BUS_SEALING_KEYS"}) == (name != "budget"), name
         assert env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "aigw-nats-auth", "key": name}
         # every node of the NATS cluster, so the service reaches a survivor whichever node is down
         assert env["AIGW_NATS_URL"]["value"].split(",") == [
@@ -474,11 +487,24 @@ def test_nats_is_a_three_node_jetstream_cluster(k8s_objects: list[Obj]) -> None:
     assert find(k8s_objects, "ConfigMap", "aigw-config")["data"]["AIGW_JS_REPLICAS"] == str(NATS_NODES)
 
 
+# Which Secret each pod mounts whole (the matrix of docs/security.md); the bus key comes from aigw-bus-sealing.
+SERVICE_SECRETS = {
+    "registry": {"AIGW_DATABASE_URL", "AIGW_ENCRYPTION_KEYS", "AIGW_BOOTSTRAP_TOKEN"},
+    "budget": {"AIGW_DATABASE_URL"},
+    "chatd": {"AIGW_DATABASE_URL", "AIGW_ENCRYPTION_KEYS"},
+}
+
+
 def test_secret_template_holds_no_value(k8s_objects: list[Obj]) -> None:
-    for name in ("aigw-secrets", "aigw-nats-auth"):
+    names = [*(f"aigw-{s}-secrets" for s in SERVICE_SECRETS), "aigw-bus-sealing", "aigw-bus-signing", "aigw-nats-auth"]
+    for name in names:
         s = find(k8s_objects, "Secret", name)
         assert "data" not in s
         assert all(v == "" for v in s["stringData"].values()), name
+    assert {o["metadata"]["name"] for o in k8s_objects if o["kind"] == "Secret"} == set(names)
+    for svc, keys in SERVICE_SECRETS.items():
+        assert set(find(k8s_objects, "Secret", f"aigw-{svc}-secrets")["stringData"]) == keys, svc
+    assert set(find(k8s_objects, "Secret", "aigw-bus-sealing")["stringData"]) == {"AIGW_BUS_SEALING_KEYS"}
     assert set(find(k8s_objects, "Secret", "aigw-nats-auth")["stringData"]) == set(SERVICES)
 
 

@@ -33,6 +33,7 @@ USERS = BUS_USERS
 SINGLE_WRITER = {
     "aigw.providers.changed": "registry",
     "aigw.auth.revoked": "registry",
+    "aigw.registry.directory.changed": "registry",
     "aigw.usage.started": "gateway",
     "aigw.usage.tokens": "gateway",
     "aigw.budget.state": "budget",

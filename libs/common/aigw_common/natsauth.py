@@ -141,8 +141,12 @@ def authorization_block(passwords: Mapping[str, str] | None = None, prefix: str 
 def write_service_secrets(directory: Path, *, host: str = "nats:4222") -> list[Path]:
     """Per-service env files for Docker Compose (``aigw compose-secrets``): ``nats.env`` with every
     ``NATS_<SERVICE>_PASSWORD`` for the NATS container, and ``<service>.env`` with that service's own
-    ``AIGW_NATS_URL`` (its user and password), its own bus signing key if it is a producer, and the
-    producers' public keys. Existing files are kept (rerunning never rotates a secret by accident)."""
+    ``AIGW_NATS_URL`` (its user and password), its own bus signing key if it is a producer, the
+    producers' public keys, ``AIGW_BUS_SEALING_KEYS`` for the services that hold it, and chatd's own
+    ``AIGW_ENCRYPTION_KEYS`` (the registry's at-rest key stays in deploy/.env). Existing files are kept
+    (rerunning never rotates a secret by accident)."""
+    from .crypto import generate_key
+    from .settings import holds
     from .signing import PRODUCERS, Signer, generate_keypair
 
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -151,11 +155,16 @@ def write_service_secrets(directory: Path, *, host: str = "nats:4222") -> list[P
     passwords = {u: secrets.token_urlsafe(24) for u in BUS_USERS}
     private = {p: generate_keypair()[0] for p in PRODUCERS}
     verify = ",".join(f"{p}:{Signer.from_b64(p, k).public_b64()}" for p, k in private.items())
+    sealing = generate_key()
     files = {"nats.env": "".join(f"{password_var(u)}={pw}\n" for u, pw in passwords.items())}
     for u in BUS_USERS:
         lines = [f"AIGW_NATS_URL=nats://{u}:{passwords[u]}@{host}", f"AIGW_BUS_VERIFY_KEYS={verify}"]
         if u in private:
             lines.append(f"AIGW_{u.upper()}_SIGNING_KEY={private[u]}")
+        if holds(u, "AIGW_BUS_SEALING_KEYS"):
+            lines.append(f"AIGW_BUS_SEALING_KEYS={sealing}")
+        if u == "chatd":
+            lines.append(f"AIGW_ENCRYPTION_KEYS={generate_key()}")  # chatd's own, not the registry's
         files[f"{u}.env"] = "\n".join(lines) + "\n"
     out = []
     for name, text in files.items():
