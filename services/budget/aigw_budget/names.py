@@ -108,14 +108,6 @@ class Directory:
                 return e.id, e.name
         return None
 
-    async def member_of(self, user_id: str) -> list[str] | None:
-        """The group ids of a live user, or None when there is no such user."""
-        found = await self.resolve("user", user_id)
-        if found is None:
-            return None
-        hit = self._by_id.get(("user", found[0]))
-        return list(hit[0].group_ids) if hit else []
-
     async def name(self, scope: str, subject_id: str) -> str:
         return (await self.names([(scope, subject_id)])).get((scope, subject_id), subject_id)
 
