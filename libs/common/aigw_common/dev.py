@@ -199,9 +199,11 @@ class DevStack:
             env["AIGW_ENCRYPTION_KEYS"] = self.chatd_keys
         if self.nats is not None and name in self.nats_passwords:
             env["AIGW_NATS_URL"] = self.nats.url_for(name, self.nats_passwords[name])
-        for producer, key in self.signing_keys.items():
-            if producer == name:
-                env[f"AIGW_{producer.upper()}_SIGNING_KEY"] = key
+        for producer in PRODUCERS:  # keys given in the environment too: each producer gets only its own
+            if producer != name:
+                env.pop(f"AIGW_{producer.upper()}_SIGNING_KEY", None)
+            elif producer in self.signing_keys:
+                env[f"AIGW_{producer.upper()}_SIGNING_KEY"] = self.signing_keys[producer]
         return env
 
     def _spawn(self, name: str, log: Path) -> Child:
