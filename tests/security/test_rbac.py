@@ -173,6 +173,10 @@ MATRIX: dict[tuple[str, str, str], list[Case]] = {
         Case(C + "/chats/{own_chat}/messages", same(202), {"content": "hello"}, prepare=_own_chat),
         Case(C + "/chats/{other_chat}/messages", {"member": 404, "admin": 404, "owner": 202}, {"content": "hi"}),
     ],
+    ("chatd", "POST", C + "/chats/{chat}/interrupt"): [
+        Case(C + "/chats/{own_chat}/interrupt", same(202), prepare=_own_chat),
+        Case(C + "/chats/{other_chat}/interrupt", {"member": 404, "admin": 404, "owner": 202}),
+    ],
     ("chatd", "GET", C + "/chats/{chat}/stream"): [
         Case(C + "/chats/{own_chat}/stream", same(200), prepare=_own_chat),
         Case(C + "/chats/{other_chat}/stream", {"member": 404, "admin": 404, "owner": 200}),
