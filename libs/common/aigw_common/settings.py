@@ -310,7 +310,7 @@ class Settings:
             drop["bus_sealing_keys"] = ()
         if not holds(service, "AIGW_ENCRYPTION_KEYS") and (self.bus_sealing_keys or not bus_holder):
             drop["encryption_keys"] = ()
-        return replace(self, **drop) if drop else self  # type: ignore[arg-type]
+        return replace(self, **drop) if drop else self  # type: ignore[arg-type]  # drop: field → its empty value
 
     def foreign_secrets(self, service: str) -> list[str]:
         """The secret variables set here that ``service`` does not hold (to warn about at its start)."""

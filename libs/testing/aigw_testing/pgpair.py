@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -110,7 +111,7 @@ class PgPair:
 
 
 @pytest.fixture
-async def pg_pair():  # type: ignore[no-untyped-def]
+async def pg_pair() -> AsyncIterator[PgPair]:
     """A Postgres primary + streaming standby of the test's own, with a database ``aigw``; removed after."""
     p = await PgPair.start(("aigw",))
     yield p

@@ -81,7 +81,7 @@ class LimitStore:
                            **{f: r[f] for f in FIELDS}) for r in rows]
         if keys is not None and include_deleted:
             seen = {(s.scope, s.subject_id) for s in out}
-            out += [LimitsState(scope=s, subject_id=i, deleted=True) for s, i in keys if (s, i) not in seen]  # type: ignore[arg-type]
+            out += [LimitsState(scope=s, subject_id=i, deleted=True) for s, i in keys if (s, i) not in seen]  # type: ignore[arg-type]  # scope: str, one of the Literal
         return out
 
     # ------------------------------------------------------------ grants

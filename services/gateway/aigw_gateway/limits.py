@@ -321,7 +321,7 @@ class LimitGuard:
             tok_want = s.tok_used + max(need, 1) + self._chunk(s.tpm) if s.tpm is not None else 0
             slots_want = s.inflight + need + self._chunk(s.conc) if s.conc is not None else 0
         item = LimitLeaseItem(
-            scope=s.key[0], subject_id=s.key[1], window=window, seq=seq,  # type: ignore[arg-type]
+            scope=s.key[0], subject_id=s.key[1], window=window, seq=seq,  # type: ignore[arg-type]  # key[0]: str scope
             requests_used=s.req_used, requests_want=req_want, tokens_used=s.tok_used, tokens_want=tok_want,
             inflight=s.inflight, slots_want=slots_want,
         )
