@@ -61,3 +61,29 @@ def test_legacy_single_key_install_still_works() -> None:
     assert "AIGW_ENCRYPTION_KEYS" in env_for_service("gateway", env)
     assert "AIGW_ENCRYPTION_KEYS" not in env_for_service("budget", env)
     assert s.for_service("registry").bus_keys() == s.encryption_keys
+    # the gap-free split (docs/security.md): openers list the new bus key and the old master second
+    from aigw_common.crypto import PURPOSE_BUS, Sealer
+
+    sealed_old_way = Sealer.from_keys(s.bus_keys(), PURPOSE_BUS).seal("sk-pool-key")
+    split = Settings.from_env({**env, "AIGW_BUS_SEALING_KEYS": f"{BUS},{AT_REST}"}).for_service("gateway")
+    assert Sealer.from_keys(split.require_bus_keys(), PURPOSE_BUS).open(sealed_old_way) == "sk-pool-key"
+
+
+def test_aigw_dev_hands_each_child_only_its_slice(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from aigw_common.dev import DevStack
+
+    chatd_key = generate_key()
+    stack = DevStack(tmp_path, dict(ENV), chatd_keys=chatd_key)
+    gw = stack.child_env("gateway")
+    assert gw["AIGW_BUS_SEALING_KEYS"] == BUS
+    for var in ("AIGW_ENCRYPTION_KEYS", "AIGW_BOOTSTRAP_TOKEN", "AIGW_DATABASE_URL", "AIGW_OPENAI_KEY",
+                "AIGW_PROVIDER_0_KEY"):
+        assert var not in gw, var
+    reg = stack.child_env("registry")
+    assert reg["AIGW_ENCRYPTION_KEYS"] == AT_REST and reg["AIGW_BOOTSTRAP_TOKEN"] == ENV["AIGW_BOOTSTRAP_TOKEN"]
+    chat = stack.child_env("chatd")
+    assert chat["AIGW_ENCRYPTION_KEYS"] == chatd_key != AT_REST  # chatd's own at-rest key
+    assert "AIGW_BOOTSTRAP_TOKEN" not in chat
+    bud = stack.child_env("budget")
+    assert "AIGW_BUS_SEALING_KEYS" not in bud and "AIGW_ENCRYPTION_KEYS" not in bud and bud["AIGW_DATABASE_URL"]
+    assert not any(k in stack.child_env("console") for k in ENV if k != "AIGW_LOG_FORMAT")
