@@ -207,7 +207,9 @@ class IdentityCache:
                     self.failures.failed(key)
                 return None
             del self._negative[h]
-        if key is not None and (wait := self.failures.retry_after(key)) is not None:
+        # a token verified recently (its entry just expired) is re-verified even from a throttled address:
+        # behind a proxy every client shares one, and guessing must not lock out the users already known
+        if key is not None and stale is None and (wait := self.failures.retry_after(key)) is not None:
             self.failures.throttled += 1
             raise AuthThrottled(wait)
         try:

@@ -82,6 +82,21 @@ async def test_a_throttled_address_is_refused_before_any_request(bus: Bus, regis
     assert await cache.verify(new_token(), client="192.0.2.8") is None  # another address is not affected
 
 
+async def test_a_known_token_is_reverified_even_from_a_throttled_address(bus: Bus, registry: RegistryStub) -> None:
+    """Behind a proxy every client has its address: guessing there must not lock out users already known."""
+    user = registry.add_user()
+    cache = IdentityCache(bus, ttl=0.05, failures=FailureThrottle(2))
+    assert await cache.verify(user.token, client="198.51.100.1") is not None
+    for _ in range(2):
+        assert await cache.verify(new_token(), client="198.51.100.1") is None
+    with pytest.raises(AuthThrottled):
+        await cache.verify(new_token(), client="198.51.100.1")
+    await asyncio.sleep(0.1)  # the known user's entry expires: it is asked again, not refused
+    asked = registry.verify_requests
+    assert await cache.verify(user.token, client="198.51.100.1") is not None
+    assert registry.verify_requests == asked + 1
+
+
 def test_the_throttle_is_bounded_and_keys_ipv6_by_prefix() -> None:
     t = FailureThrottle(5, max_clients=1000)
     for i in range(50_000):
