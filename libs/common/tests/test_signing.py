@@ -154,8 +154,8 @@ async def test_a_rogue_auth_verify_responder_is_refused(gateway_bus: Bus, bus: B
     cache = IdentityCache(gateway_bus, timeout=1.0)
     with pytest.raises(BusError, match="timed out"):
         await cache.verify("aigw_made-up-token-of-the-attacker")
-    assert answered == 1
-    assert _rejected(gateway_bus.auth, "AuthVerifyReply") == 2
+    assert answered >= 1  # the cache may ask more than once (attempts)
+    assert _rejected(gateway_bus.auth, "AuthVerifyReply") == 2 * answered  # every forged reply dropped
 
     # with the real registry also answering, its (signed) answer is the one taken, whoever is first
     async def registry(req: AuthVerifyRequest, _m) -> AuthVerifyReply:  # type: ignore[no-untyped-def]
