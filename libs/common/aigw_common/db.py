@@ -118,7 +118,7 @@ async def in_transaction(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], 
         try:
             async with pool.acquire(timeout=acquire_timeout) as conn:
                 try:
-                    async with conn.transaction(isolation=isolation, readonly=readonly):  # type: ignore[arg-type]  # asyncpg is untyped
+                    async with conn.transaction(isolation=isolation, readonly=readonly):
                         return await fn(conn)
                 except TRANSIENT_DB_ERRORS:
                     # never hand a cut connection back: the pool would give it to the next caller, which

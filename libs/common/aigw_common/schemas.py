@@ -387,7 +387,7 @@ class BudgetReclaim(Message, frozen=True, kw_only=True, tag="budget.reclaim"):
 # --------------------------------------------------------------------- rate and concurrency limits
 
 
-class LimitsState(Message, kw_only=True, tag="limits.state"):
+class LimitsState(Message, frozen=True, kw_only=True, tag="limits.state"):
     """A user's or group's rate limits (budget API ``…/ai/limits``); None: that dimension is not limited."""
 
     signed_by: ClassVar[str] = "budget"
@@ -401,11 +401,11 @@ class LimitsState(Message, kw_only=True, tag="limits.state"):
     deleted: bool = False  # the limits were removed: gateways stop enforcing them
 
 
-class LimitsSnapshotRequest(Message, kw_only=True, tag="limits.snapshot.request"):
+class LimitsSnapshotRequest(Message, frozen=True, kw_only=True, tag="limits.snapshot.request"):
     pass
 
 
-class LimitsSnapshot(Message, kw_only=True, tag="limits.snapshot"):
+class LimitsSnapshot(Message, frozen=True, kw_only=True, tag="limits.snapshot"):
     signed_by: ClassVar[str] = "budget"
     states: list[LimitsState] | None = None  # None: the service could not read them (keep what you have)
 
@@ -429,7 +429,7 @@ class LimitLeaseItem(msgspec.Struct, frozen=True, kw_only=True):
     slots_want: int = 0
 
 
-class LimitLeaseRequest(Message, kw_only=True, tag="limits.lease.request"):
+class LimitLeaseRequest(Message, frozen=True, kw_only=True, tag="limits.lease.request"):
     gateway_id: str
     items: list[LimitLeaseItem]
 
@@ -451,13 +451,13 @@ class LimitGrant(msgspec.Struct, frozen=True, kw_only=True):
     limits: LimitsState | None = None
 
 
-class LimitLeaseReply(Message, kw_only=True, tag="limits.lease.reply"):
+class LimitLeaseReply(Message, frozen=True, kw_only=True, tag="limits.lease.reply"):
     signed_by: ClassVar[str] = "budget"
     grants: list[LimitGrant] = []
     error: str | None = None
 
 
-class LimitReclaim(Message, kw_only=True, tag="limits.reclaim"):
+class LimitReclaim(Message, frozen=True, kw_only=True, tag="limits.reclaim"):
     """Gateways holding unused grants or slots of this subject should hand them back (another one is waiting)."""
 
     signed_by: ClassVar[str] = "budget"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -101,13 +101,13 @@ class LimitStore:
         table, col = TABLES[item.scope]
         row = await conn.fetchrow(f"SELECT {', '.join(FIELDS)} FROM {table} WHERE {col} = $1 FOR UPDATE",
                                   item.subject_id)
-        base = dict(scope=item.scope, subject_id=item.subject_id, window=item.window, seq=item.seq)
+        base: dict[str, Any] = dict(scope=item.scope, subject_id=item.subject_id, window=item.window, seq=item.seq)
         if row is None:
             return LimitGrant(found=False, **base)
         lim = Limits(*row)
         state = LimitsState(scope=item.scope, subject_id=item.subject_id, **{f: row[f] for f in FIELDS})
         current = int(now // 60)
-        out = dict(base, limits=state, slots_ttl=self.slot_ttl)
+        out: dict[str, Any] = dict(base, limits=state, slots_ttl=self.slot_ttl)
         reclaim = False
         if lim.requests_per_minute is not None or lim.tokens_per_minute is not None:
             if abs(item.window - current) > 1:  # a gateway with a clock far off: grant nothing, say why by window

@@ -147,7 +147,7 @@ class SkillStore:
         return len(rows)
 
 
-    async def owners(self) -> list[str]:
+    async def owners(self) -> Sequence[str]:
         return [r["user_id"] for r in await self.pool.fetch("SELECT DISTINCT user_id FROM chatd.skills")]
 
 
@@ -164,7 +164,7 @@ async def reconcile_owners(skills: SkillStore, bus: Bus, timeout: float) -> int:
     owners = await skills.owners()
     purged = 0
     for i in range(0, len(owners), DIRECTORY_CHUNK):
-        chunk = owners[i:i + DIRECTORY_CHUNK]
+        chunk = list(owners[i:i + DIRECTORY_CHUNK])
         try:
             reply = await bus.request(bus.subjects.registry_directory, DirectoryLookup(user_ids=chunk), DirectoryReply,
                                       timeout=timeout)
