@@ -23,17 +23,23 @@ class Target:
     kind: str  # the AAD kind the value was sealed under
     table: str
     row_id: str  # SQL for the AAD row id
-    where_row: str  # SQL matching one row by $1 (the row id as text)
+    match: str  # SQL matching a row to n.rid (the AAD row id) on its key columns, so the index is used
+    order: str  # the primary key's columns: batches walk the table in index order
+    after: str  # SQL: the row comes after the AAD row id $3 in that order
     sealed: str
     key_id: str
 
 
+_BY_ID = {"row_id": "id::text", "match": "id = n.rid::uuid", "order": "id", "after": "id > $3::uuid"}
 TARGETS = (
-    Target("provider-key", "registry.ai_provider_keys", "id::text", "id::text = $1", "api_key_sealed", "key_id"),
-    Target("provider-settings", "registry.ai_providers", "id::text", "id::text = $1", "settings_sealed",
-           "settings_key_id"),
-    Target("user-provider-key", "registry.user_ai_provider_keys", "user_id::text || ':' || provider_id::text",
-           "user_id::text || ':' || provider_id::text = $1", "api_key_sealed", "key_id"),
+    Target("provider-key", "registry.ai_provider_keys", sealed="api_key_sealed", key_id="key_id", **_BY_ID),
+    Target("provider-settings", "registry.ai_providers", sealed="settings_sealed", key_id="settings_key_id",
+           **_BY_ID),
+    Target("user-provider-key", "registry.user_ai_provider_keys", sealed="api_key_sealed", key_id="key_id",
+           row_id="user_id::text || ':' || provider_id::text",
+           match="user_id = split_part(n.rid, ':', 1)::uuid AND provider_id = split_part(n.rid, ':', 2)::uuid",
+           order="user_id, provider_id",
+           after="(user_id, provider_id) > (split_part($3, ':', 1)::uuid, split_part($3, ':', 2)::uuid)"),
 )
 
 
@@ -44,28 +50,35 @@ async def pending(conn: asyncpg.Connection, current: str) -> dict[str, int]:
         for t in TARGETS}
 
 
-async def reseal_batch(reg: Registry, target: Target, limit: int) -> int:
-    """Re-seal up to ``limit`` rows of one kind in one transaction; returns how many."""
+async def reseal_batch(reg: Registry, target: Target, limit: int, after: str | None = None) -> tuple[int, str | None]:
+    """Re-seal up to ``limit`` rows of one kind that come after row ``after``, in one transaction; returns
+    how many, and the last row id (the next batch's ``after``): the table is walked once, in key order."""
     current = reg.at_rest.current_key_id
+    pending_rows = f"{target.sealed} IS NOT NULL AND {target.key_id} IS DISTINCT FROM $1"
     async with reg.pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            f"SELECT {target.row_id} AS rid, {target.sealed} AS sealed FROM {target.table}"
-            f" WHERE {target.sealed} IS NOT NULL AND {target.key_id} IS DISTINCT FROM $1"
-            f" ORDER BY 1 LIMIT $2 FOR UPDATE SKIP LOCKED", current, limit)
-        for r in rows:
-            sealed, kid = reg.seal(target.kind, r["rid"], reg.open(target.kind, r["rid"], r["sealed"]))
+        select = (f"SELECT {target.row_id} AS rid, {target.sealed} AS sealed FROM {target.table}"
+                  f" WHERE {pending_rows}{' AND ' + target.after if after is not None else ''}"
+                  f" ORDER BY {target.order} LIMIT $2 FOR UPDATE SKIP LOCKED")
+        rows = await conn.fetch(select, current, limit, *([after] if after is not None else []))
+        if rows:
+            new = [reg.seal(target.kind, r["rid"], reg.open(target.kind, r["rid"], r["sealed"])) for r in rows]
+            # one statement for the batch (a round trip per row would make a large table take minutes)
             await conn.execute(
-                f"UPDATE {target.table} SET {target.sealed} = $2, {target.key_id} = $3 WHERE {target.where_row}",
-                r["rid"], sealed, kid)
-    return len(rows)
+                f"UPDATE {target.table} SET {target.sealed} = n.sealed, {target.key_id} = n.kid"
+                f" FROM unnest($1::text[], $2::text[], $3::text[]) AS n(rid, sealed, kid)"
+                f" WHERE {target.match}",
+                [r["rid"] for r in rows], [x[0] for x in new], [x[1] for x in new])
+    return len(rows), (rows[-1]["rid"] if rows else after)
 
 
 async def reseal(reg: Registry, *, batch: int = 100, max_rows: int | None = None) -> dict[str, int]:
     """Batches of every kind until none is left (or ``max_rows`` were done); returns the count per kind."""
     done = {t.kind: 0 for t in TARGETS}
     for t in TARGETS:
+        after: str | None = None
         while max_rows is None or sum(done.values()) < max_rows:
-            n = await reseal_batch(reg, t, batch if max_rows is None else min(batch, max_rows - sum(done.values())))
+            limit = batch if max_rows is None else min(batch, max_rows - sum(done.values()))
+            n, after = await reseal_batch(reg, t, limit, after)
             done[t.kind] += n
             if n == 0:
                 break
