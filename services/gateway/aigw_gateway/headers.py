@@ -53,7 +53,9 @@ def upstream(headers: CIMultiDictProxy[str], names: frozenset[str], prefixes: tu
     """The client's headers that may go upstream: one of ``names`` (from :func:`allowed`) or ``extra``
     (the provider's ``forward_headers``, already filtered by the never-forward rules), or a name starting
     with one of ``prefixes`` that no never-forward rule covers; minus anything named in ``Connection``."""
-    hop = _connection_named(headers) if ("Connection" in headers or "Proxy-Connection" in headers) else None
+    conn = headers.get("Connection")
+    plain = conn is None or conn.lower() in _STANDARD_CONNECTION  # "keep-alive" / "close": names no header
+    hop = _connection_named(headers) if not plain or "Proxy-Connection" in headers else None
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in headers.items():
         lk = k.lower()
