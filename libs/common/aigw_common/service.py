@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 from prometheus_client import CollectorRegistry
 
 from .metrics import metrics_handler, new_registry
@@ -84,6 +84,9 @@ def base_app(
     app[METRICS] = new_registry()
     app[STATE] = ServiceState(name)
     app.on_response_prepare.append(_no_server_banner)
+    # Answers aiohttp's parser makes itself (a malformed request line) skip the app's signals: give them
+    # an empty Server value instead of aiohttp's "Python/3.x aiohttp/3.x" (process-wide, idempotent).
+    web_response.SERVER_SOFTWARE = ""  # type: ignore[attr-defined]
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     if public_metrics:

@@ -87,6 +87,8 @@ async def test_no_server_banner(gw) -> None:  # type: ignore[no-untyped-def]
     for target in ("/healthz", "/metrics", "/nosuch/v1/models", "/openai/v1/files", "/openai/v1/models/..%2F"):
         r = await rawhttp.request(gw.url, "GET", target, {"Authorization": f"Bearer {gw.user.token}"})
         assert "Server" not in r.headers, (target, r.headers)
+    r = await rawhttp.request(gw.url, "GET", "/openai/v1/mo\x01dels", {})  # refused by aiohttp's own parser
+    assert r.status == 400 and not r.headers.get("Server"), r.headers
     gw.upstream.play("openai/chatcompletions/simple")
     body = msgspec.json.encode({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
     r = await rawhttp.request(gw.url, "POST", "/openai/v1/chat/completions",
