@@ -59,7 +59,7 @@ class Fleet:
 async def fleet(bus: Bus, make_settings, database_url: str, apps, mock_upstream: MockUpstream  # type: ignore[no-untyped-def]
                 ) -> AsyncIterator[Fleet]:
     settings = make_settings(AIGW_DATABASE_URL=database_url)
-    stub = await RegistryStub(bus, settings.encryption_keys).start()
+    stub = await RegistryStub(bus, settings.bus_keys()).start()
     stub.put_provider("openai", "openai", mock_upstream.url + "/v1", ["sk-fleet-key-0001"])
     mock_upstream.play(FIXTURE)
     app = budget_app(settings)
