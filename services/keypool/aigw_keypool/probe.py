@@ -8,8 +8,9 @@ never follows a redirect, and is bounded by a timeout.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
@@ -17,6 +18,18 @@ log = logging.getLogger(__name__)
 
 ANTHROPIC_VERSION = "2023-06-01"
 _BEARER_TYPES = frozenset({"openai", "openai-compat", "openrouter", "copilot"})
+# A Bedrock pool key that is an access-key pair (AKID:SECRET[:TOKEN]) needs SigV4 to be checked: not probed.
+_AWS_KEY_PAIR = re.compile(r"^[A-Z0-9]{12,128}:")
+_BEDROCK_RUNTIME = re.compile(r"bedrock-runtime(-fips)?\.([a-z0-9-]+\.amazonaws\.com(?:\.cn)?)")
+
+
+def bedrock_control_url(base_url: str) -> str:
+    """The Bedrock control plane next to a runtime endpoint (as the gateway's model listing uses it)."""
+    parts = urlsplit(base_url)
+    m = _BEDROCK_RUNTIME.fullmatch(parts.hostname or "")
+    if not m:
+        return base_url.rstrip("/")
+    return f"{parts.scheme}://bedrock{m.group(1) or ''}.{m.group(2)}"
 
 
 def probe_request(ptype: str, base_url: str, settings: Mapping[str, str], secret: str) -> tuple[str, dict[str, str]] | None:
@@ -31,6 +44,8 @@ def probe_request(ptype: str, base_url: str, settings: Mapping[str, str], secret
         return url, {"api-key": secret}
     if ptype == "anthropic":
         return f"{base}/v1/models", {"X-Api-Key": secret, "anthropic-version": ANTHROPIC_VERSION}
+    if ptype == "bedrock" and not _AWS_KEY_PAIR.match(secret):  # a Bedrock API key: bearer on the control plane
+        return f"{bedrock_control_url(base)}/foundation-models?byProvider=Anthropic", {"Authorization": f"Bearer {secret}"}
     return None
 
 

@@ -301,3 +301,28 @@ async def test_reset_route(bus, registry, kv, start_keypool_with, eventually):  
         # a valid key may be reset too (idempotent), and by provider id
         status, body = await post(f"{p.id}/keys/{k2}", admin)
         assert status == 200 and body["state"] == "valid"
+
+
+async def test_revoked_bedrock_api_key_is_rechecked(bus, registry, kv, mock_bedrock,  # type: ignore[no-untyped-def]
+                                                    start_keypool_with, eventually):
+    """A Bedrock API key in a pool is re-checked on the control plane's model list; an access-key pair is not
+    probed (it would need SigV4) and stays revoked until reset."""
+    p = registry.put_provider("bed", "bedrock", mock_bedrock.url, ["ABSKrecheck-api-key-0001", "AKIDPAIRKEY00001:s"],
+                              settings={"region": mock_bedrock.region})
+    k1, k2 = p.keys[0].id, p.keys[1].id
+    await start_keypool_with(AIGW_KEY_RECHECK_MIN="300ms", AIGW_KEY_RECHECK_MAX="600ms")
+    await mark(bus, p.id, k1, "revoked", status=403)
+    await mark(bus, p.id, k2, "revoked", status=403)
+
+    async def refused_once() -> bool:
+        st = await read(kv, p.id, k1)
+        return st is not None and st.checks >= 1
+    await eventually(refused_once, 10, "a refused re-check of the unknown API key")
+    mock_bedrock.api_keys.add("ABSKrecheck-api-key-0001")
+
+    async def back() -> bool:
+        st = await read(kv, p.id, k1)
+        return st is not None and st.state == "valid" and st.reason == "recovered"
+    await eventually(back, 10, "the API key accepted again")
+    st2 = await read(kv, p.id, k2)
+    assert st2.state == "revoked"
