@@ -7,6 +7,7 @@ format (OpenAI or Anthropic).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -102,6 +103,11 @@ class Adapter:
     # client headers forwarded upstream besides headers.COMMON (lowercase names and prefixes)
     forward_names: frozenset[str] = hdr.allowed(())
     forward_prefixes: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def headers(self) -> hdr.Allowlist:
+        """The request-header allowlist of this type (built once per adapter)."""
+        return hdr.Allowlist(self.forward_names, self.forward_prefixes)
 
     def passthrough(self, method: str, path: str) -> bool:
         """Whether ``method path`` is on this type's pass-through allowlist (``path`` passed paths.refusal)."""

@@ -18,7 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from aigw_common.headers import NEVER, NEVER_PREFIXES, parse_names
 
-__all__ = ["COMMON", "downstream", "parse_names", "upstream"]
+__all__ = ["COMMON", "Allowlist", "allowed", "downstream", "parse_names"]
 
 # Forwarded for every provider type.
 COMMON = frozenset({
@@ -48,24 +48,43 @@ def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froz
     return frozenset(names)
 
 
-def upstream(headers: CIMultiDictProxy[str], names: frozenset[str], prefixes: tuple[str, ...],
-             extra: frozenset[str] = frozenset()) -> CIMultiDict[str]:
-    """The client's headers that may go upstream: one of ``names`` (from :func:`allowed`) or ``extra``
-    (the provider's ``forward_headers``, already filtered by the never-forward rules), or a name starting
-    with one of ``prefixes`` that no never-forward rule covers; minus anything named in ``Connection``."""
-    conn = headers.get("Connection")
-    plain = conn is None or conn.lower() in _STANDARD_CONNECTION  # "keep-alive" / "close": names no header
-    hop = _connection_named(headers) if not plain or "Proxy-Connection" in headers else None
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in headers.items():
-        lk = k.lower()
-        if lk in names or lk in extra or (lk.startswith(prefixes) and lk not in NEVER
-                                          and not lk.startswith(NEVER_PREFIXES)):
-            if hop and lk in hop:
-                continue
-            out.add(k, v)
-    out["Accept-Encoding"] = "identity"  # usage is read from the bytes we relay
-    return out
+class Allowlist:
+    """One provider type's request-header allowlist: :data:`COMMON` plus its names, or a name starting with
+    one of its prefixes that no never-forward rule covers. Decisions are remembered per header name as the
+    client spelled it (a bounded map: names are client input), so a request costs one lookup per header."""
+
+    MAX_REMEMBERED = 1024
+
+    def __init__(self, names: Iterable[str], prefixes: tuple[str, ...]) -> None:
+        self.names = allowed(names)
+        self.prefixes = tuple(p.lower() for p in prefixes)
+        self._seen: dict[str, bool] = {}
+
+    def allows(self, name: str) -> bool:
+        ok = self._seen.get(name)
+        if ok is None:
+            lk = name.lower()
+            ok = lk in self.names or (lk.startswith(self.prefixes) and lk not in NEVER
+                                      and not lk.startswith(NEVER_PREFIXES))
+            if len(self._seen) < self.MAX_REMEMBERED:
+                self._seen[name] = ok
+        return ok
+
+    def upstream(self, headers: CIMultiDictProxy[str], extra: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+        """The client's headers that may go upstream: allowed here or named in ``extra`` (the provider's
+        ``forward_headers``, already filtered by the never-forward rules), minus anything named in
+        ``Connection``."""
+        conn = headers.get("Connection")
+        plain = conn is None or conn.lower() in _STANDARD_CONNECTION  # "keep-alive" / "close": names no header
+        hop = _connection_named(headers) if not plain or "Proxy-Connection" in headers else None
+        out: CIMultiDict[str] = CIMultiDict()
+        for k, v in headers.items():
+            if self.allows(k) or (extra and k.lower() in extra):
+                if hop and k.lower() in hop:
+                    continue
+                out.add(k, v)
+        out["Accept-Encoding"] = "identity"  # usage is read from the bytes we relay
+        return out
 
 
 def downstream(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:

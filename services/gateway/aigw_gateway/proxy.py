@@ -76,8 +76,7 @@ log = logging.getLogger(__name__)
 MAX_MODEL_BYTES = 256
 
 def upstream_headers(request: web.Request, provider: Provider) -> CIMultiDict[str]:
-    a = provider.adapter
-    return hdr.upstream(request.headers, a.forward_names, a.forward_prefixes, provider.forward_headers)
+    return provider.adapter.headers.upstream(request.headers, provider.forward_headers)
 
 
 async def _chunks(resp: aiohttp.ClientResponse, idle: float) -> AsyncIterator[bytes]:

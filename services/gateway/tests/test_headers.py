@@ -100,3 +100,12 @@ def test_downstream_drops_connection_named() -> None:
     up = CIMultiDict([("Connection", "X-Internal"), ("X-Internal", "1"), ("X-Request-Id", "a"), ("Server", "x"),
                       ("Set-Cookie", "a=b"), ("Keep-Alive", "timeout=5")])
     assert list(hdr.downstream(up).items()) == [("X-Request-Id", "a")]  # type: ignore[arg-type]
+
+
+def test_allowlist_memory_is_bounded() -> None:
+    allow = hdr.Allowlist({"x-app"}, ("anthropic-",))
+    for i in range(5000):
+        assert not allow.allows(f"X-Invented-{i}")
+    assert allow.allows("X-App") and allow.allows("anthropic-beta")
+    assert not allow.allows("Metadata-Flavor") and not allow.allows("Cookie")
+    assert len(allow._seen) <= allow.MAX_REMEMBERED
