@@ -99,7 +99,8 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     s = console_system
     console = s.urls["console"]
     upstream = s.up.rewrite(s.upstream.url) + "/v1"
-    page = await (await browser.new_context(accept_downloads=True)).new_page()
+    ctx = await browser.new_context(accept_downloads=True)
+    page = await ctx.new_page()
     page.set_default_timeout(WAIT)
     script_errors = _no_script_errors(page)
     await _sign_in(page, console, s.owner_token)
@@ -219,9 +220,14 @@ async def test_owner_runs_the_gateway_from_the_console(console_system: System, b
     await page.goto(console + "/providers?provider=mockai")
     row1 = page.locator(f'tr[data-key-id="{k1}"]')
     await expect(row1).to_have_attribute("data-state", "valid")
+    live = await ctx.new_page()  # a second tab on Traffic: the next request shows up there without a reload
+    await live.goto(console + "/traffic")
+    await expect(live.locator("tr[data-interception]")).to_have_count(1)
     s.upstream.on_key(K1, 401, body={"error": {"message": "invalid api key", "type": "invalid_request_error"}})
     resp = await client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "again"}])
     assert resp.choices[0].message.content  # the second key served it
+    await expect(live.locator("tr[data-interception]")).to_have_count(2, timeout=WAIT)
+    await live.close()
     await expect(row1).to_have_attribute("data-state", "revoked", timeout=WAIT)
     await expect(row1.locator(".badge")).to_have_text("revoked")
     await expect(page.locator(f'tr[data-key-id="{k2}"]')).to_have_attribute("data-state", "valid")
