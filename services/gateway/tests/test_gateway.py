@@ -401,3 +401,9 @@ async def test_key_that_answered_is_recorded(gw):
     assert ended.key_id == "openai-k2" and ended.key_hint == "sk-…0002"
     assert started.key_id == "openai-k2" and started.credential_hint == "sk-…0002"
     assert "sk-rec-key" not in str(ended) + str(started)
+    # upstream attempts and failovers are labelled by key id
+    async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
+        text = await r.text()
+    assert 'aigw_gateway_upstream_attempts_total{key="openai-k1",provider="openai",status="429"} 1.0' in text
+    assert 'aigw_gateway_upstream_attempts_total{key="openai-k2",provider="openai",status="200"} 1.0' in text
+    assert 'aigw_gateway_keypool_failovers_total{key="openai-k1",provider="openai",reason="cooling"} 1.0' in text
