@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from aigw_common.db import in_transaction
 from aigw_common.errors import AigwError
 from aigw_common.pricing import cost_micros
 from aigw_common.schemas import (
@@ -176,10 +177,16 @@ class BatchRecorder:
                 copies.append((i, j))
         if todo:
             batch = [events[i] for i in todo]
+
+            async def attempt(conn: asyncpg.Connection) -> set[str]:
+                result.budgets.clear()  # what a cut attempt collected is not what the next one commits
+                result.unpriced = 0
+                return await self._apply(conn, batch, result)
+
             try:
-                async with self.recorder.pool.acquire(timeout=self.recorder.acquire_timeout) as conn, \
-                        conn.transaction():
-                    claimed = await self._apply(conn, batch, result)
+                # a transaction cut by a failover runs again on the new primary (event ids make it idempotent)
+                claimed = await in_transaction(self.recorder.pool, attempt, attempts=2,
+                                               acquire_timeout=self.recorder.acquire_timeout)
             except DB_ERRORS as e:
                 err = classify(e)
                 if err.retryable:
