@@ -100,6 +100,10 @@ class Subjects:
         return f"{self.prefix}.registry.directory"
 
     @property
+    def registry_audit(self) -> str:
+        return f"{self.prefix}.registry.audit"
+
+    @property
     def directory_changed(self) -> str:
         return f"{self.prefix}.registry.directory.changed"
 
@@ -463,7 +467,9 @@ class Bus:
         reply is lost when the node carrying it dies, or meets no responder while the responder reconnects
         to a surviving node; asking again a moment later gets the answer instead of an error."""
         nc = self._require()
-        data, h = encode(msg), self._headers(headers)
+        data = encode(msg)
+        # a request whose type names its sender (an audit record) is signed like a publish of it
+        h = self.auth.sign(type(msg), subject, "", data, self._headers(headers))
         for attempt in range(1, attempts + 1):
             try:
                 if _signed_by(reply_type):

@@ -83,10 +83,10 @@ def permissions(service: str, prefix: str = "aigw") -> dict[str, object]:
                s.budget("limits"), s.budget("limits.reclaim"), s.keys_exhausted, inbox]
     elif service == "registry":
         pub = [s.providers_changed, s.auth_revoked, s.directory_changed]
-        sub = [s.registry_snapshot, s.auth_verify, s.registry_directory, inbox]
+        sub = [s.registry_snapshot, s.auth_verify, s.registry_directory, s.registry_audit, inbox]
         responds = True
     elif service == "keypool":
-        pub = [s.keys_exhausted, s.registry_snapshot, s.auth_verify, f"$KV.{s.keys_bucket}.>",
+        pub = [s.keys_exhausted, s.registry_snapshot, s.auth_verify, s.registry_audit, f"$KV.{s.keys_bucket}.>",
                *_js(marks, "INFO", "CREATE", "UPDATE"), *_durable(marks, s.durable("keypool")),
                *_js(kv, "INFO", "CREATE", "UPDATE", "MSG.GET"), f"$JS.API.DIRECT.GET.{kv}.>", *_watch(kv)]
         sub = [s.keys_report, s.providers_changed, s.auth_revoked, inbox]

@@ -8,7 +8,7 @@ are always sealed (see :mod:`aigw_common.crypto`), never clear text.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -118,6 +118,28 @@ class DirectoryReply(Message, frozen=True, kw_only=True, tag="registry.directory
     users: list[DirectoryEntry] = []  # only what was found
     groups: list[DirectoryEntry] = []
     error: str | None = None
+
+
+class AuditRecord(Message, frozen=True, kw_only=True, tag="registry.audit"):
+    """An admin action another service performed (keypool: a key reset), for the registry's audit log: the
+    one place an operator reads who did what, written by its owner only (no service writes another's
+    tables). Signed by the acting service; the registry allows each sender its own actions only."""
+
+    signed_by: ClassVar[str] = "keypool"
+
+    actor_id: str | None
+    actor_name: str
+    action: str
+    resource_type: str
+    resource_id: str
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+class AuditAck(Message, frozen=True, kw_only=True, tag="registry.audit.ack"):
+    signed_by: ClassVar[str] = "registry"
+
+    error: str | None = None  # why the record was refused; None: written
 
 
 class DirectoryChanged(Message, frozen=True, kw_only=True, tag="registry.directory.changed"):

@@ -46,8 +46,7 @@ SECRET_HOLDERS: dict[str, frozenset[str]] = {
     "AIGW_PROVIDER_*": frozenset({"registry"}),
     "AIGW_ENCRYPTION_KEYS": frozenset({"registry", "chatd"}),  # at rest; chatd's value is its own key
     "AIGW_BUS_SEALING_KEYS": frozenset({"registry", "gateway", "keypool", "chatd"}),
-    # keypool: an optional connection for its audit rows (see docs/security.md)
-    "AIGW_DATABASE_URL": frozenset({"registry", "budget", "chatd", "keypool"}),
+    "AIGW_DATABASE_URL": frozenset({"registry", "budget", "chatd"}),
 }
 
 def holds(service: str, secret: str) -> bool:

@@ -39,8 +39,7 @@ def create_app(settings: Settings) -> web.Application:
         svc = KeyPoolService(bus, app[METRICS], resync_interval=settings.revision_check_interval,
                              backoff=Backoff(settings.key_recheck_min, settings.key_recheck_max), sealer=sealer,
                              allowed_upstreams=settings.allow_private_upstreams)
-        audit = AuditLog(settings.database_url)
-        await audit.start()
+        audit = AuditLog(bus)
         app[AUDIT] = audit
         app[IDENTITIES] = identities
         app[SERVICE] = svc
@@ -51,7 +50,6 @@ def create_app(settings: Settings) -> web.Application:
         finally:
             await svc.stop()
             await bus.close()
-            await audit.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

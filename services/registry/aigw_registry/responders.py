@@ -22,6 +22,8 @@ from aigw_common.db import in_transaction
 from aigw_common.errors import CryptoError
 from aigw_common.metrics import CollectorRegistry, Counter, Gauge
 from aigw_common.schemas import (
+    AuditAck,
+    AuditRecord,
     AuthVerifyReply,
     AuthVerifyRequest,
     DirectoryLookup,
@@ -35,9 +37,10 @@ from aigw_common.schemas import (
 )
 from aigw_common.settings import PROVIDER_TYPES
 
-from .core import Registry
+from .core import Actor, Registry, audit
 from .directory import lookup
 from .providers import fetch_keys, settings_of
+from .validate import is_uuid
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,7 @@ class Responders:
         await bus.subscribe(bus.subjects.registry_snapshot, SnapshotRequest, self.on_snapshot, queue=QUEUE)
         await bus.subscribe(bus.subjects.auth_verify, AuthVerifyRequest, self.on_verify, queue=QUEUE)
         await bus.subscribe(bus.subjects.registry_directory, DirectoryLookup, self.on_directory, queue=QUEUE)
+        await bus.subscribe(bus.subjects.registry_audit, AuditRecord, self.on_audit, queue=QUEUE)
 
     async def snapshot(self) -> RegistrySnapshot:
         cached = self._cached
@@ -194,3 +198,26 @@ class Responders:
             raise
         self.requests.labels("directory", "refused" if reply.error else "ok").inc()
         return reply
+
+    async def on_audit(self, rec: AuditRecord, _m: Msg) -> AuditAck:
+        """Write another service's audit record (its signature was checked on arrival: only keypool signs
+        these), limited to the actions that service performs."""
+        if not rec.action.startswith(AUDIT_ACTIONS[rec.signed_by]):
+            self.requests.labels("audit", "refused").inc()
+            return AuditAck(error=f"action {rec.action!r} is not one {rec.signed_by} performs")
+        if rec.actor_id is not None and not is_uuid(rec.actor_id):
+            self.requests.labels("audit", "refused").inc()
+            return AuditAck(error="actor_id is not a user id")
+        actor = Actor(rec.actor_id, rec.actor_name, ())
+        try:
+            async with self.reg.transaction() as conn:
+                await audit(conn, actor, rec.action, rec.resource_type, rec.resource_id, rec.before, rec.after)
+        except Exception:
+            self.requests.labels("audit", "error").inc()
+            raise
+        self.requests.labels("audit", "ok").inc()
+        return AuditAck()
+
+
+# What each service may write into the audit log through aigw.registry.audit (action prefixes).
+AUDIT_ACTIONS = {"keypool": ("provider_key.reset",)}

@@ -41,3 +41,31 @@ async def test_directory_lookup_and_change_events(registry, client, bus) -> None
 
     refused = await ask(user_refs=["x"] * 501)
     assert refused.error and not refused.users
+
+
+async def test_audit_records_from_keypool(registry, client, bus) -> None:  # type: ignore[no-untyped-def]
+    """keypool writes no registry table: it sends its audit records (key resets), signed, and the registry
+    writes them. An unsigned record is dropped; an action keypool does not perform is refused."""
+    import nats.errors
+    import pytest
+
+    from aigw_common.bus import encode
+    from aigw_common.schemas import AuditAck, AuditRecord
+
+    me = await client.ok("GET", f"{U}/me")
+    rec = AuditRecord(actor_id=me["id"], actor_name=me["username"], action="provider_key.reset",
+                      resource_type="provider_key", resource_id="k-1", before={"state": "revoked"},
+                      after={"state": "valid"})
+    ack = await bus.request(bus.subjects.registry_audit, rec, AuditAck, timeout=5)
+    assert ack.error is None
+    [row] = (await client.ok("GET", "/api/v2/audit-logs", params={"action": "provider_key.reset"}))["audit_logs"]
+    assert (row["actor_name"], row["resource_id"], row["after"]) == (me["username"], "k-1", {"state": "valid"})
+    bad = await bus.request(bus.subjects.registry_audit, AuditRecord(
+        actor_id=None, actor_name="x", action="user.delete", resource_type="user", resource_id="u"), AuditAck,
+        timeout=5)
+    assert bad.error and "keypool" in bad.error
+    assert bus.nc is not None
+    with pytest.raises(nats.errors.TimeoutError):  # unsigned: dropped, never written
+        await bus.nc.request(bus.subjects.registry_audit, encode(rec), timeout=1)
+    assert len((await client.ok("GET", "/api/v2/audit-logs", params={"action": "provider_key.reset"}))[
+        "audit_logs"]) == 1
