@@ -73,6 +73,9 @@ async def fleet(bus: Bus, make_settings, database_url: str, apps, mock_upstream:
             f.gateway_apps.append(gw)
         for gw in f.gateway_apps:
             await eventually(lambda gw=gw: "openai" in gw[LOADER].current.by_name, 10, "gateway has the provider")
+            # a loaded test machine may take seconds to answer a lease: give it the time (the bound, not the
+            # speed, is under test; production keeps the 2 s defaults)
+            gw[LIMITS].wait = gw[LIMITS].request_timeout = 10.0
         yield f
 
 

@@ -82,6 +82,7 @@ class _Subject:
     local_until: float = 0.0  # monotonic: until then the service is not asked and whole limits apply here
     last_used: float = 0.0
     seq: int = 0
+    stamp: float = 0.0  # monotonic time its limits were last set from a broadcast or a snapshot
     busy: bool = False
     again: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -122,6 +123,7 @@ class LimitGuard:
         self.request_timeout = request_timeout
         self.snapshot_interval = snapshot_interval
         self.subjects: dict[Key, _Subject] = {}
+        self._deleted: dict[Key, float] = {}  # recently deleted (monotonic time): an older snapshot must not revive
         self.synced = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -370,16 +372,25 @@ class LimitGuard:
     async def _on_state(self, st: LimitsState, _m: Msg | None) -> None:
         self._apply_state(st)
 
-    def _apply_state(self, st: LimitsState) -> None:
+    def _apply_state(self, st: LimitsState, *, asked_at: float | None = None) -> None:
+        """Apply one subject's limits; from a snapshot asked at ``asked_at``, unless a broadcast since is newer."""
         key = (st.scope, st.subject_id)
+        now = time.monotonic()
+        s = self.subjects.get(key)
+        if asked_at is not None and (self._deleted.get(key, -1.0) > asked_at or (s is not None and s.stamp > asked_at)):
+            return
         if st.deleted:
             self.subjects.pop(key, None)
+            self._deleted[key] = now
+            if len(self._deleted) > 10_000:
+                self._deleted = {k: t for k, t in self._deleted.items() if now - t < 60.0}
             return
-        s = self.subjects.get(key)
+        self._deleted.pop(key, None)
         if s is None:
             self.subjects[key] = _Subject(key, st.name, st.requests_per_minute, st.tokens_per_minute,
-                                          st.concurrent_requests)
+                                          st.concurrent_requests, stamp=now)
             return
+        s.stamp = now
         s.name, s.rpm, s.tpm, s.conc = st.name or s.name, st.requests_per_minute, st.tokens_per_minute, \
             st.concurrent_requests
         s.req_full = s.tok_full = False  # a raised limit may have room now
@@ -388,6 +399,7 @@ class LimitGuard:
 
     async def sync(self) -> bool:
         """Fetch every subject's limits; False when the budget service did not answer."""
+        asked = time.monotonic()
         try:
             snap = await self.bus.request(self.bus.subjects.budget("limits.snapshot"), LimitsSnapshotRequest(),
                                           LimitsSnapshot, timeout=self.request_timeout)
@@ -398,10 +410,11 @@ class LimitGuard:
             return False
         seen = set()
         for st in snap.states:
-            self._apply_state(st)
+            self._apply_state(st, asked_at=asked)
             seen.add((st.scope, st.subject_id))
         for key in set(self.subjects) - seen:
-            self.subjects.pop(key, None)
+            if self.subjects[key].stamp <= asked:  # set after the snapshot was taken: the broadcast is newer
+                self.subjects.pop(key, None)
         self.synced.set()
         return True
 
