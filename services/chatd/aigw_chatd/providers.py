@@ -9,19 +9,17 @@ URL — so chatd keeps serving while the registry is away.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
-from nats.aio.msg import Msg
 
-from aigw_common.aio import stop_task
 from aigw_common.bus import Bus
 from aigw_common.crypto import Sealer
-from aigw_common.errors import BusError, CryptoError
-from aigw_common.schemas import ProviderConfig, ProvidersChanged, RegistrySnapshot, SnapshotRequest
+from aigw_common.errors import CryptoError
+from aigw_common.schemas import ProviderConfig, RegistrySnapshot
+from aigw_common.snapshots import SnapshotFollower
 
 log = logging.getLogger(__name__)
 
@@ -40,66 +38,41 @@ class ProviderInfo:
 
 
 class ProviderDirectory:
+    """The providers chatd knows, followed by :class:`SnapshotFollower`; ``on_change`` stores them."""
+
     def __init__(self, bus: Bus, on_change: Callable[[int, list[ProviderInfo]], Awaitable[object]], *,
                  timeout: float = 2.0, interval: float = 30.0, sealer: Sealer | None = None) -> None:
-        self.bus = bus
         self.sealer = sealer  # opens provider settings (for the small model); None: no small models known
         self.on_change = on_change
-        self.timeout = timeout
-        self.interval = interval
         self.providers: dict[str, ProviderInfo] = {}
-        self.revision: int | None = None
-        self.last_error: str | None = None
-        self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self.follower = SnapshotFollower(bus, self._apply, interval=interval, timeout=timeout,
+                                         name="chatd-provider-refresh")
+
+    @property
+    def revision(self) -> int | None:
+        return self.follower.revision
+
+    @property
+    def last_error(self) -> str | None:
+        return self.follower.last_error
 
     async def start(self) -> None:
-        await self.bus.subscribe(self.bus.subjects.providers_changed, ProvidersChanged, self._on_changed)
-        self.bus.on_connect(self._refresh_quietly)
-        self.bus.on_reconnect(self._refresh_quietly)
-        self._task = asyncio.create_task(self._periodic(), name="chatd-provider-refresh")
+        await self.follower.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await stop_task(self._task)
-
-    async def _on_changed(self, msg: ProvidersChanged, _m: Msg) -> None:
-        if self.revision is None or msg.revision != self.revision:
-            await self.refresh()
-
-    async def _refresh_quietly(self) -> None:
-        await self.refresh()
-
-    async def _periodic(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.refresh()
+        await self.follower.stop()
 
     async def refresh(self) -> bool:
         """Ask the registry for the snapshot; on failure keep the last known providers."""
-        async with self._lock:
-            try:
-                snap = await self.bus.request(self.bus.subjects.registry_snapshot, SnapshotRequest(), RegistrySnapshot,
-                                              timeout=self.timeout)
-            except BusError as e:
-                self.last_error = str(e)
-                log.warning("registry snapshot unavailable; keeping the last known providers", extra={"error": str(e)})
-                return False
-            self.last_error = None
-            if self.revision is not None and snap.revision <= self.revision:
-                return True  # nothing new (or an answer older than what we hold)
-            self.providers = {
-                p.id: ProviderInfo(p.id, p.name, p.type, p.base_url, p.enabled, p.allow_byok, self._small_model(p))
-                for p in snap.providers
-            }
-            self.revision = snap.revision
-            try:
-                await self.on_change(snap.revision, list(self.providers.values()))
-            except Exception:  # the next refresh retries; the in-memory view is already current
-                log.exception("could not apply the provider snapshot")
-                self.revision = None
-                return False
-            return True
+        return await self.follower.refresh()
+
+    async def _apply(self, _old: RegistrySnapshot | None, snap: RegistrySnapshot) -> None:
+        # the in-memory view moves at once; if storing fails the follower retries this snapshot
+        self.providers = {
+            p.id: ProviderInfo(p.id, p.name, p.type, p.base_url, p.enabled, p.allow_byok, self._small_model(p))
+            for p in snap.providers
+        }
+        await self.on_change(snap.revision, list(self.providers.values()))
 
     def _small_model(self, p: ProviderConfig) -> str | None:
         if self.sealer is None or not p.settings_sealed:

@@ -8,7 +8,6 @@ snapshot, never per request.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,11 +16,11 @@ from typing import Any
 import msgspec
 from yarl import URL
 
-from aigw_common.aio import stop_task, wait_event
 from aigw_common.bus import Bus
 from aigw_common.crypto import Sealer
-from aigw_common.errors import BusError, CryptoError
-from aigw_common.schemas import ProviderConfig, ProvidersChanged, RegistrySnapshot, SnapshotRequest
+from aigw_common.errors import CryptoError
+from aigw_common.schemas import ProviderConfig, RegistrySnapshot
+from aigw_common.snapshots import SnapshotFollower
 
 from . import headers
 from .adapters import Adapter, Timeouts, adapter_for
@@ -88,7 +87,7 @@ def build_set(snap: RegistrySnapshot, sealer: Sealer, pools: KeyPools) -> Provid
 def _build_provider(pc: ProviderConfig, adapter: Adapter, sealer: Sealer, pools: KeyPools) -> Provider:
     settings: dict[str, Any] = {}
     if pc.settings_sealed:
-        settings = msgspec.json.decode(sealer.open_bytes(pc.settings_sealed))
+        settings = msgspec.json.decode(sealer.open_bytes(pc.settings_sealed), type=dict[str, Any])
     keys = [
         PoolKey(k.id, k.position, k.hint, sealer.open(k.sealed), pools.health(pc.id, k.id))
         for k in sorted(pc.keys, key=lambda k: k.position)
@@ -101,62 +100,37 @@ def _build_provider(pc: ProviderConfig, adapter: Adapter, sealer: Sealer, pools:
     )
 
 
-@dataclass(slots=True)
 class ProviderLoader:
-    """Keeps ``current`` in step with the registry: on start, on every change event, and every ``interval``."""
+    """Keeps ``current`` in step with the registry through :class:`SnapshotFollower` (on start, on every
+    change event, on reconnect and every ``interval``; a snapshot that cannot be used never stops it)."""
 
-    bus: Bus
-    sealer: Sealer
-    pools: KeyPools
-    interval: float = 30.0
-    on_swap: Callable[[ProviderSet], None] | None = None
-    current: ProviderSet = field(default_factory=ProviderSet)
-    loaded: bool = False
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _task: asyncio.Task[None] | None = None
+    def __init__(self, bus: Bus, sealer: Sealer, pools: KeyPools, interval: float = 30.0,
+                 on_swap: Callable[[ProviderSet], None] | None = None) -> None:
+        self.sealer = sealer
+        self.pools = pools
+        self.on_swap = on_swap
+        self.current = ProviderSet()
+        self.follower = SnapshotFollower(bus, self._apply, interval=interval, timeout=3.0, name="provider-loader")
+
+    @property
+    def loaded(self) -> bool:
+        return self.follower.snapshot is not None
 
     async def start(self) -> None:
-        await self.bus.subscribe(self.bus.subjects.providers_changed, ProvidersChanged, self._on_changed)
-        self.bus.on_connect(self._kick)
-        self.bus.on_reconnect(self._kick)
-        self._task = asyncio.create_task(self._run(), name="provider-loader")
-        if self.bus.connected:
+        await self.follower.start()
+        if self.follower.bus.connected:
             await self.refresh()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await stop_task(self._task)
-
-    async def _kick(self) -> None:
-        self._wake.set()
-
-    async def _on_changed(self, msg: ProvidersChanged, _m: object) -> None:
-        if msg.revision != self.current.revision:
-            self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            await wait_event(self._wake, self.interval if self.loaded else 1.0)
-            self._wake.clear()
-            if self.bus.connected:
-                await self.refresh()
+        await self.follower.stop()
 
     async def refresh(self) -> bool:
-        """Fetch a snapshot and swap when its revision differs; False when the registry did not answer."""
-        try:
-            snap = await self.bus.request(
-                self.bus.subjects.registry_snapshot, SnapshotRequest(known_revision=self.current.revision),
-                RegistrySnapshot, timeout=3.0,
-            )
-        except BusError as e:
-            log.warning("registry snapshot unavailable; keeping the current provider set",
-                        extra={"error": str(e), "revision": self.current.revision})
-            return False
-        self.loaded = True
-        if snap.revision != self.current.revision:
-            new = build_set(snap, self.sealer, self.pools)
-            self.current = new
-            log.info("provider set swapped", extra={"revision": new.revision, "providers": sorted(new.by_name)})
-            if self.on_swap:
-                self.on_swap(new)
-        return True
+        """Fetch a snapshot and swap when it is newer; False when the registry did not answer."""
+        return await self.follower.refresh()
+
+    async def _apply(self, _old: RegistrySnapshot | None, snap: RegistrySnapshot) -> None:
+        new = build_set(snap, self.sealer, self.pools)
+        self.current = new
+        log.info("provider set swapped", extra={"revision": new.revision, "providers": sorted(new.by_name)})
+        if self.on_swap:
+            self.on_swap(new)

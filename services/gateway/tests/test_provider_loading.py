@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 
+import msgspec
+
 from aigw_common.crypto import PURPOSE_BUS, Sealer, generate_key
 from aigw_common.schemas import ProviderConfig, RegistrySnapshot, SealedKey
+from aigw_gateway.app import LOADER
 from aigw_gateway.keys import KeyPools
 from aigw_gateway.providers import build_set
 
@@ -50,3 +54,25 @@ def test_nothing_loads_is_one_error(caplog) -> None:  # type: ignore[no-untyped-
     caplog.clear()
     assert build_set(RegistrySnapshot(revision=9), ours, KeyPools()).failed == ()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_settings_that_are_not_an_object_fail_that_provider_only() -> None:
+    ours = _sealer()
+    odd = ProviderConfig(id="p5", name="odd", type="openai", display_name="", base_url="http://127.0.0.1:5/v1",
+                         settings_sealed=ours.seal(b"[1, 2]"))
+    s = build_set(RegistrySnapshot(revision=10, providers=[_good(ours), odd]), ours, KeyPools())
+    assert list(s.by_name) == ["good"] and s.failed == ("odd",)
+
+
+async def test_a_bad_snapshot_does_not_stop_following(gw) -> None:  # type: ignore[no-untyped-def]
+    """A snapshot the gateway cannot use (here: provider settings that are not an object) must not end the
+    refresh loop: the next change is still followed."""
+    reg = gw.registry
+    odd = reg.put_provider("odd", "openai", gw.upstream.url + "/v1")
+    reg.providers["odd"] = msgspec.structs.replace(odd, settings_sealed=reg.sealer.seal(b"[1, 2]"))
+    await reg.publish_changed()
+    await asyncio.sleep(0.5)
+    reg.put_provider("later", "openai", gw.upstream.url + "/v1", ["sk-later-1"])
+    await reg.publish_changed()
+    await gw.wait_revision()
+    assert "later" in gw.app[LOADER].current.by_name
