@@ -21,6 +21,7 @@ import msgspec
 
 from aigw_common.logging import redact
 from aigw_common.retry_after import retry_after
+from aigw_common.sse import SSEDecoder, SSETooLarge
 
 USER_AGENT = "aigw-chatd/0.1.0"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -254,26 +255,23 @@ def stream_closed(provider: str, why: str) -> TurnError:
 # --------------------------------------------------------------------- SSE
 
 
-async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) pairs of a text/event-stream body, as they arrive."""
-    event, data = "", list[str]()
-    async for raw in content:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield event or "message", "\n".join(data)
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-    if data:
-        yield event or "message", "\n".join(data)
+MAX_SSE_LINE = 8 << 20  # an event line (or joined data) longer than this ends the call: bounded memory
+
+
+async def sse_events(content: aiohttp.StreamReader, *, max_line: int | None = None) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) pairs of a text/event-stream body, as they arrive (framing: :mod:`aigw_common.sse`).
+
+    Raises :class:`SSETooLarge` for a line or event over ``max_line`` (default ``MAX_SSE_LINE``)."""
+    decoder = SSEDecoder(max_line or MAX_SSE_LINE, strict=True)
+    async for chunk in content.iter_any():
+        for event, data in decoder.feed(chunk):
+            yield _text(event) or "message", data.decode("utf-8", "replace")
+    for event, data in decoder.finish():
+        yield _text(event) or "message", data.decode("utf-8", "replace")
+
+
+def _text(event: bytes | None) -> str:
+    return event.decode("utf-8", "replace") if event else ""
 
 
 @dataclass(slots=True)
@@ -366,6 +364,9 @@ async def stream_turn(session: aiohttp.ClientSession, route: Route, body: dict[s
                         "timeout", provider=route.provider, retryable=True, detail=type(e).__name__) from None
     except aiohttp.ClientPayloadError as e:
         raise stream_closed(route.provider, type(e).__name__) from None
+    except SSETooLarge as e:
+        raise TurnError("the model sent an event too large to read", "generic", provider=route.provider,
+                        retryable=False, detail=e.message) from None
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
         if parts:
             raise stream_closed(route.provider, type(e).__name__) from None

@@ -18,11 +18,14 @@ from typing import Any, Literal
 import msgspec
 
 from aigw_common.schemas import TokenCounts
+from aigw_common.sse import MAX_LINE as SSE_MAX_LINE
+from aigw_common.sse import SSEDecoder, SSEFramer
+from aigw_common.sse import data_of as sse_data
 
 Endpoint = Literal["chat_completions", "responses", "messages"]
 ENDPOINTS: tuple[Endpoint, ...] = ("chat_completions", "responses", "messages")
 
-MAX_LINE = 16 << 20  # an SSE line (or event) longer than this is dropped: bounded memory
+MAX_LINE = SSE_MAX_LINE  # an SSE line (or event) longer than this is dropped: bounded memory
 _HEAD = 64 << 10  # kept of a "stream" that never produced an event (an error body in JSON)
 _NULL = msgspec.Raw(b"null")
 _DecodeErrors = (msgspec.DecodeError, RecursionError)
@@ -232,7 +235,6 @@ def inject_include_usage(body: bytes) -> bytes | None:
 
 
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
 class _UsageOnly(msgspec.Struct):
@@ -246,42 +248,30 @@ class UsageChunkFilter:
 
     The gateway adds ``stream_options.include_usage`` for metering; clients that index ``choices[0]``
     would crash on a chunk they never asked for. Only the incomplete tail of the stream is held back
-    (at most ``MAX_LINE``; past that it is relayed unread rather than held).
+    (at most ``MAX_LINE``; past that it is relayed unread rather than held). Framing: :class:`SSEFramer`.
     """
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_framer",)
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._framer = SSEFramer(MAX_LINE)
 
     def feed(self, chunk: bytes) -> bytes:
-        buf = self._buf
-        buf += chunk
-        out = bytearray()
-        start = 0
-        while (m := _EVENT_END.search(buf, start)) is not None:
-            event = bytes(buf[start:m.end()])
-            start = m.end()
-            if not _usage_only(event):
-                out += event
-        del buf[:start]
-        if len(buf) > MAX_LINE:
-            out += buf
-            buf.clear()
-        return bytes(out)
+        events, overflow = self._framer.feed(chunk)
+        if not events:
+            return overflow
+        return b"".join([e for e in events if not _usage_only(e)]) + overflow
 
     def finish(self) -> bytes:
-        rest = bytes(self._buf)
-        self._buf.clear()
+        rest = self._framer.finish()
         return b"" if _usage_only(rest) else rest
 
 
 def _usage_only(event: bytes) -> bool:
     if not _EMPTY_CHOICES.search(event):
         return False
-    data = b"\n".join(line[5:].lstrip(b" ") for line in re.split(rb"\r\n|\n|\r", event) if line.startswith(b"data:"))
     try:
-        doc = msgspec.json.decode(data, type=_UsageOnly)
+        doc = msgspec.json.decode(sse_data(event), type=_UsageOnly)
     except _DecodeErrors:
         return False
     return doc.choices == [] and isinstance(doc.usage, dict)
@@ -353,103 +343,49 @@ def _openai_tokens(
 
 
 class StreamExtractor:
-    """SSE reader: bytes in arbitrary chunks → events → the API-specific ``_dispatch``.
+    """SSE reader: bytes in arbitrary chunks → events (:class:`SSEDecoder`) → the API-specific ``_dispatch``.
 
-    Lines may end in LF, CRLF or CR; an event's ``data:`` lines are joined with
-    LF. At ``finish`` an unterminated last event is still read (upstreams that
-    close without the final blank line). A stream that never produced an event
-    but starts with a JSON error body (an error status relayed as is) yields
+    At ``finish`` an unterminated last event is still read (upstreams that close without the final blank
+    line). An over-long line is dropped (the relay forwards it anyway; only metering skips it). A stream
+    that never produced an event but starts with a JSON error body (an error status relayed as is) yields
     that error.
     """
 
     __slots__ = (
-        "_cr",
-        "_data",
-        "_event",
         "_head",
-        "_overflow",
-        "_partial",
+        "_sse",
         "error",
         "model",
         "terminal",
     )
 
     def __init__(self) -> None:
-        self._partial = bytearray()
-        self._cr = False
-        self._overflow = False
-        self._event: bytes | None = None
-        self._data: bytes | None = None
+        self._sse = SSEDecoder(MAX_LINE)
         self._head: bytearray | None = bytearray()
         self.model: str | None = None
         self.terminal = False
         self.error: str | None = None
+
+    @property
+    def _partial(self) -> bytes:
+        """The incomplete line held (bounded; for tests and debugging)."""
+        return self._sse.held
 
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
         if self._head is not None and len(self._head) < _HEAD:
             self._head += chunk[: _HEAD - len(self._head)]
-        if self._cr or b"\r" in chunk:
-            chunk = self._fold_cr(chunk)
-        lines = chunk.split(b"\n")
-        rest = lines.pop()  # after the last newline: the start of a line
-        if not lines:
-            self._buffer(rest)
-            return
-        if self._overflow:  # the tail of a line we dropped
-            lines[0] = b":"
-            self._overflow = False
-        elif self._partial:
-            lines[0] = bytes(self._partial) + lines[0]
-            self._partial.clear()
-        if rest:
-            self._buffer(rest)
-        event = self._event
-        data = self._data
-        for line in lines:
-            if not line:
-                if data is not None:
-                    self._head = None
-                    self._dispatch(event, data)
-                    data = None
-                event = None
-            elif line.startswith(b"data:"):
-                v = line[5:]
-                if v[:1] == b" ":
-                    v = v[1:]
-                if data is None:
-                    data = v
-                elif len(data) + len(v) < MAX_LINE:
-                    data = data + b"\n" + v
-            elif line.startswith(b"event:"):
-                event = line[6:].strip()
-        self._event = event
-        self._data = data
-
-    def _fold_cr(self, chunk: bytes) -> bytes:
-        if self._cr:
-            chunk = b"\r" + chunk
-            self._cr = False
-        if chunk.endswith(b"\r"):  # maybe the first half of a CRLF
-            chunk = chunk[:-1]
-            self._cr = True
-        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-
-    def _buffer(self, piece: bytes) -> None:
-        if self._overflow:
-            return
-        if len(self._partial) + len(piece) > MAX_LINE:
-            self._partial.clear()
-            self._overflow = True
-            return
-        self._partial += piece
+        events = self._sse.feed(chunk)
+        if events:
+            self._head = None
+            for event, data in events:
+                self._dispatch(event, data)
 
     def finish(self) -> Extracted:
-        if self._cr:
-            self.feed(b"\n")
-        if self._partial or self._data is not None:
-            self.feed(b"\n\n")
+        for event, data in self._sse.finish():
+            self._head = None
+            self._dispatch(event, data)
         if self._head is not None and self._head.lstrip()[:1] == b"{" and self.error is None:
             self.error = _blocking_error(bytes(self._head))
         return self._result()
