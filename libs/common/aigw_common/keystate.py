@@ -162,6 +162,9 @@ class _BucketWatch:
     async def __anext__(self) -> KeyValue.Entry | None:
         return await self._queue.get()
 
+    async def consumer_info(self) -> Any:
+        return await self._sub.consumer_info()
+
     async def stop(self) -> None:
         await self._sub.unsubscribe()
 
@@ -183,6 +186,7 @@ class KeyStateWatch:
         self.loaded = asyncio.Event()
         self.kv: KeyValue | None = None
         self.resyncs = 0
+        self.current: _BucketWatch | None = None  # the open watch (where its consumer lives: tests ask)
         self._resync = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -213,7 +217,7 @@ class KeyStateWatch:
             watcher = None
             try:
                 self.kv = await keys_bucket(self.bus, timeout=WATCH_API_TIMEOUT)
-                watcher = await _BucketWatch.open(self.bus)
+                watcher = self.current = await _BucketWatch.open(self.bus)
                 delay = 0.2
                 consume = asyncio.create_task(self._consume(watcher))
                 resync = asyncio.create_task(self._resync.wait())

@@ -123,3 +123,52 @@ async def test_clients_follow_the_cluster_when_their_node_dies(nats_cluster: Nat
         await watched.close()
         await writer.close()
         await asyncio.sleep(0)
+
+
+async def test_watch_recovers_when_its_consumers_node_dies_but_its_connection_does_not(
+        nats_cluster: NatsCluster) -> None:
+    """The watch's consumer lives on one node; the watcher is connected to another. Killing the consumer's node
+    leaves the connection up (no reconnect, no resync): only the heartbeat can tell, and the watch must see the
+    next write anyway."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    writer = _bus(nats_cluster, prefix, 3, "writer")
+    await writer.start(wait=10)
+    kv = await keys_bucket(writer)
+    seen: dict[str, KeyState | None] = {}
+    watched = watch = None
+    try:
+        for _ in range(30):  # until the consumer sits on another node than the watcher's connection
+            watched = _bus(nats_cluster, prefix, 3, "watched")
+            await watched.start(wait=10)
+            watch = KeyStateWatch(watched, lambda p, k, st: seen.__setitem__(f"{p}.{k}", st))
+            watch.start()
+            await eventually(lambda w=watch: w.loaded.is_set(), 10, "the watch to load")
+            assert watch.current is not None
+            info = await watch.current.consumer_info()
+            host = info.cluster.leader if info.cluster else None
+            if host and host != await _connected_node(watched, nats_cluster):
+                break
+            await watch.stop()
+            await watched.close()
+        assert watched is not None and watch is not None
+        before = await _connected_node(watched, nats_cluster)
+        await nats_cluster.kill(host)
+        state = KeyState(provider_id="p", key_id="w", state="cooling", until=time.time() + 60, status_code=429,
+                         updated_at=time.time())
+
+        async def put() -> bool:
+            with contextlib.suppress(Exception):
+                await kv.put("p.w", writer.auth.seal_entry(entry_subject(writer, "p.w"), state))
+                return True
+            return False
+
+        await eventually(put, 30, "a bucket write on the surviving nodes", interval=0.2)
+        took = await eventually(lambda: seen.get("p.w") == state, 10, "the watcher to see the write")
+        assert await _connected_node(watched, nats_cluster) == before, "the watcher's connection moved"
+        print(f"the write seen {took:.2f}s after it was stored")
+    finally:
+        if watch is not None:
+            await watch.stop()
+        if watched is not None:
+            await watched.close()
+        await writer.close()
