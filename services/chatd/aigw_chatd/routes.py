@@ -280,8 +280,9 @@ class ChatRoutes:
                 snapshot["partial"].update(exact)  # the turn runs here: what it streamed so far, exactly
             elif exact is not None:
                 snapshot["partial"] = exact
-            # deltas queued since we subscribed may already be in the snapshot's partial text: skip that part
-            have = snapshot["partial"] if snapshot.get("partial") else None
+            # deltas queued since we subscribed may already be in the snapshot's partial text: skip that part;
+            # text the snapshot lacks (another replica's saved copy lags) is filled in from that copy
+            follow = _Continuation(self.d.store, chat["id"], snapshot.get("partial"))
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
             await resp.prepare(request)
@@ -297,11 +298,10 @@ class ChatRoutes:
                     if item is None:
                         break
                     event, data = item
-                    if event == "message_delta" and have is not None:
-                        rest = _after_snapshot(data, have)
-                        if rest is None:
-                            continue
-                        data = rest
+                    if event == "message_delta":
+                        for part in await follow.deltas(data):
+                            await _send(resp, event, part)
+                        continue
                     await _send(resp, event, data)
                     if event == "status" and data == b'{"status":"deleted"}':
                         break
@@ -317,21 +317,57 @@ class _Delta(msgspec.Struct):
     offset: int | None = None
 
 
-def _after_snapshot(data: bytes, have: dict[str, Any]) -> bytes | None:
-    """A delta trimmed of the text the snapshot's partial reply already held (None: all of it was)."""
-    try:
-        d = msgspec.json.decode(data, type=_Delta)
-    except msgspec.DecodeError:
-        return data
-    if d.offset is None or str(d.message_id) != str(have.get("message_id")):
-        return data
-    known = len(have.get("text") or "")
-    if d.offset + len(d.text) <= known:
-        return None
-    if d.offset >= known:
-        return data
-    cut = known - d.offset
-    return msgspec.json.encode({"message_id": d.message_id, "text": d.text[cut:], "offset": known})
+GAP_WAIT = 1.5  # how long a stream waits for the runner's saved copy to cover text it missed
+
+
+class _Continuation:
+    """Keeps one stream's assistant text contiguous: a delta it already has (in the snapshot) is trimmed,
+    and a gap — a delta starting past what it has, when the snapshot came from another replica's saved
+    copy — is filled from that copy (saved every 0.3 s) before the delta is sent."""
+
+    def __init__(self, store: Any, chat_id: uuid.UUID, partial: dict[str, Any] | None) -> None:
+        self.store, self.chat_id = store, chat_id
+        self.message_id = str(partial["message_id"]) if partial else None
+        self.known = len(partial.get("text") or "") if partial else 0
+
+    async def deltas(self, data: bytes) -> list[bytes]:
+        try:
+            d = msgspec.json.decode(data, type=_Delta)
+        except msgspec.DecodeError:
+            return [data]
+        if d.offset is None:
+            return [data]
+        if str(d.message_id) != self.message_id:  # a new reply (or a retry): start counting afresh
+            self.message_id, self.known = str(d.message_id), 0
+        out: list[bytes] = []
+        if d.offset > self.known:
+            gap = await self._saved(d.message_id, d.offset)
+            if gap is not None:
+                out.append(msgspec.json.encode({"message_id": d.message_id, "text": gap[self.known:d.offset],
+                                                "offset": self.known}))
+                self.known = d.offset
+        end = d.offset + len(d.text)
+        if end <= self.known:
+            return out
+        if d.offset < self.known:
+            out.append(msgspec.json.encode({"message_id": d.message_id, "text": d.text[self.known - d.offset:],
+                                            "offset": self.known}))
+        else:
+            out.append(data)
+        self.known = end
+        return out
+
+    async def _saved(self, message_id: uuid.UUID, upto: int) -> str | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GAP_WAIT
+        while True:
+            running, text = await self.store.saved_partial(self.chat_id, message_id)
+            if text is not None and len(text) >= upto:
+                return text
+            if not running or loop.time() >= deadline:  # ended: its final message carries the whole reply
+                log.warning("stream missed part of a reply it joined mid-turn", extra={"chat_id": str(self.chat_id)})
+                return None
+            await asyncio.sleep(0.1)
 
 
 async def _send(resp: web.StreamResponse, event: str, data: bytes) -> None:

@@ -255,6 +255,15 @@ class Store:
             "RETURNING id, runner", chat_id)
         return (row["id"], row["runner"]) if row is not None else None
 
+    async def saved_partial(self, chat_id: uuid.UUID, message_id: uuid.UUID) -> tuple[bool, str | None]:
+        """(still running, the runner's last saved copy of the reply being streamed, if it is that reply)."""
+        row = await self.pool.fetchrow(
+            "SELECT partial_message_id, partial_text FROM chatd.turns WHERE chat_id = $1 AND status = 'running'",
+            chat_id)
+        if row is None:
+            return False, None
+        return True, row["partial_text"] if row["partial_message_id"] == message_id else None
+
     async def save_partial(self, turn_id: uuid.UUID, runner: str, message_id: uuid.UUID, text: str) -> None:
         await self.pool.execute(
             "UPDATE chatd.turns SET partial_message_id = $3, partial_text = $4 "

@@ -131,3 +131,28 @@ async def test_summary_defaults_to_the_providers_small_model(world) -> None:  # 
     await world.eventually(lambda: any(not r.json().get("stream") for r in world.mock.requests))
     summary_req = next(r.json() for r in world.mock.requests if not r.json().get("stream"))
     assert summary_req["model"] == "gpt-4.1-nano"
+
+
+async def test_joining_mid_turn_on_another_replica_gets_contiguous_text(world) -> None:  # type: ignore[no-untyped-def]
+    """The snapshot comes from the runner's saved copy (it lags); the stream fills what it missed, in order."""
+    a = await world.start()
+    b = await world.start()
+    member, chat_id = await world.setup_chat(replica=a)
+    world.mock.play(SIMPLE, event_delay=0.08)
+    first = await world.sse(member, chat_id, replica=a)
+    await first.next()
+    await world.api(member, a).ok("POST", f"/api/experimental/chats/{chat_id}/messages", {"content": "go"},
+                                  status=202)
+    await first.until(lambda e, d: e == "message_delta" and d["offset"] > 20)
+    late = await world.sse(member, chat_id, replica=b)  # the turn runs on A
+    ev, snap = await late.next()
+    assert ev == "snapshot" and snap["status"] == "running"
+    rest = await late.until(world.turn_done)
+    await late.close()
+    await first.close()
+    final = next(d for e, d in rest if e == "message" and d["role"] == "assistant")
+    have = (snap["partial"] or {}).get("text", "")
+    offsets = [(d["offset"], len(d["text"])) for e, d in rest if e == "message_delta"]
+    assert offsets and offsets[0][0] == len(have)
+    assert all(o == prev_o + prev_n for (prev_o, prev_n), (o, _) in zip(offsets, offsets[1:]))  # contiguous
+    assert have + "".join(d["text"] for e, d in rest if e == "message_delta") == final["content"]
