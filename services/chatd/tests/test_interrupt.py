@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 
@@ -154,5 +155,5 @@ async def test_joining_mid_turn_on_another_replica_gets_contiguous_text(world) -
     have = (snap["partial"] or {}).get("text", "")
     offsets = [(d["offset"], len(d["text"])) for e, d in rest if e == "message_delta"]
     assert offsets and offsets[0][0] == len(have)
-    assert all(o == prev_o + prev_n for (prev_o, prev_n), (o, _) in zip(offsets, offsets[1:]))  # contiguous
+    assert all(o == prev_o + prev_n for (prev_o, prev_n), (o, _) in itertools.pairwise(offsets))  # contiguous
     assert have + "".join(d["text"] for e, d in rest if e == "message_delta") == final["content"]
