@@ -110,6 +110,7 @@ class Target:
     proxy_pids: list[int] = field(default_factory=list)
     system_pids: list[int] = field(default_factory=list)
     components: dict[str, list[int]] = field(default_factory=dict)  # name -> roots, for the breakdown
+    idle: dict[str, float] = field(default_factory=dict)  # name -> CPU s per wall s with no traffic (subtracted)
 
 
 async def drive(target: Target, scen: Scenario, token: str, seconds: float,
@@ -161,10 +162,21 @@ async def drive(target: Target, scen: Scenario, token: str, seconds: float,
         cpu = procs.tree_cpu(target.proxy_pids) - c0 if c0 is not None else None
         if settle is not None:
             await settle.wait()
-        system = procs.tree_cpu(target.system_pids) - s0 if s0 is not None else None
+        window = time.perf_counter() - t0  # the control plane's background work in it is not the requests'
+        background = sum(target.idle.values()) * window
+        system = max(0.0, procs.tree_cpu(target.system_pids) - s0 - background) if s0 is not None else None
         if parts is not None:
-            parts.update({k: procs.tree_cpu(v) - p0[k] for k, v in target.components.items()})
+            parts.update({k: max(0.0, procs.tree_cpu(v) - p0[k] - target.idle.get(k, 0.0) * window)
+                          for k, v in target.components.items()})
     return len(lat), errors, elapsed, lat, ttfb, cpu, system, first_error
+
+
+async def idle_rates(components: dict[str, list[int]], exclude: str, seconds: float = 3.0) -> dict[str, float]:
+    """CPU seconds per second each process spends with no traffic (timers, heartbeats, Postgres' own work)."""
+    await asyncio.sleep(1.0)  # let start-up work finish
+    c0 = {k: procs.tree_cpu(v) for k, v in components.items() if k != exclude}
+    await asyncio.sleep(seconds)
+    return {k: (procs.tree_cpu(components[k]) - c0[k]) / seconds for k in c0}
 
 
 class Settle:
@@ -256,13 +268,16 @@ async def main_async(args: argparse.Namespace) -> int:
             else:
                 notes.append("--profile: py-spy is not on PATH (uv pip install py-spy)")
         settle = Settle(system.budget_metrics_url)
+        idle = await idle_rates(system.components(), exclude="gateway")
+        notes.append("control plane at rest (subtracted from sys/req over each run's window): "
+                     + ", ".join(f"{k} {v * 1000:.1f}" for k, v in sorted(idle.items()) if v) + " CPU ms/s")
         for lat in args.latencies:
             targets = [
                 Target("direct", mocks[lat], mocks[lat]),
                 Target("bare", f"http://127.0.0.1:{bare_ports[lat]}", f"http://127.0.0.1:{bare_ports[lat]}",
                        [bares[lat].pid], [bares[lat].pid]),
                 Target("gateway", f"{system.gateway_url}/openai{lat}", f"{system.gateway_url}/anthropic{lat}",
-                       gw_pids, gw_pids + control, system.components()),
+                       gw_pids, gw_pids + control, system.components(), idle),
             ]
             for scen in scenarios:
                 for t in targets:
@@ -343,7 +358,8 @@ def print_report(results: list[Result], notes: list[str]) -> None:
     print()
     print("lat: upstream latency before the first byte (ms); p50/p99/ttfb in ms; cpu/req: CPU ms per request of the")
     print("proxy process(es); ctl/req: the rest of the system (control plane + usage pipeline); sys/req: CPU ms per request of the whole system (gateway, registry, keypool, budget,")
-    print("chatd, NATS, Postgres) until the usage is recorded; cpu x / sys x: against the bare proxy's cpu/req.")
+    print("chatd, NATS, Postgres) until the usage is recorded, less what they spend at rest over that window;")
+    print("cpu x / sys x: against the bare proxy's cpu/req.")
     for r in results:
         if r.parts:
             print(f"{r.scenario} @{r.latency_ms} ms, CPU ms/request by process: "
