@@ -106,7 +106,7 @@ class UsageConsumer:
                 await asyncio.sleep(wait)
             try:
                 msgs = await psub.fetch(self.batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own TimeoutError or, when its deadline is spent, asyncio's
                 continue
             if self.batch_handler is not None:
                 if len(msgs) < self.batch and self.linger > 0:
@@ -128,7 +128,13 @@ class UsageConsumer:
         await asyncio.sleep(self.linger)
         try:
             return list(await psub.fetch(n, timeout=self.linger))
-        except nats.errors.TimeoutError:
+        except TimeoutError:
+            # nats-py's own TimeoutError, or asyncio's when its short deadline is spent: nothing more came.
+            # (asyncio's is an OSError, which ``run`` would take for NATS trouble and re-subscribe — leaving the
+            # batch in hand unsettled until ack_wait.)
+            return []
+        except _NATS_ERRORS as e:  # the batch in hand is still processed and settled
+            log.warning("usage consumer: fetching more failed", extra={"error": repr(e)})
             return []
 
     async def handle(self, m: Msg) -> str:

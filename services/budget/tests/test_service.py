@@ -177,3 +177,20 @@ async def test_a_request_record_is_applied_whole_and_a_bad_event_in_it_alone_is_
     assert await count(database_url, "SELECT count(*) FROM prompts WHERE interception_id = 'rec-1'") == 0
     info = await bus.js.consumer_info(bus.subjects.usage_stream, consumer.durable)
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_spent_fetch_deadline_is_no_nats_trouble(budget) -> None:  # type: ignore[no-untyped-def]
+    """nats-py's fetch raises asyncio's TimeoutError (an OSError, not its own) when a short deadline is spent;
+    the batch in hand must still be processed, not dropped for a re-subscribe (it would wait out ack_wait)."""
+    consumer = budget.svc.consumer
+
+    class SpentDeadline:
+        async def fetch(self, n: int, timeout: float) -> list[object]:
+            raise TimeoutError
+
+    class Gone:
+        async def fetch(self, n: int, timeout: float) -> list[object]:
+            raise OSError("connection reset")
+
+    assert await consumer._more(SpentDeadline(), 10) == []
+    assert await consumer._more(Gone(), 10) == []
