@@ -59,6 +59,8 @@ from .store import KeyStore, Rule
 
 log = logging.getLogger(__name__)
 
+MARKS_RETRY_MAX = 1.0  # the key-marks consumer re-subscribes at least this often while it fails
+
 STATES = ("valid", "cooling", "revoked")
 FETCH_BATCH = 64
 TICK = 1.0  # the expiry loop wakes at least this often
@@ -202,7 +204,9 @@ class KeyPoolService:
                 self.consuming = False
                 log.warning("key-marks consumer failed; retrying", extra={"error": str(e), "retry_in": delay})
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # at most a second: after a NATS node or stream leader comes back, marks must flow again
+                # within the second the fleet promises (a consumer-create call a second is cheap)
+                delay = min(delay * 2, MARKS_RETRY_MAX)
 
     async def _handle_mark(self, m: Msg) -> None:
         try:
