@@ -61,28 +61,31 @@ async def test_two_workers_share_the_port_restart_and_drain(start_system, tmp_pa
     s: System = await start_system(services=SERVICES)
     m = await s.member("workers")
     gw = await ServiceProcess("gateway", {**s.env, "AIGW_GATEWAY_WORKERS": "2"}, tmp_path / "gw.log").start()
-    await eventually(lambda: len(children(gw.pid)) == 2, 30, "two worker processes")
-    first = children(gw.pid)
-    await eventually(lambda: listeners(gw.port) == 2, 60, "both workers listening on the one port")
+    try:
+        await eventually(lambda: len(children(gw.pid)) == 2, 30, "two worker processes")
+        first = children(gw.pid)
+        await eventually(lambda: listeners(gw.port) == 2, 60, "both workers listening on the one port")
 
-    # both workers are ready and serve: every request answered, usage from two distinct gateway ids
-    await eventually(lambda: all_ok(gw.url, m.token, 4), 30, "both workers serving")
-    assert await burst(gw.url, m.token, 40) == [200] * 40
-    await eventually(lambda: len({e.gateway_id for e in s.usage.started()}) == 2, 15,
-                     "usage from both workers (distinct lease holders)")
+        # both workers are ready and serve: every request answered, usage from two distinct gateway ids
+        await eventually(lambda: all_ok(gw.url, m.token, 4), 30, "both workers serving")
+        assert await burst(gw.url, m.token, 40) == [200] * 40
+        await eventually(lambda: len({e.gateway_id for e in s.usage.started()}) == 2, 15,
+                         "usage from both workers (distinct lease holders)")
 
-    # a worker killed with SIGKILL is replaced, and the port keeps serving meanwhile
-    victim = min(first)
-    os.kill(victim, signal.SIGKILL)
-    await eventually(lambda: len(children(gw.pid) - first) == 1 and len(children(gw.pid)) == 2, 30,
-                     "the dead worker replaced")
-    await eventually(lambda: listeners(gw.port) == 2, 60, "the new worker listening")
-    await eventually(lambda: all_ok(gw.url, m.token, 10), 30, "serving after the restart")
+        # a worker killed with SIGKILL is replaced, and the port keeps serving meanwhile
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        await eventually(lambda: len(children(gw.pid) - first) == 1 and len(children(gw.pid)) == 2, 30,
+                         "the dead worker replaced")
+        await eventually(lambda: listeners(gw.port) == 2, 60, "the new worker listening")
+        await eventually(lambda: all_ok(gw.url, m.token, 10), 30, "serving after the restart")
 
-    # SIGTERM drains every worker and the supervisor exits cleanly
-    workers = children(gw.pid)
-    assert await gw.stop(within=60) == 0
-    assert all(_state(p) in ("gone", "Z") for p in workers)
+        # SIGTERM drains every worker and the supervisor exits cleanly
+        workers = children(gw.pid)
+        assert await gw.stop(within=60) == 0
+        assert all(_state(p) in ("gone", "Z") for p in workers)
+    finally:  # a failed run must not leave the supervisor and its workers behind
+        await gw.kill()
 
 
 def _state(pid: int) -> str:
