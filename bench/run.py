@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,17 +38,13 @@ from pathlib import Path
 
 import aiohttp
 
+from aigw_common.embedded import free_port
+
 from . import procs
 from .system import BenchSystem
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"openai": "gpt-4.1", "anthropic": "claude-sonnet-4-5"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

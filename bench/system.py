@@ -22,21 +22,13 @@ from typing import Any
 import aiohttp
 
 from aigw_common.dev import DevStack
-from aigw_common.embedded import stop_process
+from aigw_common.embedded import free_port, stop_process
 from aigw_common.settings import Settings
 
 from .procs import tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_PORTS = ("gateway", "registry", "keypool", "budget", "chatd", "console")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _known(var: str, env: dict[str, str], value: str = "true") -> bool:
@@ -69,7 +61,7 @@ class BenchSystem:
     async def start(self, mocks: dict[int, str]) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIGW_")}
         for s in SERVICE_PORTS:
-            port = _free_port()
+            port = free_port()
             env[f"AIGW_{s.upper()}_ADDR"] = f"127.0.0.1:{port}"
             self.urls[s] = f"http://127.0.0.1:{port}"
         env.update({"AIGW_LOG_LEVEL": "WARNING", "AIGW_LOG_FORMAT": "json"})
@@ -158,7 +150,7 @@ class BenchSystem:
     async def extra_gateway(self, workers: int, lat: int) -> tuple[str, list[int]]:
         """A second gateway on the same system with ``workers`` worker processes; (URL, its pids)."""
         assert self.stack is not None
-        port = _free_port()
+        port = free_port()
         env = {**self.stack.child_env("gateway"), "AIGW_GATEWAY_ADDR": f"127.0.0.1:{port}",
                "AIGW_DATA_DIR": str(self.tmp / f"gw-extra-{workers}")}
         if workers != 1:
