@@ -26,19 +26,23 @@ async def post_chat(s: aiohttp.ClientSession, url: str, token: str, stream: bool
         return r.status
 
 
-async def stream_events(bus: Bus) -> list[AnyUsageEvent]:
-    """Everything in the usage stream (what the budget service will consume)."""
-    js = bus.js
-    sub = await js.pull_subscribe(bus.subjects.usage_all, stream=bus.subjects.usage_stream)
-    out: list[AnyUsageEvent] = []
+async def raw_stream(bus: Bus) -> list[tuple[str, bytes]]:
+    """(subject, payload) of every message in this test's usage stream."""
+    sub = await bus.js.pull_subscribe(bus.subjects.usage_all, stream=bus.subjects.usage_stream)
+    out: list[tuple[str, bytes]] = []
     with contextlib.suppress(TimeoutError):
         while True:
             msgs = await sub.fetch(200, timeout=0.5)
-            out.extend(ev for m in msgs for ev in usage_events(m.data))
+            out.extend((m.subject, m.data) for m in msgs)
             for m in msgs:
                 await m.ack()
     await sub.unsubscribe()
     return out
+
+
+async def stream_events(bus: Bus) -> list[AnyUsageEvent]:
+    """Everything in the usage stream (what the budget service will consume)."""
+    return [ev for _, data in await raw_stream(bus) for ev in usage_events(data)]
 
 
 async def test_hot_swap_under_load_loses_no_request(gw):

@@ -17,24 +17,7 @@ from aigw_gateway.spool import Spool
 from aigw_testing.wait import eventually
 
 from .test_recording_sizes import _chat, _gateway
-
-
-async def raw_stream(bus: Bus) -> list[tuple[str, bytes]]:
-    """(subject, payload) of every message in this test's usage stream."""
-    s = bus.subjects
-    sub = await bus.js.pull_subscribe(s.usage_all, stream=s.usage_stream)
-    out: list[tuple[str, bytes]] = []
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(100, timeout=0.5)
-            except TimeoutError:
-                return out
-            for m in msgs:
-                out.append((m.subject, m.data))
-                await m.ack()
-    finally:
-        await sub.unsubscribe()
+from .test_resilience import raw_stream
 
 
 def test_record_payload_is_the_struct_encoding() -> None:
