@@ -1,9 +1,9 @@
 """The JetStream side of recording: a durable pull consumer on ``AIGW_USAGE``.
 
-Only transport lives here: fetch, decode, hand the events to a handler, then
-ack / nak / term each by what happened. The handlers (:class:`~aigw_budget.recorder.Recorder`
-for one event, :class:`~aigw_budget.batch.BatchRecorder` for a fetched batch in one
-transaction — the normal path) are tested on their own, without a broker.
+Only transport lives here: fetch a batch, decode it, hand all its events to the
+handler in one call (:class:`~aigw_budget.batch.BatchRecorder`: one transaction,
+tested on its own without a broker), then ack / nak / term each message by what
+happened to its events.
 
 - decoded and applied (or a duplicate) → ack, after the commit: a crash in
   between redelivers, and the event id makes the redelivery a no-op;
@@ -35,7 +35,6 @@ from aigw_common.usage_wire import usage_events
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Any], Awaitable[object]]
 # events in → per event, what applying it gave (an object with ``duplicate``) or the AigwError that refused it
 BatchHandler = Callable[[list[Any]], Awaitable[Sequence[object]]]
 
@@ -48,17 +47,15 @@ _NATS_ERRORS = (
 
 class UsageConsumer:
     def __init__(
-        self, bus: Bus, handler: Handler, registry: CollectorRegistry, *, durable: str = "budget_usage",
-        batch: int = 256, concurrency: int = 8, ack_wait: float = 30.0, min_delay: float = 1.0, max_delay: float = 10.0,
-        batch_handler: BatchHandler | None = None, linger: float = 0.05,
+        self, bus: Bus, handler: BatchHandler, registry: CollectorRegistry, *, durable: str = "budget_usage",
+        batch: int = 256, ack_wait: float = 30.0, min_delay: float = 1.0, max_delay: float = 10.0,
+        linger: float = 0.05,
     ) -> None:
         self.bus = bus
         self.handler = handler
-        self.batch_handler = batch_handler
         self.linger = linger  # a short batch waits this long for more (recording latency, not admission's)
         self.durable = bus.subjects.durable(durable)
         self.batch = batch
-        self.concurrency = concurrency
         self.ack_wait = ack_wait
         self.min_delay = min_delay
         self.max_delay = max_delay
@@ -99,7 +96,6 @@ class UsageConsumer:
 
     async def _loop(self, psub: Any) -> None:
         loop = asyncio.get_running_loop()
-        sem = asyncio.Semaphore(self.concurrency)
         while True:
             wait = self._pause_until - loop.time()
             if wait > 0:
@@ -108,19 +104,9 @@ class UsageConsumer:
                 msgs = await psub.fetch(self.batch, timeout=1.0)
             except TimeoutError:  # nats-py raises its own TimeoutError or, when its deadline is spent, asyncio's
                 continue
-            if self.batch_handler is not None:
-                if len(msgs) < self.batch and self.linger > 0:
-                    msgs += await self._more(psub, self.batch - len(msgs))
-                await self.handle_batch(msgs)
-                continue
-
-            async def one(m: Msg) -> None:
-                async with sem:
-                    # continue the gateway request's trace (its context rides in the NATS headers)
-                    with tracing.consumer_span("budget usage", m.headers, m.subject):
-                        await self.handle(m)
-
-            await asyncio.gather(*(one(m) for m in msgs), return_exceptions=True)
+            if len(msgs) < self.batch and self.linger > 0:
+                msgs += await self._more(psub, self.batch - len(msgs))
+            await self.handle_batch(msgs)
 
     async def _more(self, psub: Any, n: int) -> list[Msg]:
         """What arrives within ``linger`` of a short batch: at a low rate a batch would otherwise be one
@@ -137,34 +123,6 @@ class UsageConsumer:
             log.warning("usage consumer: fetching more failed", extra={"error": repr(e)})
             return []
 
-    async def handle(self, m: Msg) -> str:
-        """Process one message (an event or a request's record) and settle it; returns the outcome."""
-        try:
-            events = usage_events(m.data)
-        except DecodeError as e:
-            log.error("malformed usage message terminated", extra={"subject": m.subject, "error": str(e)})
-            return await self._settle(m, "malformed", m.term())
-        if self._pause_until > asyncio.get_running_loop().time():
-            # the database was unreachable a moment ago: do not pile this one on it
-            return await self._settle(m, "deferred", m.nak(delay=self._delay))
-        results: list[object] = []
-        for ev in events:
-            try:
-                results.append(await self.handler(ev))
-            except AigwError as e:
-                if e.retryable:
-                    delay = self._backoff()
-                    log.warning("usage event deferred", extra={"event_id": ev.event_id, "error": e.message,
-                                                               "retry_in": delay})
-                    return await self._settle(m, "retry", m.nak(delay=delay))
-                results.append(e)
-            except Exception:
-                # a bug, not the event's fault: keep the message (redelivered later) and keep consuming
-                log.exception("usage event handler failed; redelivering later", extra={"event_id": ev.event_id})
-                return await self._settle(m, "failed", m.nak(delay=self.max_delay * 3))
-        self._delay = self.min_delay
-        return await self._settle_applied(m, events, results)
-
     async def handle_batch(self, msgs: list[Msg]) -> list[str]:
         """Process a fetched batch with one call of the batch handler, then settle each message by its outcome."""
         per_msg: list[tuple[Msg, list[Any]]] = []
@@ -177,7 +135,6 @@ class UsageConsumer:
                 out.append(await self._settle(m, "malformed", m.term()))
         if not per_msg:
             return out
-        assert self.batch_handler is not None
         if self._pause_until > asyncio.get_running_loop().time():
             return out + [await self._settle(m, "deferred", m.nak(delay=self._delay)) for m, _ in per_msg]
         events = [ev for _, evs in per_msg for ev in evs]
@@ -185,7 +142,7 @@ class UsageConsumer:
             for m, _ in per_msg:
                 spans.enter_context(tracing.consumer_span("budget usage", m.headers, m.subject))
             try:
-                outcomes = await self.batch_handler(events)
+                outcomes = await self.handler(events)
             except AigwError as e:
                 if not e.retryable:  # the handler reports refused data per event; this is a bug
                     raise

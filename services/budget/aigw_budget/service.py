@@ -63,7 +63,7 @@ class BudgetService:
         self.limits = LimitStore(pool, self.directory)
         self.recorder = Recorder(pool, self.prices)
         self.batches = BatchRecorder(self.recorder)
-        self.consumer = UsageConsumer(bus, self.record, registry, batch_handler=self.record_batch)
+        self.consumer = UsageConsumer(bus, self.record_batch, registry)
         self.retention_deleted = Counter(
             "aigw_budget_retention_deleted_total", "Interceptions deleted by retention", registry=registry
         )
@@ -103,15 +103,8 @@ class BudgetService:
 
     # ------------------------------------------------------------ recording
 
-    async def record(self, ev: AnyUsageEvent) -> Applied:
-        applied = await self.recorder.apply(ev)
-        if applied.unpriced:
-            self.unpriced.inc()
-        if applied.budgets:
-            self.mark_dirty(applied.budgets)
-        return applied
-
     async def record_batch(self, events: list[AnyUsageEvent]) -> list[Applied | AigwError]:
+        """What the usage consumer hands over: a fetched batch, applied in one transaction."""
         res = await self.batches.apply_batch(events)
         if res.unpriced:
             self.unpriced.inc(res.unpriced)

@@ -12,7 +12,7 @@ from aigw_common.schemas import ToolUsage
 
 async def record(budget, ev, events) -> None:  # type: ignore[no-untyped-def]
     for e in events:
-        await budget.svc.record(e)
+        await budget.svc.record_batch([e])
 
 
 async def test_budget_crud_roles_and_audit(budget, database_url: str) -> None:  # type: ignore[no-untyped-def]
