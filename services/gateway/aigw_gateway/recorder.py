@@ -143,8 +143,7 @@ class Recorder:
 
     def emit(self, event: UsageEvent) -> None:
         """Size ``event`` (policy, then max_payload) and queue it; never raises, never waits."""
-        if (sized := self._sized(event)) is not None:
-            self._enqueue(self.bus.subjects.usage(_KIND[type(sized[0])]), sized[0].event_id, sized[1])
+        self.emit_group([event])
 
     def emit_group(self, events: list[UsageEvent]) -> None:
         """Queue the events of one request as one :class:`UsageRecord` message (one publish, one stream
