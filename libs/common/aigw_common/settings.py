@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from . import netguard
 from .durations import parse_duration
 from .errors import ConfigError
+from .llm import ANTHROPIC_BASE_URL, OPENAI_BASE_URL, bedrock_runtime_url, capabilities
 from .logging import mask_url
 from .signing import DEFAULT_MAX_AGE, PRODUCERS, check_private_key, parse_verify_keys
 
@@ -32,12 +33,6 @@ DEFAULT_PORTS = {"gateway": 8080, "registry": 8081, "keypool": 8082, "budget": 8
 CONSOLE_UPSTREAMS = ("registry", "keypool", "budget", "chatd")
 PROVIDER_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 RESERVED_PROVIDER_NAMES = frozenset({"api", "healthz", "readyz", "metrics"})
-
-# Provider types the services know how to serve; an env provider of another type is skipped with a warning.
-PROVIDER_TYPES = ("openai", "anthropic", "bedrock", "copilot", "openai-compat", "azure", "openrouter")
-
-DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
 # Which service holds which secret (docs/security.md has the matrix). "AIGW_PROVIDER_*" stands for every
 # provider seed variable (legacy AIGW_OPENAI_KEY … and AIGW_PROVIDER_<N>_*): their keys are the registry's.
@@ -422,7 +417,7 @@ def _legacy_providers(env: Mapping[str, str]) -> list[ProviderSeed]:
                 name="openai",
                 type="openai",
                 display_name="OpenAI",
-                base_url=_url("AIGW_OPENAI_BASE_URL", env.get("AIGW_OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL),
+                base_url=_url("AIGW_OPENAI_BASE_URL", env.get("AIGW_OPENAI_BASE_URL") or OPENAI_BASE_URL),
                 keys=_keys(env.get("AIGW_OPENAI_KEY")),
             )
         )
@@ -434,7 +429,7 @@ def _legacy_providers(env: Mapping[str, str]) -> list[ProviderSeed]:
                 type="anthropic",
                 display_name="Anthropic",
                 base_url=_url(
-                    "AIGW_ANTHROPIC_BASE_URL", env.get("AIGW_ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_BASE_URL
+                    "AIGW_ANTHROPIC_BASE_URL", env.get("AIGW_ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL
                 ),
                 keys=_keys(env.get("AIGW_ANTHROPIC_KEY")),
             )
@@ -450,7 +445,7 @@ def _legacy_providers(env: Mapping[str, str]) -> list[ProviderSeed]:
                 name="bedrock",
                 type="bedrock",
                 display_name="AWS Bedrock",
-                base_url=_url("AIGW_BEDROCK_BASE_URL", base or f"https://bedrock-runtime.{region}.amazonaws.com"),
+                base_url=_url("AIGW_BEDROCK_BASE_URL", base or bedrock_runtime_url(region)),
                 settings=_bedrock_settings(env, "AIGW_BEDROCK_"),
             )
         )
@@ -479,8 +474,8 @@ def _indexed_providers(env: Mapping[str, str], skipped: list[SkippedSeed]) -> li
         ptype = (f.get("TYPE") or "").strip().lower()
         if not ptype:
             raise ConfigError(f"{prefix}TYPE is required when other {prefix}* variables are set")
-        if ptype not in PROVIDER_TYPES:
-            # checked before any other field: a type we cannot serve is skipped whatever else is set
+        if (cap := capabilities(ptype)) is None:
+            # checked before any other field: a type no service serves (aigw_common.llm) is skipped with a warning
             skipped.append(SkippedSeed(prefix + "TYPE", ptype))
             continue
         name = _provider_name(prefix + "NAME", f.get("NAME") or ptype)
@@ -488,14 +483,14 @@ def _indexed_providers(env: Mapping[str, str], skipped: list[SkippedSeed]) -> li
         settings: dict[str, str] = {}
         if ptype == "bedrock":
             settings = _bedrock_settings(env, prefix)
-            region = settings.get("region")
+            region = settings.get("region", "")
             if not base and not region:
                 raise ConfigError(f"{prefix}REGION or {prefix}BASE_URL is required for a bedrock provider")
-            base = base or f"https://bedrock-runtime.{region}.amazonaws.com"
+            base = base or bedrock_runtime_url(region)
         elif ptype == "azure" and f.get("API_VERSION"):
             settings = {"api_version": f["API_VERSION"].strip()}
         if not base:
-            base = {"openai": DEFAULT_OPENAI_BASE_URL, "anthropic": DEFAULT_ANTHROPIC_BASE_URL}.get(ptype, "")
+            base = cap.default_base_url or ""
         if not base:
             raise ConfigError(f"{prefix}BASE_URL is required for a provider of type {ptype!r}")
         keys = _keys(f.get("KEYS")) + _keys(f.get("KEY"))

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from aigw_common.settings import PROVIDER_TYPES
+from aigw_common.llm import PROVIDER_TYPES
 
 DateTime = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
 

@@ -20,6 +20,7 @@ from aigw_common.auth import same_token
 from aigw_common.bus import Bus
 from aigw_common.db import in_transaction
 from aigw_common.errors import CryptoError
+from aigw_common.llm import PROVIDER_TYPES
 from aigw_common.metrics import CollectorRegistry, Counter, Gauge
 from aigw_common.schemas import (
     AuditAck,
@@ -35,7 +36,6 @@ from aigw_common.schemas import (
     SnapshotRequest,
     UserProviderKey,
 )
-from aigw_common.settings import PROVIDER_TYPES
 
 from .core import Actor, Registry, audit
 from .directory import lookup

@@ -29,7 +29,8 @@ import msgspec
 from aigw_common.auth import ROLE_OWNER, SCOPE_ADMIN
 from aigw_common.crypto import hash_token
 from aigw_common.errors import ConfigError
-from aigw_common.settings import PROVIDER_TYPES, ProviderSeed
+from aigw_common.llm import PROVIDER_TYPES
+from aigw_common.settings import ProviderSeed
 
 from . import validate as v
 from .core import SEED_LOCK, SYSTEM, Registry

@@ -19,7 +19,8 @@ from aigw_common.api import ApiError, Validation
 from aigw_common.auth import ROLES
 from aigw_common.crypto import mask_secret
 from aigw_common.durations import parse_duration
-from aigw_common.settings import PROVIDER_NAME_RE, PROVIDER_TYPES, RESERVED_PROVIDER_NAMES
+from aigw_common.llm import PROVIDER_TYPES
+from aigw_common.settings import PROVIDER_NAME_RE, RESERVED_PROVIDER_NAMES
 
 T = TypeVar("T")
 
