@@ -36,9 +36,9 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter
 
 from . import tracing
-from .aio import stop_task
-from .errors import BusError, ConfigError, DecodeError, PayloadTooLarge
-from .schemas import Message, SignedEntry
+from .aio import stop_task, wait_event
+from .errors import AigwError, BusError, ConfigError, DecodeError, PayloadTooLarge, RemoteError
+from .schemas import BusErrorReply, Message, SignedEntry
 from .signing import HEADER as SIG_HEADER
 from .signing import PRODUCERS, Rejected, Signer, Verifier
 
@@ -75,6 +75,28 @@ def decode(data: bytes, t: Any) -> Any:
         return decoder_for(t).decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise DecodeError(f"cannot decode {getattr(t, '__name__', t)}: {e}") from e
+
+
+def _or_error(t: Any) -> Any:
+    """What a reply to a request expecting ``t`` may be: ``t`` or the responder's error reply."""
+    return t | BusErrorReply if isinstance(t, type) and issubclass(t, Message) else t
+
+
+ERROR_MESSAGE_MAX = 300  # characters of an error reply's message: a reason, not a dump
+
+
+def error_reply(e: BaseException) -> BusErrorReply:
+    """The error reply for a handler that raised ``e``: an :class:`AigwError` says what it says (its text is
+    written for callers) and whether to retry; anything else is a bug whose details stay in the responder's
+    log, so the caller hears only "internal error" (retryable: another replica, or a later try, may work)."""
+    if isinstance(e, AigwError):
+        return BusErrorReply(code="unavailable" if e.retryable else "refused",
+                             message=e.message[:ERROR_MESSAGE_MAX], retryable=e.retryable)
+    return BusErrorReply(code="internal", message="internal error", retryable=True)
+
+
+def _raise_remote(subject: str, err: BusErrorReply) -> None:
+    raise RemoteError(f"{subject}: {err.code}: {err.message}", code=err.code, retryable=err.retryable)
 
 
 def _token(prefix: str) -> str:
@@ -217,29 +239,37 @@ class BusAuth:
 
     def sign(self, t: Any, subject: str, context: str, payload: bytes, headers: dict[str, str] | None) -> dict[str, str] | None:
         """Headers with this message's signature added when its type requires one."""
-        who = _signed_by(t)
+        return self.sign_as(_signed_by(t), getattr(t, "__name__", str(t)), subject, context, payload, headers)
+
+    def sign_as(self, who: str, kind: str, subject: str, context: str, payload: bytes,
+                headers: dict[str, str] | None) -> dict[str, str] | None:
+        """Headers with ``who``'s signature added (unchanged when ``who`` is empty: nothing to prove)."""
         if not who:
             return headers
         signer = self.signers.get(who)
         if signer is None:
-            raise BusError(f"cannot publish {getattr(t, '__name__', t)}: only {who} may sign it", retryable=False)
+            raise BusError(f"cannot publish {kind}: only {who} may sign it", retryable=False)
         h = dict(headers) if headers else {}
         h[SIG_HEADER] = signer.header(subject, context, payload)
         return h
 
     def accept(self, obj: Any, headers: dict[str, str] | None, subject: str, context: str, payload: bytes) -> bool:
         """True when ``obj`` needs no proof or carries a valid one; otherwise count, log once, and refuse."""
-        who = _signed_by(type(obj))
+        return self.accept_from(_signed_by(type(obj)), type(obj), headers, subject, context, payload)
+
+    def accept_from(self, who: str, t: Any, headers: dict[str, str] | None, subject: str, context: str,
+                    payload: bytes) -> bool:
+        """True when ``who`` is empty (no proof needed) or signed this payload; otherwise count, log once, refuse."""
         if not who:
             return True
         try:
             self.verifier.check_header(who, (headers or {}).get(SIG_HEADER), subject, context, payload)
         except Rejected as r:
-            self.refused(type(obj), r, subject)
+            self.refused(t, r, subject, who)
             return False
         return True
 
-    def refused(self, t: Any, r: Rejected, subject: str) -> None:
+    def refused(self, t: Any, r: Rejected, subject: str, expected: str = "") -> None:
         kind = getattr(t, "__name__", str(t))
         self.rejected.labels(kind, r.claimed or "none", r.reason).inc()
         key = (kind, r.claimed, r.reason)
@@ -247,7 +277,7 @@ class BusAuth:
             self._logged.add(key)
             log.warning("dropping bus message that failed the proof-of-sender check (logged once per sender)",
                         extra={"kind": kind, "subject": subject, "claimed_sender": r.claimed or "none",
-                               "reason": r.reason, "expected_sender": _signed_by(t)})
+                               "reason": r.reason, "expected_sender": expected or _signed_by(t)})
 
     def seal_entry(self, subject: str, msg: msgspec.Struct) -> bytes:
         """A stored value (KV) for ``msg``, signed over ``subject`` (bucket.key) without expiry."""
@@ -323,11 +353,7 @@ class Bus:
         return nc.max_payload if nc is not None else DEFAULT_MAX_PAYLOAD
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._connected, timeout)
 
     def on_connect(self, cb: Callable[[], Awaitable[None]]) -> None:
         """Run ``cb`` after the first successful connect (and at once if already connected)."""
@@ -476,7 +502,7 @@ class Bus:
                     return await self._signed_request(nc, subject, data, reply_type, timeout, h)
                 return await self._request_once(nc, subject, data, reply_type, timeout, h)
             except BusError as e:
-                if attempt == attempts:
+                if attempt == attempts or not e.retryable:
                     raise
                 log.info("bus request unanswered; asking again", extra={"subject": subject, "error": e.message})
                 await asyncio.sleep(retry_delay)
@@ -493,15 +519,20 @@ class Bus:
             raise BusError(f"request on {subject} timed out after {timeout}s") from e
         except ConnectionClosedError as e:
             raise BusError(f"request on {subject}: connection closed") from e
-        return decode(reply.data, reply_type)
+        obj = decode(reply.data, _or_error(reply_type))
+        if isinstance(obj, BusErrorReply) and reply_type is not BusErrorReply:
+            _raise_remote(subject, obj)
+        return obj
 
     async def _signed_request(self, nc: NatsClient, subject: str, data: bytes, reply_type: Any, timeout: float,
                               headers: dict[str, str] | None) -> Any:
         """A request whose reply must carry its producer's signature over (inbox, request subject).
 
         Replies that fail the check are dropped and the wait goes on, so a rogue responder that answers
-        first neither wins nor denies service: the real producer's reply is still taken.
+        first neither wins nor denies service: the real producer's reply is still taken. An error reply
+        must carry the same producer's signature to end the wait.
         """
+        who = _signed_by(reply_type)
         inbox = nc.new_inbox()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -527,12 +558,15 @@ class Bus:
                 if not m.data and m.headers and m.headers.get("Status") == "503":
                     raise BusError(f"no responder on {subject}")
                 try:
-                    obj = decode(m.data, reply_type)
+                    obj = decode(m.data, _or_error(reply_type))
                 except DecodeError as e:
                     log.warning("dropping undecodable reply", extra={"subject": subject, "error": str(e)})
                     continue
-                if self.auth.accept(obj, m.headers, m.subject, subject, m.data):
-                    return obj
+                if not self.auth.accept_from(who, type(obj), m.headers, m.subject, subject, m.data):
+                    continue
+                if isinstance(obj, BusErrorReply):
+                    _raise_remote(subject, obj)
+                return obj
         finally:
             with contextlib.suppress(ConnectionClosedError, nats.errors.BadSubscriptionError):
                 await sub.unsubscribe()
@@ -568,30 +602,51 @@ class Bus:
     async def _apply(self, sub: _Sub) -> None:
         assert self.nc is not None
 
+        # an error reply is signed as the service that answers this request type (see BusErrorReply)
+        answerer = getattr(sub.msg_type, "answered_by", "")
+
         async def cb(m: Msg) -> None:
             try:
                 obj = m.data if sub.msg_type is bytes else decode(m.data, sub.msg_type)
             except DecodeError as e:
                 log.warning("dropping undecodable message", extra={"subject": m.subject, "error": str(e)})
+                if m.reply:  # a request: say so rather than leave the caller waiting
+                    await self._reply(m, BusErrorReply(code="bad_request", message=str(e)[:ERROR_MESSAGE_MAX],
+                                                       retryable=e.retryable), answerer)
                 return
             if not self.auth.accept(obj, m.headers, m.subject, "", m.data):
                 return
             try:
                 reply = await sub.handler(obj, m)
-            except Exception:
-                log.exception("bus handler failed", extra={"subject": m.subject})
+            except Exception as e:
+                if isinstance(e, AigwError):
+                    log.warning("bus handler failed", extra={"subject": m.subject, "error": e.message,
+                                                             "retryable": e.retryable})
+                else:
+                    log.exception("bus handler failed", extra={"subject": m.subject})
+                if m.reply:
+                    await self._reply(m, error_reply(e), answerer)
                 return
             if reply is not None and m.reply:
-                data = encode(reply)
-                try:
-                    h = self.auth.sign(type(reply), m.reply, m.subject, data, None)
-                    await self.nc.publish(m.reply, data, headers=h)  # type: ignore[union-attr]  # connected: a message came in
-                except BusError as e:
-                    log.error("cannot sign reply", extra={"subject": m.subject, "error": str(e)})
-                except (ConnectionClosedError, OutboundBufferLimitError) as e:
-                    log.warning("could not send reply", extra={"subject": m.subject, "error": str(e)})
+                await self._reply(m, reply, _signed_by(type(reply)))
 
         sub.nats_sub = await self.nc.subscribe(sub.subject, queue=sub.queue, cb=cb)
+
+    async def _reply(self, m: Msg, reply: msgspec.Struct, who: str) -> None:
+        """Answer ``m`` with ``reply`` signed as ``who`` over (inbox, request subject). An error reply that
+        cannot be signed goes out unsigned: a caller that needs the proof drops it and times out as before."""
+        data = encode(reply)
+        try:
+            h = self.auth.sign_as(who, type(reply).__name__, m.reply, m.subject, data, None)
+        except BusError as e:
+            if not isinstance(reply, BusErrorReply):
+                log.error("cannot sign reply", extra={"subject": m.subject, "error": str(e)})
+                return
+            h = None
+        try:
+            await self._require().publish(m.reply, data, headers=h)
+        except (BusError, ConnectionClosedError, OutboundBufferLimitError) as e:
+            log.warning("could not send reply", extra={"subject": m.subject, "error": str(e)})
 
     # ------------------------------------------------------------ JetStream
 

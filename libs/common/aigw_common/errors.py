@@ -30,6 +30,18 @@ class BusError(AigwError):
     retryable = True
 
 
+class RemoteError(BusError):
+    """The responder answered a request with an error (a ``bus.error`` reply) instead of the reply asked for.
+
+    ``code`` is the responder's classification (``unavailable``, ``refused``, ``bad_request``,
+    ``internal``); ``retryable`` is what the responder said about asking again.
+    """
+
+    def __init__(self, message: str, *, code: str, retryable: bool) -> None:
+        super().__init__(message, retryable=retryable)
+        self.code = code
+
+
 class PayloadTooLarge(BusError):
     """A message is larger than the NATS server's ``max_payload``: sending it again will never work."""
 

@@ -28,7 +28,7 @@ from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from .aio import wait_event
+from .aio import stop_task, wait_event
 from .bus import Bus
 from .errors import BusError, DecodeError
 from .schemas import KeyState, KeyStateName
@@ -204,9 +204,7 @@ class KeyStateWatch:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task, name="key-state-watch")
             self._task = None
 
     async def _run(self) -> None:

@@ -23,6 +23,20 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=T
 
     v: int = 1
     signed_by: ClassVar[str] = ""
+    # For a request type: the service that answers it. An error reply to it (``bus.error``) is signed as that
+    # service, so a caller accepts one only from where the real reply would come.
+    answered_by: ClassVar[str] = ""
+
+
+class BusErrorReply(Message, frozen=True, kw_only=True, tag="bus.error"):
+    """A responder's answer when it cannot give the reply asked for (its handler failed, or the request
+    could not be read): the caller raises :class:`~aigw_common.errors.RemoteError` at once instead of
+    waiting out its timeout. ``message`` never carries internals (an unexpected failure says "internal
+    error"; the responder logs the cause). Signed as the request type's ``answered_by``."""
+
+    code: str  # unavailable (retryable) | refused (not retryable) | bad_request | internal
+    message: str
+    retryable: bool
 
 
 # --------------------------------------------------------------------- registry
@@ -55,6 +69,7 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SnapshotRequest(Message, frozen=True, kw_only=True, tag="registry.snapshot.request"):
+    answered_by: ClassVar[str] = "registry"
     known_revision: int | None = None
 
 
@@ -65,6 +80,7 @@ class RegistrySnapshot(Message, frozen=True, kw_only=True, tag="registry.snapsho
 
 
 class AuthVerifyRequest(Message, frozen=True, kw_only=True, tag="auth.verify.request"):
+    answered_by: ClassVar[str] = "registry"
     token_hash: str
 
 
@@ -100,6 +116,8 @@ class DirectoryLookup(Message, frozen=True, kw_only=True, tag="registry.director
     """Who is behind these references: ``*_refs`` are ids or names of live users/groups; ``*_ids`` are ids
     whose names are wanted, deleted users included (history keeps its labels). At most 500 in all."""
 
+    answered_by: ClassVar[str] = "registry"
+
     user_refs: list[str] = []
     group_refs: list[str] = []
     user_ids: list[str] = []
@@ -124,6 +142,8 @@ class AuditRecord(Message, frozen=True, kw_only=True, tag="registry.audit"):
     """An admin action another service performed (keypool: a key reset), for the registry's audit log: the
     one place an operator reads who did what, written by its owner only (no service writes another's
     tables). Signed by the acting service; the registry allows each sender its own actions only."""
+
+    answered_by: ClassVar[str] = "registry"
 
     signed_by: ClassVar[str] = "keypool"
 
@@ -346,7 +366,7 @@ class BudgetPrices(Message, frozen=True, kw_only=True, tag="budget.prices"):
 
 
 class BudgetSnapshotRequest(Message, frozen=True, kw_only=True, tag="budget.snapshot.request"):
-    pass
+    answered_by: ClassVar[str] = "budget"
 
 
 class BudgetSnapshot(Message, frozen=True, kw_only=True, tag="budget.snapshot"):
@@ -370,6 +390,7 @@ class LeaseItem(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BudgetLeaseRequest(Message, frozen=True, kw_only=True, tag="budget.lease.request"):
+    answered_by: ClassVar[str] = "budget"
     gateway_id: str
     items: list[LeaseItem]
 
@@ -424,7 +445,7 @@ class LimitsState(Message, frozen=True, kw_only=True, tag="limits.state"):
 
 
 class LimitsSnapshotRequest(Message, frozen=True, kw_only=True, tag="limits.snapshot.request"):
-    pass
+    answered_by: ClassVar[str] = "budget"
 
 
 class LimitsSnapshot(Message, frozen=True, kw_only=True, tag="limits.snapshot"):
@@ -452,6 +473,7 @@ class LimitLeaseItem(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LimitLeaseRequest(Message, frozen=True, kw_only=True, tag="limits.lease.request"):
+    answered_by: ClassVar[str] = "budget"
     gateway_id: str
     items: list[LimitLeaseItem]
 
@@ -514,12 +536,18 @@ class ChatEvent(Message, frozen=True, kw_only=True, tag="chat.event"):
 
 
 ALL_MESSAGES: tuple[type[Message], ...] = (
+    BusErrorReply,
     ProvidersChanged,
     SnapshotRequest,
     RegistrySnapshot,
     AuthVerifyRequest,
     AuthVerifyReply,
     AuthRevoked,
+    DirectoryLookup,
+    DirectoryReply,
+    DirectoryChanged,
+    AuditRecord,
+    AuditAck,
     KeyMarked,
     KeyState,
     KeyReport,
