@@ -8,26 +8,28 @@ format (OpenAI or Anthropic).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import ItemsView, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiMapping
 from yarl import URL
 
 from aigw_common.durations import parse_duration
 from aigw_common.errors import AigwError
+from aigw_common.llm import CAPABILITIES, Api, Capabilities, Endpoint, Wire
 
 from . import bedrock, paths, sigv4
 from . import headers as hdr
-from .errors import Api
 
 if TYPE_CHECKING:
     from aigw_common.settings import Settings
 
     from .providers import Provider
 
-Endpoint = Literal["chat_completions", "responses", "messages"]
+__all__ = ["Adapter", "AdapterRefusal", "Adapters", "Endpoint", "Outgoing", "ResponseFilter", "Route", "Timeouts",
+           "guess_api", "routes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +87,26 @@ class ResponseFilter(Protocol):
 
 
 class Adapter:
-    api: Api = "openai"
-    byok_only: bool = False
-    # Credentials that are not pool keys (Bedrock signs with the AWS credentials in its settings) or none at all
-    # (a local vLLM or Ollama): with an empty key pool the proxy makes one attempt without a pool key.
-    keyless: bool = False
+    """One provider type's behaviour; what the type *is* (API, routes, credentials) comes from its
+    :class:`~aigw_common.llm.Capabilities`."""
+
+    def __init__(self, cap: Capabilities) -> None:
+        self.cap = cap
+
+    @property
+    def api(self) -> Api:
+        """The client-facing API (also the error format)."""
+        return self.cap.api
+
+    @property
+    def byok_only(self) -> bool:
+        return self.cap.byok_only
+
+    @property
+    def keyless(self) -> bool:
+        """Credentials that are not pool keys (Bedrock signs with the AWS credentials in its settings) or none at
+        all (a local vLLM or Ollama): with an empty key pool the proxy makes one attempt without a pool key."""
+        return self.cap.keyless
 
     def response_filter(self, provider: Provider, out: Outgoing, status: int,
                         headers: Mapping[str, str]) -> ResponseFilter | None:
@@ -97,7 +114,8 @@ class Adapter:
         return None
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
-        raise NotImplementedError
+        """The bridged endpoint a client route is, from the type's record; None for any other route."""
+        return self.cap.endpoints.get(path) if method == "POST" else None
 
     passthrough_routes: tuple[Route, ...] = ()
     # client headers forwarded upstream besides headers.COMMON (lowercase names and prefixes)
@@ -182,18 +200,9 @@ ANTHROPIC_PASSTHROUGH = routes(
 class OpenAIAdapter(Adapter):
     """OpenAI and OpenAI-compatible APIs: the base URL includes ``/v1``."""
 
-    api: Api = "openai"
     route_prefix = "/v1"  # Copilot's bridged routes have none
     forward_names = hdr.allowed({"originator", "session_id", "conversation_id"})  # Codex
     forward_prefixes: tuple[str, ...] = ("openai-", "x-stainless-")
-
-    def endpoint(self, method: str, path: str) -> Endpoint | None:
-        if method == "POST":
-            if path == self.route_prefix + "/chat/completions":
-                return "chat_completions"
-            if path == self.route_prefix + "/responses":
-                return "responses"
-        return None
 
     passthrough_routes = OPENAI_PASSTHROUGH
 
@@ -217,14 +226,9 @@ class OpenAIAdapter(Adapter):
 class AnthropicAdapter(Adapter):
     """Anthropic Messages: the base URL does not include ``/v1``."""
 
-    api: Api = "anthropic"
-
     passthrough_routes = ANTHROPIC_PASSTHROUGH
     forward_names = hdr.allowed({"x-app", "x-claude-code-session-id"})  # Claude Code
     forward_prefixes: tuple[str, ...] = ("anthropic-", "x-stainless-")
-
-    def endpoint(self, method: str, path: str) -> Endpoint | None:
-        return "messages" if method == "POST" and path == "/v1/messages" else None
 
     def set_credential(self, headers: CIMultiDict[str], credential: str) -> None:
         headers.popall("Authorization", None)
@@ -238,14 +242,8 @@ class AnthropicAdapter(Adapter):
         return None
 
 
-# ---------------------------------------------------------------- Copilot, OpenAI-compatible, Azure, Bedrock
-
-
-class CompatAdapter(OpenAIAdapter):
-    """OpenAI-compatible servers (vLLM, Ollama, OpenRouter, Together…): OpenAI routes against the base URL;
-    a provider without keys (a local server) is called without credentials."""
-
-    keyless = True
+# ---------------------------------------------------------------- Copilot, Azure, Bedrock
+# (OpenAI-compatible types are OpenAIAdapter: their record says whether they may go without a key.)
 
 
 # Copilot's API has no /v1: models, extensions (agents) and its MCP endpoint (streamable HTTP: GET, POST, DELETE).
@@ -267,7 +265,6 @@ class CopilotAdapter(OpenAIAdapter):
     ``Editor-Version``, ``Copilot-Integration-Id`` and the other client headers are forwarded as sent.
     """
 
-    byok_only = True
     route_prefix = ""
     passthrough_routes = COPILOT_PASSTHROUGH
     # what Copilot clients (VS Code, the CLI) send and Copilot's API reads
@@ -326,10 +323,9 @@ class BedrockAdapter(AnthropicAdapter):
     credentials (or the AWS chain); or, per pool key or BYOK credential, a Bedrock API key (bearer) or an
     access-key pair ``AKID:SECRET[:TOKEN]`` (SigV4 with it). A pool of them fails over like any other type."""
 
-    keyless = True
-
-    def __init__(self) -> None:
-        self.aws_env: Mapping[str, str] = {}
+    def __init__(self, cap: Capabilities, aws_env: Mapping[str, str]) -> None:
+        super().__init__(cap)
+        self.aws_env = aws_env  # Settings.aws_env: the AWS credential chain's environment
         self._configs: dict[str, tuple[Mapping[str, object], str, bedrock.BedrockConfig]] = {}
 
     def config(self, provider: Provider) -> bedrock.BedrockConfig:
@@ -382,32 +378,32 @@ def _path_of(url: URL, base: URL) -> str:
     return url.path[len(prefix):] if url.path.startswith(prefix + "/") else url.path
 
 
-_OPENAI = OpenAIAdapter()
-_ANTHROPIC = AnthropicAdapter()
-_COMPAT = CompatAdapter()
-_BEDROCK = BedrockAdapter()
-
-# Types served with the OpenAI routes against their base URL (the registry decides which it accepts).
-COMPAT_TYPES = ("openai-compat", "openrouter", "vllm", "ollama", "together", "groq", "deepseek", "mistral",
-                "fireworks", "xai", "lmstudio", "litellm")
+_BY_WIRE: Mapping[Wire, type[Adapter]] = MappingProxyType({
+    Wire.OPENAI: OpenAIAdapter, Wire.ANTHROPIC: AnthropicAdapter, Wire.AZURE: AzureAdapter,
+    Wire.COPILOT: CopilotAdapter,
+})
 
 
-def configure(settings: Settings) -> None:
-    """Process-wide adapter configuration from Settings (the AWS credential chain's environment)."""
-    _BEDROCK.aws_env = settings.aws_env
+class Adapters:
+    """One adapter per provider type (``aigw_common.llm.CAPABILITIES``), configured from Settings at startup
+    and held by the app: no adapter state is process-wide."""
 
-ADAPTERS: dict[str, Adapter] = {
-    "openai": _OPENAI,
-    "anthropic": _ANTHROPIC,
-    **dict.fromkeys(COMPAT_TYPES, _COMPAT),
-    "azure": AzureAdapter(),
-    "copilot": CopilotAdapter(),
-    "bedrock": _BEDROCK,
-}
+    def __init__(self, aws_env: Mapping[str, str] | None = None) -> None:
+        by_type: dict[str, Adapter] = {}
+        for t, cap in CAPABILITIES.items():
+            by_type[t] = (BedrockAdapter(cap, aws_env or {}) if cap.wire is Wire.BEDROCK
+                          else _BY_WIRE[cap.wire](cap))
+        self._by_type: Mapping[str, Adapter] = MappingProxyType(by_type)
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Adapters:
+        return cls(settings.aws_env)
 
-def adapter_for(provider_type: str) -> Adapter | None:
-    return ADAPTERS.get(provider_type)
+    def get(self, provider_type: str) -> Adapter | None:
+        return self._by_type.get(provider_type)
+
+    def items(self) -> ItemsView[str, Adapter]:
+        return self._by_type.items()
 
 
 def guess_api(path: str) -> Api:

@@ -29,6 +29,7 @@ from aigw_common.service import (
 )
 from aigw_common.settings import Settings
 
+from .adapters import Adapters
 from .breaker import STATE_NAMES, Breakers
 from .budget import BudgetGuard
 from .dump import DumpStore
@@ -47,6 +48,7 @@ MIGRATIONS = ()
 
 BUS = web.AppKey("bus", Bus)
 GATEWAY = web.AppKey("gateway", Gateway)
+ADAPTERS = web.AppKey("adapters", Adapters)
 LOADER = web.AppKey("provider_loader", ProviderLoader)
 POOLS = web.AppKey("key_pools", KeyPools)
 RECORDER = web.AppKey("recorder", Recorder)
@@ -111,7 +113,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         log.warning("circuit breaker state change", extra={"provider": key[0], "endpoint": key[1], "model": key[2],
                                                            "state": STATE_NAMES[state]})
 
-    loader = ProviderLoader(bus, bus_sealer, pools, interval=settings.revision_check_interval, on_swap=on_swap)
+    adapters = app[ADAPTERS] = Adapters.from_settings(settings)
+    loader = ProviderLoader(bus, bus_sealer, pools, adapters, interval=settings.revision_check_interval,
+                            on_swap=on_swap)
     identities = IdentityCache(bus, ttl=settings.identity_ttl,
                                failures=FailureThrottle(settings.auth_failures_per_minute))
     Gauge("aigw_gateway_auth_verify_requests", "Token verifications asked of the registry (cumulative)",

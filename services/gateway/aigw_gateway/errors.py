@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 from aiohttp import web
 
-Api = Literal["openai", "anthropic"]
+from aigw_common.llm import Api
+
+__all__ = ["Api", "error_body", "error_response", "sse_error_event"]
 
 _enc = msgspec.json.Encoder()
 

@@ -1,4 +1,4 @@
-"""The gateway's OpenAPI document, generated from the adapters' route knowledge (``adapters.ADAPTERS``).
+"""The gateway's OpenAPI document, generated from the adapters' route knowledge (``adapters.Adapters``).
 
 The gateway serves the providers' own APIs under ``/{provider}``, so bodies are the providers' (described
 as free-form objects with a link to their reference); what this document pins down is which method and path
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .adapters import ADAPTERS, Adapter
+from .adapters import Adapter, Adapters
 from .routing import PREFIXES
 
 # Bridged endpoints the adapters may recognise (each adapter says which of these it serves).
@@ -61,7 +61,7 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
     """(method, path under /{provider}) → {"types": [...], "endpoint": bridged endpoint or None}."""
     ops: dict[tuple[str, str], dict[str, Any]] = {}
     by_adapter: dict[int, tuple[Adapter, list[str]]] = {}
-    for ptype, adapter in ADAPTERS.items():
+    for ptype, adapter in Adapters().items():
         by_adapter.setdefault(id(adapter), (adapter, []))[1].append(ptype)
     for adapter, types in by_adapter.values():
         for path in _BRIDGED_CANDIDATES:

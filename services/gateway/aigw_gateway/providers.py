@@ -23,7 +23,7 @@ from aigw_common.schemas import ProviderConfig, RegistrySnapshot
 from aigw_common.snapshots import SnapshotFollower
 
 from . import headers
-from .adapters import Adapter, Timeouts, adapter_for
+from .adapters import Adapter, Adapters, Timeouts
 from .keys import KeyPool, KeyPools, PoolKey
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ProviderSet:
     failed: tuple[str, ...] = ()  # enabled providers of the snapshot that could not be loaded
 
 
-def build_set(snap: RegistrySnapshot, sealer: Sealer, pools: KeyPools) -> ProviderSet:
+def build_set(snap: RegistrySnapshot, sealer: Sealer, pools: KeyPools, adapters: Adapters) -> ProviderSet:
     """Load every enabled provider; one that cannot be loaded is skipped (and named) while the rest serve."""
     by_name: dict[str, Provider] = {}
     failed: list[str] = []
@@ -64,7 +64,7 @@ def build_set(snap: RegistrySnapshot, sealer: Sealer, pools: KeyPools) -> Provid
     for pc in snap.providers:
         if not pc.enabled:
             continue
-        adapter = adapter_for(pc.type)
+        adapter = adapters.get(pc.type)
         if adapter is None:
             log.warning("skipping provider of unsupported type", extra={"provider": pc.name, "type": pc.type})
             failed.append(pc.name)
@@ -104,10 +104,11 @@ class ProviderLoader:
     """Keeps ``current`` in step with the registry through :class:`SnapshotFollower` (on start, on every
     change event, on reconnect and every ``interval``; a snapshot that cannot be used never stops it)."""
 
-    def __init__(self, bus: Bus, sealer: Sealer, pools: KeyPools, interval: float = 30.0,
+    def __init__(self, bus: Bus, sealer: Sealer, pools: KeyPools, adapters: Adapters, interval: float = 30.0,
                  on_swap: Callable[[ProviderSet], None] | None = None) -> None:
         self.sealer = sealer
         self.pools = pools
+        self.adapters = adapters
         self.on_swap = on_swap
         self.current = ProviderSet()
         self.follower = SnapshotFollower(bus, self._apply, interval=interval, timeout=3.0, name="provider-loader")
@@ -129,7 +130,7 @@ class ProviderLoader:
         return await self.follower.refresh()
 
     async def _apply(self, _old: RegistrySnapshot | None, snap: RegistrySnapshot) -> None:
-        new = build_set(snap, self.sealer, self.pools)
+        new = build_set(snap, self.sealer, self.pools, self.adapters)
         self.current = new
         log.info("provider set swapped", extra={"revision": new.revision, "providers": sorted(new.by_name)})
         if self.on_swap:

@@ -47,7 +47,6 @@ from .adapters import (
     Endpoint,
     Outgoing,
     ResponseFilter,
-    configure,
     guess_api,
 )
 from .breaker import Breakers
@@ -186,7 +185,6 @@ class Gateway:
         self.bus_sealer = bus_sealer
         self.dumps = dumps
         self.catalog = ModelCatalog()
-        configure(settings)
 
     # ------------------------------------------------------------ entry
 

@@ -10,6 +10,7 @@ import msgspec
 
 from aigw_common.crypto import PURPOSE_BUS, Sealer, generate_key
 from aigw_common.schemas import ProviderConfig, RegistrySnapshot, SealedKey
+from aigw_gateway.adapters import Adapters
 from aigw_gateway.app import LOADER
 from aigw_gateway.keys import KeyPools
 from aigw_gateway.providers import build_set
@@ -37,7 +38,7 @@ def _bad(ours: Sealer, foreign: Sealer) -> list[ProviderConfig]:
 def test_bad_providers_skipped_and_named(caplog) -> None:  # type: ignore[no-untyped-def]
     ours, foreign = _sealer(), _sealer()
     caplog.set_level(logging.WARNING)
-    s = build_set(RegistrySnapshot(revision=7, providers=[_good(ours), *_bad(ours, foreign)]), ours, KeyPools())
+    s = build_set(RegistrySnapshot(revision=7, providers=[_good(ours), *_bad(ours, foreign)]), ours, KeyPools(), Adapters())
     assert list(s.by_name) == ["good"] and sorted(s.failed) == ["foreign", "gem", "junk"]
     assert s.by_name["good"].pool.keys[0].secret == "sk-test-0001"
     assert not [r for r in caplog.records if "no provider could be loaded" in r.getMessage()]
@@ -46,13 +47,13 @@ def test_bad_providers_skipped_and_named(caplog) -> None:  # type: ignore[no-unt
 def test_nothing_loads_is_one_error(caplog) -> None:  # type: ignore[no-untyped-def]
     ours, foreign = _sealer(), _sealer()
     caplog.set_level(logging.WARNING)
-    s = build_set(RegistrySnapshot(revision=8, providers=_bad(ours, foreign)), ours, KeyPools())
+    s = build_set(RegistrySnapshot(revision=8, providers=_bad(ours, foreign)), ours, KeyPools(), Adapters())
     assert s.by_name == {} and len(s.failed) == 3
     loud = [r for r in caplog.records if "no provider could be loaded" in r.getMessage()]
     assert len(loud) == 1 and loud[0].levelno == logging.ERROR
     # an empty registry is not a failure
     caplog.clear()
-    assert build_set(RegistrySnapshot(revision=9), ours, KeyPools()).failed == ()
+    assert build_set(RegistrySnapshot(revision=9), ours, KeyPools(), Adapters()).failed == ()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -60,7 +61,7 @@ def test_settings_that_are_not_an_object_fail_that_provider_only() -> None:
     ours = _sealer()
     odd = ProviderConfig(id="p5", name="odd", type="openai", display_name="", base_url="http://127.0.0.1:5/v1",
                          settings_sealed=ours.seal(b"[1, 2]"))
-    s = build_set(RegistrySnapshot(revision=10, providers=[_good(ours), odd]), ours, KeyPools())
+    s = build_set(RegistrySnapshot(revision=10, providers=[_good(ours), odd]), ours, KeyPools(), Adapters())
     assert list(s.by_name) == ["good"] and s.failed == ("odd",)
 
 

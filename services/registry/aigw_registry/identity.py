@@ -32,6 +32,7 @@ from aigw_common.auth import (
     same_token,
 )
 from aigw_common.crypto import hash_token, mask_secret, new_token
+from aigw_common.llm import capabilities
 
 from . import validate as v
 from .core import OWNER_LOCK, Actor, Registry, audit, auth_revoked, directory_changed, new_id
@@ -346,10 +347,11 @@ async def list_user_keys(reg: Registry, request: web.Request, actor: Actor) -> w
     return json_response(UserKeyList(provider_keys=[user_key_out(r) for r in rows]))
 
 
-# Types served without pool keys: Bedrock signs with its settings' (or the environment's) AWS credentials,
-# an openai-compat server (vLLM, Ollama) may need no key at all. Copilot takes only the user's own token.
-_KEYLESS_TYPES = frozenset({"bedrock", "openai-compat"})
-_BYOK_ONLY_TYPES = frozenset({"copilot"})
+def _centralized(ptype: str, has_pool: bool) -> bool:
+    """Whether the organisation's side can serve a type: its pool keys, or no key at all for a keyless type
+    (Bedrock signs with AWS credentials, a local openai-compat server needs none); never a BYOK-only one."""
+    cap = capabilities(ptype)
+    return cap is not None and not cap.byok_only and (has_pool or cap.keyless)
 
 
 async def list_provider_configs(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
@@ -365,7 +367,7 @@ async def list_provider_configs(reg: Registry, request: web.Request, actor: Acto
     out = [ProviderConfigOut(
         name=r["name"], type=r["type"], display_name=r["display_name"],
         byok=bool(r["allow_byok"] and reg.settings.allow_byok),
-        centralized=r["type"] not in _BYOK_ONLY_TYPES and (r["has_pool"] or r["type"] in _KEYLESS_TYPES),
+        centralized=_centralized(r["type"], r["has_pool"]),
         has_key=r["has_key"],
     ) for r in rows]
     return json_response(ProviderConfigList(providers=out))

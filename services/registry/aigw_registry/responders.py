@@ -20,7 +20,7 @@ from aigw_common.auth import same_token
 from aigw_common.bus import Bus
 from aigw_common.db import in_transaction
 from aigw_common.errors import CryptoError
-from aigw_common.llm import PROVIDER_TYPES
+from aigw_common.llm import capabilities
 from aigw_common.metrics import CollectorRegistry, Counter, Gauge
 from aigw_common.schemas import (
     AuditAck,
@@ -71,7 +71,7 @@ async def build_snapshot(reg: Registry, skipped: list[str] | None = None) -> Reg
     providers = []
     for r in rows:
         pid = str(r["id"])
-        if r["type"] not in PROVIDER_TYPES:
+        if capabilities(r["type"]) is None:
             log.error("skipping stored provider of unsupported type", extra={"provider": r["name"], "type": r["type"]})
             if skipped is not None:
                 skipped.append(r["name"])

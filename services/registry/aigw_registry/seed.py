@@ -29,7 +29,7 @@ import msgspec
 from aigw_common.auth import ROLE_OWNER, SCOPE_ADMIN
 from aigw_common.crypto import hash_token
 from aigw_common.errors import ConfigError
-from aigw_common.llm import PROVIDER_TYPES
+from aigw_common.llm import PROVIDER_TYPES, ProviderType
 from aigw_common.settings import ProviderSeed
 
 from . import validate as v
@@ -55,7 +55,7 @@ class SeedReport:
 
 # Per type, the settings env seeding sets that take part in the conflict check.
 HASHED_SETTINGS: dict[str, frozenset[str]] = {
-    "bedrock": frozenset({"region", "access_key", "access_key_secret", "model", "small_fast_model"}),
+    ProviderType.BEDROCK: frozenset({"region", "access_key", "access_key_secret", "model", "small_fast_model"}),
 }
 
 

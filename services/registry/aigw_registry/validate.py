@@ -14,12 +14,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from aigw_common import headers, netguard
+from aigw_common import headers, llm, netguard
 from aigw_common.api import ApiError, Validation
 from aigw_common.auth import ROLES
 from aigw_common.crypto import mask_secret
 from aigw_common.durations import parse_duration
-from aigw_common.llm import PROVIDER_TYPES
 from aigw_common.settings import PROVIDER_NAME_RE, RESERVED_PROVIDER_NAMES
 
 T = TypeVar("T")
@@ -38,7 +37,7 @@ _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 
 # Provider settings by type: (field, required, secret). Unknown fields are refused.
 SETTINGS_FIELDS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
-    "bedrock": (
+    llm.ProviderType.BEDROCK: (
         ("region", True, False),
         ("access_key", False, True),
         ("access_key_secret", False, True),
@@ -47,7 +46,7 @@ SETTINGS_FIELDS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
         ("small_fast_model", False, False),
         ("thinking_mode", False, False),
     ),
-    "azure": (("api_version", False, False),),
+    llm.ProviderType.AZURE: (("api_version", False, False),),
 }
 # Upstream timeouts every type accepts (durations such as "30s", "10m"; the gateway's defaults otherwise).
 TIMEOUT_FIELDS = ("connect_timeout", "first_byte_timeout", "idle_timeout")
@@ -113,10 +112,10 @@ def provider_name(raw: str, field: str = "name") -> str:
 
 
 def provider_type(raw: str, field: str = "type") -> str:
-    t = raw.strip().lower()
-    if t not in PROVIDER_TYPES:
-        raise Invalid(field, f"unknown provider type {raw!r}; expected one of {', '.join(PROVIDER_TYPES)}")
-    return t
+    t = llm.provider_type(raw.strip().lower())
+    if t is None:
+        raise Invalid(field, f"unknown provider type {raw!r}; expected one of {', '.join(llm.PROVIDER_TYPES)}")
+    return t.value
 
 
 def display_name(raw: str, field: str = "display_name") -> str:
