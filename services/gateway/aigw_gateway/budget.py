@@ -52,7 +52,7 @@ from aigw_common.schemas import (
 )
 from aigw_common.settings import Settings
 
-from .usage import RequestInfo
+from .usage.common import RequestInfo
 
 log = logging.getLogger(__name__)
 

@@ -60,15 +60,8 @@ from .limits import LimitDecision, LimitGuard
 from .metrics import GatewayMetrics
 from .providers import Provider, ProviderLoader
 from .recorder import Recorder
-from .usage import (
-    Extracted,
-    RequestInfo,
-    UsageChunkFilter,
-    extract_blocking,
-    inject_include_usage,
-    parse_request,
-    stream_extractor,
-)
+from .usage.common import Extracted, Relay, RequestInfo
+from .usage.dialects import DIALECTS
 
 log = logging.getLogger(__name__)
 
@@ -427,8 +420,9 @@ class Gateway:
     async def _bridged(self, request: web.Request, provider: Provider, endpoint: Endpoint, path: str,
                        caller: Caller, body: bytes) -> web.StreamResponse:
         api = provider.adapter.api
+        dialect = DIALECTS[endpoint]
         try:
-            info = parse_request(endpoint, body)
+            info = dialect.parse_request(body)
         except ValueError as e:
             raise Refused(400, f"invalid request body: {e}") from None
         if len(info.model.encode()) > MAX_MODEL_BYTES:  # breakers, metrics and records are keyed by it
@@ -454,9 +448,9 @@ class Gateway:
             if self.limits is not None:
                 self.limits.settle(limit, None)
             raise
-        hide_usage = False  # we asked for usage the client did not: its usage-only chunk is metered, not relayed
-        if info.stream and endpoint == "chat_completions" and (with_usage := inject_include_usage(body)) is not None:
-            body, hide_usage = with_usage, True
+        hidden: Relay | None = None  # we asked for usage the client did not: what it did not ask for is metered, not relayed
+        if info.stream and (asked := dialect.ask_for_usage(body)) is not None:
+            body, hidden = asked
 
         rec = _Interception(self, request, provider, endpoint, caller, info, admission)
         rec.limit = limit
@@ -480,7 +474,7 @@ class Gateway:
                 breaker = None  # outcome recorded
                 ctype = filt.content_type if filt is not None else resp.headers.get("Content-Type", "")
                 if status == 200 and "text/event-stream" in ctype:
-                    out = await self._relay_stream(request, resp, endpoint, api, rec, filt, hide_usage)
+                    out = await self._relay_stream(request, resp, endpoint, api, rec, filt, hidden)
                 else:
                     out = await self._relay_blocking(resp, endpoint, rec, filt)
             finally:
@@ -509,21 +503,20 @@ class Gateway:
             rec.dump.response_head(resp.status, resp.headers)
             rec.dump.chunk(data)
         if resp.status < 400:
-            rec.extracted = extract_blocking(endpoint, data)
+            rec.extracted = DIALECTS[endpoint].extract_blocking(data)
         else:
-            upstream_msg = extract_blocking(endpoint, data).error
+            upstream_msg = DIALECTS[endpoint].extract_blocking(data).error
             rec.error = f"upstream answered {resp.status}" + (f": {upstream_msg}" if upstream_msg else "")
         return web.Response(status=resp.status, body=data, headers=_filtered_headers(resp.headers, filt))
 
     async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, endpoint: Endpoint,
                             api: Api, rec: _Interception, filt: ResponseFilter | None = None,
-                            hide_usage: bool = False) -> web.StreamResponse:
+                            hidden: Relay | None = None) -> web.StreamResponse:
         out = web.StreamResponse(status=resp.status, headers=_filtered_headers(resp.headers, filt))
         out.headers["Cache-Control"] = "no-cache"
         out.headers["X-Accel-Buffering"] = "no"
         await out.prepare(request)
-        ext = stream_extractor(endpoint)
-        hidden = UsageChunkFilter() if hide_usage else None
+        ext = DIALECTS[endpoint].stream()
         dump = rec.dump
         if dump is not None:
             dump.response_head(resp.status, resp.headers)

@@ -31,7 +31,7 @@ from aigw_common.schemas import (
     TokenUsage,
 )
 from aigw_gateway.budget import Admission, BudgetGuard
-from aigw_gateway.usage import RequestInfo
+from aigw_gateway.usage.common import RequestInfo
 from aigw_testing.registry_stub import RegistryStub
 
 MODEL = "budget-test-model"

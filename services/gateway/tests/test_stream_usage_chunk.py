@@ -6,7 +6,7 @@ import aiohttp
 import openai
 import pytest
 
-from aigw_gateway.usage import UsageChunkFilter
+from aigw_gateway.usage.chat import UsageChunkFilter
 
 CHAT = "openai/chatcompletions/simple"
 

@@ -1,9 +1,8 @@
-"""usage.py against every recorded upstream response, in many chunkings, plus property tests.
+"""The usage dialects against every recorded upstream response, in many chunkings, plus property tests.
 
 Expected numbers come from a plain ``json`` parse of the fixture written here
 (``_reference``), never from the module under test; a few literal anchors keep
-that reference honest. ``python services/gateway/tests/test_usage.py`` runs
-the benchmark instead.
+that reference honest. ``python -m bench.usage_extract`` is the benchmark.
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
-import time
 from typing import Any
 
 import msgspec
@@ -21,15 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aigw_common.schemas import TokenCounts
-from aigw_gateway import usage
-from aigw_gateway.usage import (
-    Extracted,
-    ToolCall,
-    extract_blocking,
-    inject_include_usage,
-    parse_request,
-    stream_extractor,
-)
+from aigw_gateway.usage import stream as usage_stream
+from aigw_gateway.usage.chat import inject_include_usage
+from aigw_gateway.usage.common import Extracted, ToolCall
+from aigw_gateway.usage.dialects import ENDPOINTS, dialect
 from aigw_testing.txtar import EXT, Fixture, all_corpora, load_all, load_external
 
 
@@ -266,7 +258,7 @@ def _expected(name: str, section: str) -> tuple[str, bytes, dict]:
 
 
 def _stream(endpoint: str, chunks: list[bytes]) -> Extracted:
-    x = stream_extractor(endpoint)  # type: ignore[arg-type]
+    x = dialect(endpoint).stream()
     for c in chunks:
         x.feed(c)
     return x.finish()
@@ -290,7 +282,7 @@ def test_fixture_matches_reference(name: str, section: str) -> None:
     if section.startswith("streaming"):
         got = _stream(endpoint, [body])
     else:
-        got = extract_blocking(endpoint, body)  # type: ignore[arg-type]
+        got = dialect(endpoint).extract_blocking(body)
     assert _as_dict(got) == want
     for call in got.tool_calls:
         assert call.injected is False and call.error is None
@@ -513,7 +505,7 @@ def test_anchor_values(name, section, tokens, tool, terminal, error) -> None:
     got = (
         _stream(endpoint, [body])
         if section.startswith("streaming")
-        else extract_blocking(endpoint, body)
+        else dialect(endpoint).extract_blocking(body)
     )
     assert got.tokens == TokenCounts(**tokens)
     assert want["tokens"] == msgspec.structs.asdict(TokenCounts(**tokens))
@@ -523,8 +515,8 @@ def test_anchor_values(name, section, tokens, tool, terminal, error) -> None:
 
 
 def test_blocking_not_json_yields_nothing() -> None:
-    for endpoint in usage.ENDPOINTS:
-        got = extract_blocking(endpoint, b"<html>bad gateway</html>")
+    for endpoint in ENDPOINTS:
+        got = dialect(endpoint).extract_blocking(b"<html>bad gateway</html>")
         assert got == Extracted(None, TokenCounts(), [], True, None)
 
 
@@ -532,14 +524,14 @@ def test_blocking_not_json_yields_nothing() -> None:
 
 
 def test_unterminated_last_event_is_read() -> None:
-    x = stream_extractor("chat_completions")
+    x = dialect("chat_completions").stream()
     x.feed(b'data: {"model":"m","usage":{"prompt_tokens":3,"completion_tokens":2}}\n\ndata: [DONE]')
     got = x.finish()
     assert got.terminal and got.tokens == TokenCounts(input_tokens=3, output_tokens=2)
 
 
 def test_multi_line_data_is_joined() -> None:
-    x = stream_extractor("messages")
+    x = dialect("messages").stream()
     x.feed(b'event: message_start\ndata: {"type":"message_start",\ndata:  "message":{"model":"c",')
     x.feed(b'\ndata: "usage":{"input_tokens":7}}}\n\nevent: message_stop\ndata: {}\n\n')
     got = x.finish()
@@ -547,16 +539,16 @@ def test_multi_line_data_is_joined() -> None:
 
 
 def test_overlong_line_is_dropped_and_the_stream_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(usage, "MAX_LINE", 64)
-    x = stream_extractor("chat_completions")
+    monkeypatch.setattr(usage_stream, "MAX_LINE", 64)
+    x = dialect("chat_completions").stream()
     x.feed(b'data: {"model":"' + b"x" * 40)
     x.feed(b"y" * 100)
     x.feed(b'"}\n\ndata: {"model":"ok","usage":{"prompt_tokens":1}}\n\ndata: [DONE]\n\n')
     got = x.finish()
     assert (got.model, got.tokens.input_tokens, got.terminal) == ("ok", 1, True)
-    assert len(x._partial) == 0
+    assert len(x.held) == 0
     # an overlong tail in the same chunk as complete lines does not cost those lines
-    x = stream_extractor("chat_completions")
+    x = dialect("chat_completions").stream()
     x.feed(b'data: {"model":"ok","usage":{"prompt_tokens":2}}\n\n' + b"z" * 100)
     x.feed(b"z\n\ndata: [DONE]\n\n")
     got = x.finish()
@@ -608,7 +600,7 @@ def test_anthropic_server_tools_count_and_carry_errors() -> None:
             "usage": {"input_tokens": 1, "output_tokens": 2},
         }
     ).encode()
-    got = extract_blocking("messages", body)
+    got = dialect("messages").extract_blocking(body)
     assert got.tool_calls == [
         ToolCall("web_search", "srv_1", '{"query":"q"}', error="max_uses_exceeded"),
         ToolCall("list", "mcp_1", "{}"),
@@ -655,7 +647,7 @@ def test_responses_builtin_and_mcp_items_are_tool_calls() -> None:
             "usage": {"input_tokens": 5, "output_tokens": 1},
         }
     ).encode()
-    got = extract_blocking("responses", body)
+    got = dialect("responses").extract_blocking(body)
     assert got.tool_calls == [
         ToolCall("web_search", "ws_1", '{"type":"search","query":"x"}'),
         ToolCall("list", "mcp_1", "{}", error="boom"),
@@ -719,7 +711,7 @@ def test_chat_tool_calls_without_index_and_legacy_function_call() -> None:
 
 
 def test_chat_usage_null_is_not_decoded_but_usage_object_is() -> None:
-    x = stream_extractor("chat_completions")
+    x = dialect("chat_completions").stream()
     x.feed(b'data: {"model":"m","choices":[],"usage":null}\n\n')
     x.feed(
         b'data: {"model":"n","choices":[],"usage" : {"prompt_tokens":4,"completion_tokens":1}}\n\n'
@@ -730,11 +722,7 @@ def test_chat_usage_null_is_not_decoded_but_usage_object_is() -> None:
 
 def test_unknown_endpoint() -> None:
     with pytest.raises(ValueError):
-        stream_extractor("embeddings")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        extract_blocking("embeddings", b"{}")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        parse_request("embeddings", b"{}")  # type: ignore[arg-type]
+        dialect("embeddings")
 
 
 # ------------------------------------------------------------ requests
@@ -771,7 +759,7 @@ def test_fixture_requests(name: str) -> None:
     f = FIXTURES[name]
     endpoint = endpoint_of(name)
     req = json.loads(f.request)
-    info = parse_request(endpoint, f.request)  # type: ignore[arg-type]
+    info = dialect(endpoint).parse_request(f.request)
     assert info.model == req["model"]
     assert info.stream is bool(req.get("stream"))
     assert info.input_bytes == len(f.request)
@@ -785,7 +773,7 @@ def test_fixture_requests(name: str) -> None:
 
 
 def _req(endpoint: str, doc: Any) -> Any:
-    return parse_request(endpoint, json.dumps(doc).encode())  # type: ignore[arg-type]
+    return dialect(endpoint).parse_request(json.dumps(doc).encode())
 
 
 def test_prompt_shapes() -> None:
@@ -904,13 +892,13 @@ def test_prompt_shapes() -> None:
 )
 def test_bad_requests(endpoint: str, body: bytes, message: str) -> None:
     with pytest.raises(ValueError) as e:
-        parse_request(endpoint, body)  # type: ignore[arg-type]
+        dialect(endpoint).parse_request(body)
     assert str(e.value).startswith(message), str(e.value)
 
 
 def test_unknown_fields_are_fine() -> None:
     body = b'{"model":"m","messages":[{"role":"user","content":"x","name":"n","extra":{"a":[1]}}],"whatever":[1,{"b":null}]}'
-    assert parse_request("chat_completions", body).prompt == "x"
+    assert dialect("chat_completions").parse_request(body).prompt == "x"
 
 
 # ------------------------------------------------------------ include_usage
@@ -962,8 +950,8 @@ def test_injected_body_parses_the_same() -> None:
                 "stream_options": {**(req.get("stream_options") or {}), "include_usage": True},
             }
             a, b = (
-                parse_request("chat_completions", out),
-                parse_request("chat_completions", f.request),
+                dialect("chat_completions").parse_request(out),
+                dialect("chat_completions").parse_request(f.request),
             )
             assert (a.model, a.stream, a.prompt) == (b.model, b.stream, b.prompt)
 
@@ -1030,7 +1018,7 @@ def _sse_streams(draw: st.DrawFn) -> bytes:
     stream=_sse_streams(),
     raw=st.lists(st.binary(max_size=40), max_size=6),
     cut=st.integers(1, 30),
-    ep=st.sampled_from(usage.ENDPOINTS),
+    ep=st.sampled_from(ENDPOINTS),
 )
 def test_feed_never_raises(stream: bytes, raw: list[bytes], cut: int, ep: str) -> None:
     for chunks in (
@@ -1039,7 +1027,7 @@ def test_feed_never_raises(stream: bytes, raw: list[bytes], cut: int, ep: str) -
         raw,
         [*raw, stream],
     ):
-        x = stream_extractor(ep)  # type: ignore[arg-type]
+        x = dialect(ep).stream()
         for c in chunks:
             x.feed(c)
         got = x.finish()
@@ -1053,9 +1041,9 @@ def test_feed_never_raises(stream: bytes, raw: list[bytes], cut: int, ep: str) -
 
 
 @settings(max_examples=150, deadline=None)
-@given(doc=_json, ep=st.sampled_from(usage.ENDPOINTS))
+@given(doc=_json, ep=st.sampled_from(ENDPOINTS))
 def test_blocking_never_raises(doc: Any, ep: str) -> None:
-    assert isinstance(extract_blocking(ep, json.dumps(doc).encode()), Extracted)  # type: ignore[arg-type]
+    assert isinstance(dialect(ep).extract_blocking(json.dumps(doc).encode()), Extracted)
 
 
 @settings(max_examples=300, deadline=None)
@@ -1066,12 +1054,12 @@ def test_blocking_never_raises(doc: Any, ep: str) -> None:
         _json | st.lists(st.dictionaries(st.sampled_from(_KEYS), _json), max_size=3),
         max_size=6,
     ),
-    ep=st.sampled_from(usage.ENDPOINTS),
+    ep=st.sampled_from(ENDPOINTS),
 )
 def test_parse_request_raises_only_value_error(doc: Any, ep: str) -> None:
     body = json.dumps(doc).encode()
     try:
-        info = parse_request(ep, body)  # type: ignore[arg-type]
+        info = dialect(ep).parse_request(body)
     except ValueError as e:
         assert str(e)
     else:
@@ -1116,66 +1104,17 @@ _messages = st.lists(
             "stream_options": st.fixed_dictionaries({}, optional={"include_usage": _json}) | _json,
         },
     ),
-    ep=st.sampled_from(usage.ENDPOINTS),
+    ep=st.sampled_from(ENDPOINTS),
 )
 def test_parse_request_on_request_shapes(doc: Any, ep: str) -> None:
     test_parse_request_raises_only_value_error.hypothesis.inner_test(doc, ep)  # type: ignore[attr-defined]
 
 
 @settings(max_examples=100, deadline=None)
-@given(body=st.binary(max_size=64), ep=st.sampled_from(usage.ENDPOINTS))
+@given(body=st.binary(max_size=64), ep=st.sampled_from(ENDPOINTS))
 def test_parse_request_on_bytes(body: bytes, ep: str) -> None:
     try:
-        parse_request(ep, body)  # type: ignore[arg-type]
+        dialect(ep).parse_request(body)
     except ValueError:
         pass
     inject_include_usage(body)
-
-
-# ------------------------------------------------------------ benchmark
-
-
-def _bench() -> None:  # pragma: no cover - run by hand
-    """µs per SSE event, chunks as the proxy sees them (one read per event), for the largest stream per API."""
-    by_api: dict[str, tuple[str, str, bytes]] = {}
-    for name, f in FIXTURES.items():
-        for section in f.sections:
-            if section.startswith("streaming") and not f.response(section).is_whole:
-                body = f.response(section).body
-                ep = endpoint_of(name)
-                if ep not in by_api or len(body) > len(by_api[ep][2]):
-                    by_api[ep] = (name, section, body)
-    for ep, (name, section, body) in by_api.items():
-        chunks = [c + b"\n\n" for c in body.split(b"\n\n") if c]
-        n_events = len(chunks)
-        best = float("inf")
-        for _ in range(7):
-            t = time.process_time()
-            for _ in range(20):
-                x = stream_extractor(ep)  # type: ignore[arg-type]
-                for c in chunks:
-                    x.feed(c)
-                x.finish()
-            best = min(best, (time.process_time() - t) / 20)
-        print(
-            f"{ep:17s} {name}:{section}  {len(body) / 1024:.0f} KiB  {n_events} events  "
-            f"{best * 1e6 / n_events:.2f} µs/event  {len(body) / best / 1e6:.0f} MB/s"
-        )
-    delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"hello there"}}\n\n'
-    x = stream_extractor("messages")
-    t = time.process_time()
-    for _ in range(200_000):
-        x.feed(delta)
-    print(f"skipped Anthropic text delta: {(time.process_time() - t) / 200_000 * 1e9:.0f} ns/event")
-    req = max((f.request for f in FIXTURES.values() if f.request), key=len)
-    t = time.process_time()
-    for _ in range(2000):
-        parse_request("responses", req)
-    print(
-        f"parse_request on the largest request ({len(req) / 1024:.0f} KiB): {(time.process_time() - t) / 2000 * 1e6:.1f} µs"
-    )
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _bench()
-    sys.exit(0)

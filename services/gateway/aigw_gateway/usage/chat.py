@@ -1,0 +1,301 @@
+"""OpenAI chat completions (``/v1/chat/completions``): requests, bodies, ``data:``-only streams ending in ``[DONE]``.
+
+A chat stream carries usage only when the request asked for it (``stream_options.include_usage``); the gateway
+asks on the client's behalf and hides the extra usage-only chunk from a client that did not
+(:class:`UsageChunkFilter`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from aigw_common.schemas import TokenCounts
+from aigw_common.sse import SSEFramer
+from aigw_common.sse import data_of as sse_data
+
+from . import request
+from .common import (
+    DECODE_ERRORS,
+    Cached,
+    Dialect,
+    Err,
+    Extracted,
+    PartialCall,
+    Reasoning,
+    RequestInfo,
+    ToolCall,
+    err_text,
+    json_text,
+    nothing,
+    openai_tokens,
+)
+from .stream import MAX_LINE, StreamExtractor
+
+# ---------------------------------------------------------------- requests
+
+
+class _ChatRequest(msgspec.Struct):
+    model: str = ""
+    stream: bool | None = None
+    messages: list[request.Message] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+
+_TEXT_PARTS = frozenset({"text"})
+
+
+class _StreamFlags(msgspec.Struct):
+    stream: Any = None
+    stream_options: Any = msgspec.UNSET
+
+
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+
+
+def inject_include_usage(body: bytes) -> bytes | None:
+    """Chat + ``stream: true`` without ``stream_options.include_usage``: a body that asks for usage.
+
+    Without it an OpenAI chat stream carries no usage at all. When the client
+    sent no ``stream_options`` the key is spliced in after the opening brace,
+    so a large body is not re-encoded.
+    """
+    try:
+        flags = msgspec.json.decode(body, type=_StreamFlags)
+    except DECODE_ERRORS:
+        return None
+    if flags.stream is not True:
+        return None
+    opts = flags.stream_options
+    if opts is msgspec.UNSET:
+        at = body.index(b"{") + 1
+        return body[:at] + _INCLUDE_USAGE + body[at:]
+    if isinstance(opts, dict) and opts.get("include_usage") is True:
+        return None
+    doc = msgspec.json.decode(body)
+    doc["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    return msgspec.json.encode(doc)
+
+
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+class _UsageOnly(msgspec.Struct):
+    choices: Any = None
+    usage: Any = None
+
+
+class UsageChunkFilter:
+    """Drops the usage-only chunk (``choices: []`` with ``usage``) from a chat stream whose client did not
+    ask for usage; every other event is relayed byte for byte, as soon as its blank line arrives.
+
+    The gateway adds ``stream_options.include_usage`` for metering; clients that index ``choices[0]``
+    would crash on a chunk they never asked for. Only the incomplete tail of the stream is held back
+    (at most ``MAX_LINE``; past that it is relayed unread rather than held). Framing: :class:`SSEFramer`.
+    """
+
+    __slots__ = ("_framer",)
+
+    def __init__(self) -> None:
+        self._framer = SSEFramer(MAX_LINE)
+
+    def feed(self, chunk: bytes) -> bytes:
+        events, overflow = self._framer.feed(chunk)
+        if not events:
+            return overflow
+        return b"".join([e for e in events if not _usage_only(e)]) + overflow
+
+    def finish(self) -> bytes:
+        rest = self._framer.finish()
+        return b"" if _usage_only(rest) else rest
+
+
+def _usage_only(event: bytes) -> bool:
+    if not _EMPTY_CHOICES.search(event):
+        return False
+    try:
+        doc = msgspec.json.decode(sse_data(event), type=_UsageOnly)
+    except DECODE_ERRORS:
+        return False
+    return doc.choices == [] and isinstance(doc.usage, dict)
+
+
+# ---------------------------------------------------------------- responses
+
+
+class _Function(msgspec.Struct):
+    name: str | None = None
+    arguments: Any = None
+    input: Any = None  # custom tools
+
+
+class _ToolCall(msgspec.Struct):
+    index: int | None = None
+    id: str | None = None
+    type: str | None = None
+    function: _Function | None = None
+    custom: _Function | None = None
+
+
+class _Delta(msgspec.Struct):  # a stream chunk's delta, or a whole body's message
+    tool_calls: list[_ToolCall] | None = None
+    function_call: _Function | None = None  # the legacy single call
+
+
+class _Choice(msgspec.Struct):
+    index: int = 0
+    delta: _Delta | None = None
+    message: _Delta | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: Cached | None = None
+    completion_tokens_details: Reasoning | None = None
+
+    def tokens(self) -> TokenCounts:
+        return openai_tokens(
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.prompt_tokens_details,
+            self.completion_tokens_details,
+        )
+
+
+class _Body(msgspec.Struct):  # a whole response, or one stream chunk
+    model: str | None = None
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+    error: Err | str | None = None
+
+
+class _Calls:
+    """Tool calls assembled per (choice, index) from deltas (a stream) or messages (a body)."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[tuple[int, int], PartialCall] = {}
+
+    def add(self, choice: int, delta: _Delta) -> None:
+        calls = self._calls
+        if delta.function_call is not None:
+            fc = delta.function_call
+            acc = calls.get((choice, -1))
+            if acc is None:
+                acc = calls[(choice, -1)] = PartialCall("", "")
+            if fc.name:
+                acc.name = fc.name
+            if isinstance(fc.arguments, str):
+                acc.parts.append(fc.arguments)
+        for tc in delta.tool_calls or ():
+            index = tc.index
+            if index is None:  # some OpenAI-compatible servers omit it: a new id opens a new call
+                mine = [k[1] for k in calls if k[0] == choice and k[1] >= 0]
+                last = max(mine, default=-1)
+                new = last < 0 or (tc.id is not None and tc.id != calls[(choice, last)].call_id)
+                index = last + 1 if new else last
+            acc = calls.get((choice, index))
+            if acc is None:
+                acc = calls[(choice, index)] = PartialCall("", "")
+            if tc.id:
+                acc.call_id = tc.id
+            fn = tc.function or tc.custom
+            if fn is not None:
+                if fn.name:
+                    acc.name = fn.name
+                frag = fn.arguments if fn.arguments is not None else fn.input
+                if frag is not None:
+                    acc.parts.append(json_text(frag))
+
+    def done(self) -> list[ToolCall]:
+        return [a.done() for a in self._calls.values()]
+
+
+# Chunks that can matter: tool-call fragments, errors, a usage object (not ``"usage":null``).
+_MARKERS = re.compile(rb'"(?:tool_calls|function_call|error)"|"usage"\s*:\s*\{')
+
+
+class ChatStream(StreamExtractor):
+    __slots__ = ("_calls", "_first", "_usage")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._usage: _Usage | None = None
+        self._calls = _Calls()
+        self._first = True
+
+    def event(self, name: bytes | None, data: bytes) -> None:
+        if data[:1] != b"{":
+            data = data.strip()
+            if data == b"[DONE]":
+                self.terminal = True
+                return
+            if data[:1] != b"{":
+                return
+        if not self._first and _MARKERS.search(data) is None:
+            return
+        self._first = False
+        try:
+            chunk = msgspec.json.decode(data, type=_Body)
+        except DECODE_ERRORS:
+            return
+        if chunk.model:
+            self.model = chunk.model
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        if chunk.error is not None:
+            self.error = err_text(chunk.error)
+        for choice in chunk.choices or ():
+            delta = choice.delta or choice.message
+            if delta is not None:
+                self._calls.add(choice.index, delta)
+
+    def _tokens(self) -> TokenCounts:
+        return self._usage.tokens() if self._usage else TokenCounts()
+
+    def _tool_calls(self) -> list[ToolCall]:
+        return self._calls.done()
+
+
+class ChatDialect(Dialect):
+    endpoint = "chat_completions"
+
+    def parse_request(self, body: bytes) -> RequestInfo:
+        req = request.decode(body, _ChatRequest)
+        prompt = request.last_user_prompt(req.messages, "messages", _TEXT_PARTS) if req.messages else None
+        return RequestInfo(
+            model=req.model,
+            stream=bool(req.stream),
+            prompt=prompt,
+            max_output_tokens=req.max_completion_tokens or req.max_tokens,
+            input_bytes=len(body),
+        )
+
+    def extract_blocking(self, body: bytes) -> Extracted:
+        try:
+            c = msgspec.json.decode(body, type=_Body)
+        except DECODE_ERRORS:
+            return nothing()
+        calls = _Calls()
+        for choice in c.choices or ():
+            if choice.message is not None:
+                calls.add(choice.index, choice.message)
+        return Extracted(
+            model=c.model,
+            tokens=c.usage.tokens() if c.usage else TokenCounts(),
+            tool_calls=calls.done(),
+            terminal=True,
+            error=err_text(c.error),
+        )
+
+    def stream(self) -> ChatStream:
+        return ChatStream()
+
+    def ask_for_usage(self, body: bytes) -> tuple[bytes, UsageChunkFilter] | None:
+        with_usage = inject_include_usage(body)
+        return None if with_usage is None else (with_usage, UsageChunkFilter())

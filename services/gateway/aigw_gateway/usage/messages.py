@@ -1,0 +1,257 @@
+"""Anthropic Messages (``/v1/messages``, also Bedrock's, whose event stream is decoded into these events).
+
+Usage is spread over ``message_start`` and ``message_delta`` (each field takes its latest non-null value);
+tool calls are ``*tool_use`` content blocks whose input streams as ``input_json_delta`` fragments, and a
+server tool's ``*_tool_result`` block can mark its call failed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from aigw_common.schemas import TokenCounts
+
+from . import request
+from .common import (
+    DECODE_ERRORS,
+    Dialect,
+    Err,
+    Extracted,
+    PartialCall,
+    RequestInfo,
+    ToolCall,
+    err_text,
+    nothing,
+)
+from .stream import StreamExtractor
+
+# ---------------------------------------------------------------- requests
+
+
+class _MessagesRequest(msgspec.Struct):
+    model: str = ""
+    stream: bool | None = None
+    messages: list[request.Message] | None = None
+    max_tokens: int | None = None
+
+
+_TEXT_PARTS = frozenset({"text"})
+
+# ---------------------------------------------------------------- responses
+
+
+class _Usage(msgspec.Struct):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+
+class _Block(msgspec.Struct):
+    type: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: Any = None
+    tool_use_id: str | None = None
+    content: Any = None
+    is_error: Any = None
+
+    def result_error(self) -> str | None:
+        """A server tool's ``*_tool_result`` block that reports an error: its code."""
+        c = self.content
+        if isinstance(c, dict) and str(c.get("type", "")).endswith("_error"):
+            return str(c.get("error_code") or c.get("type"))
+        if self.is_error is True:
+            return "error"
+        return None
+
+
+class _Delta(msgspec.Struct):
+    type: str | None = None
+    partial_json: Any = None
+
+
+class _Message(msgspec.Struct):  # a whole response, or message_start's message
+    type: str | None = None
+    model: str | None = None
+    usage: _Usage | None = None
+    content: list[_Block] | None = None
+    error: Err | str | None = None
+
+
+class _Event(msgspec.Struct):
+    type: str | None = None
+    message: _Message | None = None
+    index: int | None = None
+    content_block: _Block | None = None
+    delta: _Delta | None = None
+    usage: _Usage | None = None
+    error: Err | str | None = None
+
+
+class _Tokens:
+    """Usage merged over events: each field takes its latest non-null value."""
+
+    __slots__ = (
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "input_tokens",
+        "output_tokens",
+    )
+
+    def __init__(self) -> None:
+        self.input_tokens = self.output_tokens = 0
+        self.cache_read_input_tokens = self.cache_creation_input_tokens = 0
+
+    def merge(self, u: _Usage | None) -> None:
+        if u is None:
+            return
+        if u.input_tokens is not None:
+            self.input_tokens = u.input_tokens
+        if u.output_tokens is not None:
+            self.output_tokens = u.output_tokens
+        if u.cache_read_input_tokens is not None:
+            self.cache_read_input_tokens = u.cache_read_input_tokens
+        if u.cache_creation_input_tokens is not None:
+            self.cache_creation_input_tokens = u.cache_creation_input_tokens
+
+    def tokens(self) -> TokenCounts:
+        return TokenCounts(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_read_tokens=self.cache_read_input_tokens,
+            cache_write_tokens=self.cache_creation_input_tokens,
+        )
+
+
+class _Calls:
+    """Tool calls from content blocks, in order: a tool-use block opens one, a ``*_tool_result`` block can
+    mark its call's error."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: list[PartialCall] = []
+
+    def block(self, b: _Block) -> PartialCall | None:
+        """The call the block opens (its input may still stream in), if it is a tool use."""
+        kind = b.type or ""
+        if kind.endswith("tool_use"):  # tool_use, server_tool_use, mcp_tool_use
+            acc = PartialCall(b.name or "", b.id or "", start=b.input)
+            self._calls.append(acc)
+            return acc
+        if kind.endswith("_tool_result"):
+            err = b.result_error()
+            if err is not None:
+                for acc in self._calls:
+                    if acc.call_id == b.tool_use_id:
+                        acc.error = err
+        return None
+
+    def done(self) -> list[ToolCall]:
+        return [a.done() for a in self._calls]
+
+
+_DECODE = frozenset({b"message_start", b"content_block_start", b"message_delta", b"error"})
+_MARKERS = re.compile(
+    rb'input_json_delta|"(?:message_start|content_block_start|message_delta|message_stop|error)"'
+)
+
+
+class MessagesStream(StreamExtractor):
+    __slots__ = ("_calls", "_open", "_usage")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._usage = _Tokens()
+        self._calls = _Calls()
+        self._open: dict[int | None, PartialCall] = {}  # content block index → its call
+
+    def event(self, name: bytes | None, data: bytes) -> None:
+        if name is None:
+            if _MARKERS.search(data) is None:
+                return
+        elif name == b"content_block_delta":
+            if b"input_json_delta" not in data:
+                return
+        elif name == b"message_stop":
+            self.terminal = True
+            return
+        elif name not in _DECODE:
+            return
+        try:
+            ev = msgspec.json.decode(data, type=_Event)
+        except DECODE_ERRORS:
+            return
+        kind = ev.type
+        if kind == "content_block_delta":
+            d = ev.delta
+            if d is not None and d.type == "input_json_delta" and isinstance(d.partial_json, str):
+                acc = self._open.get(ev.index)
+                if acc is not None:
+                    acc.parts.append(d.partial_json)
+        elif kind == "content_block_start":
+            if ev.content_block is not None:
+                acc = self._calls.block(ev.content_block)
+                if acc is not None:
+                    self._open[ev.index] = acc
+        elif kind == "message_start":
+            m = ev.message
+            if m is not None:
+                if m.model:
+                    self.model = m.model
+                self._usage.merge(m.usage)
+        elif kind == "message_delta":
+            self._usage.merge(ev.usage)
+        elif kind == "message_stop":
+            self.terminal = True
+        elif kind == "error":
+            self.error = err_text(ev.error) or "error"
+
+    def _tokens(self) -> TokenCounts:
+        return self._usage.tokens()
+
+    def _tool_calls(self) -> list[ToolCall]:
+        return self._calls.done()
+
+
+class MessagesDialect(Dialect):
+    endpoint = "messages"
+
+    def parse_request(self, body: bytes) -> RequestInfo:
+        req = request.decode(body, _MessagesRequest)
+        prompt = request.last_user_prompt(req.messages, "messages", _TEXT_PARTS) if req.messages else None
+        return RequestInfo(
+            model=req.model,
+            stream=bool(req.stream),
+            prompt=prompt,
+            max_output_tokens=req.max_tokens,
+            input_bytes=len(body),
+        )
+
+    def extract_blocking(self, body: bytes) -> Extracted:
+        try:
+            m = msgspec.json.decode(body, type=_Message)
+        except DECODE_ERRORS:
+            return nothing()
+        usage = _Tokens()
+        usage.merge(m.usage)
+        calls = _Calls()
+        for block in m.content or ():
+            calls.block(block)
+        error = err_text(m.error)
+        if error is None and m.type == "error":
+            error = "error"
+        return Extracted(
+            model=m.model,
+            tokens=usage.tokens(),
+            tool_calls=calls.done(),
+            terminal=True,
+            error=error,
+        )
+
+    def stream(self) -> MessagesStream:
+        return MessagesStream()
