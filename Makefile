@@ -9,7 +9,7 @@ ifeq ($(UV),)
 UV := .tools/bin/uv
 endif
 
-.PHONY: dev test install browser lint proto bench soak clean
+.PHONY: dev test install browser lint proto openapi configuration bench soak clean
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -47,6 +47,10 @@ proto: install
 # Rewrite docs/openapi/<service>.json from the route tables (a test fails when they are stale).
 openapi: install
 	.venv/bin/aigw openapi --out docs/openapi
+
+# Rewrite the variable tables of docs/configuration.md from aigw_common/settings.py (a test fails when stale).
+configuration: install
+	.venv/bin/aigw config-doc --out docs/configuration.md
 
 bench: install
 	.venv/bin/python -m bench.run

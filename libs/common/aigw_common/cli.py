@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     sub.add_parser("proto", help="regenerate proto/ JSON Schemas from the bus messages")
     oa = sub.add_parser("openapi", help="write every service's OpenAPI document into docs/openapi/")
     oa.add_argument("--out", default="docs/openapi", help="directory (default docs/openapi)")
+    cd = sub.add_parser("config-doc", help="rewrite the variable tables of docs/configuration.md from the "
+                        "table in aigw_common/settings.py")
+    cd.add_argument("--out", default="docs/configuration.md", help="file (default docs/configuration.md)")
     na = sub.add_parser("nats-auth", help="print the NATS authorization block (one user per service, least "
                         "privilege; passwords as $NATS_<SERVICE>_PASSWORD)")
     na.add_argument("--prefix", default="aigw", help="bus subject prefix (AIGW_BUS_PREFIX; default aigw)")
@@ -152,6 +155,11 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     if args.cmd == "openapi":
         for p in write_openapi(Path(args.out)):
             print(p)
+        return 0
+    if args.cmd == "config-doc":
+        from .configdoc import write
+
+        print(f"{args.out}: {'rewritten' if write(Path(args.out)) else 'current'}")
         return 0
     if args.cmd == "nats-auth":
         from .natsauth import authorization_block

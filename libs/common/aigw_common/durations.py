@@ -31,3 +31,12 @@ def parse_duration(text: str) -> float:
     if pos != len(s) or pos == 0:
         raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 10m, 60d)")
     return total
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that holds it exactly (``120.0`` → ``2m``); parses back to itself."""
+    for unit in ("w", "d", "h", "m", "s", "ms"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}"

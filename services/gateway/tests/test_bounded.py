@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import aiohttp
 import msgspec
 
 from aigw_common.metrics import LabelCap
-from aigw_common.settings import BreakerSettings
+from aigw_common.settings import Settings
 from aigw_gateway.breaker import Breakers
 
 
@@ -32,7 +34,7 @@ async def test_a_model_over_256_bytes_is_a_400(gw) -> None:  # type: ignore[no-u
 
 
 def test_breakers_are_an_lru() -> None:
-    b = Breakers(BreakerSettings(failure_threshold=1), max_entries=100)
+    b = Breakers(replace(Settings.from_env({}).breaker, failure_threshold=1), max_entries=100)
     hot = b.get("p", "chat_completions", "gpt-4o")
     assert hot is not None
     b.record(hot, ("p", "chat_completions", "gpt-4o"), 503)  # open
