@@ -39,15 +39,13 @@ from .embedded import (
 )
 from .errors import AigwError, ConfigError
 from .natsauth import BUS_USERS, authorization_block
-from .settings import CONSOLE_UPSTREAMS, SERVICES, Settings, env_for_service
+from .settings import VARS, Settings, env_for_service
 from .signing import PRODUCERS, Signer, generate_keypair
 
 READY_TIMEOUT = 90.0
-# All the console reads: where it listens, where the admin APIs are, logging and drain, its session TTL.
-CONSOLE_VARS = frozenset(
-    {f"AIGW_{s.upper()}_ADDR" for s in SERVICES} | {f"AIGW_{s.upper()}_URL" for s in CONSOLE_UPSTREAMS}
-    | {"AIGW_CONSOLE_SESSION_TTL", "AIGW_LOG_FORMAT", "AIGW_LOG_LEVEL", "AIGW_SHUTDOWN_GRACE", "AIGW_DATA_DIR"}
-)
+# All the console reads (settings.VARS): where it listens, where the admin APIs are, logging and drain, its
+# session TTL. It holds no secret, so its child environment is only these.
+CONSOLE_VARS = frozenset(v.name for v in VARS if "console" in v.readers)
 DEV_DATABASE = "aigw"
 
 
