@@ -37,9 +37,11 @@ from urllib.parse import quote, unquote, urlsplit
 import msgspec
 from yarl import URL
 
+from aigw_common.llm import bedrock_runtime_url, error_body
+
 from . import sigv4
 from .eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
-from .eventstream import BedrockSSE, anthropic_error_type, aws_error_message
+from .eventstream import BedrockSSE, anthropic_error_type
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
 SERVICE = "bedrock"
@@ -142,7 +144,7 @@ class BedrockConfig:
         if mode is not None and mode not in ("budget", "adaptive", "adaptive-only"):
             raise BedrockConfigError(f"bedrock thinking_mode {mode!r}: expected budget, adaptive or adaptive-only")
         return cls(
-            base_url=(base_url or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/"),
+            base_url=(base_url or bedrock_runtime_url(region)).rstrip("/"),
             region=region,
             model=s("model"),
             small_fast_model=s("small_fast_model"),
@@ -449,12 +451,14 @@ def model_response(body: bytes) -> bytes:
 # ---------------------------------------------------------------- errors
 
 
+# the exception Bedrock means by a status, when its x-amzn-ErrorType header is missing
+_STATUS_EXCEPTIONS = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
+                      408: "ModelTimeoutException", 429: "ThrottlingException", 503: "ServiceUnavailableException"}
+
+
 def anthropic_error_body(status: int, headers: Mapping[str, str], body: bytes) -> bytes:
     """A Bedrock error response body → ``{"type":"error","error":{"type","message"}}``."""
-    code = headers.get("x-amzn-ErrorType") or headers.get("x-amzn-errortype") or ""
-    if not code:
-        code = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
-                408: "ModelTimeoutException", 429: "ThrottlingException",
-                503: "ServiceUnavailableException"}.get(status, "InternalServerException")
-    message = aws_error_message(body) or code.partition(":")[0]
+    e = error_body.parse(body, headers)
+    code = e.type if e.shape in ("aws", "text") and e.type else _STATUS_EXCEPTIONS.get(status, "InternalServerException")
+    message = e.message or code
     return msgspec.json.encode({"type": "error", "error": {"type": anthropic_error_type(code), "message": message}})

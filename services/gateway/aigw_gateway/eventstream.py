@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import msgspec
 
 from aigw_common.errors import AigwError
+from aigw_common.llm import error_body
 
 PRELUDE = 12
 MAX_MESSAGE = 16 * 1024 * 1024  # the spec's limit
@@ -228,22 +229,9 @@ class _Typed(msgspec.Struct):
     type: str = ""
 
 
-class _AwsMessage(msgspec.Struct):
-    message: str | None = None
-    Message: str | None = None
-
 
 _chunk_dec = msgspec.json.Decoder(_Chunk)
 _typed_dec = msgspec.json.Decoder(_Typed)
-_aws_msg_dec = msgspec.json.Decoder(_AwsMessage)
-
-
-def aws_error_message(payload: bytes) -> str:
-    try:
-        m = _aws_msg_dec.decode(payload)
-    except msgspec.DecodeError:
-        return payload.decode("utf-8", "replace")[:500]
-    return m.message or m.Message or ""
 
 
 def _strip_invocation_metrics(event: bytes) -> bytes:
@@ -295,7 +283,7 @@ class BedrockSSE:
         mtype = m.header(":message-type") or "event"
         if mtype == "exception":
             code = m.header(":exception-type") or "InternalServerException"
-            return self._fail(anthropic_error_type(code), aws_error_message(m.payload) or code)
+            return self._fail(anthropic_error_type(code), error_body.parse(m.payload).message or code)
         if mtype == "error":
             code = m.header(":error-code") or "InternalFailure"
             return self._fail(anthropic_error_type(code), m.header(":error-message") or code)

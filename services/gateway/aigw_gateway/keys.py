@@ -9,7 +9,6 @@ before a config change is still cooling after it. Local marks apply at once
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -17,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from aigw_common.llm import error_body
 from aigw_common.retry_after import retry_after
 from aigw_common.schemas import KeyMarked
 
@@ -85,22 +85,16 @@ _NAMES_A_MODEL = re.compile(r"\bmodels?\b", re.IGNORECASE)
 
 def forbidden_for_other_reason(body: bytes | None) -> bool:
     """True when a 403 body blames the model or the region rather than the credential."""
-    if not body:
-        return False
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return False
-    err = doc.get("error") if isinstance(doc, dict) else None
-    if not isinstance(err, dict):
-        # Bedrock: {"message": "You don't have access to the model with the specified model ID."}
-        # (signature and unknown-key refusals never name a model)
-        msg = doc.get("message", doc.get("Message")) if isinstance(doc, dict) else None
-        return isinstance(msg, str) and bool(_NAMES_A_MODEL.search(msg))
-    if err.get("code") in _NOT_THE_KEY_CODES:
-        return True
-    msg = err.get("message")
-    return err.get("type") == "permission_error" and isinstance(msg, str) and bool(_NAMES_A_MODEL.search(msg))
+    e = error_body.parse(body)
+    match e.shape:
+        case "openai" | "anthropic":
+            return e.code in _NOT_THE_KEY_CODES or (e.type == "permission_error" and bool(_NAMES_A_MODEL.search(e.message)))
+        case "aws" | "flat":
+            # Bedrock: {"message": "You don't have access to the model with the specified model ID."}
+            # (signature and unknown-key refusals never name a model)
+            return bool(_NAMES_A_MODEL.search(e.message))
+        case _:
+            return False
 
 
 MarkSink = Callable[[KeyMarked], None]

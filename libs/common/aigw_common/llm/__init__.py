@@ -1,6 +1,8 @@
 """What aigw knows about LLM provider APIs: provider types and their capabilities (``providers``)
 and upstream error bodies (``error_body``). Nothing here does I/O."""
 
+from . import error_body
+from .error_body import MAX_ERROR_BODY, ProviderError
 from .providers import (
     ANTHROPIC_BASE_URL,
     CAPABILITIES,
@@ -18,6 +20,20 @@ from .providers import (
 )
 
 __all__ = [
-    "ANTHROPIC_BASE_URL", "CAPABILITIES", "OPENAI_BASE_URL", "PROVIDER_TYPES", "Api", "Auth", "Capabilities",
-    "Endpoint", "ProviderType", "Wire", "bedrock_runtime_url", "capabilities", "provider_type",
+    "ANTHROPIC_BASE_URL",
+    "CAPABILITIES",
+    "MAX_ERROR_BODY",
+    "OPENAI_BASE_URL",
+    "PROVIDER_TYPES",
+    "Api",
+    "Auth",
+    "Capabilities",
+    "Endpoint",
+    "ProviderError",
+    "ProviderType",
+    "Wire",
+    "bedrock_runtime_url",
+    "capabilities",
+    "error_body",
+    "provider_type",
 ]
