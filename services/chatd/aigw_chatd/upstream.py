@@ -2,8 +2,9 @@
 
 chatd speaks each provider's own API (through the gateway by default, so the
 call is authenticated, failed over, metered and budgeted like any other):
-openai-like types use ``/v1/chat/completions``, ``anthropic`` and ``bedrock``
-use ``/v1/messages``. Everything here is transport-free except
+each provider type's chat route and API come from its record in
+:mod:`aigw_common.llm` (Messages for ``anthropic`` and ``bedrock``, chat
+completions for the rest). Everything here is transport-free except
 :func:`stream_turn` / :func:`complete_once`, which take an aiohttp session.
 """
 
@@ -19,14 +20,13 @@ from typing import Any, Literal
 import aiohttp
 import msgspec
 
+from aigw_common.llm import ANTHROPIC_VERSION, MAX_ERROR_BODY, Api, Wire, capabilities, error_body
 from aigw_common.logging import redact
 from aigw_common.retry_after import retry_after
 from aigw_common.sse import SSEDecoder, SSETooLarge
 
 USER_AGENT = "aigw-chatd/0.1.0"
-ANTHROPIC_VERSION = "2023-06-01"
 BUDGET_RETRY_WITHIN = 60.0
-MESSAGES_TYPES = frozenset({"anthropic", "bedrock"})
 ErrorKind = Literal["rate_limit", "overloaded", "auth", "budget", "context_length", "timeout", "stream_closed", "generic"]
 
 
@@ -82,7 +82,7 @@ class TurnError(Exception):
 class Route:
     """Where and how one model call goes. Credentials are :class:`Secret`, so a repr never leaks them."""
 
-    api: Literal["openai", "anthropic"]
+    api: Api
     url: str
     provider: str  # provider name, for error reports
     token: Secret | None = None  # the user's aigw token (gateway route)
@@ -113,21 +113,24 @@ class Route:
         return h
 
 
-def api_of(provider_type: str) -> Literal["openai", "anthropic"]:
-    return "anthropic" if provider_type in MESSAGES_TYPES else "openai"
+def api_of(provider_type: str) -> Api:
+    cap = capabilities(provider_type)
+    return cap.api if cap is not None else "openai"
 
 
 def gateway_route(gateway_url: str, provider_name: str, provider_type: str, *, token: Secret,
                   provider_key: Secret | None, chat_id: str) -> Route:
-    api = api_of(provider_type)
-    path = "/v1/messages" if api == "anthropic" else "/v1/chat/completions"
+    """Through the gateway, on the type's own chat route (Copilot's has no ``/v1``)."""
+    cap = capabilities(provider_type)
+    api, path = (cap.api, cap.chat_path) if cap is not None else ("openai", "/v1/chat/completions")
     return Route(api, f"{gateway_url.rstrip('/')}/{provider_name}{path}", provider_name, token=token,
                  provider_key=provider_key, chat_id=chat_id)
 
 
 def direct_route(base_url: str, provider_name: str, provider_type: str, *, provider_key: Secret | None) -> Route:
     """Straight to the provider with the user's own key; central keys never leave the gateway."""
-    if provider_type == "bedrock":
+    cap = capabilities(provider_type)
+    if cap is not None and cap.wire is Wire.BEDROCK:
         raise TurnError("direct routing does not support bedrock providers (SigV4); route through the gateway",
                         "generic", provider=provider_name)
     if provider_key is None:
@@ -176,26 +179,12 @@ _CONTEXT_RE = re.compile(
 )
 
 
-def _error_fields(body: Any) -> tuple[str, str, str]:
-    """(type, code, message) of an OpenAI ``{"error":{…}}`` or Anthropic ``{"type":"error","error":{…}}`` body."""
-    if not isinstance(body, dict):
-        return "", "", ""
-    err = body.get("error")
-    if isinstance(err, dict):
-        return str(err.get("type") or ""), str(err.get("code") or ""), str(err.get("message") or "")
-    if isinstance(err, str):
-        return "", "", err
-    return str(body.get("type") or ""), str(body.get("code") or ""), str(body.get("message") or "")
-
-
 def classify_http(status: int, raw: bytes, provider: str, headers: Any = None) -> TurnError:
     """A non-2xx answer (from the gateway or the provider) as a structured error."""
-    try:
-        body = msgspec.json.decode(raw) if raw else None
-    except msgspec.DecodeError:
-        body = None
-    etype, code, message = _error_fields(body)
-    text = message or (raw[:300].decode("utf-8", "replace") if raw else "") or f"HTTP {status}"
+    e = error_body.parse(raw, headers)
+    # only what a JSON error object says classifies it; free text is shown, never matched
+    etype, code, message = (e.type, e.code, e.message) if e.structured else ("", "", "")
+    text = e.message or (raw[:300].decode("utf-8", "replace") if raw else "") or f"HTTP {status}"
     ra = retry_after(headers)
     both = f"{etype} {code} {message}".lower()
 
@@ -226,7 +215,8 @@ def classify_http(status: int, raw: bytes, provider: str, headers: Any = None) -
 
 def classify_stream_error(payload: Any, provider: str) -> TurnError:
     """An error event inside a stream (Anthropic ``event: error``, an OpenAI chunk with ``error``)."""
-    etype, code, message = _error_fields(payload)
+    e = error_body.from_object(payload)
+    etype, code, message = e.type, e.code, e.message
     both = f"{etype} {code} {message}".lower()
     msg = message or "the provider reported an error mid-stream"
     detail = etype or code or None
@@ -329,7 +319,7 @@ def parse_anthropic_event(event: str, data: str, result: StreamResult, provider:
 
 async def _error_of(resp: aiohttp.ClientResponse, provider: str) -> TurnError:
     try:
-        raw = await resp.content.read(64 * 1024)
+        raw = await resp.content.read(MAX_ERROR_BODY)
     except (TimeoutError, aiohttp.ClientError):
         raw = b""
     return classify_http(resp.status, raw, provider, resp.headers)

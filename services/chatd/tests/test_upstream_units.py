@@ -148,3 +148,14 @@ def test_direct_route_needs_a_users_key():
         direct_route("https://bedrock", "bedrock", "bedrock", provider_key=Secret("k"))
     assert direct_route("https://api.anthropic.com", "a", "anthropic", provider_key=Secret("k")).url == \
         "https://api.anthropic.com/v1/messages"
+
+
+@pytest.mark.parametrize(("ptype", "api", "path"), [
+    ("openai", "openai", "/v1/chat/completions"), ("azure", "openai", "/v1/chat/completions"),
+    ("openai-compat", "openai", "/v1/chat/completions"), ("openrouter", "openai", "/v1/chat/completions"),
+    ("copilot", "openai", "/chat/completions"),  # the gateway serves Copilot's routes without /v1
+    ("anthropic", "anthropic", "/v1/messages"), ("bedrock", "anthropic", "/v1/messages"),
+])
+def test_gateway_route_is_the_types_chat_route(ptype, api, path):
+    r = gateway_route("http://gw/", "p", ptype, token=Secret("t"), provider_key=None, chat_id="c")
+    assert (r.api, r.url) == (api, "http://gw/p" + path)

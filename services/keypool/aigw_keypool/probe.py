@@ -14,10 +14,10 @@ from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
+from aigw_common.llm import ANTHROPIC_VERSION, Auth, Wire, capabilities
+
 log = logging.getLogger(__name__)
 
-ANTHROPIC_VERSION = "2023-06-01"
-_BEARER_TYPES = frozenset({"openai", "openai-compat", "openrouter", "copilot"})
 # A Bedrock pool key that is an access-key pair (AKID:SECRET[:TOKEN]) needs SigV4 to be checked: not probed.
 _AWS_KEY_PAIR = re.compile(r"^[A-Z0-9]{12,128}:")
 _BEDROCK_RUNTIME = re.compile(r"bedrock-runtime(-fips)?\.([a-z0-9-]+\.amazonaws\.com(?:\.cn)?)")
@@ -33,20 +33,33 @@ def bedrock_control_url(base_url: str) -> str:
 
 
 def probe_request(ptype: str, base_url: str, settings: Mapping[str, str], secret: str) -> tuple[str, dict[str, str]] | None:
-    """(URL, headers) of the model-list call for a provider type; None when the type has no pool keys to check."""
+    """(URL, headers) of the model-list call for a provider type (its API family and auth style from
+    :mod:`aigw_common.llm`); None when the type's key cannot be checked this way."""
+    cap = capabilities(ptype)
+    if cap is None:
+        return None
     base = base_url.rstrip("/")
-    if ptype in _BEARER_TYPES:
-        return f"{base}/models", {"Authorization": f"Bearer {secret}"}
-    if ptype == "azure":
-        url = f"{base}/models"
-        if version := settings.get("api_version"):
-            url += "?" + urlencode({"api-version": version})
-        return url, {"api-key": secret}
-    if ptype == "anthropic":
-        return f"{base}/v1/models", {"X-Api-Key": secret, "anthropic-version": ANTHROPIC_VERSION}
-    if ptype == "bedrock" and not _AWS_KEY_PAIR.match(secret):  # a Bedrock API key: bearer on the control plane
-        return f"{bedrock_control_url(base)}/foundation-models?byProvider=Anthropic", {"Authorization": f"Bearer {secret}"}
-    return None
+    match cap.wire:
+        case Wire.OPENAI | Wire.COPILOT:  # the base URL includes /v1 (Copilot's API has none)
+            url = f"{base}/models"
+        case Wire.AZURE:
+            url = f"{base}/models"
+            if version := settings.get("api_version"):
+                url += "?" + urlencode({"api-version": version})
+        case Wire.ANTHROPIC:
+            url = f"{base}/v1/models"
+        case Wire.BEDROCK:
+            if _AWS_KEY_PAIR.match(secret):
+                return None
+            # a Bedrock API key: bearer on the control plane
+            return f"{bedrock_control_url(base)}/foundation-models?byProvider=Anthropic", {"Authorization": f"Bearer {secret}"}
+    match cap.auth:
+        case Auth.API_KEY:
+            return url, {"api-key": secret}
+        case Auth.X_API_KEY:
+            return url, {"X-Api-Key": secret, "anthropic-version": ANTHROPIC_VERSION}
+        case _:
+            return url, {"Authorization": f"Bearer {secret}"}
 
 
 async def probe(session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], timeout: float) -> int:

@@ -5,6 +5,7 @@ from . import error_body
 from .error_body import MAX_ERROR_BODY, ProviderError
 from .providers import (
     ANTHROPIC_BASE_URL,
+    ANTHROPIC_VERSION,
     CAPABILITIES,
     OPENAI_BASE_URL,
     PROVIDER_TYPES,
@@ -21,6 +22,7 @@ from .providers import (
 
 __all__ = [
     "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_VERSION",
     "CAPABILITIES",
     "MAX_ERROR_BODY",
     "OPENAI_BASE_URL",

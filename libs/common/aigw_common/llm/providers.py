@@ -87,6 +87,7 @@ class Capabilities:
         return path
 
 
+ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header aigw's own calls send (chatd turns, keypool probes)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
