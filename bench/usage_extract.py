@@ -15,7 +15,7 @@ import argparse
 import time
 from collections.abc import Callable
 
-from aigw_gateway.usage.common import Endpoint
+from aigw_common.llm import Endpoint
 from aigw_gateway.usage.dialects import DIALECTS
 from aigw_testing.txtar import all_corpora
 

@@ -9,6 +9,8 @@ Two readers over the same rules (the WHATWG event-stream format as LLM APIs use 
 - :class:`SSEFramer`: bytes → the raw bytes of each complete event (its blank line included), for a relay
   that must forward what it does not change byte for byte.
 
+And one writer, :func:`encode`: an event as bytes on the wire.
+
 Both are bounded: nothing longer than ``max_line`` is ever held. What happens past it is the caller's
 choice: ``strict`` raises :class:`SSETooLarge` (a client of the stream: the stream is unusable); otherwise
 the over-long line is dropped and reading goes on at the next line (a metering relay: the bytes are
@@ -21,12 +23,14 @@ unless a line straddles chunks or the chunk carries a CR.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from .errors import AigwError
 
 MAX_LINE = 16 << 20  # default bound on a line (and on an event's joined data)
 
 Event = tuple[bytes | None, bytes]  # (the event: field or None, the joined data)
+EventSink = Callable[[bytes | None, bytes], None]  # takes events one by one, as the decoder gives them
 
 
 class SSETooLarge(AigwError):
@@ -178,10 +182,20 @@ class SSEFramer:
         return rest
 
 
+def encode(event: bytes | None, data: bytes) -> bytes:
+    """One event on the wire: ``event:`` when named, then ``data``, one ``data:`` line per line of it."""
+    if b"\n" in data or b"\r" in data:
+        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        body = b"".join([b"data: " + line + b"\n" for line in lines])
+    else:
+        body = b"data: " + data + b"\n"
+    return (b"event: " + event + b"\n" + body if event else body) + b"\n"
+
+
 def data_of(event: bytes) -> bytes:
     """The joined ``data:`` of one raw event (as :class:`SSEFramer` returns it)."""
     out = [d for _e, d in SSEDecoder(max(len(event), 1)).feed(event + b"\n\n")]
     return out[0] if out else b""
 
 
-__all__ = ["MAX_LINE", "Event", "SSEDecoder", "SSEFramer", "SSETooLarge", "data_of"]
+__all__ = ["MAX_LINE", "Event", "EventSink", "SSEDecoder", "SSEFramer", "SSETooLarge", "data_of", "encode"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aigw_common.sse import SSEDecoder, SSEFramer, SSETooLarge, data_of
+from aigw_common.sse import SSEDecoder, SSEFramer, SSETooLarge, data_of, encode
 
 STREAM = (b": comment\nevent: a\ndata: one\ndata:  two\n\nid: 7\ndata: {\"x\":1}\n\n"
           b"event: empty\n\ndata\n\nevent: b\ndata: last\n\n")
@@ -81,3 +81,22 @@ def test_framer_releases_an_over_long_tail_unread() -> None:
     events, overflow = f.feed(b"data: a\n\ndata: " + b"x" * 30)
     assert events == [b"data: a\n\n"] and overflow == b"data: " + b"x" * 30
     assert f.feed(b"\n\n") == ([b"\n\n"], b"")
+
+
+@pytest.mark.parametrize(("event", "data"), [
+    (b"message_start", b'{"type":"message_start"}'),
+    (None, b"[DONE]"),
+    (b"a", b"one\ntwo\r\nthree\rfour"),
+    (None, b""),
+])
+def test_encode_is_what_the_decoder_reads_back(event: bytes | None, data: bytes) -> None:
+    wire = encode(event, data)
+    assert wire.endswith(b"\n\n") and b"\r" not in wire
+    want = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    assert SSEDecoder().feed(wire) == [(event, want)]
+    assert SSEFramer().feed(wire) == ([wire], b"")
+
+
+def test_encode_bytes() -> None:
+    assert encode(b"error", b"{}") == b"event: error\ndata: {}\n\n"
+    assert encode(None, b"x\ny") == b"data: x\ndata: y\n\n"

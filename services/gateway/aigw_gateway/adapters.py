@@ -19,6 +19,7 @@ from yarl import URL
 from aigw_common.durations import parse_duration
 from aigw_common.errors import AigwError
 from aigw_common.llm import CAPABILITIES, Api, Capabilities, Endpoint, Wire
+from aigw_common.sse import EventSink
 
 from . import bedrock, paths, sigv4
 from . import headers as hdr
@@ -84,6 +85,11 @@ class ResponseFilter(Protocol):
 
     def feed(self, chunk: bytes) -> bytes: ...
     def finish(self) -> bytes: ...
+
+    def meter(self, sink: EventSink) -> bool:
+        """Hand ``sink`` the events it decodes as it writes them (True), or leave the usage extractor to read
+        the bytes it returns (False)."""
+        ...
 
 
 class Adapter:

@@ -19,9 +19,10 @@ with a slightly different body, signed with SigV4:
   ``output_config.effort`` kept, ``output_config.format`` stripped).
 
 Responses: the event stream is re-emitted as Anthropic SSE
-(:class:`aigw_gateway.eventstream.BedrockSSE`), so the normal Anthropic usage
-extractor reads it; a blocking body is already Anthropic JSON; error bodies
-(``{"message"}`` + ``x-amzn-ErrorType``) become Anthropic error JSON.
+(:class:`aigw_gateway.eventstream.BedrockSSE`), and its events go straight to the
+Messages usage extractor (:meth:`SSEFilter.meter`); a blocking body is already
+Anthropic JSON; error bodies (``{"message"}`` + ``x-amzn-ErrorType``) become
+Anthropic error JSON.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import msgspec
 from yarl import URL
 
 from aigw_common.llm import bedrock_runtime_url, error_body
+from aigw_common.sse import EventSink
 
 from . import sigv4
 from .eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
@@ -382,6 +384,11 @@ class SSEFilter:
     def finish(self) -> bytes:
         return self._t.finish()
 
+    def meter(self, sink: EventSink) -> bool:
+        """The events it writes also go to ``sink``, as they are decoded: no need to read the SSE back."""
+        self._t.sink = sink
+        return True
+
 
 class BufferFilter:
     """Collect the whole (small) body, then translate it once."""
@@ -399,6 +406,9 @@ class BufferFilter:
 
     def finish(self) -> bytes:
         return self._translate(bytes(self._buf))
+
+    def meter(self, sink: EventSink) -> bool:
+        return False  # one JSON body: read what it returns
 
 
 def response_filter(kind: Kind, stream: bool, status: int, headers: Mapping[str, str]) -> SSEFilter | BufferFilter | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from aigw_common import sse
 from aigw_common.llm import Api
 
 __all__ = ["Api", "error_body", "error_response", "sse_error_event"]
@@ -45,6 +46,4 @@ def error_response(api: Api, status: int, message: str, *, code: str | None = No
 def sse_error_event(api: Api, message: str, status: int = 502) -> bytes:
     """An in-band error for a stream that already started (the status line is gone)."""
     body = error_body(api, status, message)
-    if api == "anthropic":
-        return b"event: error\ndata: " + body + b"\n\n"
-    return b"data: " + body + b"\n\n"
+    return sse.encode(b"error" if api == "anthropic" else None, body)

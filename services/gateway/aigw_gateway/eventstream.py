@@ -16,7 +16,9 @@ as ``:message-type exception`` (``:exception-type`` names it, payload
 ``{"message": …}``) or ``:message-type error`` (``:error-code`` /
 ``:error-message`` headers). :class:`BedrockSSE` turns that into the SSE an
 Anthropic client expects, ``event: <type>\\ndata: <json>\\n\\n``, with the JSON
-passed through byte for byte, and exceptions as an Anthropic ``event: error``.
+passed through byte for byte, and exceptions as an Anthropic ``event: error``;
+its ``sink`` gets the same events undecoded-from-SSE (the usage extractor reads
+them there, with no SSE round trip).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from dataclasses import dataclass
 
 import msgspec
 
+from aigw_common import sse
 from aigw_common.errors import AigwError
 from aigw_common.llm import error_body
+from aigw_common.sse import EventSink
 
 PRELUDE = 12
 MAX_MESSAGE = 16 * 1024 * 1024  # the spec's limit
@@ -216,9 +220,9 @@ def anthropic_error_type(aws_code: str) -> str:
     return _ANTHROPIC_ERROR_TYPES.get(key, "api_error")
 
 
-def anthropic_error_event(error_type: str, message: str) -> bytes:
-    data = msgspec.json.encode({"type": "error", "error": {"type": error_type, "message": message}})
-    return b"event: error\ndata: " + data + b"\n\n"
+def anthropic_error(error_type: str, message: str) -> bytes:
+    """The data of an Anthropic ``error`` event."""
+    return msgspec.json.encode({"type": "error", "error": {"type": error_type, "message": message}})
 
 
 class _Chunk(msgspec.Struct):
@@ -246,13 +250,15 @@ class BedrockSSE:
     """Feed raw Bedrock response bytes; get Anthropic SSE bytes back, event by event.
 
     After a framing error or an exception message the stream is over: later bytes are ignored.
-    ``error`` holds the in-band error message (for recording), if any.
+    ``error`` holds the in-band error message (for recording), if any. ``sink``, when set, also gets
+    every event as ``(name, data)``, before its bytes are returned.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sink: EventSink | None = None) -> None:
         self._dec = Decoder()
         self.done = False
         self.error: str | None = None
+        self.sink = sink
 
     def feed(self, chunk: bytes) -> bytes:
         if self.done:
@@ -277,7 +283,12 @@ class BedrockSSE:
     def _fail(self, error_type: str, message: str) -> bytes:
         self.done = True
         self.error = message
-        return anthropic_error_event(error_type, message)
+        return self._emit(b"error", anthropic_error(error_type, message))
+
+    def _emit(self, name: bytes, data: bytes) -> bytes:
+        if self.sink is not None:
+            self.sink(name, data)
+        return sse.encode(name, data)
 
     def _convert(self, m: Message) -> bytes:
         mtype = m.header(":message-type") or "event"
@@ -302,7 +313,7 @@ class BedrockSSE:
             event = msgspec.json.encode(msgspec.json.decode(event))  # keep one data line per event
         if etype == "error":
             self.done = True
-        return b"event: " + etype.encode() + b"\ndata: " + event + b"\n\n"
+        return self._emit(etype.encode(), event)
 
 
 # ---------------------------------------------------------------- encoding Bedrock frames (mock Bedrock, tests)

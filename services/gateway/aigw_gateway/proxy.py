@@ -517,6 +517,8 @@ class Gateway:
         out.headers["X-Accel-Buffering"] = "no"
         await out.prepare(request)
         ext = DIALECTS[endpoint].stream()
+        # a filter that decodes the events itself (Bedrock) hands them over; otherwise the extractor reads the SSE
+        read = None if filt is not None and filt.meter(ext.event) else ext.feed
         dump = rec.dump
         if dump is not None:
             dump.response_head(resp.status, resp.headers)
@@ -525,14 +527,16 @@ class Gateway:
                 async for chunk in _chunks(resp, rec.provider.timeouts.idle):
                     if filt is not None and not (chunk := filt.feed(chunk)):
                         continue
-                    ext.feed(chunk)
+                    if read is not None:
+                        read(chunk)
                     if dump is not None:
                         dump.chunk(chunk)
                     if hidden is not None and not (chunk := hidden.feed(chunk)):
                         continue
                     await out.write(chunk)
                 if filt is not None and (tail := filt.finish()):
-                    ext.feed(tail)
+                    if read is not None:
+                        read(tail)
                     await out.write(tail)
                 if hidden is not None and (tail := hidden.finish()):
                     await out.write(tail)

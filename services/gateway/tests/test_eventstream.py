@@ -11,8 +11,10 @@ import msgspec
 import pytest
 from botocore.eventstream import EventStreamBuffer
 
+from aigw_common import sse
 from aigw_gateway import eventstream as es
-from aigw_testing.txtar import load
+from aigw_gateway.usage.dialects import DIALECTS
+from aigw_testing.txtar import all_corpora, load
 from aigw_testing.upstream import split_events
 
 # Vectors from the AWS event-stream test suite (as carried by botocore's unit tests).
@@ -185,3 +187,44 @@ def test_bad_chunk_payload() -> None:
 ])
 def test_error_type_mapping(code: str, etype: str) -> None:
     assert es.anthropic_error_type(code) == etype
+
+
+ANTHROPIC_STREAMS = sorted(n for n, f in all_corpora().items()
+                           if n.removeprefix("ext:").startswith("anthropic/") and f.has("streaming")
+                           and f.response("streaming").status == 200)
+
+
+@pytest.mark.parametrize("fixture", ANTHROPIC_STREAMS)
+def test_sink_events_meter_like_the_sse_they_become(fixture: str) -> None:
+    """The proxy meters a Bedrock stream from the events BedrockSSE hands its sink, not from its SSE output:
+    both must give the Messages extractor the same usage, tool calls, terminal and error."""
+    sse = all_corpora()[fixture].response("streaming").body
+    stream = b"".join(bedrock_frames(sse))
+    messages = DIALECTS["messages"]
+    direct, read_back = messages.stream(), messages.stream()
+    t = es.BedrockSSE(sink=direct.event)
+    rng = random.Random(fixture)
+    i = 0
+    while i < len(stream):
+        n = rng.randint(1, 300)
+        read_back.feed(t.feed(stream[i : i + n]))
+        i += n
+    read_back.feed(t.finish())
+    got, want = direct.finish(), read_back.finish()
+    assert got == want
+    assert want.terminal or want.error is not None
+
+
+def test_sink_gets_the_error_an_exception_becomes() -> None:
+    start = b'{"type":"message_start","message":{"model":"c","usage":{"input_tokens":3,"output_tokens":1}}}'
+    stream = es.encode_chunk(start) + es.encode_exception("throttlingException", "slow down")
+    seen: list[tuple[bytes | None, bytes]] = []
+    t = es.BedrockSSE(sink=lambda name, data: seen.append((name, data)))
+    out = t.feed(stream)
+    assert [n for n, _ in seen] == [b"message_start", b"error"]
+    assert b"".join(sse.encode(n, d) for n, d in seen) == out
+    x = DIALECTS["messages"].stream()
+    for n, d in seen:
+        x.event(n, d)
+    got = x.finish()
+    assert (got.model, got.tokens.input_tokens, got.error, got.terminal) == ("c", 3, "slow down", False)

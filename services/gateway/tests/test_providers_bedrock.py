@@ -52,7 +52,7 @@ async def test_simple_bedrock_streaming_through_gateway(bgw) -> None:  # type: i
     assert seen.json() == {
         "max_tokens": 32000, "messages": fx.request_json()["messages"],
         "thinking": {"type": "enabled", "budget_tokens": 16000}, "anthropic_version": "bedrock-2023-05-31"}
-    # usage comes from the re-emitted SSE, read by the normal Anthropic extractor
+    # usage comes from the decoded Bedrock events, fed to the Messages extractor
     [ended] = await bgw.usage.wait_ended(1)
     assert ended.status == "ok", ended.error
     [tok] = bgw.usage.tokens()

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from aigw_common.llm import Endpoint
 from aigw_common.schemas import TokenCounts
 
 if TYPE_CHECKING:
     from .stream import StreamExtractor
-
-Endpoint = Literal["chat_completions", "responses", "messages"]
 
 NULL = msgspec.Raw(b"null")
 DECODE_ERRORS = (msgspec.DecodeError, RecursionError)  # what decoding an upstream body may raise

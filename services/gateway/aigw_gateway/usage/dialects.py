@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from aigw_common.llm import Endpoint
+
 from .chat import ChatDialect
-from .common import Dialect, Endpoint
+from .common import Dialect
 from .messages import MessagesDialect
 from .responses import ResponsesDialect
 
