@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from aigw_budget.openapi import ROUTES as BUDGET_ROUTES
-from aigw_chatd.openapi import ROUTES as CHATD_ROUTES
-from aigw_keypool.openapi import ROUTES as KEYPOOL_ROUTES
+from aigw_budget.api import ROUTES as BUDGET_ROUTES
+from aigw_chatd.routes import ROUTES as CHATD_ROUTES
+from aigw_keypool.api import ROUTES as KEYPOOL_ROUTES
 from aigw_testing.system import Api, Member, System
 from aigw_testing.wait import eventually
 

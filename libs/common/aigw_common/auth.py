@@ -20,8 +20,9 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiohttp import web
 from nats.aio.msg import Msg
@@ -45,12 +46,19 @@ GATEWAY_SCOPE_REFUSED = ("this token has gateway scope (LLM routes only); the co
                          "created with \"scope\": \"admin\"")
 
 
-def is_admin(identity: Identity) -> bool:
-    return ROLE_OWNER in identity.roles or ROLE_ADMIN in identity.roles
+class HasRoles(Protocol):
+    """A control-plane caller: another service's ``Identity`` or the registry's ``Actor``."""
+
+    @property
+    def roles(self) -> Sequence[str]: ...
 
 
-def is_owner(identity: Identity) -> bool:
-    return ROLE_OWNER in identity.roles
+def is_admin(caller: HasRoles) -> bool:
+    return ROLE_OWNER in caller.roles or ROLE_ADMIN in caller.roles
+
+
+def is_owner(caller: HasRoles) -> bool:
+    return ROLE_OWNER in caller.roles
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -262,23 +270,28 @@ async def authenticate(request: web.Request, cache: IdentityCache) -> Identity:
     """Control-plane authentication for services other than the registry: 401 on a bad token, 403 on a
     gateway-scoped one, 503 if unverifiable. Every control-plane route goes through here (the registry's
     own ``authenticate`` applies the same rule from its database)."""
-    from .api import ApiError, forbidden, unauthorized
+    from .api import (  # api imports this module
+        Forbidden,
+        TooManyRequests,
+        Unauthorized,
+        Unavailable,
+    )
 
     token = bearer_token(request)
     if not token:
-        raise unauthorized("missing token: send Authorization: Bearer <aigw token>")
+        raise Unauthorized("missing token: send Authorization: Bearer <aigw token>")
     try:
         ident = await cache.verify(token, client=request.remote or "")
     except AuthThrottled as e:
-        raise ApiError(429, e.message, headers={"Retry-After": str(max(1, round(e.retry_after)))}) from None
+        raise TooManyRequests(e.message, e.retry_after) from None
     except BusError as e:
         log.warning("token verification unavailable", extra={"error": str(e)})
-        raise ApiError(503, "identity service unavailable, try again", headers={"Retry-After": "1"}) from None
+        raise Unavailable("identity service unavailable, try again") from None
     if ident is None:
-        raise unauthorized()
+        raise Unauthorized()
     if ident.scope != SCOPE_ADMIN:
-        raise forbidden(GATEWAY_SCOPE_REFUSED)
+        raise Forbidden(GATEWAY_SCOPE_REFUSED)
     return ident
 
 
-__all__ = ["ROLES", "SCOPES", "SCOPE_ADMIN", "SCOPE_GATEWAY", "AuthThrottled", "FailureThrottle", "IdentityCache", "authenticate", "bearer_token", "client_key", "is_admin", "is_owner", "same_token"]
+__all__ = ["ROLES", "SCOPES", "SCOPE_ADMIN", "SCOPE_GATEWAY", "AuthThrottled", "FailureThrottle", "HasRoles", "IdentityCache", "authenticate", "bearer_token", "client_key", "is_admin", "is_owner", "same_token"]

@@ -1,62 +1,21 @@
-"""OpenAPI 3.1 documents for the control-plane services, generated from a route table and msgspec Structs.
+"""OpenAPI 3.1 documents for the control-plane services, generated from their route tables.
 
-A service lists its operations as :class:`Route`s (method, path, access, body and response Structs,
-query parameters); :func:`build` turns them into the document, and :func:`serve_document` registers
-``GET <path>`` answering it. The same Structs decode the bodies and describe the responses, so the
-document cannot drift from them; a test compares each service's router with its document.
+A service lists its operations as ``aigw_common.api.Route`` entries (method, path, access, body and response
+Structs, query parameters); :func:`build` turns them into the document (schemas by
+``msgspec.json.schema_components`` from the very Structs the handlers decode and return), and
+:func:`serve_document` registers ``GET <path>`` answering it. A test compares each service's router with
+its document and each route's schema with its Struct.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    name: str
-    schema: dict[str, Any]
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    method: str
-    path: str
-    handler: Any  # the registry's route table also drives its router; other services pass None
-    access: str  # "public" | "admin" | "user" (any signed-in user; the handler decides self vs. others)
-    summary: str
-    tag: str
-    body: type | None = None
-    response: type | None = None  # None: 204 No Content
-    status: int = 200
-    query: tuple[Query, ...] = field(default=())
-    content_type: str = "application/json"  # of the response; text/event-stream for a stream
-    not_found: bool = False  # 404 also without a path parameter (a query names a user or group that may not exist)
-
-    @property
-    def operation_id(self) -> str:
-        path = re.sub(r"^/api/(v2|experimental)/", "", self.path)
-        words = re.sub(r"[{}]", "", path).replace("-", "_").split("/")
-        return f"{self.method.lower()}_" + "_".join(w for w in words if w)
-
-
-class ValidationOut(msgspec.Struct):
-    field: str
-    detail: str
-
-
-class ErrorOut(msgspec.Struct):
-    """The control-plane error shape (``aigw_common.api.ApiError``)."""
-
-    message: str
-    detail: str | None
-    validations: list[ValidationOut]
-
+from .api import ErrorOut, Route
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
 PARAM_DOCS: dict[str, tuple[str, str]] = {  # description, example
@@ -74,16 +33,17 @@ PARAM_DOCS: dict[str, tuple[str, str]] = {  # description, example
 _OK = {200: "OK", 201: "Created", 202: "Accepted"}
 
 
-def _error(description: str, error: type) -> dict[str, Any]:
+def _error(description: str) -> dict[str, Any]:
     return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{error.__name__}"}}}}
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorOut.__name__}"}}}}
 
 
-def build(routes: list[Route], *, title: str, description: str, version: str = "2", error: type = ErrorOut,
+def build(routes: list[Route], *, title: str, description: str, version: str = "2",
           unavailable: bool = False) -> dict[str, Any]:
     """The document for ``routes``. ``unavailable``: non-public operations may answer 503 (+ Retry-After) when a
-    dependency (the identity service, the database) is away."""
-    types: list[Any] = [error]
+    dependency (the identity service, the database) is away. Each operation carries its route's access as
+    ``x-aigw-access`` (public, user, admin): the permission matrix, read from the same table the router checks."""
+    types: list[Any] = [ErrorOut]
     for r in routes:
         types += [t for t in (r.body, r.response) if t is not None]
     _, components = msgspec.json.schema_components(list(dict.fromkeys(types)),
@@ -106,20 +66,20 @@ def build(routes: list[Route], *, title: str, description: str, version: str = "
             ok = {"description": _OK.get(r.status, "OK"), "content": {r.content_type: {"schema": {"type": "string"}}}}
         responses: dict[str, Any] = {str(r.status if r.response is not None else 204): ok}
         if r.body is not None or r.query or params:
-            responses["400"] = _error("Invalid request", error)
+            responses["400"] = _error("Invalid request")
         if r.access != "public":
-            responses["401"] = _error("Missing, unknown or revoked token", error)
-            responses["403"] = _error("Outside the caller's role", error)
+            responses["401"] = _error("Missing, unknown or revoked token")
+            responses["403"] = _error("Outside the caller's role")
         if _PATH_PARAM.search(r.path) or r.not_found:
-            responses["404"] = _error("Not found", error)
+            responses["404"] = _error("Not found")
         if r.method in ("POST", "PATCH", "PUT", "DELETE"):
-            responses["409"] = _error("Name conflict or state conflict", error)
+            responses["409"] = _error("Name conflict or state conflict")
         if r.body is not None:
-            responses["413"] = _error("Request body too large", error)
+            responses["413"] = _error("Request body too large")
         if unavailable and r.access != "public":
-            responses["503"] = _error("A dependency is unavailable; retry after Retry-After", error)
+            responses["503"] = _error("A dependency is unavailable; retry after Retry-After")
         op: dict[str, Any] = {"operationId": r.operation_id, "summary": r.summary, "tags": [r.tag],
-                              "responses": responses}
+                              "x-aigw-access": r.access, "responses": responses}
         if params:
             op["parameters"] = params
         if r.body is not None:
@@ -167,4 +127,4 @@ def serve_document(app: web.Application, routes: list[Route], **kw: Any) -> None
     app.router.add_get(doc_route.path, handler)
 
 
-__all__ = ["PARAM_DOCS", "ErrorOut", "Query", "Route", "build", "document_route", "finish", "serve_document"]
+__all__ = ["PARAM_DOCS", "build", "document_route", "finish", "serve_document"]

@@ -2,7 +2,9 @@
 
 Admins (and owners) write budgets and prices and read everything. Members
 read their own user budget, the budgets of groups they belong to, and only
-their own usage and interceptions.
+their own usage and interceptions. :data:`ROUTES` drives the router
+(``aigw_common.api.mount``), the OpenAPI document (``openapi.py``) and the RBAC
+matrix test; every handler returns the response Struct its route declares.
 """
 
 from __future__ import annotations
@@ -14,15 +16,25 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import msgspec
 from aiohttp import web
 
-from aigw_common.api import ApiError, bad_request, forbidden, json_response, not_found, read_json
+from aigw_common.api import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    Query,
+    Route,
+    Unavailable,
+    mount,
+    read_json,
+)
 from aigw_common.auth import IdentityCache, authenticate, is_admin
 from aigw_common.errors import BusError
+from aigw_common.openapi import document_route
 from aigw_common.schemas import Identity, ModelPrice
 
 from .errors import DB_ERRORS, classify
@@ -37,7 +49,8 @@ log = logging.getLogger(__name__)
 SERVICE = web.AppKey("budget_service", BudgetService)
 IDENTITIES = web.AppKey("identities", IdentityCache)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+R = TypeVar("R")
+Handler = Callable[[web.Request, Identity], Awaitable[R]]
 
 
 class BudgetBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,28 +77,104 @@ class PriceBody(msgspec.Struct, forbid_unknown_fields=True):
     cache_write_per_mtok_micros: int | None = None  # default: the input price
 
 
-def _db(fn: Handler) -> Handler:
+# ---------------------------------------------------------------- response bodies
+
+
+class BudgetOut(msgspec.Struct):
+    spend_limit_micros: int
+    period: Literal["month"]
+    spent_micros: int
+    reserved_micros: int
+    period_start: str
+    period_end: str
+
+
+class LimitsOut(msgspec.Struct):
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    concurrent_requests: int | None
+
+
+class Totals(msgspec.Struct):
+    interceptions: int
+    spend_micros: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+
+
+class UsageRow(Totals):
+    key: str
+
+
+class UsageOut(msgspec.Struct):
+    from_: str = msgspec.field(name="from")
+    to: str
+    total: Totals
+    rows: list[UsageRow]
+
+
+class TokenUsageOut(msgspec.Struct):
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+
+
+class ToolCallOut(msgspec.Struct):
+    name: str
+    call_id: str
+    arguments: str
+    injected: bool
+    error: str | None
+    truncated: bool
+
+
+class InterceptionOut(msgspec.Struct):
+    id: str
+    user_id: str | None
+    provider: str
+    model: str
+    client: str
+    session_id: str | None
+    credential_kind: str
+    key_id: str | None
+    key_hint: str | None
+    status: Literal["running", "ok", "error", "cancelled", "interrupted"]
+    started_at: str
+    ended_at: str | None
+    cost_micros: int
+    token_usage: TokenUsageOut
+    prompt: str | None
+    prompt_truncated: bool
+    tool_calls: list[ToolCallOut]
+
+
+class InterceptionList(msgspec.Struct):
+    interceptions: list[InterceptionOut]
+    next_cursor: str | None
+
+
+class PriceList(msgspec.Struct):
+    prices: list[ModelPrice]
+
+
+def _db(fn: Handler[R]) -> Handler[R]:
     """Database outages become 503 with Retry-After instead of a bare 500."""
 
-    async def wrapped(request: web.Request) -> web.StreamResponse:
+    async def wrapped(request: web.Request, ident: Identity) -> R:
         try:
-            return await fn(request)
+            return await fn(request, ident)
         except DB_ERRORS as e:
             err = classify(e)
             if err.retryable:
-                raise ApiError(503, "database unavailable, try again", headers={"Retry-After": "2"}) from e
+                raise Unavailable("database unavailable, try again", retry_after=2) from e
             raise
 
     return wrapped
-
-
-async def _who(request: web.Request) -> Identity:
-    return await authenticate(request, request.app[IDENTITIES])
-
-
-def _require_admin(ident: Identity) -> None:
-    if not is_admin(ident):
-        raise forbidden("admin role required")
 
 
 # ---------------------------------------------------------------- budgets
@@ -99,7 +188,7 @@ async def _subject(request: web.Request, scope: Literal["user", "group"], ident:
         ref = ident.user_id
     found = await _resolve(svc, scope, ref)
     if found is None:
-        raise not_found(f"{scope} {ref!r}")
+        raise NotFound(f"{scope} {ref!r} not found")
     return found
 
 
@@ -109,7 +198,7 @@ async def _resolve(svc: BudgetService, scope: Literal["user", "group"], ref: str
         return await svc.directory.resolve(scope, ref)
     except BusError as e:
         log.warning("directory unavailable", extra={"error": str(e)})
-        raise ApiError(503, "the user directory is unavailable, try again", headers={"Retry-After": "1"}) from None
+        raise Unavailable("the user directory is unavailable, try again") from None
 
 
 def is_uuid(s: str) -> bool:
@@ -128,7 +217,7 @@ async def _filter_ref(svc: BudgetService, scope: Literal["user", "group"], ref: 
         return found[0]
     if is_uuid(ref):
         return ref
-    raise not_found(f"{scope} {ref!r}")
+    raise NotFound(f"{scope} {ref!r} not found")
 
 
 def _may_read(scope: str, subject_id: str, ident: Identity) -> bool:
@@ -137,41 +226,33 @@ def _may_read(scope: str, subject_id: str, ident: Identity) -> bool:
     return subject_id == ident.user_id if scope == "user" else subject_id in ident.group_ids
 
 
-async def _budget_body(svc: BudgetService, scope: str, subject_id: str) -> dict[str, Any] | None:
+async def _budget_body(svc: BudgetService, scope: str, subject_id: str) -> BudgetOut:
     states = await svc.ledger.states([(scope, subject_id)])
     if not states:
-        return None
+        raise NotFound("budget not found")
     st = states[0]
     p = month_of(st.period_start)
-    return {
-        "spend_limit_micros": st.limit_micros, "period": "month", "spent_micros": st.spent_micros,
-        "reserved_micros": st.reserved_micros, "period_start": iso(p.start), "period_end": iso(p.end),
-    }
+    return BudgetOut(spend_limit_micros=st.limit_micros, period="month", spent_micros=st.spent_micros,
+                     reserved_micros=st.reserved_micros, period_start=iso(p.start) or "", period_end=iso(p.end) or "")
 
 
-def budget_routes(scope: Literal["user", "group"]) -> list[web.RouteDef]:
+def budget_routes(scope: Literal["user", "group"]) -> list[Route]:
     path = f"/api/v2/{scope}s/{{ref}}/ai/budget"
     table, col = TABLES[scope]
 
     @_db
-    async def get(request: web.Request) -> web.Response:
-        ident = await _who(request)
+    async def get(request: web.Request, ident: Identity) -> BudgetOut:
         subject_id, _ = await _subject(request, scope, ident)
         if not _may_read(scope, subject_id, ident):
-            raise forbidden(f"you may read only budgets of your own {'user' if scope == 'user' else 'groups'}")
-        body = await _budget_body(request.app[SERVICE], scope, subject_id)
-        if body is None:
-            raise not_found("budget")
-        return json_response(body)
+            raise Forbidden(f"you may read only budgets of your own {'user' if scope == 'user' else 'groups'}")
+        return await _budget_body(request.app[SERVICE], scope, subject_id)
 
     @_db
-    async def put(request: web.Request) -> web.Response:
-        ident = await _who(request)
-        _require_admin(ident)
+    async def put(request: web.Request, ident: Identity) -> BudgetOut:
         subject_id, _ = await _subject(request, scope, ident)
         body = await read_json(request, BudgetBody)
         if body.spend_limit_micros < 0:
-            raise bad_request("spend_limit_micros must be ≥ 0", "spend_limit_micros")
+            raise BadRequest("spend_limit_micros must be ≥ 0", "spend_limit_micros")
         svc = request.app[SERVICE]
         async with svc.pool.acquire() as conn, conn.transaction():
             before = await conn.fetchrow(f"SELECT spend_limit_micros, period FROM {table} WHERE {col} = $1 FOR UPDATE", subject_id)
@@ -183,12 +264,10 @@ def budget_routes(scope: Literal["user", "group"]) -> list[web.RouteDef]:
             await _audit(conn, ident, "budget.created" if before is None else "budget.updated", scope, subject_id,
                          dict(before) if before else None, msgspec.to_builtins(body))
         await svc.publish_states([(scope, subject_id)])
-        return json_response(await _budget_body(svc, scope, subject_id))
+        return await _budget_body(svc, scope, subject_id)
 
     @_db
-    async def delete(request: web.Request) -> web.Response:
-        ident = await _who(request)
-        _require_admin(ident)
+    async def delete(request: web.Request, ident: Identity) -> None:
         subject_id, _ = await _subject(request, scope, ident)
         svc = request.app[SERVICE]
         async with svc.pool.acquire() as conn, conn.transaction():
@@ -196,41 +275,43 @@ def budget_routes(scope: Literal["user", "group"]) -> list[web.RouteDef]:
                 f"DELETE FROM {table} WHERE {col} = $1 RETURNING spend_limit_micros, period", subject_id
             )
             if before is None:
-                raise not_found("budget")
+                raise NotFound("budget not found")
             await _audit(conn, ident, "budget.deleted", scope, subject_id, dict(before), None)
         await svc.publish_states([(scope, subject_id)], include_deleted=True)
-        return web.Response(status=204)
 
-    return [web.get(path, get), web.put(path, put), web.delete(path, delete)]
+    who = "your own user budget" if scope == "user" else "the budgets of your groups"
+    return [
+        Route("GET", path, get, "user", f"Read a {scope}'s budget (members: {who})", "budgets", response=BudgetOut),
+        Route("PUT", path, put, "admin", f"Set a {scope}'s monthly budget", "budgets", body=BudgetBody,
+              response=BudgetOut),
+        Route("DELETE", path, delete, "admin", f"Remove a {scope}'s budget", "budgets"),
+    ]
 
 
-def limits_routes(scope: Literal["user", "group"]) -> list[web.RouteDef]:
+def limits_routes(scope: Literal["user", "group"]) -> list[Route]:
     """``/api/v2/{users|groups}/{ref}/ai/limits``: same roles as budgets; changes audited like budget changes."""
     path = f"/api/v2/{scope}s/{{ref}}/ai/limits"
     table, col = LIMIT_TABLES[scope]
     cols = ", ".join(LIMIT_FIELDS)
 
     @_db
-    async def get(request: web.Request) -> web.Response:
-        ident = await _who(request)
+    async def get(request: web.Request, ident: Identity) -> LimitsOut:
         subject_id, _ = await _subject(request, scope, ident)
         if not _may_read(scope, subject_id, ident):
-            raise forbidden(f"you may read only limits of your own {'user' if scope == 'user' else 'groups'}")
+            raise Forbidden(f"you may read only limits of your own {'user' if scope == 'user' else 'groups'}")
         found = await request.app[SERVICE].limits.get(scope, subject_id)
         if found is None:
-            raise not_found("limits")
-        return json_response(asdict(found))
+            raise NotFound("limits not found")
+        return LimitsOut(**asdict(found))
 
     @_db
-    async def put(request: web.Request) -> web.Response:
-        ident = await _who(request)
-        _require_admin(ident)
+    async def put(request: web.Request, ident: Identity) -> LimitsOut:
         subject_id, _ = await _subject(request, scope, ident)
         body = await read_json(request, LimitsBody)
         for f in LIMIT_FIELDS:
             v = getattr(body, f)
             if v is not None and not 0 <= v <= MAX_LIMIT:
-                raise bad_request(f"{f} must be null or between 0 and {MAX_LIMIT}", f)
+                raise BadRequest(f"{f} must be null or between 0 and {MAX_LIMIT}", f)
         svc = request.app[SERVICE]
         values = [getattr(body, f) for f in LIMIT_FIELDS]
         async with svc.pool.acquire() as conn, conn.transaction():
@@ -243,23 +324,27 @@ def limits_routes(scope: Literal["user", "group"]) -> list[web.RouteDef]:
             await _audit(conn, ident, "limits.created" if before is None else "limits.updated", scope, subject_id,
                          dict(before) if before else None, msgspec.to_builtins(body))
         await svc.publish_limits([(scope, subject_id)])
-        return json_response(dict(zip(LIMIT_FIELDS, values, strict=True)))
+        return LimitsOut(**dict(zip(LIMIT_FIELDS, values, strict=True)))
 
     @_db
-    async def delete(request: web.Request) -> web.Response:
-        ident = await _who(request)
-        _require_admin(ident)
+    async def delete(request: web.Request, ident: Identity) -> None:
         subject_id, _ = await _subject(request, scope, ident)
         svc = request.app[SERVICE]
         async with svc.pool.acquire() as conn, conn.transaction():
             before = await conn.fetchrow(f"DELETE FROM {table} WHERE {col} = $1 RETURNING {cols}", subject_id)
             if before is None:
-                raise not_found("limits")
+                raise NotFound("limits not found")
             await _audit(conn, ident, "limits.deleted", scope, subject_id, dict(before), None)
         await svc.publish_limits([(scope, subject_id)])
-        return web.Response(status=204)
 
-    return [web.get(path, get), web.put(path, put), web.delete(path, delete)]
+    who = "your own user's limits" if scope == "user" else "the limits of your groups"
+    return [
+        Route("GET", path, get, "user", f"Read a {scope}'s rate and concurrency limits (members: {who})", "limits",
+              response=LimitsOut),
+        Route("PUT", path, put, "admin", f"Set a {scope}'s requests and tokens per minute and concurrent requests "
+              "(null: not limited)", "limits", body=LimitsBody, response=LimitsOut),
+        Route("DELETE", path, delete, "admin", f"Remove a {scope}'s limits", "limits"),
+    ]
 
 
 async def _audit(conn: asyncpg.Connection, ident: Identity, action: str, target_type: str, target_id: str,
@@ -273,25 +358,18 @@ async def _audit(conn: asyncpg.Connection, ident: Identity, action: str, target_
 # ---------------------------------------------------------------- prices
 
 
-def _price_dict(p: ModelPrice) -> dict[str, Any]:
-    return msgspec.to_builtins(p)
-
-
 @_db
-async def get_prices(request: web.Request) -> web.Response:
-    await _who(request)
+async def get_prices(request: web.Request, _ident: Identity) -> PriceList:
     table = await request.app[SERVICE].prices.load(request.app[SERVICE].pool)
-    return json_response({"prices": [_price_dict(p) for p in table.prices]})
+    return PriceList(prices=list(table.prices))
 
 
 @_db
-async def put_price(request: web.Request) -> web.Response:
-    ident = await _who(request)
-    _require_admin(ident)
+async def put_price(request: web.Request, ident: Identity) -> ModelPrice:
     body = await read_json(request, PriceBody)
     model = body.model.strip()
     if not model or len(model) > 200:
-        raise bad_request("model must be 1-200 characters", "model")
+        raise BadRequest("model must be 1-200 characters", "model")
     price = ModelPrice(
         model=model, input_per_mtok_micros=body.input_per_mtok_micros, output_per_mtok_micros=body.output_per_mtok_micros,
         cache_read_per_mtok_micros=body.input_per_mtok_micros if body.cache_read_per_mtok_micros is None
@@ -301,7 +379,7 @@ async def put_price(request: web.Request) -> web.Response:
     )
     for f in ("input_per_mtok_micros", "output_per_mtok_micros", "cache_read_per_mtok_micros", "cache_write_per_mtok_micros"):
         if getattr(price, f) < 0:
-            raise bad_request(f"{f} must be ≥ 0", f)
+            raise BadRequest(f"{f} must be ≥ 0", f)
     svc = request.app[SERVICE]
     async with svc.pool.acquire() as conn, conn.transaction():
         before = await conn.fetchrow(
@@ -317,10 +395,10 @@ async def put_price(request: web.Request) -> web.Response:
             price.cache_write_per_mtok_micros,
         )
         await _audit(conn, ident, "price.updated" if before else "price.created", "price", model,
-                     dict(before) if before else None, _price_dict(price))
+                     dict(before) if before else None, msgspec.to_builtins(price))
     await svc.prices.load(svc.pool)
     await svc.publish_prices()
-    return json_response(_price_dict(price))
+    return price
 
 
 # ---------------------------------------------------------------- usage and interceptions
@@ -337,7 +415,7 @@ def _time_param(request: web.Request, name: str) -> datetime | None:
     try:
         dt = datetime.fromisoformat(raw)
     except ValueError:
-        raise bad_request(f"{name} must be an RFC 3339 time or epoch seconds", name) from None
+        raise BadRequest(f"{name} must be an RFC 3339 time or epoch seconds", name) from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
@@ -393,12 +471,11 @@ _TOTALS = (
 
 
 @_db
-async def get_usage(request: web.Request) -> web.Response:
-    ident = await _who(request)
+async def get_usage(request: web.Request, ident: Identity) -> UsageOut:
     svc = request.app[SERVICE]
     group_by = request.query.get("group_by")
     if group_by is not None and group_by not in _GROUP_KEYS:
-        raise bad_request("group_by must be one of user, group, provider, model, day, key", "group_by")
+        raise BadRequest("group_by must be one of user, group, provider, model, day, key", "group_by")
     now = datetime.now(UTC)
     start = _time_param(request, "from") or month_of(now).start
     end = _time_param(request, "to") or now
@@ -410,7 +487,7 @@ async def get_usage(request: web.Request) -> web.Response:
         f.add("? = ANY(i.group_ids)", await _filter_ref(svc, "group", group))
     where = f.sql()
     total = await svc.pool.fetchrow(f"SELECT {_TOTALS} FROM interceptions i WHERE {where}", *f.args)
-    rows: list[dict[str, Any]] = []
+    rows: list[UsageRow] = []
     if group_by:
         frm = "interceptions i"
         if group_by == "group":
@@ -419,8 +496,8 @@ async def get_usage(request: web.Request) -> web.Response:
         res = await svc.pool.fetch(
             f"SELECT {key} AS key, {_TOTALS} FROM {frm} WHERE {where} GROUP BY 1 ORDER BY 1", *f.args
         )
-        rows = [dict(r) for r in res]
-    return json_response({"from": iso(start), "to": iso(end), "total": dict(total), "rows": rows})
+        rows = [UsageRow(**dict(r)) for r in res]
+    return UsageOut(from_=iso(start) or "", to=iso(end) or "", total=Totals(**dict(total)), rows=rows)
 
 
 def _cursor_encode(at: datetime, iid: str) -> str:
@@ -434,7 +511,7 @@ def _cursor_decode(c: str) -> tuple[datetime, str]:
         at, _, iid = raw.partition("|")
         return datetime.fromisoformat(at), iid
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise bad_request("invalid cursor", "cursor") from None
+        raise BadRequest("invalid cursor", "cursor") from None
 
 
 _ICOLS = (
@@ -444,21 +521,22 @@ _ICOLS = (
 )
 
 
-def _interception(r: asyncpg.Record, tools: list[asyncpg.Record]) -> dict[str, Any]:
-    return {
-        "id": r["id"], "user_id": r["user_id"], "provider": r["provider_name"], "model": r["model"],
-        "client": r["client"], "session_id": r["session_id"], "credential_kind": r["credential_kind"],
+def _interception(r: asyncpg.Record, tools: list[asyncpg.Record]) -> InterceptionOut:
+    return InterceptionOut(
+        id=r["id"], user_id=r["user_id"], provider=r["provider_name"], model=r["model"],
+        client=r["client"], session_id=r["session_id"], credential_kind=r["credential_kind"],
         # which pool key answered (after failover), masked: centralised calls only
-        "key_id": r["key_id"] if r["credential_kind"] == "centralised" else None,
-        "key_hint": (r["credential_hint"] or None) if r["credential_kind"] == "centralised" and r["key_id"] else None,
-        "status": r["status"] or "running", "started_at": iso(r["started_at"] or r["occurred_at"]),
-        "ended_at": iso(r["ended_at"]), "cost_micros": r["cost_micros"],
-        "token_usage": {k: r[k] for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                                          "reasoning_tokens")},
-        "prompt": r["prompt"], "prompt_truncated": r["prompt_truncated"],
-        "tool_calls": [{"name": t["name"], "call_id": t["call_id"], "arguments": t["arguments"],
-                        "injected": t["injected"], "error": t["error"], "truncated": t["truncated"]} for t in tools],
-    }
+        key_id=r["key_id"] if r["credential_kind"] == "centralised" else None,
+        key_hint=(r["credential_hint"] or None) if r["credential_kind"] == "centralised" and r["key_id"] else None,
+        status=r["status"] or "running", started_at=iso(r["started_at"] or r["occurred_at"]) or "",
+        ended_at=iso(r["ended_at"]), cost_micros=r["cost_micros"],
+        token_usage=TokenUsageOut(input_tokens=r["input_tokens"], output_tokens=r["output_tokens"],
+                                  cache_read_tokens=r["cache_read_tokens"], cache_write_tokens=r["cache_write_tokens"],
+                                  reasoning_tokens=r["reasoning_tokens"]),
+        prompt=r["prompt"], prompt_truncated=r["prompt_truncated"],
+        tool_calls=[ToolCallOut(name=t["name"], call_id=t["call_id"], arguments=t["arguments"], injected=t["injected"],
+                                error=t["error"], truncated=t["truncated"]) for t in tools],
+    )
 
 
 async def _tools(pool: asyncpg.Pool, ids: list[str]) -> dict[str, list[asyncpg.Record]]:
@@ -473,16 +551,15 @@ async def _tools(pool: asyncpg.Pool, ids: list[str]) -> dict[str, list[asyncpg.R
 
 
 @_db
-async def list_interceptions(request: web.Request) -> web.Response:
-    ident = await _who(request)
+async def list_interceptions(request: web.Request, ident: Identity) -> InterceptionList:
     svc = request.app[SERVICE]
     q = request.query
     try:
         limit = int(q.get("limit", "50"))
     except ValueError:
-        raise bad_request("limit must be an integer", "limit") from None
+        raise BadRequest("limit must be an integer", "limit") from None
     if not 1 <= limit <= 500:
-        raise bad_request("limit must be between 1 and 500", "limit")
+        raise BadRequest("limit must be between 1 and 500", "limit")
     f = _Filters()
     await _common_filters(request, ident, f)
     if client := q.get("client"):
@@ -499,35 +576,60 @@ async def list_interceptions(request: web.Request) -> web.Response:
     more = len(rows) > limit
     rows = rows[:limit]
     tools = await _tools(svc.pool, [r["id"] for r in rows])
-    return json_response({
-        "interceptions": [_interception(r, tools[r["id"]]) for r in rows],
-        "next_cursor": _cursor_encode(rows[-1]["occurred_at"], rows[-1]["id"]) if more else None,
-    })
+    return InterceptionList(
+        interceptions=[_interception(r, tools[r["id"]]) for r in rows],
+        next_cursor=_cursor_encode(rows[-1]["occurred_at"], rows[-1]["id"]) if more else None,
+    )
 
 
 @_db
-async def get_interception(request: web.Request) -> web.Response:
-    ident = await _who(request)
+async def get_interception(request: web.Request, ident: Identity) -> InterceptionOut:
     svc = request.app[SERVICE]
     r = await svc.pool.fetchrow(f"SELECT {_ICOLS} FROM interceptions i WHERE i.id = $1", request.match_info["id"])
     if r is None or (not is_admin(ident) and r["user_id"] != ident.user_id):
-        raise not_found("interception")
+        raise NotFound("interception not found")
     tools = await _tools(svc.pool, [r["id"]])
-    return json_response(_interception(r, tools[r["id"]]))
+    return _interception(r, tools[r["id"]])
 
 
-def routes() -> list[web.RouteDef]:
-    return [
-        *budget_routes("group"),
-        *budget_routes("user"),
-        *limits_routes("group"),
-        *limits_routes("user"),
-        web.get("/api/v2/ai/prices", get_prices),
-        web.put("/api/v2/ai/prices", put_price),
-        web.get("/api/v2/ai/usage", get_usage),
-        web.get("/api/v2/ai/interceptions", list_interceptions),
-        web.get("/api/v2/ai/interceptions/{id}", get_interception),
-    ]
+_STR = {"type": "string"}
+_TIME = {"type": "string", "description": "RFC 3339 time or epoch seconds"}
+_FILTERS = (
+    Query("user", _STR, "user id or username (`me`); members always see only their own"),
+    Query("provider", _STR, "provider name or id"),
+    Query("model", _STR),
+    Query("from", _TIME, "start (inclusive); usage defaults to the start of this month"),
+    Query("to", _TIME, "end (exclusive)"),
+)
+
+ROUTES: list[Route] = [
+    *budget_routes("group"),
+    *budget_routes("user"),
+    *limits_routes("group"),
+    *limits_routes("user"),
+    Route("GET", "/api/v2/ai/prices", get_prices, "user", "The price table", "prices", response=PriceList),
+    Route("PUT", "/api/v2/ai/prices", put_price, "admin", "Set one model's prices", "prices", body=PriceBody,
+          response=ModelPrice),
+    Route("GET", "/api/v2/ai/usage", get_usage, "user", "Spend and tokens, optionally grouped", "usage",
+          response=UsageOut, not_found=True,
+          query=(*_FILTERS, Query("group", _STR, "group id or name"),
+                 Query("group_by", {"type": "string", "enum": ["user", "group", "provider", "model", "day", "key"]}))),
+    Route("GET", "/api/v2/ai/interceptions", list_interceptions, "user", "Recorded traffic, newest first", "usage",
+          response=InterceptionList, not_found=True,
+          query=(*_FILTERS, Query("client", _STR), Query("session", _STR),
+                 Query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size (default 50)"),
+                 Query("cursor", _STR, "next_cursor of the previous page"))),
+    Route("GET", "/api/v2/ai/interceptions/{id}", get_interception, "user", "One recorded interception", "usage",
+          response=InterceptionOut),
+    document_route("/api/v2/openapi.json"),
+]
 
 
-__all__ = ["IDENTITIES", "SERVICE", "routes"]
+def add_routes(app: web.Application) -> None:
+    async def caller(request: web.Request) -> Identity:
+        return await authenticate(request, request.app[IDENTITIES])
+
+    mount(app, ROUTES, caller)
+
+
+__all__ = ["IDENTITIES", "ROUTES", "SERVICE", "add_routes"]

@@ -14,7 +14,7 @@ from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
 from aigw_common.service import METRICS, STATE, base_app
 from aigw_common.settings import Settings
 
-from .api import IDENTITIES, SERVICE, routes
+from .api import IDENTITIES, SERVICE, add_routes
 from .openapi import add_document
 from .service import BudgetService
 
@@ -24,7 +24,7 @@ MIGRATIONS: tuple[MigrationSet, ...] = (MigrationSet("budget", Path(__file__).pa
 def create_app(settings: Settings, *, lease_ttl: float | None = None, lease_grace: float | None = None) -> web.Application:
     settings = settings.for_service("budget")  # only the secrets budget holds (docs/security.md)
     app = base_app("budget", settings, middlewares=[error_middleware])
-    app.router.add_routes(routes())
+    add_routes(app)
     add_document(app)
     extra = {k: v for k, v in (("lease_ttl", lease_ttl), ("lease_grace", lease_grace)) if v is not None}
 

@@ -31,9 +31,9 @@ from .deps import Deps
 from .hub import ChatHub
 from .openapi import add_document
 from .providers import ProviderDirectory
-from .routes import ChatRoutes
+from .routes import add_routes
 from .runner import TurnRunner
-from .skills import SkillRoutes, SkillStore, reconcile_owners
+from .skills import SkillStore, reconcile_owners
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,7 @@ def create_app(settings: Settings, *, config: ChatdConfig | None = None) -> web.
     app = base_app("chatd", settings, middlewares=[error_middleware])
     deps = Deps(settings, config or ChatdConfig(), uuid.uuid4().hex[:12])
     app[DEPS] = deps
-    ChatRoutes(deps).register(app.router)
-    SkillRoutes(deps).register(app.router)
+    add_routes(app, deps)
     add_document(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_streams)

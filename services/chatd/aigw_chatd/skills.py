@@ -20,20 +20,20 @@ import msgspec
 from aiohttp import web
 
 from aigw_common.api import (
-    ApiError,
-    Validation,
-    bad_request,
-    conflict,
-    forbidden,
-    json_response,
-    not_found,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Route,
+    ValidationOut,
     read_json,
 )
-from aigw_common.auth import authenticate, is_owner
+from aigw_common.auth import is_owner
 from aigw_common.bus import Bus
 from aigw_common.errors import BusError
 from aigw_common.schemas import DirectoryLookup, DirectoryReply, Identity
 
+from .models import SkillList, SkillOut, skill_out
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -58,24 +58,20 @@ class SkillPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     content: str | None = None
 
 
-def skill_body(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": r["id"], "user_id": r["user_id"], "name": r["name"], "description": r["description"],
-            "content": r["content"], "created_at": r["created_at"], "updated_at": r["updated_at"]}
-
-
 def validate(name: str | None, description: str | None, content: str | None) -> None:
-    problems = []
+    problems: list[ValidationOut] = []
     if name is not None and (len(name) > MAX_NAME or not NAME_RE.match(name)):
-        problems.append(Validation("name", f"lowercase letters and digits separated by - or _, at most {MAX_NAME} characters"))
+        problems.append(ValidationOut("name", f"lowercase letters and digits separated by - or _, at most {MAX_NAME} characters"))
     if description is not None and len(description) > MAX_DESCRIPTION:
-        problems.append(Validation("description", f"at most {MAX_DESCRIPTION} characters (got {len(description)})"))
+        problems.append(ValidationOut("description", f"at most {MAX_DESCRIPTION} characters (got {len(description)})"))
     if content is not None:
         if not content.strip():
-            problems.append(Validation("content", "must not be empty"))
+            problems.append(ValidationOut("content", "must not be empty"))
         elif len(content.encode()) > MAX_CONTENT_BYTES:
-            problems.append(Validation("content", f"at most {MAX_CONTENT_BYTES} bytes (64 KiB) of UTF-8"))
+            problems.append(ValidationOut("content", f"at most {MAX_CONTENT_BYTES} bytes (64 KiB) of UTF-8"))
     if problems:
-        raise ApiError(400, "invalid skill", "; ".join(f"{p.field}: {p.detail}" for p in problems), problems)
+        raise BadRequest("invalid skill", detail="; ".join(f"{p.field}: {p.detail}" for p in problems),
+                         validations=problems)
 
 
 class SkillStore:
@@ -102,7 +98,7 @@ class SkillStore:
             await c.execute("SELECT pg_advisory_xact_lock(hashtextextended('chatd.skills:' || $1, 0))", ident.user_id)
             n = await c.fetchval("SELECT count(*) FROM chatd.skills WHERE user_id = $1", ident.user_id)
             if n >= MAX_SKILLS:
-                raise conflict(f"skill limit reached: at most {MAX_SKILLS} skills per user")
+                raise Conflict(f"skill limit reached: at most {MAX_SKILLS} skills per user")
             try:
                 row = await c.fetchrow(
                     f"INSERT INTO chatd.skills (id, user_id, username, name, description, content) "
@@ -110,7 +106,7 @@ class SkillStore:
                     uuid.uuid4(), ident.user_id, ident.username, body.name, body.description, body.content,
                 )
             except asyncpg.UniqueViolationError:
-                raise conflict(f"a skill named {body.name!r} already exists") from None
+                raise Conflict(f"a skill named {body.name!r} already exists") from None
             await self._audit(c, ident.user_id, "skill.create", ident.user_id, body.name, {"id": str(row["id"])})
         return row
 
@@ -123,9 +119,9 @@ class SkillStore:
                     skill["id"], patch.name, patch.description, patch.content, ident.username,
                 )
             except asyncpg.UniqueViolationError:
-                raise conflict(f"a skill named {patch.name!r} already exists") from None
+                raise Conflict(f"a skill named {patch.name!r} already exists") from None
             if row is None:
-                raise not_found("skill")
+                raise NotFound("skill not found")
             changed = [f for f in ("name", "description", "content") if getattr(patch, f) is not None]
             await self._audit(c, ident.user_id, "skill.update", skill["user_id"], row["name"],
                               {"id": str(row["id"]), "fields": changed, "previous_name": skill["name"]})
@@ -200,65 +196,63 @@ class SkillRoutes:
     def skills(self) -> SkillStore:
         return self.d.skills
 
-    async def auth(self, request: web.Request) -> Identity:
-        return await authenticate(request, self.d.identities)
-
-    def register(self, router: web.UrlDispatcher) -> None:
-        base = "/api/experimental/users/{user}/skills"
-        router.add_get(base, self.list)
-        router.add_post(base, self.create)
-        router.add_get(base + "/{skill}", self.get)
-        router.add_patch(base + "/{skill}", self.patch)
-        router.add_delete(base + "/{skill}", self.delete)
-
     async def _target(self, request: web.Request, ident: Identity, *, write: bool) -> str:
         """The user whose skills are addressed; 403 unless it is the caller, or an owner reading/deleting."""
         raw = request.match_info["user"]
         if raw in ("me", ident.user_id, ident.username):
             return ident.user_id
         if not is_owner(ident):
-            raise forbidden("you may only manage your own skills")
+            raise Forbidden("you may only manage your own skills")
         if write:
-            raise forbidden("an owner may read and delete other users' skills, not create or edit them")
+            raise Forbidden("an owner may read and delete other users' skills, not create or edit them")
         return await self.skills.user_by_name(raw) or raw
 
     async def _skill(self, request: web.Request, user_id: str) -> asyncpg.Record:
         row = await self.skills.get(user_id, request.match_info["skill"])
         if row is None:
-            raise not_found("skill")
+            raise NotFound("skill not found")
         return row
 
-    async def list(self, request: web.Request) -> web.Response:
-        ident = await self.auth(request)
+    async def list(self, request: web.Request, ident: Identity) -> SkillList:
         uid = await self._target(request, ident, write=False)
-        return json_response({"skills": [skill_body(r) for r in await self.skills.list(uid)]})
+        return SkillList(skills=[skill_out(r) for r in await self.skills.list(uid)])
 
-    async def create(self, request: web.Request) -> web.Response:
-        ident = await self.auth(request)
+    async def create(self, request: web.Request, ident: Identity) -> SkillOut:
         await self._target(request, ident, write=True)
         body = await read_json(request, SkillCreate)
         validate(body.name, body.description, body.content)
         row = await self.skills.create(ident, body)
         log.info("skill created", extra={"user_id": ident.user_id, "skill": body.name})
-        return json_response(skill_body(row), status=201)
+        return skill_out(row)
 
-    async def get(self, request: web.Request) -> web.Response:
-        ident = await self.auth(request)
+    async def get(self, request: web.Request, ident: Identity) -> SkillOut:
         uid = await self._target(request, ident, write=False)
-        return json_response(skill_body(await self._skill(request, uid)))
+        return skill_out(await self._skill(request, uid))
 
-    async def patch(self, request: web.Request) -> web.Response:
-        ident = await self.auth(request)
+    async def patch(self, request: web.Request, ident: Identity) -> SkillOut:
         uid = await self._target(request, ident, write=True)
         body = await read_json(request, SkillPatch)
         if body.name is None and body.description is None and body.content is None:
-            raise bad_request("nothing to change", "body", "give name, description or content")
+            raise BadRequest("nothing to change", "body", "give name, description or content")
         validate(body.name, body.description, body.content)
         row = await self.skills.update(ident, await self._skill(request, uid), body)
-        return json_response(skill_body(row))
+        return skill_out(row)
 
-    async def delete(self, request: web.Request) -> web.Response:
-        ident = await self.auth(request)
+    async def delete(self, request: web.Request, ident: Identity) -> None:
         uid = await self._target(request, ident, write=False)
         await self.skills.delete(ident, await self._skill(request, uid))
-        return web.Response(status=204)
+
+
+_SKILLS = "/api/experimental/users/{user}/skills"
+
+SKILL_ROUTES: list[Route] = [
+    Route("GET", _SKILLS, SkillRoutes.list, "user", "List a user's skills (yours; owners: anyone's)", "skills",
+          response=SkillList),
+    Route("POST", _SKILLS, SkillRoutes.create, "user", "Create one of your skills", "skills", body=SkillCreate,
+          response=SkillOut, status=201),
+    Route("GET", _SKILLS + "/{skill}", SkillRoutes.get, "user", "Read a skill", "skills", response=SkillOut),
+    Route("PATCH", _SKILLS + "/{skill}", SkillRoutes.patch, "user", "Change one of your skills", "skills",
+          body=SkillPatch, response=SkillOut),
+    Route("DELETE", _SKILLS + "/{skill}", SkillRoutes.delete, "user", "Delete a skill (yours; owners: anyone's)",
+          "skills"),
+]

@@ -14,35 +14,12 @@ from typing import Any
 
 import asyncpg
 
+from .models import ChatOut, MessageOut, PartialOut, chat_out, message_out, queued_out
+
 CHAT_COLS = ("id, owner_id, model_config_id, title, status, archived, last_turn_summary, last_error, summarize, "
              "created_at, updated_at")
 MC_COLS = ("id, display_name, provider_id, provider_name, provider_type, base_url, allow_byok, model, enabled, "
            "created_at, updated_at")
-
-
-def message_body(r: asyncpg.Record) -> dict[str, Any]:
-    body = {"id": r["id"], "role": r["role"], "content": r["content"], "created_at": r["created_at"]}
-    if r["interrupted"]:
-        body["interrupted"] = True  # an assistant reply cut short by an interrupt
-    return body
-
-
-def queued_body(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": r["user_message_id"], "role": "user", "content": r["content"], "created_at": r["created_at"],
-            "turn_id": r["id"]}
-
-
-def chat_summary_body(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": r["id"], "title": r["title"], "status": r["status"], "archived": r["archived"],
-            "model_config_id": r["model_config_id"], "owner_id": r["owner_id"],
-            "last_turn_summary": r["last_turn_summary"], "last_error": r["last_error"],
-            "summarize": r["summarize"], "created_at": r["created_at"], "updated_at": r["updated_at"]}
-
-
-def model_config_body(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": r["id"], "display_name": r["display_name"], "provider_id": r["provider_id"],
-            "provider": r["provider_name"], "provider_type": r["provider_type"], "model": r["model"],
-            "enabled": r["enabled"], "created_at": r["created_at"], "updated_at": r["updated_at"]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +133,7 @@ class Store:
     async def delete_chat(self, chat_id: uuid.UUID) -> bool:
         return (await self.pool.execute("DELETE FROM chatd.chats WHERE id = $1", chat_id)) != "DELETE 0"
 
-    async def chat_body(self, chat_id: uuid.UUID) -> dict[str, Any] | None:
+    async def chat_body(self, chat_id: uuid.UUID) -> ChatOut | None:
         """The chat read body (and the stream's snapshot): status, messages and the queue, in one snapshot."""
         async with self.pool.acquire() as c, c.transaction(isolation="repeatable_read", readonly=True):
             chat = await c.fetchrow(f"SELECT {CHAT_COLS} FROM chatd.chats WHERE id = $1", chat_id)
@@ -168,14 +145,11 @@ class Store:
                                   "WHERE chat_id = $1 AND status = 'queued' ORDER BY seq", chat_id)
             running = await c.fetchrow("SELECT id, partial_message_id, partial_text FROM chatd.turns "
                                        "WHERE chat_id = $1 AND status = 'running'", chat_id)
-        body = chat_summary_body(chat)
-        body["messages"] = [message_body(m) for m in msgs]
-        body["queue"] = [queued_body(q) for q in queue]
         # the reply streamed so far by a running turn (as last flushed; the runner's replica knows it exactly)
-        body["partial"] = ({"turn_id": running["id"], "message_id": running["partial_message_id"],
-                            "text": running["partial_text"] or ""}
-                           if running is not None and running["partial_message_id"] is not None else None)
-        return body
+        partial = (PartialOut(message_id=running["partial_message_id"], text=running["partial_text"] or "",
+                              turn_id=running["id"])
+                   if running is not None and running["partial_message_id"] is not None else None)
+        return chat_out(chat, [message_out(m) for m in msgs], [queued_out(q) for q in queue], partial)
 
     async def status_body(self, chat_id: uuid.UUID) -> dict[str, Any] | None:
         async with self.pool.acquire() as c:
@@ -186,7 +160,7 @@ class Store:
                                   "WHERE chat_id = $1 AND status = 'queued' ORDER BY seq", chat_id)
             running = await c.fetchval("SELECT id FROM chatd.turns WHERE chat_id = $1 AND status = 'running'", chat_id)
         return {"status": chat["status"], "turn_id": running, "last_error": chat["last_error"],
-                "queue": [queued_body(q) for q in queue]}
+                "queue": [queued_out(q) for q in queue]}
 
     # ------------------------------------------------------------ turns
 
@@ -278,7 +252,7 @@ class Store:
     async def finish_turn(self, turn: ClaimedTurn, runner: str, lease: float, *, reply: str | None,
                           assistant_message_id: uuid.UUID | None, error: dict[str, Any] | None,
                           interrupted: bool = False,
-                          ) -> tuple[dict[str, Any] | None, ClaimedTurn | None] | None:
+                          ) -> tuple[MessageOut | None, ClaimedTurn | None] | None:
         """Persist the outcome and claim the chat's next queued turn, atomically.
 
         Returns (assistant message body or None, next claimed turn or None), or None when the turn was
@@ -304,7 +278,7 @@ class Store:
                         "VALUES ($1,$2,$3,'assistant',$4,true) RETURNING id, role, content, created_at, interrupted",
                         assistant_message_id, turn.chat_id, turn.id, reply,
                     )
-                    msg = message_body(row)
+                    msg = message_out(row)
                 await c.execute("UPDATE chatd.chats SET status = 'idle', last_error = NULL, updated_at = now() "
                                 "WHERE id = $1", turn.chat_id)
             elif error is None:
@@ -314,7 +288,7 @@ class Store:
                     "RETURNING id, role, content, created_at, interrupted", assistant_message_id, turn.chat_id, turn.id,
                     reply,
                 )
-                msg = message_body(row)
+                msg = message_out(row)
                 # a successful turn replaces the old summary: it is cleared now and its own one set when ready
                 await c.execute(
                     "UPDATE chatd.chats SET status = 'idle', last_error = NULL, last_turn_summary = NULL, "

@@ -20,7 +20,14 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from aigw_common.api import ApiError, error_middleware, unauthorized
+from aigw_common.api import (
+    Forbidden,
+    HttpError,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    error_middleware,
+)
 from aigw_common.auth import bearer_token
 from aigw_common.db import MigrationSet
 from aigw_common.metrics import Counter
@@ -86,7 +93,7 @@ class SignInRefused(Exception):
 
 
 async def who_is(app: web.Application, token: str) -> Me:
-    """The token's user (cached a few seconds); :class:`SignInRefused` or :class:`ApiError` (503) otherwise."""
+    """The token's user (cached a few seconds); :class:`SignInRefused` or :class:`Unavailable` otherwise."""
     cache = app[WHO]
     if (me := cache.get(token)) is not None:
         return me
@@ -100,12 +107,12 @@ async def who_is(app: web.Application, token: str) -> Me:
                 raise SignInRefused(403, "That token may not manage aigw: it has gateway scope (LLM calls only). "
                                          "Sign in with an admin-scope token.")
             if r.status != 200:
-                raise ApiError(503, f"the registry answered {r.status}; try again")
+                raise Unavailable(f"the registry answered {r.status}; try again", retry_after=None)
             body = await r.json()
         me = Me(str(body["id"]), str(body["username"]), tuple(body.get("roles") or ()),
                 tuple(body.get("groups") or ()))
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, AttributeError):
-        raise ApiError(503, "the registry is unavailable; try again", headers={"Retry-After": "1"}) from None
+        raise Unavailable("the registry is unavailable; try again") from None
     cache.put(token, me)
     return me
 
@@ -131,7 +138,7 @@ async def index(request: web.Request) -> web.Response:
             return _redirect(LANDING)
         except SignInRefused:
             pass
-        except ApiError as e:
+        except HttpError as e:
             return _html(pages.error_page(app[ASSETS], "Console unavailable", e.message), e.status)
     resp = _html(pages.signin_page(app[ASSETS]))
     if session is not None:
@@ -163,7 +170,7 @@ async def signin(request: web.Request) -> web.Response:
         app[LIMITER].failed(addr)
         log.info("console sign-in refused", extra={"status": e.status, "remote": addr})
         return _html(pages.signin_page(app[ASSETS], e.message), e.status)
-    except ApiError as e:
+    except HttpError as e:
         return _html(pages.signin_page(app[ASSETS], e.message[:1].upper() + e.message[1:] + "."), e.status)
     app[SIGNINS].labels("ok").inc()
     app[LIMITER].succeeded(addr)
@@ -198,7 +205,7 @@ def page_handler(page: str) -> Callable[[web.Request], Awaitable[web.Response]]:
             resp = _redirect("/")
             clear_session_cookie(resp, request)
             return resp
-        except ApiError as e:
+        except HttpError as e:
             return _html(pages.error_page(app[ASSETS], "Console unavailable", e.message), e.status)
         return _html(pages.app_page(page, me, session.csrf, app[ASSETS]))
 
@@ -208,7 +215,7 @@ def page_handler(page: str) -> Callable[[web.Request], Awaitable[web.Response]]:
 async def static(request: web.Request) -> web.Response:
     asset = request.app[ASSETS].get(request.match_info["name"])
     if asset is None:
-        raise web.HTTPNotFound()
+        raise NotFound(f"asset {request.match_info['name']!r} not found")
     versioned = request.query.get("v") == asset.version
     etag = f'"{asset.version}"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable" if versioned else "no-cache"}
@@ -230,10 +237,10 @@ async def api(request: web.Request) -> web.StreamResponse:
                              app[RUNTIME].streams)
     session = read_session(request, app[CONFIG].session_ttl)
     if session is None:
-        raise unauthorized("not signed in to the console")
+        raise Unauthorized("not signed in to the console")
     if request.method not in SAFE_METHODS and not csrf_ok(request, session):
-        raise ApiError(403, "missing or wrong CSRF token, or a cross-site request",
-                       "send the page's csrf-token in X-CSRF-Token from this origin")
+        raise Forbidden("missing or wrong CSRF token, or a cross-site request",
+                        "send the page's csrf-token in X-CSRF-Token from this origin")
     resp = await forward(request, app[RUNTIME].http, app[CONFIG].upstreams, session.token, app[PROXY_METRICS],
                          app[RUNTIME].streams)
     if resp.status == 401:  # revoked or expired: forget it now, so / shows the sign-in form, not a redirect loop

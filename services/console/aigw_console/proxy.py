@@ -21,7 +21,7 @@ from aiohttp import web
 from yarl import URL
 
 from aigw_common import tracing
-from aigw_common.api import ApiError
+from aigw_common.api import BadGateway, GatewayTimeout, MethodNotAllowed, NotFound, UriTooLong
 from aigw_common.metrics import CollectorRegistry, Counter, Histogram
 
 from .routes import NoRoute, resolve
@@ -61,17 +61,16 @@ async def forward(request: web.Request, http: aiohttp.ClientSession, bases: dict
     """Relay one request; an open SSE stream is kept in ``streams`` so shutdown can end it (see app.py)."""
     raw_path, _, raw_query = request.raw_path.partition("?")
     if len(raw_query) > MAX_QUERY:
-        raise ApiError(414, "query string too long")
+        raise UriTooLong("query string too long")
     segments = raw_path.strip("/").split("/") if raw_path != "/" else []
     if raw_path.endswith("/") or "" in segments:
-        raise ApiError(404, f"no admin API at {request.path}")
+        raise NotFound(f"no admin API at {request.path}")
     try:
         route = resolve(request.method, segments)
     except NoRoute as e:
         if e.allowed:
-            raise ApiError(405, f"{request.method} is not allowed here",
-                           headers={"Allow": ", ".join(sorted(e.allowed))}) from None
-        raise ApiError(404, f"no admin API at {request.path}") from None
+            raise MethodNotAllowed(f"{request.method} is not allowed here", e.allowed) from None
+        raise NotFound(f"no admin API at {request.path}") from None
     url = upstream_url(bases[route.service], segments, request.rel_url)
     headers = {"Authorization": f"Bearer {token}", "User-Agent": "aigw-console"}
     for h in _REQUEST_HEADERS:
@@ -87,9 +86,8 @@ async def forward(request: web.Request, http: aiohttp.ClientSession, bases: dict
     except (aiohttp.ClientError, TimeoutError) as e:
         metrics.requests.labels(route.service, "unavailable").inc()
         log.warning("admin API unreachable", extra={"service": route.service, "error": type(e).__name__})
-        raise ApiError(502 if not isinstance(e, TimeoutError) else 504,
-                       f"the {route.service} service is unavailable, try again",
-                       headers={"Retry-After": "1"}) from None
+        raise (GatewayTimeout if isinstance(e, TimeoutError) else BadGateway)(
+            f"the {route.service} service is unavailable, try again", headers={"Retry-After": "1"}) from None
     metrics.seconds.labels(route.service).observe(time.monotonic() - t0)
     metrics.requests.labels(route.service, str(upstream.status)).inc()
     if streaming:

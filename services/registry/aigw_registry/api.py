@@ -1,14 +1,16 @@
-"""The registry's HTTP API (``docs/api.md``): one route table drives both the router and the OpenAPI document."""
+"""The registry's HTTP API (``docs/api.md``): one route table (``aigw_common.api.Route``) drives the router,
+the OpenAPI document and the RBAC matrix test; every handler returns the Struct its route declares."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-import msgspec
 from aiohttp import web
 
-from aigw_common.api import bad_request, conflict, forbidden, json_response, read_json
+from aigw_common.api import BadRequest, Conflict, Forbidden, Query, Route, mount, read_json
 from aigw_common.errors import CryptoError
+from aigw_common.openapi import document_route, serve_document
 
 from . import identity as ident
 from . import providers as prov
@@ -41,26 +43,25 @@ from .models import (
     UserOut,
     UserPatch,
 )
-from .openapi import Query, Route, document
+from .openapi import DOCUMENT
 from .rotate import pending, reseal
 
 REGISTRY = web.AppKey("registry", Registry)
-OPENAPI = web.AppKey("openapi", bytes)
 
-Handler = Callable[[Registry, web.Request, Actor], Awaitable[web.StreamResponse]]
+Handler = Callable[[Registry, web.Request, Actor], Awaitable[Any]]
 
 
-async def list_audit_logs(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def list_audit_logs(reg: Registry, request: web.Request, actor: Actor) -> AuditList:
     q = request.query
     try:
         limit = int(q.get("limit", "100"))
         cursor = int(q["cursor"]) if q.get("cursor") else None
     except ValueError:
-        raise bad_request("limit and cursor must be integers", "limit") from None
+        raise BadRequest("limit and cursor must be integers", "limit") from None
     if not 1 <= limit <= 500:
-        raise bad_request("limit must be between 1 and 500", "limit")
+        raise BadRequest("limit must be between 1 and 500", "limit")
     if cursor is not None and not 0 < cursor < 2**63:
-        raise bad_request("cursor is out of range", "cursor")
+        raise BadRequest("cursor is out of range", "cursor")
     where: list[str] = []
     args: list[object] = []
     for col in ("action", "resource_type", "resource_id", "actor_name"):
@@ -78,29 +79,24 @@ async def list_audit_logs(reg: Registry, request: web.Request, actor: Actor) -> 
     entries = [AuditEntry(id=str(r["id"]), at=r["at"], actor_id=str(r["actor_id"]) if r["actor_id"] else None,
                           actor_name=r["actor_name"], action=r["action"], resource_type=r["resource_type"],
                           resource_id=r["resource_id"], before=r["before"], after=r["after"]) for r in rows[:limit]]
-    return json_response(AuditList(audit_logs=entries,
-                                   next_cursor=entries[-1].id if len(rows) > limit else None))
+    return AuditList(audit_logs=entries, next_cursor=entries[-1].id if len(rows) > limit else None)
 
 
-async def rotate_secrets(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def rotate_secrets(reg: Registry, request: web.Request, actor: Actor) -> RotateSecretsOut:
     """Owner only: re-seal stored secrets with the first key of AIGW_ENCRYPTION_KEYS (see rotate.py)."""
     if not actor.is_owner:
-        raise forbidden("only an owner may rotate the encryption of stored secrets")
+        raise Forbidden("only an owner may rotate the encryption of stored secrets")
     body = await read_json(request, RotateSecrets) if request.can_read_body else RotateSecrets()
     current = reg.at_rest.current_key_id
     try:
         done = await reseal(reg, batch=body.batch_size, max_rows=body.max_rows)
     except CryptoError as e:
-        raise conflict("a stored secret cannot be opened with AIGW_ENCRYPTION_KEYS", str(e)) from None
+        raise Conflict("a stored secret cannot be opened with AIGW_ENCRYPTION_KEYS", str(e)) from None
     async with reg.transaction() as conn:
         left = await pending(conn, current)
         await audit(conn, actor, "secrets.rotate", "encryption_key", current, None,
                     {"resealed": done, "remaining": left})
-    return json_response(RotateSecretsOut(key_id=current, resealed=done, remaining=left))
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+    return RotateSecretsOut(key_id=current, resealed=done, remaining=left)
 
 
 _PROVIDERS = "/api/v2/ai/providers"
@@ -170,30 +166,23 @@ ROUTES: list[Route] = [
     Route("POST", "/api/v2/secrets/rotate", rotate_secrets, "admin",
           "Re-seal stored secrets with the first key of AIGW_ENCRYPTION_KEYS (owners only; batched, resumable)",
           "secrets", body=RotateSecrets, response=RotateSecretsOut),
-    Route("GET", "/api/v2/openapi.json", openapi_json, "public", "This document", "meta"),
+    document_route("/api/v2/openapi.json"),
 ]
 
 
-def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+async def _caller(request: web.Request) -> Actor:
+    actor = await ident.authenticate(request.app[REGISTRY], request)
+    for name, val in (*request.match_info.items(), *request.query.items()):
+        if "\x00" in val:  # Postgres text cannot hold NUL; no valid id, name or filter contains one
+            raise BadRequest(f"{name} contains a NUL character", name)
+    return actor
+
+
+async def _invoke(route: Route, request: web.Request, actor: Actor) -> Any:
     handler: Handler = route.handler
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        reg = request.app[REGISTRY]
-        actor = await ident.authenticate(reg, request)
-        for name, val in (*request.match_info.items(), *request.query.items()):
-            if "\x00" in val:  # Postgres text cannot hold NUL; no valid id, name or filter contains one
-                raise bad_request(f"{name} contains a NUL character", name)
-        if route.access == "admin" and not actor.is_admin:
-            raise forbidden(f"{route.method} {route.path} requires the admin or owner role")
-        return await handler(reg, request, actor)
-
-    return handle
+    return await handler(request.app[REGISTRY], request, actor)
 
 
 def add_routes(app: web.Application) -> None:
-    for r in ROUTES:
-        if r.access == "public":
-            app.router.add_route(r.method, r.path, r.handler)
-        else:
-            app.router.add_route(r.method, r.path, _wrap(r))
-    app[OPENAPI] = msgspec.json.encode(document())
+    mount(app, ROUTES, _caller, _invoke)
+    serve_document(app, ROUTES, **DOCUMENT)

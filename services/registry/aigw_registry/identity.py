@@ -15,15 +15,7 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from aigw_common.api import (
-    ApiError,
-    conflict,
-    forbidden,
-    json_response,
-    not_found,
-    read_json,
-    unauthorized,
-)
+from aigw_common.api import Conflict, Forbidden, NotFound, Unauthorized, read_json
 from aigw_common.auth import (
     GATEWAY_SCOPE_REFUSED,
     ROLE_OWNER,
@@ -66,7 +58,7 @@ from .providers import fetch_provider
 async def authenticate(reg: Registry, request: web.Request) -> Actor:
     token = bearer_token(request)
     if not token:
-        raise unauthorized("missing token: send Authorization: Bearer <aigw token>")
+        raise Unauthorized("missing token: send Authorization: Bearer <aigw token>")
     h = hash_token(token)
     row = await reg.pool.fetchrow(
         "SELECT t.id, t.token_hash, t.scope, u.id AS user_id, u.username, u.roles FROM registry.api_tokens t"
@@ -75,9 +67,9 @@ async def authenticate(reg: Registry, request: web.Request) -> Actor:
         h,
     )
     if row is None or not same_token(row["token_hash"], h):
-        raise unauthorized()
+        raise Unauthorized()
     if row["scope"] != SCOPE_ADMIN:  # every registry route is control plane
-        raise forbidden(GATEWAY_SCOPE_REFUSED)
+        raise Forbidden(GATEWAY_SCOPE_REFUSED)
     return Actor(str(row["user_id"]), row["username"], tuple(row["roles"]), str(row["id"]), row["scope"])
 
 
@@ -103,7 +95,7 @@ async def fetch_user(conn: asyncpg.Connection, ref: str, actor: Actor, *, lock: 
             f"SELECT {_USER_COLS} FROM registry.users WHERE lower(username) = lower($1) AND deleted_at IS NULL {lock}",
             ref)
     if row is None:
-        raise not_found(f"user {ref!r}")
+        raise NotFound(f"user {ref!r} not found")
     return row
 
 
@@ -112,17 +104,17 @@ def check_target(actor: Actor, target: asyncpg.Record) -> None:
     if str(target["id"]) == actor.user_id:
         return
     if ROLE_OWNER in target["roles"] and not actor.is_owner:
-        raise forbidden("only an owner may manage an owner account")
+        raise Forbidden("only an owner may manage an owner account")
 
 
 async def target_user(conn: asyncpg.Connection, request: web.Request, actor: Actor, *, lock: str = "") -> asyncpg.Record:
     """The ``{user}`` of a self-or-admin route: members reach only themselves (403 otherwise)."""
     ref = request.match_info["user"]
     if not actor.is_admin and not is_self(actor, ref):
-        raise forbidden("members may only manage their own account")
+        raise Forbidden("members may only manage their own account")
     row = await fetch_user(conn, ref, actor, lock=lock)
     if not actor.is_admin and str(row["id"]) != actor.user_id:
-        raise forbidden("members may only manage their own account")
+        raise Forbidden("members may only manage their own account")
     check_target(actor, row)
     return row
 
@@ -136,8 +128,8 @@ async def user_out(conn: asyncpg.Connection, row: asyncpg.Record) -> UserOut:
                    created_at=row["created_at"], updated_at=row["updated_at"])
 
 
-def _username_taken(name: str) -> ApiError:
-    return conflict(f"a user named {name!r} already exists")
+def _username_taken(name: str) -> Conflict:
+    return Conflict(f"a user named {name!r} already exists")
 
 
 async def _owners_left(conn: asyncpg.Connection, excluding: str) -> int:
@@ -159,21 +151,21 @@ async def insert_user(conn: asyncpg.Connection, actor: Actor, username: str, ema
     return out
 
 
-async def list_users(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def list_users(reg: Registry, request: web.Request, actor: Actor) -> UserList:
     async with reg.pool.acquire() as conn:
         rows = await conn.fetch(f"SELECT {_USER_COLS} FROM registry.users WHERE deleted_at IS NULL ORDER BY lower(username)")
-        return json_response(UserList(users=[await user_out(conn, r) for r in rows]))
+        return UserList(users=[await user_out(conn, r) for r in rows])
 
 
-async def get_user(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def get_user(reg: Registry, request: web.Request, actor: Actor) -> UserOut:
     async with reg.pool.acquire() as conn:
         ref = request.match_info["user"]
         if not actor.is_admin and not is_self(actor, ref):
-            raise forbidden("members may only read their own account")
-        return json_response(await user_out(conn, await fetch_user(conn, ref, actor)))
+            raise Forbidden("members may only read their own account")
+        return await user_out(conn, await fetch_user(conn, ref, actor))
 
 
-async def create_user(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def create_user(reg: Registry, request: web.Request, actor: Actor) -> UserOut:
     body = await read_json(request, UserCreate)
     p = v.Problems()
     username = p.check(v.account_name, body.username, "username")
@@ -182,16 +174,16 @@ async def create_user(reg: Registry, request: web.Request, actor: Actor) -> web.
     p.raise_if_any()
     assert username and roles
     if ROLE_OWNER in roles and not actor.is_owner:
-        raise forbidden("only an owner may grant the owner role")
+        raise Forbidden("only an owner may grant the owner role")
     try:
         async with reg.transaction() as conn:
             out = await insert_user(conn, actor, username, email, roles)
     except asyncpg.UniqueViolationError:
         raise _username_taken(username) from None
-    return json_response(out, status=201)
+    return out
 
 
-async def update_user(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def update_user(reg: Registry, request: web.Request, actor: Actor) -> UserOut:
     body = await read_json(request, UserPatch)
     p = v.Problems()
     sets: dict[str, Any] = {}
@@ -210,12 +202,12 @@ async def update_user(reg: Registry, request: web.Request, actor: Actor) -> web.
             if "roles" in sets:
                 granting = ROLE_OWNER in sets["roles"] and ROLE_OWNER not in row["roles"]
                 if granting and not actor.is_owner:
-                    raise forbidden("only an owner may grant the owner role")
+                    raise Forbidden("only an owner may grant the owner role")
                 if ROLE_OWNER in row["roles"] and ROLE_OWNER not in sets["roles"]:
                     if await _owners_left(conn, str(row["id"])) == 0:
-                        raise conflict("this would leave no owner", "grant the owner role to another user first")
+                        raise Conflict("this would leave no owner", "grant the owner role to another user first")
             if not sets:
-                return json_response(before)
+                return before
             cols = list(sets)
             assign = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(cols))
             row = await conn.fetchrow(
@@ -229,16 +221,16 @@ async def update_user(reg: Registry, request: web.Request, actor: Actor) -> web.
                 await directory_changed(conn, user_ids=[after.id])
     except asyncpg.UniqueViolationError:
         raise _username_taken(str(sets.get("username"))) from None
-    return json_response(after)
+    return after
 
 
-async def delete_user(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def delete_user(reg: Registry, request: web.Request, actor: Actor) -> None:
     async with reg.transaction() as conn:
         row = await fetch_user(conn, request.match_info["user"], actor, lock="FOR UPDATE")
         check_target(actor, row)
         uid = str(row["id"])
         if ROLE_OWNER in row["roles"] and await _owners_left(conn, uid) == 0:
-            raise conflict("this would leave no owner", "grant the owner role to another user first")
+            raise Conflict("this would leave no owner", "grant the owner role to another user first")
         before = await user_out(conn, row)
         tokens = [str(r["id"]) for r in await conn.fetch(
             "DELETE FROM registry.api_tokens WHERE user_id = $1 RETURNING id", uid)]
@@ -248,7 +240,7 @@ async def delete_user(reg: Registry, request: web.Request, actor: Actor) -> web.
         await audit(conn, actor, "user.delete", "user", uid, to_builtins(before), None)
         await auth_revoked(conn, deleted_user_ids=[uid], token_ids=tokens)
         await directory_changed(conn, user_ids=[uid], group_ids=[g.id for g in before.groups])
-    return web.Response(status=204)
+    return None
 
 
 # ------------------------------------------------------------------ tokens
@@ -274,15 +266,15 @@ async def insert_token(conn: asyncpg.Connection, actor: Actor, user_id: str, tok
     return row
 
 
-async def list_tokens(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def list_tokens(reg: Registry, request: web.Request, actor: Actor) -> TokenList:
     async with reg.pool.acquire() as conn:
         user = await target_user(conn, request, actor)
         rows = await conn.fetch(
             f"SELECT {_TOKEN_COLS} FROM registry.api_tokens WHERE user_id = $1 ORDER BY created_at", user["id"])
-    return json_response(TokenList(tokens=[token_out(r) for r in rows]))
+    return TokenList(tokens=[token_out(r) for r in rows])
 
 
-async def create_token(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def create_token(reg: Registry, request: web.Request, actor: Actor) -> TokenCreated:
     body = await read_json(request, TokenCreate)
     p = v.Problems()
     name = p.check(v.token_name, body.name) or ""
@@ -292,7 +284,7 @@ async def create_token(reg: Registry, request: web.Request, actor: Actor) -> web
         expires = now + TOKEN_DEFAULT_LIFETIME
     elif body.expires_at is None:
         if not actor.is_owner:
-            raise forbidden("only an owner may create a token that never expires; give expires_at a date")
+            raise Forbidden("only an owner may create a token that never expires; give expires_at a date")
         expires = None
     else:
         expires = body.expires_at if body.expires_at.tzinfo else body.expires_at.replace(tzinfo=UTC)
@@ -306,10 +298,10 @@ async def create_token(reg: Registry, request: web.Request, actor: Actor) -> web
         token = new_token()
         row = await insert_token(conn, actor, str(user["id"]), token, name, expires, body.scope)
     t = token_out(row)
-    return json_response(TokenCreated(**msgspec.structs.asdict(t), token=token), status=201)
+    return TokenCreated(**msgspec.structs.asdict(t), token=token)
 
 
-async def delete_token(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def delete_token(reg: Registry, request: web.Request, actor: Actor) -> None:
     ref = request.match_info["tokenId"]
     async with reg.transaction() as conn:
         user = await target_user(conn, request, actor)
@@ -319,10 +311,10 @@ async def delete_token(reg: Registry, request: web.Request, actor: Actor) -> web
                 f"DELETE FROM registry.api_tokens WHERE id = $1 AND user_id = $2 RETURNING {_TOKEN_COLS}",
                 ref, user["id"])
         if row is None:
-            raise not_found(f"token {ref!r}")
+            raise NotFound(f"token {ref!r} not found")
         await audit(conn, actor, "token.delete", "token", str(row["id"]), to_builtins(token_out(row)), None)
         await auth_revoked(conn, token_ids=[str(row["id"])])
-    return web.Response(status=204)
+    return None
 
 
 # ------------------------------------------------------------------ users' provider keys (BYOK)
@@ -339,12 +331,12 @@ _USER_KEY_SELECT = (
 )
 
 
-async def list_user_keys(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def list_user_keys(reg: Registry, request: web.Request, actor: Actor) -> UserKeyList:
     async with reg.pool.acquire() as conn:
         user = await target_user(conn, request, actor)
         rows = await conn.fetch(_USER_KEY_SELECT + " WHERE k.user_id = $1 AND p.deleted_at IS NULL ORDER BY p.name",
                                 user["id"])
-    return json_response(UserKeyList(provider_keys=[user_key_out(r) for r in rows]))
+    return UserKeyList(provider_keys=[user_key_out(r) for r in rows])
 
 
 def _centralized(ptype: str, has_pool: bool) -> bool:
@@ -354,7 +346,7 @@ def _centralized(ptype: str, has_pool: bool) -> bool:
     return cap is not None and not cap.byok_only and (has_pool or cap.keyless)
 
 
-async def list_provider_configs(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def list_provider_configs(reg: Registry, request: web.Request, actor: Actor) -> ProviderConfigList:
     """Which enabled providers a user may call, and how: with the organisation's keys, their own, or both."""
     async with reg.pool.acquire() as conn:
         user = await target_user(conn, request, actor)
@@ -370,10 +362,10 @@ async def list_provider_configs(reg: Registry, request: web.Request, actor: Acto
         centralized=_centralized(r["type"], r["has_pool"]),
         has_key=r["has_key"],
     ) for r in rows]
-    return json_response(ProviderConfigList(providers=out))
+    return ProviderConfigList(providers=out)
 
 
-async def put_user_key(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def put_user_key(reg: Registry, request: web.Request, actor: Actor) -> UserKeyOut:
     body = await read_json(request, UserKeyPut)
     p = v.Problems()
     api_key = p.check(v.secret_value, body.api_key, "api_key")
@@ -383,9 +375,9 @@ async def put_user_key(reg: Registry, request: web.Request, actor: Actor) -> web
         p.raise_if_any()
         assert api_key is not None
         if not prov["enabled"]:
-            raise conflict(f"provider {prov['name']!r} is disabled", "a key cannot be attached to a disabled provider")
+            raise Conflict(f"provider {prov['name']!r} is disabled", "a key cannot be attached to a disabled provider")
         if not prov["allow_byok"] or not reg.settings.allow_byok:
-            raise forbidden(f"BYOK is not enabled for provider {prov['name']!r}")
+            raise Forbidden(f"BYOK is not enabled for provider {prov['name']!r}")
         uid, pid = str(user["id"]), str(prov["id"])
         before_row = await conn.fetchrow(_USER_KEY_SELECT + " WHERE k.user_id = $1 AND k.provider_id = $2", uid, pid)
         sealed, enc_kid = reg.seal("user-provider-key", f"{uid}:{pid}", api_key)
@@ -400,23 +392,23 @@ async def put_user_key(reg: Registry, request: web.Request, actor: Actor) -> web
                     to_builtins(user_key_out(before_row)) if before_row else None,
                     {"user_id": uid, **to_builtins(out)})
         await auth_revoked(conn, user_ids=[uid])
-    return json_response(out)
+    return out
 
 
-async def delete_user_key(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def delete_user_key(reg: Registry, request: web.Request, actor: Actor) -> None:
     async with reg.transaction() as conn:
         user = await target_user(conn, request, actor)
         prov = await fetch_provider(conn, request.match_info["provider"])
         uid, pid = str(user["id"]), str(prov["id"])
         row = await conn.fetchrow(_USER_KEY_SELECT + " WHERE k.user_id = $1 AND k.provider_id = $2", uid, pid)
         if row is None:
-            raise not_found(f"a key of user {user['username']!r} for provider {prov['name']!r}")
+            raise NotFound(f"a key of user {user['username']!r} for provider {prov['name']!r} not found")
         await conn.execute("DELETE FROM registry.user_ai_provider_keys WHERE user_id = $1 AND provider_id = $2",
                            uid, pid)
         await audit(conn, actor, "user_provider_key.delete", "user_provider_key", f"{uid}:{pid}",
                     {"user_id": uid, **to_builtins(user_key_out(row))}, None)
         await auth_revoked(conn, user_ids=[uid])
-    return web.Response(status=204)
+    return None
 
 
 # ------------------------------------------------------------------ groups
@@ -426,7 +418,7 @@ async def fetch_group(conn: asyncpg.Connection, ref: str, *, lock: str = "") -> 
     col = "id = $1" if v.is_uuid(ref) else "lower(name) = lower($1)"
     row = await conn.fetchrow(f"SELECT id, name, created_at, updated_at FROM registry.groups WHERE {col} {lock}", ref)
     if row is None:
-        raise not_found(f"group {ref!r}")
+        raise NotFound(f"group {ref!r} not found")
     return row
 
 
@@ -439,22 +431,22 @@ async def group_out(conn: asyncpg.Connection, row: asyncpg.Record) -> GroupOut:
                     created_at=row["created_at"], updated_at=row["updated_at"])
 
 
-def _group_taken(name: str) -> ApiError:
-    return conflict(f"a group named {name!r} already exists")
+def _group_taken(name: str) -> Conflict:
+    return Conflict(f"a group named {name!r} already exists")
 
 
-async def list_groups(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def list_groups(reg: Registry, request: web.Request, actor: Actor) -> GroupList:
     async with reg.pool.acquire() as conn:
         rows = await conn.fetch("SELECT id, name, created_at, updated_at FROM registry.groups ORDER BY lower(name)")
-        return json_response(GroupList(groups=[await group_out(conn, r) for r in rows]))
+        return GroupList(groups=[await group_out(conn, r) for r in rows])
 
 
-async def get_group(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def get_group(reg: Registry, request: web.Request, actor: Actor) -> GroupOut:
     async with reg.pool.acquire() as conn:
-        return json_response(await group_out(conn, await fetch_group(conn, request.match_info["group"])))
+        return await group_out(conn, await fetch_group(conn, request.match_info["group"]))
 
 
-async def create_group(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def create_group(reg: Registry, request: web.Request, actor: Actor) -> GroupOut:
     body = await read_json(request, GroupCreate)
     p = v.Problems()
     name = p.check(v.account_name, body.name, "name")
@@ -470,10 +462,10 @@ async def create_group(reg: Registry, request: web.Request, actor: Actor) -> web
             await directory_changed(conn, group_ids=[out.id])
     except asyncpg.UniqueViolationError:
         raise _group_taken(name) from None
-    return json_response(out, status=201)
+    return out
 
 
-async def update_group(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def update_group(reg: Registry, request: web.Request, actor: Actor) -> GroupOut:
     body = await read_json(request, GroupPatch)
     p = v.Problems()
     name = p.check(v.account_name, body.name, "name") if body.name is not msgspec.UNSET else None
@@ -483,7 +475,7 @@ async def update_group(reg: Registry, request: web.Request, actor: Actor) -> web
             p.raise_if_any()
             before = await group_out(conn, row)
             if name is None:
-                return json_response(before)
+                return before
             row = await conn.fetchrow("UPDATE registry.groups SET name = $2, updated_at = now() WHERE id = $1"
                                       " RETURNING id, name, created_at, updated_at", row["id"], name)
             after = await group_out(conn, row)
@@ -491,10 +483,10 @@ async def update_group(reg: Registry, request: web.Request, actor: Actor) -> web
             await directory_changed(conn, group_ids=[after.id])
     except asyncpg.UniqueViolationError:
         raise _group_taken(name or "") from None
-    return json_response(after)
+    return after
 
 
-async def delete_group(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def delete_group(reg: Registry, request: web.Request, actor: Actor) -> None:
     async with reg.transaction() as conn:
         row = await fetch_group(conn, request.match_info["group"], lock="FOR UPDATE")
         before = await group_out(conn, row)
@@ -502,10 +494,10 @@ async def delete_group(reg: Registry, request: web.Request, actor: Actor) -> web
         await audit(conn, actor, "group.delete", "group", before.id, to_builtins(before), None)
         await auth_revoked(conn, user_ids=[m.id for m in before.members])
         await directory_changed(conn, user_ids=[m.id for m in before.members], group_ids=[before.id])
-    return web.Response(status=204)
+    return None
 
 
-async def put_member(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def put_member(reg: Registry, request: web.Request, actor: Actor) -> None:
     async with reg.transaction() as conn:
         group = await fetch_group(conn, request.match_info["group"], lock="FOR UPDATE")
         user = await fetch_user(conn, request.match_info["user"], actor, lock="FOR SHARE")
@@ -518,7 +510,7 @@ async def put_member(reg: Registry, request: web.Request, actor: Actor) -> web.R
                         _member_audit(group, user))
             await auth_revoked(conn, user_ids=[str(user["id"])])
             await directory_changed(conn, user_ids=[str(user["id"])], group_ids=[str(group["id"])])
-    return web.Response(status=204)
+    return None
 
 
 def _member_audit(group: asyncpg.Record, user: asyncpg.Record) -> dict[str, Any]:
@@ -526,7 +518,7 @@ def _member_audit(group: asyncpg.Record, user: asyncpg.Record) -> dict[str, Any]
             "username": user["username"]}
 
 
-async def delete_member(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def delete_member(reg: Registry, request: web.Request, actor: Actor) -> None:
     async with reg.transaction() as conn:
         group = await fetch_group(conn, request.match_info["group"], lock="FOR UPDATE")
         user = await fetch_user(conn, request.match_info["user"], actor)
@@ -534,9 +526,9 @@ async def delete_member(reg: Registry, request: web.Request, actor: Actor) -> we
             "DELETE FROM registry.group_members WHERE group_id = $1 AND user_id = $2 RETURNING user_id",
             group["id"], user["id"])
         if removed is None:
-            raise not_found(f"user {user['username']!r} in group {group['name']!r}")
+            raise NotFound(f"user {user['username']!r} in group {group['name']!r} not found")
         await conn.execute("UPDATE registry.groups SET updated_at = now() WHERE id = $1", group["id"])
         await audit(conn, actor, "group_member.remove", "group", str(group["id"]), _member_audit(group, user), None)
         await auth_revoked(conn, user_ids=[str(user["id"])])
         await directory_changed(conn, user_ids=[str(user["id"])], group_ids=[str(group["id"])])
-    return web.Response(status=204)
+    return None

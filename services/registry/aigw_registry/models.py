@@ -259,20 +259,6 @@ class RotateSecretsOut(Out):
     remaining: dict[str, int]  # still under another key (0 everywhere: the old keys may be dropped)
 
 
-# ------------------------------------------------------------------ errors
-
-
-class ValidationOut(Out):
-    field: str
-    detail: str
-
-
-class ErrorOut(Out):
-    message: str
-    detail: str | None
-    validations: list[ValidationOut]
-
-
 def to_builtins(obj: Out) -> dict[str, Any]:
     """A response Struct as plain JSON-able data (for audit before/after)."""
     return msgspec.to_builtins(obj)

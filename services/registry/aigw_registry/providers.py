@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from aigw_common.api import ApiError, conflict, json_response, not_found, read_json
+from aigw_common.api import Conflict, NotFound, read_json
 from aigw_common.crypto import mask_secret
 
 from . import validate as v
@@ -36,7 +36,7 @@ async def fetch_provider(conn: asyncpg.Connection, ref: str, *, lock: str = "") 
         ref if col == "name" else str(ref),
     )
     if row is None:
-        raise not_found(f"provider {ref!r}")
+        raise NotFound(f"provider {ref!r} not found")
     return row
 
 
@@ -77,8 +77,8 @@ async def load_out(reg: Registry, conn: asyncpg.Connection, ref: str) -> Provide
     return provider_out(reg, row, keys[str(row["id"])])
 
 
-def _name_taken(name: str) -> ApiError:
-    return conflict(f"a provider named {name!r} already exists", "provider names are unique among providers that are not deleted")
+def _name_taken(name: str) -> Conflict:
+    return Conflict(f"a provider named {name!r} already exists", "provider names are unique among providers that are not deleted")
 
 
 def _seal_settings(reg: Registry, pid: str, settings: dict[str, str]) -> tuple[str | None, str | None]:
@@ -133,19 +133,19 @@ async def insert_provider(
 # ------------------------------------------------------------------ handlers
 
 
-async def list_providers(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def list_providers(reg: Registry, request: web.Request, actor: Actor) -> ProviderList:
     async with reg.pool.acquire() as conn:
         rows = await conn.fetch(f"SELECT {_COLS} FROM registry.ai_providers WHERE deleted_at IS NULL ORDER BY name")
         keys = await fetch_keys(conn, [r["id"] for r in rows])
-    return json_response(ProviderList(providers=[provider_out(reg, r, keys[str(r["id"])]) for r in rows]))
+    return ProviderList(providers=[provider_out(reg, r, keys[str(r["id"])]) for r in rows])
 
 
-async def get_provider(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def get_provider(reg: Registry, request: web.Request, actor: Actor) -> ProviderOut:
     async with reg.pool.acquire() as conn:
-        return json_response(await load_out(reg, conn, request.match_info["idOrName"]))
+        return await load_out(reg, conn, request.match_info["idOrName"])
 
 
-async def create_provider(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def create_provider(reg: Registry, request: web.Request, actor: Actor) -> ProviderOut:
     body = await read_json(request, ProviderCreate)
     p = v.Problems()
     name = p.check(v.provider_name, body.name)
@@ -168,10 +168,10 @@ async def create_provider(reg: Registry, request: web.Request, actor: Actor) -> 
             )
     except asyncpg.UniqueViolationError:
         raise _name_taken(name) from None
-    return json_response(out, status=201)
+    return out
 
 
-async def update_provider(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def update_provider(reg: Registry, request: web.Request, actor: Actor) -> ProviderOut:
     body = await read_json(request, ProviderPatch)
     ref = request.match_info["idOrName"]
     new_name: str | None = None
@@ -199,7 +199,7 @@ async def update_provider(reg: Registry, request: web.Request, actor: Actor) -> 
                     reg, pid, v.provider_settings(p, row["type"], merged))
             p.raise_if_any()
             if not sets:
-                return json_response(before)
+                return before
             cols = list(sets)
             assign = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(cols))
             await conn.execute(f"UPDATE registry.ai_providers SET {assign}, updated_at = now() WHERE id = $1",
@@ -209,10 +209,10 @@ async def update_provider(reg: Registry, request: web.Request, actor: Actor) -> 
             await providers_changed(conn, pid)
     except asyncpg.UniqueViolationError:
         raise _name_taken(new_name or "") from None
-    return json_response(after)
+    return after
 
 
-async def delete_provider(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def delete_provider(reg: Registry, request: web.Request, actor: Actor) -> None:
     async with reg.transaction() as conn:
         row = await fetch_provider(conn, request.match_info["idOrName"], lock="FOR UPDATE")
         pid = str(row["id"])
@@ -227,21 +227,21 @@ async def delete_provider(reg: Registry, request: web.Request, actor: Actor) -> 
         await audit(conn, actor, "provider.delete", "provider", pid, to_builtins(before), None)
         await providers_changed(conn, pid)
         await auth_revoked(conn, user_ids=byok_users)
-    return web.Response(status=204)
+    return None
 
 
-async def list_keys(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def list_keys(reg: Registry, request: web.Request, actor: Actor) -> KeyList:
     async with reg.pool.acquire() as conn:
         row = await fetch_provider(conn, request.match_info["idOrName"])
         keys = (await fetch_keys(conn, [row["id"]]))[str(row["id"])]
-    return json_response(KeyList(provider_id=str(row["id"]), keys=[key_out(k) for k in keys]))
+    return KeyList(provider_id=str(row["id"]), keys=[key_out(k) for k in keys])
 
 
 def _key_audit(row: asyncpg.Record, k: asyncpg.Record) -> dict[str, Any]:
     return {"provider_id": str(row["id"]), "provider_name": row["name"], **to_builtins(key_out(k))}
 
 
-async def create_key(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def create_key(reg: Registry, request: web.Request, actor: Actor) -> KeyOut:
     body = await read_json(request, KeyCreate)
     p = v.Problems()
     api_key = p.check(v.secret_value, body.api_key, "api_key")
@@ -252,11 +252,11 @@ async def create_key(reg: Registry, request: web.Request, actor: Actor) -> web.R
         p.raise_if_any()
         assert api_key is not None
         if not row["enabled"]:
-            raise conflict(f"provider {row['name']!r} is disabled", "enable it before attaching keys")
+            raise Conflict(f"provider {row['name']!r} is disabled", "enable it before attaching keys")
         pid = str(row["id"])
         count = int(await conn.fetchval("SELECT count(*) FROM registry.ai_provider_keys WHERE provider_id = $1", pid))
         if count >= v.MAX_KEYS_PER_PROVIDER:
-            raise conflict(f"provider {row['name']!r} already has {count} keys", f"the limit is {v.MAX_KEYS_PER_PROVIDER}")
+            raise Conflict(f"provider {row['name']!r} already has {count} keys", f"the limit is {v.MAX_KEYS_PER_PROVIDER}")
         pos = count if body.position is None else min(body.position, count)
         await conn.execute("UPDATE registry.ai_provider_keys SET position = position + 1"
                            " WHERE provider_id = $1 AND position >= $2", pid, pos)
@@ -264,10 +264,10 @@ async def create_key(reg: Registry, request: web.Request, actor: Actor) -> web.R
         await conn.execute("UPDATE registry.ai_providers SET updated_at = now() WHERE id = $1", pid)
         await audit(conn, actor, "provider_key.create", "provider_key", str(k["id"]), None, _key_audit(row, k))
         await providers_changed(conn, pid)
-    return json_response(key_out(k), status=201)
+    return key_out(k)
 
 
-async def delete_key(reg: Registry, request: web.Request, actor: Actor) -> web.Response:
+async def delete_key(reg: Registry, request: web.Request, actor: Actor) -> None:
     key_ref = request.match_info["keyId"]
     async with reg.transaction() as conn:
         row = await fetch_provider(conn, request.match_info["idOrName"], lock="FOR UPDATE")
@@ -278,10 +278,10 @@ async def delete_key(reg: Registry, request: web.Request, actor: Actor) -> web.R
                 "DELETE FROM registry.ai_provider_keys WHERE id = $1 AND provider_id = $2"
                 " RETURNING id, position, hint, created_at", key_ref, pid)
         if k is None:
-            raise not_found(f"key {key_ref!r} of provider {row['name']!r}")
+            raise NotFound(f"key {key_ref!r} of provider {row['name']!r} not found")
         await conn.execute("UPDATE registry.ai_provider_keys SET position = position - 1"
                            " WHERE provider_id = $1 AND position > $2", pid, k["position"])
         await conn.execute("UPDATE registry.ai_providers SET updated_at = now() WHERE id = $1", pid)
         await audit(conn, actor, "provider_key.delete", "provider_key", str(k["id"]), _key_audit(row, k), None)
         await providers_changed(conn, pid)
-    return web.Response(status=204)
+    return None

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aigw_common import headers, llm, netguard
-from aigw_common.api import ApiError, Validation
+from aigw_common.api import BadRequest, ValidationOut
 from aigw_common.auth import ROLES
 from aigw_common.crypto import mask_secret
 from aigw_common.durations import parse_duration
@@ -70,22 +70,22 @@ class Problems:
     """Collects :class:`Invalid` so one 400 lists every bad field."""
 
     def __init__(self) -> None:
-        self.items: list[Validation] = []
+        self.items: list[ValidationOut] = []
 
     def check(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T | None:
         try:
             return fn(*args, **kw)
         except Invalid as e:
-            self.items.append(Validation(e.field, e.detail))
+            self.items.append(ValidationOut(e.field, e.detail))
             return None
 
     def add(self, field: str, detail: str) -> None:
-        self.items.append(Validation(field, detail))
+        self.items.append(ValidationOut(field, detail))
 
     def raise_if_any(self) -> None:
         if self.items:
             first = self.items[0]
-            raise ApiError(400, f"invalid {first.field}: {first.detail}", None, self.items)
+            raise BadRequest(f"invalid {first.field}: {first.detail}", validations=self.items)
 
 
 def is_uuid(s: str) -> bool:
