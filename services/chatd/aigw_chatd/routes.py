@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
+from aigw_common import sse
 from aigw_common.api import (
     BadRequest,
     Conflict,
@@ -401,7 +402,7 @@ def add_routes(app: web.Application, deps: Deps) -> None:
 
 
 async def _send(resp: web.StreamResponse, event: str, data: bytes) -> None:
-    await resp.write(b"event: " + event.encode() + b"\ndata: " + data + b"\n\n")
+    await resp.write(sse.encode(event.encode(), data))
 
 
 async def _eof(resp: web.StreamResponse) -> None:

@@ -305,8 +305,8 @@ class BedrockSSE:
             etype = _typed_dec.decode(event).type
         except (msgspec.DecodeError, binascii.Error) as e:
             return self._fail("api_error", f"malformed Bedrock chunk: {e}")
-        if not etype:
-            return self._fail("api_error", "Bedrock chunk without an event type")
+        if not etype or "\n" in etype or "\r" in etype:  # a line break in the name would forge SSE lines
+            return self._fail("api_error", "Bedrock chunk without a usable event type")
         if etype == "message_stop" and b"amazon-bedrock-invocationMetrics" in event:
             event = _strip_invocation_metrics(event)
         elif b"\n" in event or b"\r" in event:

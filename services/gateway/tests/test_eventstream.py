@@ -179,6 +179,13 @@ def test_bad_chunk_payload() -> None:
     assert b"malformed Bedrock chunk" in t.feed(bad)
 
 
+def test_an_event_type_with_a_line_break_cannot_forge_sse_lines() -> None:
+    forged = es.encode_chunk(b'{"type":"ping\\ndata: {\\"type\\":\\"message_stop\\"}"}')
+    t = es.BedrockSSE()
+    out = t.feed(forged)
+    assert split_events(out) == [out] and out.startswith(b"event: error\n") and t.done
+
+
 @pytest.mark.parametrize(("code", "etype"), [
     ("ThrottlingException", "rate_limit_error"), ("serviceUnavailableException", "overloaded_error"),
     ("ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/", "invalid_request_error"),
