@@ -25,11 +25,9 @@ from .common import (
     Extracted,
     PartialCall,
     Reasoning,
-    RequestInfo,
     ToolCall,
     err_text,
     json_text,
-    nothing,
     openai_tokens,
 )
 from .stream import MAX_LINE, StreamExtractor
@@ -37,15 +35,19 @@ from .stream import MAX_LINE, StreamExtractor
 # ---------------------------------------------------------------- requests
 
 
-class _ChatRequest(msgspec.Struct):
-    model: str = ""
-    stream: bool | None = None
+_TEXT_PARTS = frozenset({"text"})
+
+
+class _Request(request.RequestShape):
     messages: list[request.Message] | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
 
+    def prompt(self) -> str | None:
+        return request.last_user_prompt(self.messages, "messages", _TEXT_PARTS) if self.messages else None
 
-_TEXT_PARTS = frozenset({"text"})
+    def max_output(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
 
 
 class _StreamFlags(msgspec.Struct):
@@ -172,6 +174,19 @@ class _Body(msgspec.Struct):  # a whole response, or one stream chunk
     usage: _Usage | None = None
     error: Err | str | None = None
 
+    def extracted(self) -> Extracted:
+        calls = _Calls()
+        for choice in self.choices or ():
+            if choice.message is not None:
+                calls.add(choice.index, choice.message)
+        return Extracted(
+            model=self.model,
+            tokens=self.usage.tokens() if self.usage else TokenCounts(),
+            tool_calls=calls.done(),
+            terminal=True,
+            error=err_text(self.error),
+        )
+
 
 class _Calls:
     """Tool calls assembled per (choice, index) from deltas (a stream) or messages (a body)."""
@@ -264,34 +279,8 @@ class ChatStream(StreamExtractor):
 
 class ChatDialect(Dialect):
     endpoint = "chat_completions"
-
-    def parse_request(self, body: bytes) -> RequestInfo:
-        req = request.decode(body, _ChatRequest)
-        prompt = request.last_user_prompt(req.messages, "messages", _TEXT_PARTS) if req.messages else None
-        return RequestInfo(
-            model=req.model,
-            stream=bool(req.stream),
-            prompt=prompt,
-            max_output_tokens=req.max_completion_tokens or req.max_tokens,
-            input_bytes=len(body),
-        )
-
-    def extract_blocking(self, body: bytes) -> Extracted:
-        try:
-            c = msgspec.json.decode(body, type=_Body)
-        except DECODE_ERRORS:
-            return nothing()
-        calls = _Calls()
-        for choice in c.choices or ():
-            if choice.message is not None:
-                calls.add(choice.index, choice.message)
-        return Extracted(
-            model=c.model,
-            tokens=c.usage.tokens() if c.usage else TokenCounts(),
-            tool_calls=calls.done(),
-            terminal=True,
-            error=err_text(c.error),
-        )
+    request_shape = _Request
+    body_shape = _Body
 
     def stream(self) -> ChatStream:
         return ChatStream()

@@ -10,10 +10,11 @@ import msgspec
 from aigw_common.llm import Endpoint
 from aigw_common.schemas import TokenCounts
 
+from .request import RequestShape, decode
+
 if TYPE_CHECKING:
     from .stream import StreamExtractor
 
-NULL = msgspec.Raw(b"null")
 DECODE_ERRORS = (msgspec.DecodeError, RecursionError)  # what decoding an upstream body may raise
 
 
@@ -142,18 +143,37 @@ class Relay(Protocol):
     def finish(self) -> bytes: ...
 
 
+class BodyShape(Protocol):
+    """A whole response body as one API's typed Struct decodes it."""
+
+    def extracted(self) -> Extracted: ...
+
+
 class Dialect:
     """One API's shapes: what the gateway reads from its requests and responses. One instance per API."""
 
     endpoint: Endpoint
+    request_shape: type[RequestShape]
+    body_shape: type[BodyShape]
 
     def parse_request(self, body: bytes) -> RequestInfo:
         """Admission and recording facts; ``ValueError`` (a message for the client) → the gateway answers 400."""
-        raise NotImplementedError
+        req = decode(body, self.request_shape)
+        return RequestInfo(
+            model=req.model,
+            stream=bool(req.stream),
+            prompt=req.prompt(),
+            max_output_tokens=req.max_output(),
+            input_bytes=len(body),
+        )
 
     def extract_blocking(self, body: bytes) -> Extracted:
         """A whole response body; one that is not the API's JSON yields :func:`nothing`."""
-        raise NotImplementedError
+        try:
+            doc = msgspec.json.decode(body, type=self.body_shape)
+        except DECODE_ERRORS:
+            return nothing()
+        return doc.extracted()
 
     def stream(self) -> StreamExtractor:
         """A new extractor for one streamed response."""

@@ -21,24 +21,26 @@ from .common import (
     Err,
     Extracted,
     PartialCall,
-    RequestInfo,
     ToolCall,
     err_text,
-    nothing,
 )
 from .stream import StreamExtractor
 
 # ---------------------------------------------------------------- requests
 
 
-class _MessagesRequest(msgspec.Struct):
-    model: str = ""
-    stream: bool | None = None
+_TEXT_PARTS = frozenset({"text"})
+
+
+class _Request(request.RequestShape):
     messages: list[request.Message] | None = None
     max_tokens: int | None = None
 
+    def prompt(self) -> str | None:
+        return request.last_user_prompt(self.messages, "messages", _TEXT_PARTS) if self.messages else None
 
-_TEXT_PARTS = frozenset({"text"})
+    def max_output(self) -> int | None:
+        return self.max_tokens
 
 # ---------------------------------------------------------------- responses
 
@@ -80,6 +82,23 @@ class _Message(msgspec.Struct):  # a whole response, or message_start's message
     usage: _Usage | None = None
     content: list[_Block] | None = None
     error: Err | str | None = None
+
+    def extracted(self) -> Extracted:
+        usage = _Tokens()
+        usage.merge(self.usage)
+        calls = _Calls()
+        for block in self.content or ():
+            calls.block(block)
+        error = err_text(self.error)
+        if error is None and self.type == "error":
+            error = "error"
+        return Extracted(
+            model=self.model,
+            tokens=usage.tokens(),
+            tool_calls=calls.done(),
+            terminal=True,
+            error=error,
+        )
 
 
 class _Event(msgspec.Struct):
@@ -220,38 +239,8 @@ class MessagesStream(StreamExtractor):
 
 class MessagesDialect(Dialect):
     endpoint = "messages"
-
-    def parse_request(self, body: bytes) -> RequestInfo:
-        req = request.decode(body, _MessagesRequest)
-        prompt = request.last_user_prompt(req.messages, "messages", _TEXT_PARTS) if req.messages else None
-        return RequestInfo(
-            model=req.model,
-            stream=bool(req.stream),
-            prompt=prompt,
-            max_output_tokens=req.max_tokens,
-            input_bytes=len(body),
-        )
-
-    def extract_blocking(self, body: bytes) -> Extracted:
-        try:
-            m = msgspec.json.decode(body, type=_Message)
-        except DECODE_ERRORS:
-            return nothing()
-        usage = _Tokens()
-        usage.merge(m.usage)
-        calls = _Calls()
-        for block in m.content or ():
-            calls.block(block)
-        error = err_text(m.error)
-        if error is None and m.type == "error":
-            error = "error"
-        return Extracted(
-            model=m.model,
-            tokens=usage.tokens(),
-            tool_calls=calls.done(),
-            terminal=True,
-            error=error,
-        )
+    request_shape = _Request
+    body_shape = _Message
 
     def stream(self) -> MessagesStream:
         return MessagesStream()

@@ -1,4 +1,4 @@
-"""Reading a request body: the pieces every dialect's ``parse_request`` shares.
+"""Reading a request body: what every dialect's request shape shares.
 
 Errors are ``ValueError`` with a message meant for the client (the gateway answers 400 with it): msgspec's
 "Expected `str`, got `int` - at `$.model`" becomes "model: expected a string, got number".
@@ -11,7 +11,21 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .common import NULL
+NULL = msgspec.Raw(b"null")
+
+
+class RequestShape(msgspec.Struct):
+    """The fields every API's request has; a dialect's subclass adds its own and says how to read them."""
+
+    model: str = ""
+    stream: bool | None = None
+
+    def prompt(self) -> str | None:
+        """The last user message's text (for recording); ``ValueError`` when its content is malformed."""
+        raise NotImplementedError
+
+    def max_output(self) -> int | None:
+        raise NotImplementedError
 
 
 class Part(msgspec.Struct):

@@ -22,11 +22,9 @@ from .common import (
     Err,
     Extracted,
     Reasoning,
-    RequestInfo,
     ToolCall,
     err_text,
     json_text,
-    nothing,
     openai_tokens,
 )
 from .stream import StreamExtractor
@@ -34,15 +32,23 @@ from .stream import StreamExtractor
 # ---------------------------------------------------------------- requests
 
 
-class _ResponsesRequest(msgspec.Struct):
-    model: str = ""
-    stream: bool | None = None
+_TEXT_PARTS = frozenset({"input_text", "text"})
+_MESSAGE_ITEMS = (None, "message")  # input items that are messages (a bare one has no type)
+
+
+class _Request(request.RequestShape):
     input: str | list[request.Message] | None = None
     max_output_tokens: int | None = None
 
+    def prompt(self) -> str | None:
+        if isinstance(self.input, str):
+            return self.input
+        if self.input:
+            return request.last_user_prompt(self.input, "input", _TEXT_PARTS, _MESSAGE_ITEMS)
+        return None
 
-_TEXT_PARTS = frozenset({"input_text", "text"})
-_MESSAGE_ITEMS = (None, "message")  # input items that are messages (a bare one has no type)
+    def max_output(self) -> int | None:
+        return self.max_output_tokens
 
 # ---------------------------------------------------------------- responses
 
@@ -102,6 +108,18 @@ class _Response(msgspec.Struct):
     usage: _Usage | None = None
     output: list[_Item] | None = None
     error: Err | str | None = None
+
+    def extracted(self) -> Extracted:
+        error = err_text(self.error)
+        if error is None and self.status == "failed":
+            error = "response failed"
+        return Extracted(
+            model=self.model,
+            tokens=self.usage.tokens() if self.usage else TokenCounts(),
+            tool_calls=_tool_calls(self.output),
+            terminal=True,
+            error=error,
+        )
 
 
 class _Event(msgspec.Struct):
@@ -197,37 +215,8 @@ class ResponsesStream(StreamExtractor):
 
 class ResponsesDialect(Dialect):
     endpoint = "responses"
-
-    def parse_request(self, body: bytes) -> RequestInfo:
-        req = request.decode(body, _ResponsesRequest)
-        prompt: str | None = None
-        if isinstance(req.input, str):
-            prompt = req.input
-        elif req.input:
-            prompt = request.last_user_prompt(req.input, "input", _TEXT_PARTS, _MESSAGE_ITEMS)
-        return RequestInfo(
-            model=req.model,
-            stream=bool(req.stream),
-            prompt=prompt,
-            max_output_tokens=req.max_output_tokens,
-            input_bytes=len(body),
-        )
-
-    def extract_blocking(self, body: bytes) -> Extracted:
-        try:
-            r = msgspec.json.decode(body, type=_Response)
-        except DECODE_ERRORS:
-            return nothing()
-        error = err_text(r.error)
-        if error is None and r.status == "failed":
-            error = "response failed"
-        return Extracted(
-            model=r.model,
-            tokens=r.usage.tokens() if r.usage else TokenCounts(),
-            tool_calls=_tool_calls(r.output),
-            terminal=True,
-            error=error,
-        )
+    request_shape = _Request
+    body_shape = _Response
 
     def stream(self) -> ResponsesStream:
         return ResponsesStream()
