@@ -1,6 +1,6 @@
 """SSRF at connect time: every upstream connection is checked on the address DNS gave it (a test resolver
 stands in for DNS), literal addresses too, unless AIGW_ALLOW_PRIVATE_UPSTREAMS allows the class; redirects
-are relayed, never followed."""
+are relayed, never followed; upstream cookies are never kept."""
 
 from __future__ import annotations
 
@@ -94,6 +94,24 @@ async def test_redirects_are_relayed_not_followed(apps, make_settings, registry,
                                                    headers={"Authorization": f"Bearer {user.token}"}) as r:
         assert r.status == 307 and r.headers["Location"].endswith("/elsewhere")
     assert [q.path for q in mock_upstream.requests] == ["/v1/models"]
+
+
+async def test_upstream_cookies_are_not_kept(apps, make_settings, registry, mock_upstream) -> None:  # type: ignore[no-untyped-def]
+    """An upstream's Set-Cookie is not stored and sent with later requests, whoever makes them (a host name:
+    a cookie jar ignores cookies from IP addresses)."""
+    url, user = await start(apps, make_settings, registry, mock_upstream, "loopback")
+
+    async def cookie(request: web.Request, _body: bytes) -> web.Response:
+        resp = await _models(request, _body)
+        resp.set_cookie("__cf_bm", "upstream-session", path="/")
+        return resp
+
+    mock_upstream.handler = cookie
+    for _ in range(2):
+        status, _ = await call(url, "loop-test", user.token)
+        assert status == 200
+    assert len(mock_upstream.requests) == 2
+    assert [q.headers.get("Cookie") for q in mock_upstream.requests] == [None, None]
 
 
 async def _models(request: web.Request, _body: bytes) -> web.Response:
