@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -111,6 +112,24 @@ async def metrics_listener(registry: CollectorRegistry, host: str, port: int, *,
         await runner.cleanup()
 
 
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Once started: move what start-up made (modules, classes, settings, caches) out of the collector's
+    sight, and collect the young generation every 10,000 allocations instead of 700.
+
+    With Python's default a serving process collected every dozen requests, and each collection walked the
+    objects of every request in flight (the gateway: ~9 % of its CPU at 64 concurrent requests, and
+    full collections of the whole start-up heap, tens of ms, now and then). What a request leaves in
+    reference cycles is still collected, in fewer, larger batches (docs/performance.md).
+    """
+    gc.collect()
+    gc.freeze()
+    _young, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def serve(app: web.Application, host: str, port: int, *, grace: float = 20.0,
                 stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``), then shut down in order.
@@ -124,6 +143,7 @@ async def serve(app: web.Application, host: str, port: int, *, grace: float = 20
     site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024)
     await site.start()
     log.info("listening", extra={"service": state.name, "addr": f"{host}:{port}"})
+    tune_gc()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

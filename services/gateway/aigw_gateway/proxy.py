@@ -11,6 +11,7 @@ extractor reads along.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -102,6 +103,12 @@ async def _chunks(resp: aiohttp.ClientResponse, idle: float) -> AsyncIterator[by
 
 
 _ERROR_BODY_LIMIT = 64 * 1024
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect: float) -> aiohttp.ClientTimeout:
+    """The client timeout for a connect timeout (one object per value, not one per request)."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=None)
 
 
 async def _read_error_body(resp: aiohttp.ClientResponse) -> bytes | None:
@@ -287,7 +294,7 @@ class Gateway:
         adapter = provider.adapter
         t = provider.timeouts
         # connect: sock_connect; first byte: the timeout below; idle between chunks: _chunks() while relaying
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=None)
+        timeout = _client_timeout(t.connect)
         if caller.byok:
             keys: list[PoolKey | None] = [None]
         else:
