@@ -77,6 +77,16 @@ def effective(state: KeyState | None, now: float | None = None) -> tuple[KeyStat
     return "revoked", None
 
 
+def cooled_until(state: KeyStateName, until: float | None, new_until: float) -> float | None:
+    """The cooldown a cooling mark ending at ``new_until`` gives a key now in ``state`` (until ``until``):
+    the longer one wins (marks race across gateways), a revoked key stays revoked (only a re-check revives
+    it). None: the mark changes nothing. The one rule for keypool's bucket and each gateway's local view."""
+    if state == "revoked":
+        return None
+    current = (until or 0.0) if state == "cooling" else 0.0
+    return None if current >= new_until else new_until
+
+
 async def ensure_marks_stream(bus: Bus) -> None:
     s = bus.subjects
     await bus.ensure_stream(s.keys_marked_stream, [s.keys_marked], max_age=MARKS_MAX_AGE)

@@ -16,20 +16,22 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from aigw_common.keystate import DEFAULT_COOLDOWN, cooled_until
 from aigw_common.llm import error_body
 from aigw_common.retry_after import retry_after
-from aigw_common.schemas import KeyMarked
+from aigw_common.schemas import KeyMarked, KeyStateName
 
 log = logging.getLogger(__name__)
 
-VALID, COOLING, REVOKED = "valid", "cooling", "revoked"
-DEFAULT_COOLDOWN = 60.0
+VALID: KeyStateName = "valid"
+COOLING: KeyStateName = "cooling"
+REVOKED: KeyStateName = "revoked"
 MAX_COOLDOWN = 3600.0
 
 
 @dataclass(slots=True)
 class KeyHealth:
-    state: str = VALID
+    state: KeyStateName = VALID
     until: float = 0.0  # epoch seconds, for cooling
     last_status: int = 0
 
@@ -119,13 +121,12 @@ class KeyPools:
         for k in [k for k in self._health if k not in live]:
             del self._health[k]
 
-    def apply_state(self, provider_id: str, key_id: str, state: str, until: float | None) -> None:
+    def apply_state(self, provider_id: str, key_id: str, state: KeyStateName, until: float | None) -> None:
         """Merge the fleet's view (from keypool): it is authoritative, except that a longer local cooldown stands."""
         h = self.health(provider_id, key_id)
         if state == COOLING:
-            if h.state == REVOKED:
-                return
-            h.state, h.until = COOLING, max(h.until if h.state == COOLING else 0.0, until or 0.0)
+            if (u := cooled_until(h.state, h.until, until or 0.0)) is not None:
+                h.state, h.until = COOLING, u
         elif state == REVOKED:
             h.state = REVOKED
         elif state == VALID:
@@ -139,12 +140,12 @@ class KeyPools:
         """
         h = self.health(provider_id, key_id)
         h.last_status = status
-        marked: str | None = None
+        marked: KeyStateName | None = None
         until: float | None = None
         if status == 429:
             until = time.time() + retry_after_seconds(headers)
-            if h.state != REVOKED:
-                h.state, h.until = COOLING, max(h.until if h.state == COOLING else 0.0, until)
+            if (u := cooled_until(h.state, h.until, until)) is not None:
+                h.state, h.until = COOLING, u
             marked = COOLING
         elif status == 401 or (status == 403 and not forbidden_for_other_reason(body)):
             h.state = REVOKED
@@ -152,6 +153,6 @@ class KeyPools:
         for obs in self.observers:
             obs(provider_id, key_id, status, headers)
         if marked and self.sink is not None:
-            self.sink(KeyMarked(event_id=uuid.uuid4().hex, provider_id=provider_id, key_id=key_id, state=marked,  # type: ignore[arg-type]  # marked: str, one of the Literal
+            self.sink(KeyMarked(event_id=uuid.uuid4().hex, provider_id=provider_id, key_id=key_id, state=marked,
                                 until=until, status_code=status, gateway_id=self.gateway_id, at=time.time()))
         return marked

@@ -27,13 +27,13 @@ from aigw_common.bus import Bus
 from aigw_common.durations import parse_duration
 from aigw_common.errors import BusError
 from aigw_common.keystate import KeyStateWatch, effective, is_failure, wait_event
-from aigw_common.schemas import KeyReport, KeyStat, KeyState, RateLimitInfo
+from aigw_common.schemas import KeyReport, KeyStat, KeyState, KeyStateName, RateLimitInfo
 
 log = logging.getLogger(__name__)
 
 
 class StateSink(Protocol):
-    def apply_state(self, provider_id: str, key_id: str, state: str, until: float | None) -> None: ...
+    def apply_state(self, provider_id: str, key_id: str, state: KeyStateName, until: float | None) -> None: ...
 
 
 class KeyStateWatcher:

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from aigw_common.keystate import DEFAULT_COOLDOWN, kv_key
+from aigw_common.keystate import DEFAULT_COOLDOWN, cooled_until, kv_key
 from aigw_common.schemas import KeyMarked, KeyStat, KeyState, RateLimitInfo, RegistrySnapshot
 
 UNKNOWN_RESET = 1.0  # budget at zero but no reset header: cool briefly, the next report corrects it
@@ -85,11 +85,8 @@ def cool(cur: KeyState | None, provider_id: str, key_id: str, until: float, stat
     """Cooling until ``until`` unless revoked or already cooling at least that long."""
     if until <= now:
         return None
-    if cur is not None:
-        if cur.state == "revoked":
-            return None
-        if cur.state == "cooling" and (cur.until or 0.0) >= until:
-            return None
+    if cur is not None and cooled_until(cur.state, cur.until, until) is None:
+        return None
     return KeyState(provider_id=provider_id, key_id=key_id, state="cooling", until=until,
                     status_code=status_code, updated_at=now, reason=reason)
 
