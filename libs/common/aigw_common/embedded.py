@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,18 @@ async def _wait_exit(proc: subprocess.Popen[bytes], within: float) -> bool:
             return False
         await asyncio.sleep(0.05)
     return True
+
+
+async def run_tool(cmd: list[str], logfile: Path, what: str, popen_kw: Mapping[str, object] | None = None,
+                   *, within: float = 120.0) -> None:
+    """Run a one-shot server tool (initdb, pg_basebackup) to its end, output appended to ``logfile``; killed
+    after ``within`` seconds; a non-zero exit raises :class:`EmbeddedError` with the log tail."""
+    proc = _spawn(cmd, logfile, **(popen_kw or {}))
+    if not await _wait_exit(proc, within):
+        proc.kill()
+        await _wait_exit(proc, 5.0)
+    if proc.returncode != 0:
+        raise EmbeddedError(f"{what} failed (exit {proc.returncode}):\n{log_tail(logfile)}")
 
 
 async def stop_process(proc: subprocess.Popen[bytes], sig: int, within: float, name: str) -> None:
@@ -249,24 +261,48 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
                 os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
 
 
-# ---------------------------------------------------------------- Postgres
+# ---------------------------------------------------------------- the server child
 
 
-class EmbeddedPostgres:
-    """A private Postgres cluster in ``data_dir`` on 127.0.0.1, trust auth, superuser ``postgres``."""
+class _ServerChild:
+    """What both servers share: a state dir, a log, a remembered port and one child process, stopped with
+    ``stop_signal`` (the server's clean shutdown), then killed if it hangs."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, bin_dir: str | os.PathLike[str] | None = None,
-                 start_timeout: float = 60.0, stop_timeout: float = 30.0,
-                 relocation_roots: tuple[Path, ...] = RELOCATION_ROOTS) -> None:
+    name: str
+    stop_signal: signal.Signals
+
+    def __init__(self, data_dir: str | os.PathLike[str], logname: str, start_timeout: float,
+                 stop_timeout: float) -> None:
         self.dir = Path(data_dir).absolute()
-        self.relocation_roots = relocation_roots
-        self.pgdata = self.dir / "pgdata"
-        self.logfile = self.dir / "postgres.log"
-        self._bin_dir = Path(bin_dir) if bin_dir else None
+        self.logfile = self.dir / logname
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        await stop_process(self.proc, self.stop_signal, self.stop_timeout, self.name)
+        self.proc = None
+
+
+# ---------------------------------------------------------------- Postgres
+
+
+class EmbeddedPostgres(_ServerChild):
+    """A private Postgres cluster in ``data_dir`` on 127.0.0.1, trust auth, superuser ``postgres``."""
+
+    name = "postgres"
+    stop_signal = signal.SIGINT  # fast shutdown: roll back sessions, checkpoint
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, bin_dir: str | os.PathLike[str] | None = None,
+                 start_timeout: float = 60.0, stop_timeout: float = 30.0,
+                 relocation_roots: tuple[Path, ...] = RELOCATION_ROOTS) -> None:
+        super().__init__(data_dir, "postgres.log", start_timeout, stop_timeout)
+        self.relocation_roots = relocation_roots
+        self.pgdata = self.dir / "pgdata"
+        self._bin_dir = Path(bin_dir) if bin_dir else None
 
     @property
     def url(self) -> str:
@@ -357,12 +393,7 @@ class EmbeddedPostgres:
             raise EmbeddedError(f"{self.pgdata} exists but is not a Postgres data dir; remove it")
         cmd = [str(bindir / "initdb"), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
                "-E", "UTF8", "--locale=C", "--no-sync"]
-        proc = _spawn(cmd, self.logfile, **as_user)
-        if not await _wait_exit(proc, 120.0):
-            proc.kill()
-            await _wait_exit(proc, 5.0)
-        if proc.returncode != 0:
-            raise EmbeddedError(f"initdb failed (exit {proc.returncode}):\n{log_tail(self.logfile)}")
+        await run_tool(cmd, self.logfile, "initdb", as_user)
         _append(self.pgdata / "postgresql.conf",
                 "\n# aigw dev: loopback only, no unix socket (paths may be too long), room for five services\n"
                 "listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\nmax_connections = 200\n")
@@ -399,31 +430,22 @@ class EmbeddedPostgres:
         await conn.close()
         return True
 
-    async def stop(self) -> None:
-        """Fast shutdown (SIGINT: roll back sessions, checkpoint), then kill if it hangs."""
-        if self.proc is None:
-            return
-        await stop_process(self.proc, signal.SIGINT, self.stop_timeout, "postgres")
-        self.proc = None
-
 
 # ---------------------------------------------------------------- NATS
 
 
-class EmbeddedNats:
+class EmbeddedNats(_ServerChild):
     """A private ``nats-server -js`` on 127.0.0.1 with its JetStream store in ``data_dir``."""
+
+    name = "nats"
+    stop_signal = signal.SIGTERM  # nats-server flushes JetStream and exits
 
     def __init__(self, data_dir: str | os.PathLike[str], *, start_timeout: float = 30.0,
                  stop_timeout: float = 10.0, authorization: str | None = None) -> None:
-        self.dir = Path(data_dir).absolute()
-        self.logfile = self.dir / "nats.log"
+        super().__init__(data_dir, "nats.log", start_timeout, stop_timeout)
         # nats-server configuration text (e.g. natsauth.authorization_block): written to nats.conf
         # (mode 0600, it holds passwords) and loaded with -c; None runs without authorization.
         self.authorization = authorization
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -470,13 +492,6 @@ class EmbeddedNats:
             return False
         return line.startswith(b"INFO") and b'"jetstream":true' in line
 
-    async def stop(self) -> None:
-        """SIGTERM: nats-server flushes JetStream and exits; kill if it hangs."""
-        if self.proc is None:
-            return
-        await stop_process(self.proc, signal.SIGTERM, self.stop_timeout, "nats")
-        self.proc = None
-
 
 __all__ = ["EmbeddedError", "EmbeddedNats", "EmbeddedPostgres", "die_with_parent", "find_nats_server",
-           "find_postgres_bin_dir", "free_port", "log_tail", "port_is_free", "stop_process"]
+           "find_postgres_bin_dir", "free_port", "log_tail", "port_is_free", "run_tool", "stop_process"]

@@ -25,7 +25,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from aigw_common.embedded import EmbeddedError, EmbeddedPostgres, _spawn, _wait_exit, log_tail
+from aigw_common.embedded import EmbeddedPostgres, log_tail, run_tool
 
 
 class StandbyPostgres(EmbeddedPostgres):
@@ -38,12 +38,7 @@ class StandbyPostgres(EmbeddedPostgres):
     async def _initdb(self, bindir: Path, as_user: dict[str, object]) -> None:
         cmd = [str(bindir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres",
                "-D", str(self.pgdata), "-R", "-X", "stream", "-c", "fast", "--no-sync"]
-        proc = _spawn(cmd, self.logfile, **as_user)
-        if not await _wait_exit(proc, 120.0):
-            proc.kill()
-            await _wait_exit(proc, 5.0)
-        if proc.returncode != 0:
-            raise EmbeddedError(f"pg_basebackup failed (exit {proc.returncode}):\n{log_tail(self.logfile)}")
+        await run_tool(cmd, self.logfile, "pg_basebackup", as_user)
 
 
 class PgPair:
