@@ -22,10 +22,10 @@ answers every operation with a Bedrock error.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -234,20 +234,14 @@ class MockBedrock(MockUpstream):
     async def _stream(self, request: web.Request, sse: bytes) -> web.StreamResponse:
         from aigw_gateway.eventstream import encode_chunk, encode_exception
 
-        resp = web.StreamResponse(status=200, headers={
-            "Content-Type": "application/vnd.amazon.eventstream", "x-amzn-RequestId": "00000000-0000-0000-0000-000000000001"})
-        await resp.prepare(request)
-        try:
+        def frames() -> Iterator[bytes]:
             for i, event in enumerate(split_events(sse)):
                 if self.stream_exception is not None and i == self.stream_exception[2]:
-                    await resp.write(encode_exception(self.stream_exception[0], self.stream_exception[1]))
-                    break
+                    yield encode_exception(self.stream_exception[0], self.stream_exception[1])
+                    return
                 data = next(line[6:] for line in event.split(b"\n") if line.startswith(b"data: "))
-                await resp.write(encode_chunk(data, pad="abcdefghij"[: len(data) % 11]))
-                if self.event_delay:
-                    await asyncio.sleep(self.event_delay)
-            await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            self.disconnects += 1
-            raise
-        return resp
+                yield encode_chunk(data, pad="abcdefghij"[: len(data) % 11])
+
+        resp = web.StreamResponse(status=200, headers={
+            "Content-Type": "application/vnd.amazon.eventstream", "x-amzn-RequestId": "00000000-0000-0000-0000-000000000001"})
+        return await self.stream(request, resp, frames())

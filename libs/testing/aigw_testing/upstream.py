@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,7 +105,7 @@ class MockUpstream:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp has no public bound-port API
+        port = self._runner.addresses[0][1]
         self.url = f"http://{host}:{port}"
         return self.url
 
@@ -152,10 +152,16 @@ class MockUpstream:
         is_sse = "event-stream" in headers.get("Content-Type", "")
         if not is_sse or rec.is_whole:
             return web.Response(status=rec.status, body=rec.body, headers=headers)
-        resp = web.StreamResponse(status=rec.status, headers=headers)
+        return await self.stream(request, web.StreamResponse(status=rec.status, headers=headers),
+                                 split_events(rec.body))
+
+    async def stream(self, request: web.Request, resp: web.StreamResponse,
+                     events: Iterable[bytes]) -> web.StreamResponse:
+        """Send ``events`` one write each, ``event_delay`` apart; a client that goes away counts in
+        ``disconnects`` (what tests of cancellation look for)."""
         await resp.prepare(request)
         try:
-            for event in split_events(rec.body):
+            for event in events:
                 await resp.write(event)
                 if self.event_delay:
                     await asyncio.sleep(self.event_delay)
