@@ -23,9 +23,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import nats
 import pytest
+from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
 from aigw_common.embedded import (
@@ -35,6 +35,8 @@ from aigw_common.embedded import (
     log_tail,
     stop_process,
 )
+
+from .wait import http_ok
 
 CLUSTER_NAME = "aigw-test"
 
@@ -119,19 +121,19 @@ class NatsCluster:
                                       stderr=subprocess.STDOUT, start_new_session=True,
                                       preexec_fn=die_with_parent(signal.SIGKILL))
 
+    @staticmethod
+    async def _end(n: NatsNode, sig: int, within: float) -> None:
+        if n.proc is not None:
+            await stop_process(n.proc, sig, within, n.name)
+            n.proc = None
+
     async def kill(self, name: str) -> None:
         """SIGKILL: no lame duck, no flush — a node that lost its power."""
-        n = self.node(name)
-        if n.proc is not None:
-            await stop_process(n.proc, signal.SIGKILL, 10, n.name)
-            n.proc = None
+        await self._end(self.node(name), signal.SIGKILL, 10)
 
     async def stop(self, name: str) -> None:
         """SIGTERM: the graceful stop of a rolling upgrade."""
-        n = self.node(name)
-        if n.proc is not None:
-            await stop_process(n.proc, signal.SIGTERM, 20, n.name)
-            n.proc = None
+        await self._end(self.node(name), signal.SIGTERM, 20)
 
     async def restart(self, name: str, *, within: float = 60.0) -> None:
         """Start a stopped node again (same ports, same store) and wait until it is healthy (caught up)."""
@@ -142,43 +144,39 @@ class NatsCluster:
 
     async def close(self) -> None:
         for n in self.nodes:
-            if n.proc is not None:
-                await stop_process(n.proc, signal.SIGKILL, 10, n.name)
-                n.proc = None
+            await self._end(n, signal.SIGKILL, 10)
         shutil.rmtree(self.root, ignore_errors=True)
 
     # ------------------------------------------------------------ health
 
     async def wait_healthy(self, n: NatsNode, within: float = 60.0) -> None:
         """``/healthz`` of the node answers 200: JetStream is up and its streams are current."""
-        deadline = time.monotonic() + within
-        last = ""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            while time.monotonic() < deadline:
-                if n.proc is None or n.proc.poll() is not None:
-                    raise AssertionError(f"nats node {n.name} exited:\n{log_tail(n.logfile)}")
-                try:
-                    async with http.get(f"http://127.0.0.1:{n.http_port}/healthz") as r:
-                        if r.status == 200:
-                            return
-                        last = await r.text()
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    last = repr(e)
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"nats node {n.name} not healthy after {within}s: {last}\n{log_tail(n.logfile)}")
+        def alive() -> None:
+            if not n.running:
+                raise AssertionError(f"nats node {n.name} exited:\n{log_tail(n.logfile)}")
+
+        await http_ok(f"http://127.0.0.1:{n.http_port}/healthz", within, f"nats node {n.name} not healthy",
+                      alive=alive, log=n.logfile)
+
+    @contextlib.asynccontextmanager
+    async def _client(self) -> AsyncIterator[NatsClient]:
+        """A short-lived client of the running nodes, no reconnecting: each poll of the JetStream API sees
+        the cluster as it is now."""
+        nc = await nats.connect(servers=[n.url for n in self.nodes if n.running], connect_timeout=2,
+                                max_reconnect_attempts=0)
+        try:
+            yield nc
+        finally:
+            await nc.close()
 
     async def wait_meta_leader(self, within: float = 60.0) -> None:
         """JetStream answers API calls: the nodes agreed on a meta leader."""
         deadline = time.monotonic() + within
         while True:
             try:
-                nc = await nats.connect(servers=[n.url for n in self.nodes if n.running], connect_timeout=2,
-                                        max_reconnect_attempts=0)
-                try:
+                async with self._client() as nc:
                     await nc.jetstream(timeout=2).account_info()
                     return
-                finally:
-                    await nc.close()
             except (NatsError, OSError, TimeoutError) as e:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"no JetStream meta leader after {within}s: {e!r}") from None
@@ -189,12 +187,8 @@ class NatsCluster:
         deadline = time.monotonic() + within
         while True:
             try:
-                nc = await nats.connect(servers=[n.url for n in self.nodes if n.running], connect_timeout=2,
-                                        max_reconnect_attempts=0)
-                try:
+                async with self._client() as nc:
                     info = await nc.jetstream(timeout=2).stream_info(stream)
-                finally:
-                    await nc.close()
                 if info.cluster is not None and info.cluster.leader:
                     return info.cluster.leader
                 err = "no leader yet"
@@ -211,12 +205,8 @@ class NatsCluster:
         err = ""
         while time.monotonic() < deadline:
             with contextlib.suppress(NatsError, OSError, TimeoutError):
-                nc = await nats.connect(servers=[n.url for n in self.nodes if n.running], connect_timeout=2,
-                                        max_reconnect_attempts=0)
-                try:
+                async with self._client() as nc:
                     info = await nc.jetstream(timeout=2).stream_info(stream)
-                finally:
-                    await nc.close()
                 cl = info.cluster
                 if cl is not None and cl.leader and all(r.current and not r.offline for r in cl.replicas or []):
                     return time.monotonic() - t0

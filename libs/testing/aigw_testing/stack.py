@@ -9,16 +9,13 @@ own NATS user); ``urls_so_far`` lets chatd point at the gateway that started bef
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable, Mapping, Sequence
-
-import aiohttp
 
 from aigw_common.cli import available_services, load_service
 from aigw_common.settings import Settings
 
 from .harness import AppHarness
+from .wait import http_ok
 
 # registry answers snapshots and token checks, keypool and budget before the gateway that uses them,
 # chatd last because it calls the gateway
@@ -26,19 +23,7 @@ START_ORDER = ("registry", "keypool", "budget", "gateway", "chatd")
 
 
 async def wait_ready(url: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    last = ""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(url + "/readyz") as r:
-                    if r.status == 200:
-                        return
-                    last = await r.text()
-            except (aiohttp.ClientError, TimeoutError) as e:
-                last = repr(e)
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} not ready after {within}s: {last}")
+    await http_ok(url + "/readyz", within, f"{url} not ready")
 
 
 async def start_stack(
