@@ -1118,3 +1118,19 @@ def test_parse_request_on_bytes(body: bytes, ep: str) -> None:
     except ValueError:
         pass
     inject_include_usage(body)
+
+
+@pytest.mark.parametrize(("body", "want"), [
+    (b'{"error":{"message":"m","type":"t","code":"c"}}', "m"),
+    (b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', "Overloaded"),
+    (b'{"error":"boom"}', "boom"),
+    (b'{"error":{"code":"c","type":"t"}}', "c"),
+    (b'{"error":{}}', "error"),
+    (b'{"id":"msg_1","type":"message","content":[]}', None),  # a Messages object is not an error body
+    (b'{"message":"no error member"}', None),
+    (b'{"error":{"message":"cut', None),
+])
+def test_body_error(body: bytes, want: str | None) -> None:
+    from aigw_gateway.usage.common import body_error
+
+    assert body_error(body) == want

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from aigw_common.llm import Endpoint
+from aigw_common.llm import Endpoint, error_body
 from aigw_common.schemas import TokenCounts
 
 from .request import RequestShape, decode
@@ -68,16 +68,13 @@ def err_text(err: Err | str | None) -> str | None:
     return "error"
 
 
-class ErrorBody(msgspec.Struct):
-    error: Err | str | None = None
-
-
 def body_error(body: bytes) -> str | None:
-    """The message of a JSON error body (``{"error": …}``), if it is one."""
-    try:
-        return err_text(msgspec.json.decode(body, type=ErrorBody).error)
-    except DECODE_ERRORS:
+    """The message of a JSON error body (``{"error": …}``, read by :mod:`aigw_common.llm.error_body`), if it
+    is one; a body without an ``error`` member (a Messages object has a ``type`` too) is not."""
+    e = error_body.parse(body)
+    if e.shape not in ("openai", "anthropic", "error-string"):
         return None
+    return e.message or e.code or e.type or "error"
 
 
 # ---------------------------------------------------------------- tool calls
