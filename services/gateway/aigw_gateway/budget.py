@@ -52,6 +52,7 @@ from aigw_common.schemas import (
 )
 from aigw_common.settings import Settings
 
+from .flight import Flight, Outcome
 from .usage.common import RequestInfo
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,7 @@ class _Lease:
     exhausted_at: float = -1e9  # monotonic time the service last said the need cannot be met
     retry_at: float | None = None
     last_used: float = 0.0  # monotonic time of the last admission
-    busy: bool = False  # a lease request is in flight
-    again: bool = False  # another request is wanted once the current one returns
+    flight: Flight = field(default_factory=Flight)  # its lease requests, one at a time
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def available(self, now: float) -> int:
@@ -288,39 +288,28 @@ class BudgetGuard:
 
     def _refill(self, lease: _Lease, need: int = 0) -> None:
         """Ask for more headroom in the background (one request per lease at a time)."""
-        if lease.busy:
-            lease.again = True
-            return
-        lease.busy = True
-        self._spawn(self._refill_task(lease, need))
+        lease.flight.refill(self._spawn, lambda n: self._refill_round(lease, n), need)
 
-    async def _refill_task(self, lease: _Lease, need: int) -> None:
+    async def _refill_round(self, lease: _Lease, need: int) -> Outcome:
+        want_need = max(need, lease.waiting)
+        target = lease.consumed + lease.inflight + want_need + self._want(lease)
         try:
-            while True:
-                lease.again = False
-                want_need = max(need, lease.waiting)
-                target = lease.consumed + lease.inflight + want_need + self._want(lease)
-                try:
-                    await self._request(lease, target=target, need=want_need)
-                except AigwError as e:
-                    self.lease_requests.labels("error").inc()
-                    log.warning("budget lease request failed", extra={"budget": f"{lease.key[0]}:{lease.key[1]}",
-                                                                      "error": e.message})
-                    lease.changed.set()
-                    return
-                if lease.retry_at is not None and lease.waiting > 0:
-                    spare = lease.available(time.monotonic())
-                    if 0 < spare < min(lease.waiters, default=0):
-                        # a fragment too small for anyone waiting here: pool it at the service, where it can
-                        # be combined with other replicas' fragments (whoever asks next gets the sum)
-                        await self._request(lease, target=lease.consumed + lease.inflight, need=0)
-                    await asyncio.sleep(max(0.0, lease.retry_at - time.monotonic()) if lease.retry_at else 0.0)
-                    continue
-                if not lease.again:
-                    return
-                need = 0
-        finally:
-            lease.busy = False
+            await self._request(lease, target=target, need=want_need)
+        except AigwError as e:
+            self.lease_requests.labels("error").inc()
+            log.warning("budget lease request failed", extra={"budget": f"{lease.key[0]}:{lease.key[1]}",
+                                                              "error": e.message})
+            lease.changed.set()
+            return "stop"
+        if lease.retry_at is not None and lease.waiting > 0:
+            spare = lease.available(time.monotonic())
+            if 0 < spare < min(lease.waiters, default=0):
+                # a fragment too small for anyone waiting here: pool it at the service, where it can
+                # be combined with other replicas' fragments (whoever asks next gets the sum)
+                await self._request(lease, target=lease.consumed + lease.inflight, need=0)
+            await asyncio.sleep(max(0.0, lease.retry_at - time.monotonic()) if lease.retry_at else 0.0)
+            return "retry"
+        return "done"
 
     async def _request(self, lease: _Lease, *, target: int, need: int) -> None:
         lease.seq += 1
@@ -394,11 +383,10 @@ class BudgetGuard:
         if msg.requester == self.id:
             return
         lease = self.leases.get((msg.scope, msg.subject_id))
-        if lease is None or lease.busy or time.monotonic() >= lease.expires:
+        if lease is None or time.monotonic() >= lease.expires or not lease.flight.claim():
             return
         keep = lease.consumed + lease.inflight + lease.waiting
-        lease.busy = True
-        await self._release(lease, min(lease.granted, keep) if lease.granted > keep else lease.granted)
+        await lease.flight.holding(self._release(lease, min(lease.granted, keep) if lease.granted > keep else lease.granted))
 
     async def sync(self) -> bool:
         """Fetch every budget and the price table; False when the budget service did not answer."""
@@ -437,7 +425,7 @@ class BudgetGuard:
                     if (b.scope, b.subject_id) not in self.leases:
                         self._lease(b, wall)
             for lease in list(self.leases.values()):
-                if lease.busy or lease.key not in self.budgets:
+                if lease.flight.busy or lease.key not in self.budgets:
                     continue
                 if not lease.expires:
                     if prefetch and self.bus.connected:
@@ -446,9 +434,8 @@ class BudgetGuard:
                 if lease.expires - now < self.lease_ttl / 2:
                     keep = lease.consumed + lease.inflight
                     if now - lease.last_used > IDLE_RELEASE and lease.inflight == 0:
-                        if lease.granted > keep:
-                            lease.busy = True
-                            self._spawn(self._release(lease, keep))  # idle here: let other replicas have it
+                        if lease.granted > keep and lease.flight.claim():
+                            self._spawn(lease.flight.holding(self._release(lease, keep)))  # idle: let others have it
                     elif lease.granted or keep:
                         self._refill(lease)  # renew (and report) before expiry
                 elif lease.available(now) < self._low_water(lease) and now - lease.exhausted_at > 1.0 \
@@ -457,12 +444,11 @@ class BudgetGuard:
             await asyncio.sleep(1.0)
 
     async def _release(self, lease: _Lease, keep: int) -> None:
+        """Hand back all but ``keep`` (run under ``lease.flight``)."""
         try:
             await self._request(lease, target=keep, need=0)
         except AigwError as e:
             log.warning("budget headroom release failed", extra={"error": e.message})
-        finally:
-            lease.busy = False
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.get_running_loop().create_task(coro)

@@ -40,6 +40,8 @@ from aigw_common.schemas import (
     TokenCounts,
 )
 
+from .flight import Flight, Outcome
+
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (scope, subject id)
@@ -83,8 +85,7 @@ class _Subject:
     last_used: float = 0.0
     seq: int = 0
     stamp: float = 0.0  # monotonic time its limits were last set from a broadcast or a snapshot
-    busy: bool = False
-    again: bool = False
+    flight: Flight = field(default_factory=Flight)  # its lease requests, one at a time
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def label(self) -> str:
@@ -279,34 +280,23 @@ class LimitGuard:
 
     def _refill(self, s: _Subject, need: int = 1) -> None:
         """Ask for more in the background (one request per subject at a time)."""
-        if s.busy:
-            s.again = True
-            return
-        s.busy = True
-        self._spawn(self._refill_task(s, need))
+        s.flight.refill(self._spawn, lambda n: self._refill_round(s, n), need)
 
-    async def _refill_task(self, s: _Subject, need: int) -> None:
+    async def _refill_round(self, s: _Subject, need: int) -> Outcome:
         try:
-            while True:
-                s.again = False
-                try:
-                    await self._request(s, need=max(need, s.waiting))
-                    if s.retry_at is not None and s.waiting > 0:
-                        # other replicas were asked to hand back what they do not use: ask again shortly
-                        await asyncio.sleep(max(0.0, s.retry_at - time.monotonic()))
-                        continue
-                except AigwError as e:
-                    self.lease_requests.labels("error").inc()
-                    s.local_until = time.monotonic() + LOCAL_FOR
-                    log.warning("limit lease request failed; enforcing whole limits locally for a while",
-                                extra={"subject": f"{s.key[0]}:{s.key[1]}", "error": e.message})
-                    s.changed.set()
-                    return
-                if not s.again:
-                    return
-                need = 0
-        finally:
-            s.busy = False
+            await self._request(s, need=max(need, s.waiting))
+        except AigwError as e:
+            self.lease_requests.labels("error").inc()
+            s.local_until = time.monotonic() + LOCAL_FOR
+            log.warning("limit lease request failed; enforcing whole limits locally for a while",
+                        extra={"subject": f"{s.key[0]}:{s.key[1]}", "error": e.message})
+            s.changed.set()
+            return "stop"
+        if s.retry_at is not None and s.waiting > 0:
+            # other replicas were asked to hand back what they do not use: ask again shortly
+            await asyncio.sleep(max(0.0, s.retry_at - time.monotonic()))
+            return "retry"
+        return "done"
 
     async def _request(self, s: _Subject, *, need: int, release: bool = False) -> None:
         s.seq += 1
@@ -362,12 +352,11 @@ class LimitGuard:
         if msg.requester == self.id:
             return
         s = self.subjects.get((msg.scope, msg.subject_id))
-        if s is None or s.busy or s.waiting or s.local(time.monotonic()):
+        if s is None or s.flight.busy or s.waiting or s.local(time.monotonic()):
             return
         s.roll(window_of(time.time()))
-        if s.req_granted > s.req_used or s.tok_granted > s.tok_used or s.slots > s.inflight:
-            s.busy = True
-            await self._release(s)
+        if (s.req_granted > s.req_used or s.tok_granted > s.tok_used or s.slots > s.inflight) and s.flight.claim():
+            await s.flight.holding(self._release(s))
 
     async def _on_state(self, st: LimitsState, _m: Msg | None) -> None:
         self._apply_state(st)
@@ -428,22 +417,21 @@ class LimitGuard:
                 next_sync = now + (self.snapshot_interval if ok else 1.0)
             now = time.monotonic()
             for s in list(self.subjects.values()):
-                if s.busy or s.conc is None or not s.slots or s.local(now):
+                if s.flight.busy or s.conc is None or not s.slots or s.local(now):
                     continue
                 if s.slots > s.inflight and now - s.last_used > IDLE_SLOTS:
-                    s.busy = True
-                    self._spawn(self._release(s))
+                    if s.flight.claim():
+                        self._spawn(s.flight.holding(self._release(s)))
                 elif s.slots_expires - now < 15.0:
                     self._refill(s)  # renew before expiry (and report what is in flight)
             await asyncio.sleep(1.0)
 
     async def _release(self, s: _Subject) -> None:
+        """Hand back what is not used (run under ``s.flight``)."""
         try:
             await self._request(s, need=0, release=True)
         except AigwError as e:
             log.warning("limit slots release failed", extra={"error": e.message})
-        finally:
-            s.busy = False
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.get_running_loop().create_task(coro)

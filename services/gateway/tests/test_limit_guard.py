@@ -49,7 +49,7 @@ async def test_a_grant_with_room_admits_without_asking(bus: Bus) -> None:
 
     s.roll(window_of(time.time()))
     s.req_granted = 500  # as if granted by the service
-    s.busy = True  # any refill would be queued, not sent: admission itself must not need one
+    s.flight.busy = True  # any refill would be queued, not sent: admission itself must not need one
     for _ in range(400):
         assert guard.admit(USER).allowed
     assert s.req_used == 400 and _lease_requests(guard) == 0
