@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
 from .errors import ConfigError
+from .llm import PROVIDER_TYPES
 from .settings import Settings
 
 USER_HELP = "user id, username or 'me'"
@@ -113,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     c = pr.add_parser("create")
     c.add_argument("--name", required=True)
     c.add_argument("--type", required=True,
-                   help="openai, anthropic, bedrock, copilot, openai-compat, azure, openrouter")
+                   help=", ".join(PROVIDER_TYPES))
     c.add_argument("--base-url", required=True)
     c.add_argument("--display-name", default="")
     c.add_argument("--disabled", action="store_true")

@@ -38,6 +38,7 @@ from .embedded import (
     stop_process,
 )
 from .errors import AigwError, ConfigError
+from .llm import Api, capabilities
 from .natsauth import BUS_USERS, authorization_block
 from .settings import VARS, Settings, env_for_service
 from .signing import PRODUCERS, Signer, generate_keypair
@@ -98,6 +99,11 @@ async def _ensure_database(admin_url: str, name: str) -> str:
     finally:
         await conn.close()
     return _with_database(admin_url, name)
+
+
+def _api(ptype: str) -> Api | None:
+    cap = capabilities(ptype)
+    return None if cap is None else cap.api
 
 
 def _local(host: str) -> str:
@@ -269,8 +275,8 @@ def banner(stack: DevStack) -> str:
                      + ("" if stack.pg.pgdata.is_relative_to(stack.state.absolute())
                         else " (outside the state dir: the Postgres user cannot enter it)"))
     lines.append("")
-    openai_like = next((p for p in s.providers if p.type not in ("anthropic", "bedrock")), None)
-    anthropic_like = next((p for p in s.providers if p.type in ("anthropic", "bedrock")), None)
+    openai_like = next((p for p in s.providers if _api(p.type) == "openai"), None)
+    anthropic_like = next((p for p in s.providers if _api(p.type) == "anthropic"), None)
     if openai_like is None and anthropic_like is None:
         lines += ["  No provider is configured yet. Restart with e.g. AIGW_OPENAI_KEY=sk-... aigw dev,",
                   "  or add one: aigw admin providers create --help", ""]

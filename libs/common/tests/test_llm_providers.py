@@ -51,3 +51,8 @@ def test_aliases_are_not_types() -> None:
 def test_only_what_needs_no_pool_key_is_keyless() -> None:
     assert {t for t, c in CAPABILITIES.items() if c.keyless} == {ProviderType.BEDROCK, ProviderType.OPENAI_COMPAT}
     assert {t for t, c in CAPABILITIES.items() if c.byok_only} == {ProviderType.COPILOT}
+
+
+def test_model_list_routes() -> None:
+    assert {t: c.models_path for t, c in CAPABILITIES.items() if c.models_path != "/v1/models"} == {
+        ProviderType.COPILOT: "/models"}

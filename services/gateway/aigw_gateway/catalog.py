@@ -141,8 +141,7 @@ class ModelCatalog:
         try:
             async with asyncio.timeout(self.timeout):
                 # each type's own model-list pass-through route (Copilot's has no /v1)
-                url = p.adapter.upstream_url(p, "/models" if p.type == "copilot" else "/v1/models",
-                                             MultiDict[str]())
+                url = p.adapter.upstream_url(p, p.adapter.cap.models_path, MultiDict[str]())
                 resp, _key, filt, _out = await gw._send(request, p, None, url, CIMultiDict(), b"", caller)
                 try:
                     if resp.status != 200:

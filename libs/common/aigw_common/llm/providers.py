@@ -74,6 +74,7 @@ class Capabilities:
     # may be called with no pool key: Bedrock signs with its AWS credentials, a local server needs none
     keyless: bool = False
     byok_only: bool = False  # only ever the user's own credential (Copilot)
+    models_path: str = "/v1/models"  # the gateway's model-list pass-through route of this type
 
     def path_of(self, endpoint: Endpoint) -> str | None:
         """The gateway route (under ``/{name}``) of an endpoint, if this type serves it."""
@@ -103,7 +104,8 @@ CAPABILITIES: Mapping[ProviderType, Capabilities] = MappingProxyType({c.type: c 
     Capabilities(ProviderType.ANTHROPIC, Wire.ANTHROPIC, "anthropic", Auth.X_API_KEY, _MESSAGES_PATHS,
                  default_base_url=ANTHROPIC_BASE_URL),
     Capabilities(ProviderType.BEDROCK, Wire.BEDROCK, "anthropic", Auth.SIGV4, _MESSAGES_PATHS, keyless=True),
-    Capabilities(ProviderType.COPILOT, Wire.COPILOT, "openai", Auth.BEARER, _COPILOT_PATHS, byok_only=True),
+    Capabilities(ProviderType.COPILOT, Wire.COPILOT, "openai", Auth.BEARER, _COPILOT_PATHS, byok_only=True,
+                 models_path="/models"),  # Copilot's API has no /v1
     Capabilities(ProviderType.OPENAI_COMPAT, Wire.OPENAI, "openai", Auth.BEARER, _OPENAI_PATHS,
                  openai_compatible=True, keyless=True),
     Capabilities(ProviderType.AZURE, Wire.AZURE, "openai", Auth.API_KEY, _OPENAI_PATHS),
