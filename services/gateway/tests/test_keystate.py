@@ -12,11 +12,9 @@ from aigw_common.bus import Bus, Subjects
 from aigw_common.embedded import EmbeddedNats
 from aigw_common.keystate import entry_subject, keys_bucket
 from aigw_common.schemas import KeyReport, KeyState
-from aigw_gateway.keystate import KeyReporter, KeyStateWatcher, parse_ratelimit
+from aigw_gateway.keystate import KeyReporter, KeyStateWatcher
 from aigw_testing.faultproxy import FaultProxy
 from aigw_testing.wait import eventually
-
-NOW = 1_700_000_000.0
 
 
 class Pools:
@@ -36,35 +34,6 @@ def ks(bus: Bus, key_id: str, state: str, until: float | None = None) -> bytes:
     st = KeyState(provider_id="p", key_id=key_id, state=state, until=until, status_code=429,  # type: ignore[arg-type]
                   updated_at=time.time())
     return bus.auth.seal_entry(entry_subject(bus, f"p.{key_id}"), st)
-
-
-# ------------------------------------------------------------------ headers
-
-
-def test_openai_ratelimit_headers():
-    h = CIMultiDict({"X-RateLimit-Remaining-Requests": "0", "x-ratelimit-reset-requests": "6m0s",
-                     "x-ratelimit-remaining-tokens": "149984", "x-ratelimit-reset-tokens": "20ms"})
-    rl = parse_ratelimit(h, NOW)
-    assert rl.remaining_requests == 0 and rl.reset_requests_at == NOW + 360
-    assert rl.remaining_tokens == 149984 and rl.reset_tokens_at == pytest.approx(NOW + 0.02)
-
-
-def test_anthropic_ratelimit_headers_take_the_tightest_token_budget():
-    h = CIMultiDict({
-        "anthropic-ratelimit-requests-remaining": "49", "anthropic-ratelimit-requests-reset": "2023-11-14T22:13:30Z",
-        "anthropic-ratelimit-tokens-remaining": "9000", "anthropic-ratelimit-tokens-reset": "2023-11-14T22:14:00Z",
-        "anthropic-ratelimit-output-tokens-remaining": "0",
-        "anthropic-ratelimit-output-tokens-reset": "2023-11-14T22:13:40Z",
-    })
-    rl = parse_ratelimit(h, NOW)
-    assert rl.remaining_requests == 49 and rl.reset_requests_at == 1700000010.0
-    assert rl.remaining_tokens == 0 and rl.reset_tokens_at == 1700000020.0
-
-
-def test_no_or_garbled_ratelimit_headers():
-    assert parse_ratelimit(CIMultiDict({"content-type": "application/json"}), NOW) is None
-    rl = parse_ratelimit(CIMultiDict({"x-ratelimit-remaining-requests": "lots", "x-ratelimit-reset-requests": "soon"}), NOW)
-    assert rl.remaining_requests is None and rl.reset_requests_at is None
 
 
 # ------------------------------------------------------------------ reporter

@@ -1,5 +1,5 @@
-"""What aigw knows about LLM provider APIs: provider types and their capabilities (``providers``)
-and upstream error bodies (``error_body``). Nothing here does I/O."""
+"""What aigw knows about LLM provider APIs: provider types and their capabilities (``providers``),
+upstream error bodies (``error_body``) and rate-limit headers (``ratelimit``). Nothing here does I/O."""
 
 from . import error_body
 from .error_body import MAX_ERROR_BODY, ProviderError
