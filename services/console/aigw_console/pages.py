@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from html import escape
 from importlib import resources
 
+from aigw_common.llm import PROVIDER_TYPES
+
 from .session import Me
 
 # path → (title, what it is for); the order is the navigation's
@@ -74,7 +76,7 @@ def app_page(page: str, me: Me, csrf: str, assets: dict[str, Asset]) -> str:
     js = assets["console.js"]
     return (_head(title, assets, csrf) +
             f'<body data-page="{escape(page)}" data-role="{role}" data-user-id="{escape(me.id)}" '
-            f'data-username="{escape(me.username)}">'
+            f'data-username="{escape(me.username)}" data-provider-types="{escape(" ".join(PROVIDER_TYPES))}">'
             f'<header><span class="brand">aigw</span><nav>{nav}</nav>'
             f'<span class="who">{escape(me.username)} <small>({escape(", ".join(me.roles))})</small></span>'
             f'<form method="post" action="/signout"><input type="hidden" name="csrf" value="{escape(csrf)}">'

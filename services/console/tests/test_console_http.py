@@ -7,6 +7,7 @@ import re
 import aiohttp
 import pytest
 
+from aigw_common.llm import PROVIDER_TYPES
 from aigw_console.routes import ROUTES, NoRoute, resolve
 from aigw_console.session import COOKIE
 from aigw_testing.system import System
@@ -70,6 +71,7 @@ async def test_sign_in_pages_and_sign_out(console_system: System) -> None:
                 body = await r.text()
                 assert r.status == 200 and r.url.path == "/" + page, page
                 assert f'data-page="{page}"' in body and 'data-role="admin"' in body
+                assert f'data-provider-types="{" ".join(PROVIDER_TYPES)}"' in body  # the console's type list
                 assert "default-src 'none'" in r.headers["Content-Security-Policy"]
                 assert len(body.encode()) < 200_000
         async with http.get(console + "/") as r:  # with a session, / leads to the providers page

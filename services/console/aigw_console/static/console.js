@@ -183,7 +183,7 @@
 
   // ================================================================== Providers
 
-  const TYPES = ["openai", "anthropic", "bedrock", "azure", "openai-compat", "openrouter", "copilot"];
+  const TYPES = B.dataset.providerTypes.split(" ");  // aigw_common.llm's provider types, written by the server
   // Provider settings by type (docs/architecture.md section 5): [field, secret]. Secrets are write-only.
   const SETTINGS = {
     bedrock: [["region", false], ["access_key", true], ["access_key_secret", true], ["session_token", true], ["model", false], ["small_fast_model", false], ["thinking_mode", false]],
