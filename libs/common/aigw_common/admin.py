@@ -228,14 +228,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+P = "/api/v2/ai/providers"
+# The registry's collections: path, and the argument naming one item (an id or a name). list, get and delete
+# are the same three calls on each.
+COLLECTIONS = {"providers": (P, "provider"), "users": ("/api/v2/users", "user"), "groups": ("/api/v2/groups", "group")}
+
+
 def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO, keypool: Api | None = None) -> Any:
-    P = "/api/v2/ai/providers"
     res, verb = args.resource, getattr(args, "verb", None)
-    if res == "providers":
+    if res in COLLECTIONS and verb in ("list", "get", "delete"):
+        base, item = COLLECTIONS[res]
         if verb == "list":
-            return reg.call("GET", P)
-        if verb == "get":
-            return reg.call("GET", f"{P}/{_seg(args.provider)}")
+            return reg.call("GET", base)
+        return reg.call("GET" if verb == "get" else "DELETE", f"{base}/{_seg(getattr(args, item))}")
+    if res == "providers":
         if verb == "create":
             body: dict[str, Any] = {"name": args.name, "type": args.type, "base_url": args.base_url,
                                     "display_name": args.display_name, "enabled": not args.disabled,
@@ -252,8 +258,6 @@ def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO, keypool
             if args.setting:
                 body["settings"] = _settings_pairs(args.setting)
             return reg.call("PATCH", f"{P}/{_seg(args.provider)}", body)
-        if verb == "delete":
-            return reg.call("DELETE", f"{P}/{_seg(args.provider)}")
     if res == "keys":
         if verb == "list":
             return reg.call("GET", f"{P}/{_seg(args.provider)}/keys")
@@ -277,10 +281,6 @@ def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO, keypool
                 return keypool.call("GET", f"{P}/{_seg(args.provider)}/keys/health")
             return keypool.call("POST", f"{P}/{_seg(args.provider)}/keys/{_seg(args.key_id)}/reset")
     if res == "users":
-        if verb == "list":
-            return reg.call("GET", "/api/v2/users")
-        if verb == "get":
-            return reg.call("GET", f"/api/v2/users/{_seg(args.user)}")
         if verb == "create":
             body = {"username": args.username, "roles": args.role or ["member"]}
             if args.email:
@@ -290,8 +290,6 @@ def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO, keypool
             body = {k: v for k, v in {"username": args.username, "email": args.email, "roles": args.role}.items()
                     if v is not None}
             return reg.call("PATCH", f"/api/v2/users/{_seg(args.user)}", body)
-        if verb == "delete":
-            return reg.call("DELETE", f"/api/v2/users/{_seg(args.user)}")
     if res == "tokens":
         base = f"/api/v2/users/{_seg(args.user)}/tokens"
         if verb == "list":
@@ -317,16 +315,10 @@ def _run(args: argparse.Namespace, reg: Api, budget: Api, stdin: TextIO, keypool
         if verb == "delete":
             return reg.call("DELETE", f"{base}/{_seg(args.provider)}")
     if res == "groups":
-        if verb == "list":
-            return reg.call("GET", "/api/v2/groups")
-        if verb == "get":
-            return reg.call("GET", f"/api/v2/groups/{_seg(args.group)}")
         if verb == "create":
             return reg.call("POST", "/api/v2/groups", {"name": args.name})
         if verb == "rename":
             return reg.call("PATCH", f"/api/v2/groups/{_seg(args.group)}", {"name": args.name})
-        if verb == "delete":
-            return reg.call("DELETE", f"/api/v2/groups/{_seg(args.group)}")
         if verb in ("add-member", "remove-member"):
             return reg.call("PUT" if verb == "add-member" else "DELETE",
                             f"/api/v2/groups/{_seg(args.group)}/members/{_seg(args.user)}")
