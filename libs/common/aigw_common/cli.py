@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -66,16 +66,21 @@ def run_loop(main: Coroutine[Any, Any, _T]) -> _T:
     return uvloop.run(main)
 
 
-def run_service(name: str, settings: Settings, *, reuse_port: bool = False) -> int:
-    """Serve one service in this process until SIGTERM/SIGINT; returns the exit code."""
+def _exit_code(cmd: str, run: Callable[[], object]) -> int:
+    """What ``aigw <cmd>`` exits with: 0 once ``run`` returns, 1 on an AigwError (said on stderr), 130 on Ctrl-C."""
     try:
-        run_loop(run_one(name, settings, reuse_port=reuse_port))
+        run()
         return 0
     except AigwError as e:
-        print(f"aigw {name}: {e}", file=sys.stderr)
+        print(f"aigw {cmd}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def run_service(name: str, settings: Settings, *, reuse_port: bool = False) -> int:
+    """Serve one service in this process until SIGTERM/SIGINT; returns the exit code."""
+    return _exit_code(name, lambda: run_loop(run_one(name, settings, reuse_port=reuse_port)))
 
 
 async def run_migrations(settings: Settings, *, owners: Mapping[str, str] | None = None) -> list[str]:
@@ -202,19 +207,16 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         return asyncio.run(supervise(args.cmd, settings, env, settings.gateway_workers))
     if args.cmd != "migrate":
         return run_service(args.cmd, settings)
-    try:
-        owners = dict(o.split("=", 1) for o in args.owner if "=" in o)
-        if len(owners) != len(args.owner):
-            print("aigw migrate: --owner takes SCHEMA=ROLE", file=sys.stderr)
-            return 2
+    owners = dict(o.split("=", 1) for o in args.owner if "=" in o)
+    if len(owners) != len(args.owner):
+        print("aigw migrate: --owner takes SCHEMA=ROLE", file=sys.stderr)
+        return 2
+
+    def migrate() -> None:
         applied = asyncio.run(run_migrations(settings, owners=owners))
         print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
-        return 0
-    except AigwError as e:
-        print(f"aigw {args.cmd}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+
+    return _exit_code(args.cmd, migrate)
 
 
 if __name__ == "__main__":
