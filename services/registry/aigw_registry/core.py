@@ -90,6 +90,13 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def assignments(sets: dict[str, Any], first: int = 2) -> tuple[str, list[Any]]:
+    """``a = $2, b = $3`` and the values, for an UPDATE of the columns in ``sets``. Column names come from our
+    handlers, never from a client; values are always parameters (``$1`` is left for the row's id)."""
+    cols = list(sets)
+    return ", ".join(f"{c} = ${i + first}" for i, c in enumerate(cols)), [sets[c] for c in cols]
+
+
 async def audit(conn: asyncpg.Connection, actor: Actor, action: str, resource_type: str, resource_id: str,
                 before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
     await conn.execute(

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncpg
 
+from aigw_common.ids import is_uuid
 from aigw_common.schemas import DirectoryEntry, DirectoryLookup, DirectoryReply
-
-from . import validate as v
 
 # One reply stays far below NATS's default 1 MiB payload: 4 x 500 entries of at most a few hundred bytes.
 MAX_REFS = 500
 
 
 def _split(refs: list[str]) -> tuple[list[str], list[str]]:
-    ids = [r for r in refs if v.is_uuid(r)]
-    names = [r.lower() for r in refs if not v.is_uuid(r) and r and "\x00" not in r]
+    ids = [r for r in refs if is_uuid(r)]
+    names = [r.lower() for r in refs if not is_uuid(r) and r and "\x00" not in r]
     return ids, names
 
 
@@ -31,7 +30,7 @@ async def lookup(conn: asyncpg.Connection, req: DirectoryLookup) -> DirectoryRep
     users: dict[str, DirectoryEntry] = {}
     groups: dict[str, DirectoryEntry] = {}
     ref_ids, ref_names = _split(req.user_refs)
-    live_ids = [i for i in req.user_ids if v.is_uuid(i)]
+    live_ids = [i for i in req.user_ids if is_uuid(i)]
     if ref_ids or ref_names or live_ids:
         rows = await conn.fetch(
             "SELECT u.id::text AS id, u.username AS name, u.deleted_at IS NOT NULL AS deleted,"
@@ -45,7 +44,7 @@ async def lookup(conn: asyncpg.Connection, req: DirectoryLookup) -> DirectoryRep
             users[r["id"]] = DirectoryEntry(id=r["id"], name=r["name"], deleted=r["deleted"],
                                             group_ids=list(r["group_ids"]))
     ref_ids, ref_names = _split(req.group_refs)
-    gids = [i for i in req.group_ids if v.is_uuid(i)]
+    gids = [i for i in req.group_ids if is_uuid(i)]
     if ref_ids or ref_names or gids:
         rows = await conn.fetch(
             "SELECT id::text AS id, name FROM registry.groups"

@@ -24,10 +24,20 @@ from aigw_common.auth import (
     same_token,
 )
 from aigw_common.crypto import hash_token, mask_secret, new_token
+from aigw_common.ids import is_uuid
 from aigw_common.llm import capabilities
 
 from . import validate as v
-from .core import OWNER_LOCK, Actor, Registry, audit, auth_revoked, directory_changed, new_id
+from .core import (
+    OWNER_LOCK,
+    Actor,
+    Registry,
+    assignments,
+    audit,
+    auth_revoked,
+    directory_changed,
+    new_id,
+)
 from .models import (
     GroupCreate,
     GroupList,
@@ -87,7 +97,7 @@ async def fetch_user(conn: asyncpg.Connection, ref: str, actor: Actor, *, lock: 
     """A live user by id, username or ``me``; 404 when missing."""
     if ref == "me":
         ref = actor.user_id or ""
-    if v.is_uuid(ref):
+    if is_uuid(ref):
         row = await conn.fetchrow(
             f"SELECT {_USER_COLS} FROM registry.users WHERE id = $1 AND deleted_at IS NULL {lock}", ref)
     else:
@@ -208,11 +218,10 @@ async def update_user(reg: Registry, request: web.Request, actor: Actor) -> User
                         raise Conflict("this would leave no owner", "grant the owner role to another user first")
             if not sets:
                 return before
-            cols = list(sets)
-            assign = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(cols))
+            assign, values = assignments(sets)
             row = await conn.fetchrow(
                 f"UPDATE registry.users SET {assign}, updated_at = now() WHERE id = $1 RETURNING {_USER_COLS}",
-                row["id"], *[sets[c] for c in cols])
+                row["id"], *values)
             after = await user_out(conn, row)
             await audit(conn, actor, "user.update", "user", after.id, to_builtins(before), to_builtins(after))
             if before.roles != after.roles:
@@ -306,7 +315,7 @@ async def delete_token(reg: Registry, request: web.Request, actor: Actor) -> Non
     async with reg.transaction() as conn:
         user = await target_user(conn, request, actor)
         row = None
-        if v.is_uuid(ref):
+        if is_uuid(ref):
             row = await conn.fetchrow(
                 f"DELETE FROM registry.api_tokens WHERE id = $1 AND user_id = $2 RETURNING {_TOKEN_COLS}",
                 ref, user["id"])
@@ -415,7 +424,7 @@ async def delete_user_key(reg: Registry, request: web.Request, actor: Actor) -> 
 
 
 async def fetch_group(conn: asyncpg.Connection, ref: str, *, lock: str = "") -> asyncpg.Record:
-    col = "id = $1" if v.is_uuid(ref) else "lower(name) = lower($1)"
+    col = "id = $1" if is_uuid(ref) else "lower(name) = lower($1)"
     row = await conn.fetchrow(f"SELECT id, name, created_at, updated_at FROM registry.groups WHERE {col} {lock}", ref)
     if row is None:
         raise NotFound(f"group {ref!r} not found")

@@ -11,9 +11,10 @@ from aiohttp import web
 
 from aigw_common.api import Conflict, NotFound, read_json
 from aigw_common.crypto import mask_secret
+from aigw_common.ids import is_uuid
 
 from . import validate as v
-from .core import Actor, Registry, audit, auth_revoked, new_id, providers_changed
+from .core import Actor, Registry, assignments, audit, auth_revoked, new_id, providers_changed
 from .models import (
     KeyCreate,
     KeyList,
@@ -30,7 +31,7 @@ _COLS = "id, type, name, display_name, enabled, allow_byok, base_url, settings_s
 
 async def fetch_provider(conn: asyncpg.Connection, ref: str, *, lock: str = "") -> asyncpg.Record:
     """A live provider by id or name, optionally locked (``FOR UPDATE`` / ``FOR SHARE``); 404 when missing."""
-    col = "id" if v.is_uuid(ref) else "name"
+    col = "id" if is_uuid(ref) else "name"
     row = await conn.fetchrow(
         f"SELECT {_COLS} FROM registry.ai_providers WHERE {col} = $1 AND deleted_at IS NULL {lock}",
         ref if col == "name" else str(ref),
@@ -200,10 +201,9 @@ async def update_provider(reg: Registry, request: web.Request, actor: Actor) -> 
             p.raise_if_any()
             if not sets:
                 return before
-            cols = list(sets)
-            assign = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(cols))
+            assign, values = assignments(sets)
             await conn.execute(f"UPDATE registry.ai_providers SET {assign}, updated_at = now() WHERE id = $1",
-                               pid, *[sets[c] for c in cols])
+                               pid, *values)
             after = await load_out(reg, conn, pid)
             await audit(conn, actor, "provider.update", "provider", pid, to_builtins(before), to_builtins(after))
             await providers_changed(conn, pid)
@@ -273,7 +273,7 @@ async def delete_key(reg: Registry, request: web.Request, actor: Actor) -> None:
         row = await fetch_provider(conn, request.match_info["idOrName"], lock="FOR UPDATE")
         pid = str(row["id"])
         k = None
-        if v.is_uuid(key_ref):
+        if is_uuid(key_ref):
             k = await conn.fetchrow(
                 "DELETE FROM registry.ai_provider_keys WHERE id = $1 AND provider_id = $2"
                 " RETURNING id, position, hint, created_at", key_ref, pid)

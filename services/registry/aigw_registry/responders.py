@@ -20,6 +20,7 @@ from aigw_common.auth import same_token
 from aigw_common.bus import Bus
 from aigw_common.db import in_transaction
 from aigw_common.errors import CryptoError
+from aigw_common.ids import is_uuid
 from aigw_common.llm import capabilities
 from aigw_common.metrics import CollectorRegistry, Counter, Gauge
 from aigw_common.schemas import (
@@ -40,7 +41,6 @@ from aigw_common.schemas import (
 from .core import Actor, Registry, audit
 from .directory import lookup
 from .providers import fetch_keys, settings_of
-from .validate import is_uuid
 
 log = logging.getLogger(__name__)
 

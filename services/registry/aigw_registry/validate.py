@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ from aigw_common.api import BadRequest, ValidationOut
 from aigw_common.auth import ROLES
 from aigw_common.crypto import mask_secret
 from aigw_common.durations import parse_duration
+from aigw_common.ids import is_uuid
 from aigw_common.settings import PROVIDER_NAME_RE, RESERVED_PROVIDER_NAMES
 
 T = TypeVar("T")
@@ -86,14 +86,6 @@ class Problems:
         if self.items:
             first = self.items[0]
             raise BadRequest(f"invalid {first.field}: {first.detail}", validations=self.items)
-
-
-def is_uuid(s: str) -> bool:
-    try:
-        uuid.UUID(s)
-    except ValueError:
-        return False
-    return True
 
 
 def provider_name(raw: str, field: str = "name") -> str:
