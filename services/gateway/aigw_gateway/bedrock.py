@@ -33,12 +33,13 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import msgspec
 from yarl import URL
 
-from aigw_common.llm import bedrock_runtime_url, error_body
+from aigw_common.llm import bedrock as llm_bedrock
+from aigw_common.llm import error_body
 from aigw_common.sse import EventSink
 
 from . import sigv4
@@ -96,17 +97,13 @@ def thinking_mode(model: str, override: str | None = None) -> ThinkingMode:
     return "budget"
 
 
-# A pool key (or a BYOK credential) that is an AWS access-key pair rather than a Bedrock API key:
-# "<access key id>:<secret>" or "<access key id>:<secret>:<session token>".
-_KEY_PAIR = re.compile(r"^([A-Z0-9]{12,128}):([^:\s]{1,256})(?::(\S{1,4096}))?$")
-
-
 def key_pair(credential: str) -> sigv4.Credentials | None:
-    """AWS credentials from an ``AKID:SECRET[:SESSION_TOKEN]`` credential; None for a Bedrock API key."""
-    m = _KEY_PAIR.match(credential)
-    if m is None:
+    """AWS credentials from a pool key or BYOK credential that is an access-key pair
+    (``llm.bedrock.access_key_pair``); None for a Bedrock API key."""
+    pair = llm_bedrock.access_key_pair(credential)
+    if pair is None:
         return None
-    return sigv4.Credentials(m.group(1), m.group(2), m.group(3) or None, source="pool")
+    return sigv4.Credentials(pair.access_key_id, pair.secret, pair.session_token, source="pool")
 
 
 def with_credentials(cfg: BedrockConfig, creds: sigv4.Credentials) -> BedrockConfig:
@@ -135,7 +132,7 @@ class BedrockConfig:
             v = settings.get(key)
             return v.strip() if isinstance(v, str) else ""
 
-        region = s("region") or region_from_url(base_url)
+        region = s("region") or llm_bedrock.region_of(base_url)
         if not region:
             raise BedrockConfigError("bedrock provider needs settings.region (or a bedrock-runtime.<region> base URL)")
         key, secret = s("access_key"), s("access_key_secret")
@@ -146,7 +143,7 @@ class BedrockConfig:
         if mode is not None and mode not in ("budget", "adaptive", "adaptive-only"):
             raise BedrockConfigError(f"bedrock thinking_mode {mode!r}: expected budget, adaptive or adaptive-only")
         return cls(
-            base_url=(base_url or bedrock_runtime_url(region)).rstrip("/"),
+            base_url=(base_url or llm_bedrock.runtime_url(region)).rstrip("/"),
             region=region,
             model=s("model"),
             small_fast_model=s("small_fast_model"),
@@ -158,12 +155,6 @@ class BedrockConfig:
         if "haiku" in requested and self.small_fast_model:
             return self.small_fast_model
         return self.model or requested
-
-
-def region_from_url(url: str) -> str:
-    host = urlsplit(url).hostname or ""
-    m = re.match(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com", host)
-    return m.group(1) if m else ""
 
 
 # ---------------------------------------------------------------- body transform
@@ -275,11 +266,7 @@ def model_path(model: str) -> str:
 
 def control_base_url(cfg: BedrockConfig) -> str:
     """The Bedrock control plane (model listing) next to the runtime endpoint; a custom base URL serves both."""
-    parts = urlsplit(cfg.base_url)
-    m = re.fullmatch(r"bedrock-runtime(-fips)?\.([a-z0-9-]+\.amazonaws\.com(?:\.cn)?)", parts.hostname or "")
-    if not m:
-        return cfg.base_url
-    return f"{parts.scheme}://bedrock{m.group(1) or ''}.{m.group(2)}"
+    return llm_bedrock.control_url(cfg.base_url)
 
 
 def _decode_object(body: bytes) -> dict[str, Any]:

@@ -8,29 +8,14 @@ never follows a redirect, and is bounded by a timeout.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import aiohttp
 
-from aigw_common.llm import ANTHROPIC_VERSION, Auth, Wire, capabilities
+from aigw_common.llm import ANTHROPIC_VERSION, Auth, Wire, bedrock, capabilities
 
 log = logging.getLogger(__name__)
-
-# A Bedrock pool key that is an access-key pair (AKID:SECRET[:TOKEN]) needs SigV4 to be checked: not probed.
-_AWS_KEY_PAIR = re.compile(r"^[A-Z0-9]{12,128}:")
-_BEDROCK_RUNTIME = re.compile(r"bedrock-runtime(-fips)?\.([a-z0-9-]+\.amazonaws\.com(?:\.cn)?)")
-
-
-def bedrock_control_url(base_url: str) -> str:
-    """The Bedrock control plane next to a runtime endpoint (as the gateway's model listing uses it)."""
-    parts = urlsplit(base_url)
-    m = _BEDROCK_RUNTIME.fullmatch(parts.hostname or "")
-    if not m:
-        return base_url.rstrip("/")
-    return f"{parts.scheme}://bedrock{m.group(1) or ''}.{m.group(2)}"
-
 
 def probe_request(ptype: str, base_url: str, settings: Mapping[str, str], secret: str) -> tuple[str, dict[str, str]] | None:
     """(URL, headers) of the model-list call for a provider type (its API family and auth style from
@@ -49,10 +34,10 @@ def probe_request(ptype: str, base_url: str, settings: Mapping[str, str], secret
         case Wire.ANTHROPIC:
             url = f"{base}/v1/models"
         case Wire.BEDROCK:
-            if _AWS_KEY_PAIR.match(secret):
+            if bedrock.access_key_id_of(secret) is not None:  # an access-key pair needs SigV4: not probed
                 return None
             # a Bedrock API key: bearer on the control plane
-            return f"{bedrock_control_url(base)}/foundation-models?byProvider=Anthropic", {"Authorization": f"Bearer {secret}"}
+            return f"{bedrock.control_url(base)}/foundation-models?byProvider=Anthropic", {"Authorization": f"Bearer {secret}"}
     match cap.auth:
         case Auth.API_KEY:
             return url, {"api-key": secret}

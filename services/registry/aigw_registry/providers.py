@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import asyncpg
@@ -12,6 +11,7 @@ from aiohttp import web
 from aigw_common.api import Conflict, NotFound, read_json
 from aigw_common.crypto import mask_secret
 from aigw_common.ids import is_uuid
+from aigw_common.llm import bedrock
 
 from . import validate as v
 from .core import Actor, Registry, assignments, audit, auth_revoked, new_id, providers_changed
@@ -98,14 +98,11 @@ async def _insert_key(reg: Registry, conn: asyncpg.Connection, pid: str, api_key
     )
 
 
-_AWS_KEY_PAIR = re.compile(r"^([A-Z0-9]{12,128}):\S+$")
-
-
 def key_hint(api_key: str) -> str:
     """The masked hint a key is shown by; for a Bedrock access-key pair (``AKID:SECRET``), of its key id only,
     so no character of the secret is ever shown."""
-    m = _AWS_KEY_PAIR.match(api_key)
-    return mask_secret(m.group(1)) if m else mask_secret(api_key)
+    akid = bedrock.access_key_id_of(api_key)
+    return mask_secret(akid) if akid is not None else mask_secret(api_key)
 
 
 async def insert_provider(

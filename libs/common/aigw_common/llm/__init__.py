@@ -1,7 +1,9 @@
 """What aigw knows about LLM provider APIs: provider types and their capabilities (``providers``),
-upstream error bodies (``error_body``) and rate-limit headers (``ratelimit``). Nothing here does I/O."""
+upstream error bodies (``error_body``), rate-limit headers (``ratelimit``) and Bedrock's endpoints and
+credential forms (``bedrock``). Nothing here does I/O."""
 
-from . import error_body
+from . import bedrock, error_body
+from .bedrock import runtime_url as bedrock_runtime_url
 from .error_body import MAX_ERROR_BODY, ProviderError
 from .providers import (
     ANTHROPIC_BASE_URL,
@@ -15,7 +17,6 @@ from .providers import (
     Endpoint,
     ProviderType,
     Wire,
-    bedrock_runtime_url,
     capabilities,
     provider_type,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ProviderError",
     "ProviderType",
     "Wire",
+    "bedrock",
     "bedrock_runtime_url",
     "capabilities",
     "error_body",

@@ -69,7 +69,8 @@ class Capabilities:
     auth: Auth
     # the gateway's bridged routes of this type (POST, path under /{name}) and what each one is
     endpoints: Mapping[str, Endpoint]
-    default_base_url: str | None = None  # None: the provider's base URL is required (Bedrock: from its region)
+    default_base_url: str | None = None  # None: the provider's base URL is required (Bedrock: from its region,
+    #                                      llm.bedrock.runtime_url)
     openai_compatible: bool = False  # another product's OpenAI-compatible API at its own base URL
     # may be called with no pool key: Bedrock signs with its AWS credentials, a local server needs none
     keyless: bool = False
@@ -91,11 +92,6 @@ class Capabilities:
 ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header aigw's own calls send (chatd turns, keypool probes)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
-
-
-def bedrock_runtime_url(region: str) -> str:
-    """Bedrock's runtime endpoint of a region: the default base URL of a ``bedrock`` provider."""
-    return f"https://bedrock-runtime.{region}.amazonaws.com"
 
 
 CAPABILITIES: Mapping[ProviderType, Capabilities] = MappingProxyType({c.type: c for c in (
