@@ -1,11 +1,15 @@
-"""What every service shares: the app skeleton, health endpoints, and a graceful run loop.
+"""What every service shares: the app skeleton, health endpoints, and one start/drain order.
 
-Each service builds its app with :func:`base_app`, registers its connections
-and background tasks in ``app.cleanup_ctx`` (pool first, bus second, tasks
-last), and runs with :func:`serve`. On SIGTERM/SIGINT ``/readyz`` turns 503,
-the listener closes, in-flight requests finish (up to the grace period), and
-then ``cleanup_ctx`` unwinds in reverse: tasks stop, the bus drains, the pool
-closes.
+The skeleton (``docs/architecture.md``, "Service lifecycle"): ``create_app(settings)`` builds the app with
+:func:`base_app` and adds one :func:`lifecycle` entry to ``app.cleanup_ctx``. Its build function starts
+each resource in order, pool → bus → what uses the bus → background tasks, and registers each one's stop
+on an ``AsyncExitStack`` the moment it exists, so a failure at any step closes what started before it in
+reverse before the error propagates. :func:`start` does the same across ``cleanup_ctx`` entries.
+
+:func:`serve` runs it until SIGTERM/SIGINT sets its stop event; then :func:`drain` goes in one order for
+every service: ``/readyz`` 503 → the listener closes → in-flight requests finish (up to the grace;
+``on_shutdown`` ends open streams) → the stack unwinds: background tasks stop, the bus drains and
+closes, the pool closes.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web, web_response
 from prometheus_client import CollectorRegistry
 
+from .aio import stop_task
 from .metrics import metrics_handler, new_registry
 from .settings import Settings
 from .tracing import tracing_middleware
@@ -130,31 +135,102 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+Build = Callable[[web.Application, contextlib.AsyncExitStack], Awaitable[None]]
+
+
+def lifecycle(build: Build) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry that runs ``build(app, stack)``: each step starts one thing and puts its stop
+    on ``stack`` at once, so a failed step closes everything before it (reverse order) and shutdown unwinds
+    the same stack."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await build(app, stack)
+            yield
+
+    ctx.__name__ = ctx.__qualname__ = getattr(build, "__name__", "lifecycle")
+    return ctx
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=Startable)
+
+
+async def started(stack: contextlib.AsyncExitStack, thing: _S) -> _S:
+    """``thing.start()`` with ``thing.stop()`` already on ``stack``: a start that fails halfway is stopped too
+    (so ``stop`` must be safe on a thing that started partly or not at all)."""
+    stack.push_async_callback(thing.stop)
+    await thing.start()
+    return thing
+
+
+def background(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task[object]:
+    """A background task that ``stack`` cancels and waits for (:func:`aigw_common.aio.stop_task`)."""
+    task: asyncio.Task[object] = asyncio.create_task(coro, name=name)
+    stack.push_async_callback(stop_task, task)
+    return task
+
+
+async def start(app: web.Application, host: str, port: int, *, grace: float = 20.0,
+                reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """Start ``app`` (every ``cleanup_ctx`` entry in order) and listen; returns the runner and the bound port.
+
+    If any step fails (a ``cleanup_ctx`` entry, or the address is taken), the entries that had started are
+    unwound in reverse before the error propagates: nothing is left connected or running.
+    """
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace,
+                           handler_cancellation=app.get(HANDLER_CANCELLATION, False))
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # aiohttp: after a failed startup this unwinds only the entries that started
+        raise
+    sockets = getattr(site._server, "sockets", None)  # aiohttp has no public bound-port API
+    return runner, int(sockets[0].getsockname()[1]) if sockets else port
+
+
+async def drain(runner: web.AppRunner) -> None:
+    """The one shutdown order: ``/readyz`` 503, stop accepting, in-flight requests finish (up to the grace;
+    ``on_shutdown`` ends streams), then ``cleanup_ctx`` unwinds in reverse (tasks, bus, pool)."""
+    state = runner.app.get(STATE)
+    name = state.name if state is not None else "app"
+    if state is not None:
+        state.draining = True
+    log.info("shutting down", extra={"service": name})
+    await runner.cleanup()
+    log.info("stopped", extra={"service": name})
+
+
 async def serve(app: web.Application, host: str, port: int, *, grace: float = 20.0,
                 stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop``), then shut down in order.
+    """Serve until SIGTERM/SIGINT (or ``stop``), then :func:`drain`.
 
     ``reuse_port``: several worker processes bind the same address (``AIGW_GATEWAY_WORKERS``).
     """
     state = app[STATE]
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace,
-                           handler_cancellation=app.get(HANDLER_CANCELLATION, False))
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024)
-    await site.start()
+    runner, _ = await start(app, host, port, grace=grace, reuse_port=reuse_port)
     log.info("listening", extra={"service": state.name, "addr": f"{host}:{port}"})
     tune_gc()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
         except (NotImplementedError, RuntimeError):
             pass
     try:
         await stop.wait()
     finally:
-        state.draining = True
-        log.info("shutting down", extra={"service": state.name})
-        await runner.cleanup()
-        log.info("stopped", extra={"service": state.name})
+        try:
+            await drain(runner)
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)

@@ -1,10 +1,11 @@
-"""Run aiohttp apps (our services) on ephemeral ports inside a test's event loop."""
+"""Run aiohttp apps (our services) on ephemeral ports inside a test's event loop, started and drained the
+way ``aigw <service>`` does it (:func:`aigw_common.service.start` / :func:`aigw_common.service.drain`)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from aigw_common.service import HANDLER_CANCELLATION, STATE
+from aigw_common.service import drain, start
 
 
 class AppHarness:
@@ -12,25 +13,17 @@ class AppHarness:
         self._runners: list[web.AppRunner] = []
 
     async def start(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> str:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, handle_signals=False,
-                               handler_cancellation=app.get(HANDLER_CANCELLATION, False))
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        runner, bound = await start(app, host, port, grace=5)
         self._runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp has no public bound-port API
-        return f"http://{host}:{port}"
+        return f"http://{host}:{bound}"
 
     async def stop(self, app: web.Application) -> None:
         """Stop one app the way SIGTERM would: drain, then cleanup_ctx unwinds."""
         for r in list(self._runners):
             if r.app is app:
-                if STATE in app:
-                    app[STATE].draining = True
-                await r.cleanup()
                 self._runners.remove(r)
+                await drain(r)
 
     async def stop_all(self) -> None:
         while self._runners:
-            r = self._runners.pop()
-            await r.cleanup()
+            await drain(self._runners.pop())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
 from pathlib import Path
 
 from aiohttp import web
@@ -11,7 +11,7 @@ from aigw_common.api import error_middleware
 from aigw_common.auth import FailureThrottle, IdentityCache
 from aigw_common.bus import make_bus
 from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
-from aigw_common.service import METRICS, STATE, base_app
+from aigw_common.service import METRICS, STATE, base_app, lifecycle, started
 from aigw_common.settings import Settings
 
 from .api import IDENTITIES, SERVICE, add_routes
@@ -28,33 +28,26 @@ def create_app(settings: Settings, *, lease_ttl: float | None = None, lease_grac
     add_document(app)
     extra = {k: v for k, v in (("lease_ttl", lease_ttl), ("lease_grace", lease_grace)) if v is not None}
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+    async def build(app: web.Application, stack: contextlib.AsyncExitStack) -> None:
+        """pool → schema → bus → the service (its consumer and loops); shutdown undoes it in reverse."""
         pool = await create_pool(settings.require_database(), max_size=10,
                                  server_settings={"search_path": "budget"})
-        try:
-            async with pool.acquire() as conn:
-                await migrate(conn, *MIGRATIONS)
-            bus = make_bus(settings, "budget", app[METRICS])
-            await bus.start(wait=5)
-            try:
-                svc = BudgetService(settings, pool, bus, app[METRICS], **extra)
-                identities = IdentityCache(bus, ttl=settings.identity_ttl,
-                                           failures=FailureThrottle(settings.auth_failures_per_minute))
-                await identities.start()
-                await svc.start()
-                app[SERVICE] = svc
-                app[IDENTITIES] = identities
-                state = app[STATE]
-                state.checks.append(lambda: None if bus.connected else "NATS not connected")
-                state.checks.append(lambda: None if svc.consumer.ready.is_set() else "usage consumer not subscribed")
-                try:
-                    yield
-                finally:
-                    await svc.stop()
-            finally:
-                await bus.close()
-        finally:
-            await close_pool(pool)
+        stack.push_async_callback(close_pool, pool)
+        async with pool.acquire() as conn:
+            await migrate(conn, *MIGRATIONS)
+        bus = make_bus(settings, "budget", app[METRICS])
+        stack.push_async_callback(bus.close)
+        await bus.start(wait=5)
+        svc = BudgetService(settings, pool, bus, app[METRICS], **extra)
+        identities = IdentityCache(bus, ttl=settings.identity_ttl,
+                                   failures=FailureThrottle(settings.auth_failures_per_minute))
+        await identities.start()
+        await started(stack, svc)
+        app[SERVICE] = svc
+        app[IDENTITIES] = identities
+        state = app[STATE]
+        state.checks.append(lambda: None if bus.connected else "NATS not connected")
+        state.checks.append(lambda: None if svc.consumer.ready.is_set() else "usage consumer not subscribed")
 
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(lifecycle(build))
     return app

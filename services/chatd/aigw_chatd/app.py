@@ -6,9 +6,9 @@ See ``docs/architecture.md`` ("chatd") for the design and its HTTP API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -16,14 +16,13 @@ from aiohttp import web
 from nats.aio.msg import Msg
 
 from aigw_common import netguard
-from aigw_common.aio import stop_task
 from aigw_common.api import error_middleware
 from aigw_common.auth import FailureThrottle, IdentityCache
 from aigw_common.bus import Bus, make_bus
 from aigw_common.crypto import PURPOSE_AT_REST, PURPOSE_BUS, Sealer
 from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
 from aigw_common.schemas import AuthRevoked
-from aigw_common.service import METRICS, STATE, base_app
+from aigw_common.service import METRICS, STATE, background, base_app, lifecycle, started
 from aigw_common.settings import Settings
 
 from .config import ChatdConfig
@@ -51,7 +50,7 @@ def create_app(settings: Settings, *, config: ChatdConfig | None = None) -> web.
     app[DEPS] = deps
     add_routes(app, deps)
     add_document(app)
-    app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(lifecycle(_lifecycle))
     app.on_shutdown.append(_end_streams)
     return app
 
@@ -63,7 +62,9 @@ async def _end_streams(app: web.Application) -> None:
         deps.hub.close()
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+async def _lifecycle(app: web.Application, stack: contextlib.AsyncExitStack) -> None:
+    """pool → bus → what follows it → tasks, each stop on ``stack`` as soon as its thing exists; shutdown:
+    running turns drain (up to the grace), tasks stop, the HTTP clients, the bus, then the pool close."""
     d = app[DEPS]
     settings, config = d.settings, d.config
     d.at_rest = Sealer.from_keys(settings.require_encryption_keys(), PURPOSE_AT_REST)
@@ -71,6 +72,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
     # 1. the pool (and the schema)
     pool = await create_pool(settings.require_database())
+    stack.push_async_callback(close_pool, pool)
     async with pool.acquire() as conn:
         await migrate(conn, *MIGRATIONS)
     d.store = Store(pool)
@@ -78,6 +80,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
     # 2. the bus, and what follows it
     bus = make_bus(settings, "chatd", app[METRICS])
+    stack.push_async_callback(bus.close)
     app[BUS] = bus
     d.identities = IdentityCache(bus, ttl=settings.identity_ttl, timeout=config.control_timeout,
                                  failures=FailureThrottle(settings.auth_failures_per_minute))
@@ -94,31 +97,23 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await d.identities.start()
     # one replica per deletion is enough (queue group); the purge is idempotent anyway
     await bus.subscribe(bus.subjects.auth_revoked, AuthRevoked, on_revoked, queue="chatd-user-purge")
-    await d.directory.start()
+    await started(stack, d.directory)
     await bus.start(wait=2.0)
     session = aiohttp.ClientSession()  # to the gateway (AIGW_GATEWAY_URL: the operator's own address)
+    stack.push_async_callback(session.close)
     direct = aiohttp.ClientSession(connector=netguard.upstream_connector(settings.allow_private_upstreams))
+    stack.push_async_callback(direct.close)
     d.runner = TurnRunner(store=d.store, hub=d.hub, directory=d.directory, identities=d.identities,
                           settings=settings, config=config, runner_id=d.replica_id, session=session,
                           at_rest=d.at_rest, bus_sealer=bus_sealer, metrics=app[METRICS], direct_session=direct)
     state = app[STATE]
     state.checks.append(lambda: None if bus.connected else "not connected to NATS")
 
-    # 3. tasks
+    # 3. tasks; running turns drain before they stop (the last thing pushed is the first undone)
     await d.runner.listen_interrupts()
-    sweeper = asyncio.create_task(d.runner.sweeper(), name="chatd-sweeper")
-    reconciler = asyncio.create_task(_reconcile_skill_owners(d.skills, bus, config), name="chatd-skill-owners")
-    try:
-        yield
-    finally:
-        await d.runner.drain(settings.shutdown_grace)
-        await stop_task(sweeper)
-        await stop_task(reconciler)
-        await d.directory.stop()
-        await session.close()
-        await direct.close()
-        await bus.close()
-        await close_pool(pool)
+    background(stack, d.runner.sweeper(), "chatd-sweeper")
+    background(stack, _reconcile_skill_owners(d.skills, bus, config), "chatd-skill-owners")
+    stack.push_async_callback(d.runner.drain, settings.shutdown_grace)
 
 
 async def _reconcile_skill_owners(skills: SkillStore, bus: Bus, config: ChatdConfig) -> None:

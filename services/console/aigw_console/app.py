@@ -11,9 +11,10 @@ See docs/console.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -31,7 +32,7 @@ from aigw_common.api import (
 from aigw_common.auth import bearer_token
 from aigw_common.db import MigrationSet
 from aigw_common.metrics import Counter
-from aigw_common.service import METRICS, base_app
+from aigw_common.service import METRICS, base_app, lifecycle
 from aigw_common.settings import CONSOLE_UPSTREAMS, Settings
 
 from . import pages
@@ -280,14 +281,12 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/static/{name}", static)
     app.router.add_route("*", "/api/{tail:.*}", api)
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+    async def build(app: web.Application, stack: contextlib.AsyncExitStack) -> None:
+        """The one resource: the HTTP client to the services (no bus, no pool)."""
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
                                      cookie_jar=aiohttp.DummyCookieJar())
+        stack.push_async_callback(http.close)
         app[RUNTIME] = Runtime(http)
-        try:
-            yield
-        finally:
-            await http.close()
 
     async def end_streams(app: web.Application) -> None:
         """On shutdown, end relayed SSE streams (the browser reconnects elsewhere) so the drain is not held
@@ -296,6 +295,6 @@ def create_app(settings: Settings) -> web.Application:
             for upstream in list(app[RUNTIME].streams):
                 upstream.close()
 
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(lifecycle(build))
     app.on_shutdown.append(end_streams)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -24,8 +25,11 @@ from aigw_common.service import (
     METRICS,
     SETTINGS,
     STATE,
+    background,
     base_app,
+    lifecycle,
     metrics_listener,
+    started,
 )
 from aigw_common.settings import Settings
 
@@ -68,7 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     app[HANDLER_CANCELLATION] = True
     if settings.metrics_addr is not None:
         app.cleanup_ctx.append(_metrics_elsewhere)
-    app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(lifecycle(_lifecycle))
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app
 
@@ -86,16 +90,45 @@ async def _metrics_elsewhere(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """Start in dependency order; stop in reverse: tasks, then the bus drains, then the HTTP client closes."""
+async def _lifecycle(app: web.Application, stack: contextlib.AsyncExitStack) -> None:
+    """Start in dependency order, each stop on ``stack`` as soon as its thing exists (a failed step closes
+    what came before it); shutdown unwinds the same stack: tasks, recorder (spools what is unsent), the
+    bus drains, then the HTTP client closes."""
     settings = app[SETTINGS]
     metrics = GatewayMetrics.create(app[METRICS])
-    bus = make_bus(settings, "gateway", app[METRICS])
     bus_sealer = Sealer.from_keys(settings.require_bus_keys(), PURPOSE_BUS)
+    # every upstream address is checked after DNS and at connect (AIGW_ALLOW_PRIVATE_UPSTREAMS)
+    connector = netguard.upstream_connector(settings.allow_private_upstreams, resolver=app.get(UPSTREAM_RESOLVER),
+                                            limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    # no cookie jar: an upstream's Set-Cookie is not kept and sent on the next request, whoever makes it (and
+    # the jar's per-request filtering is CPU the proxy does not need)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
+                                    cookie_jar=aiohttp.DummyCookieJar())
+    stack.push_async_callback(session.close)
+    dumps = DumpStore(settings.dump_dir, settings.dump_max_bytes) if settings.dump_dir is not None else None
+    if dumps is not None:
+        stack.push_async_callback(asyncio.to_thread, dumps.stop)
+        await asyncio.to_thread(dumps.start)
+
+    bus = make_bus(settings, "gateway", app[METRICS])
+    stack.push_async_callback(bus.close)
     pools = KeyPools()
     app[GATEWAY_ID] = pools.gateway_id
     marks = _MarkSink(bus)
+    stack.push_async_callback(marks.stop)
     pools.sink = marks
+    bus.on_connect(marks.on_connect)
+    bus.on_reconnect(marks.on_connect)
+    await bus.start(wait=2.0)
+
+    identities = IdentityCache(bus, ttl=settings.identity_ttl,
+                               failures=FailureThrottle(settings.auth_failures_per_minute))
+    Gauge("aigw_gateway_auth_verify_requests", "Token verifications asked of the registry (cumulative)",
+          registry=app[METRICS]).set_function(lambda: identities.verify_requests)
+    Gauge("aigw_gateway_auth_throttled_requests", "Requests refused for too many failed authentications "
+          "from their address (cumulative)", registry=app[METRICS]).set_function(lambda: identities.failures.throttled)
+    await identities.start()
+
     watcher = KeyStateWatcher(bus, pools, resync_interval=settings.revision_check_interval)
     reporter = KeyReporter(bus, pools.gateway_id)
     pools.observers.append(reporter.observe)
@@ -114,65 +147,26 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                                                            "state": STATE_NAMES[state]})
 
     adapters = app[ADAPTERS] = Adapters.from_settings(settings)
-    loader = ProviderLoader(bus, bus_sealer, pools, adapters, interval=settings.revision_check_interval,
-                            on_swap=on_swap)
-    identities = IdentityCache(bus, ttl=settings.identity_ttl,
-                               failures=FailureThrottle(settings.auth_failures_per_minute))
-    Gauge("aigw_gateway_auth_verify_requests", "Token verifications asked of the registry (cumulative)",
-          registry=app[METRICS]).set_function(lambda: identities.verify_requests)
-    Gauge("aigw_gateway_auth_throttled_requests", "Requests refused for too many failed authentications "
-          "from their address (cumulative)", registry=app[METRICS]).set_function(lambda: identities.failures.throttled)
+    loader = await started(stack, ProviderLoader(bus, bus_sealer, pools, adapters,
+                                                 interval=settings.revision_check_interval, on_swap=on_swap))
+    await started(stack, watcher)  # the fleet's key state before we serve (bounded wait; NATS down → skip)
+    await started(stack, reporter)
+    app[STATE].checks.append(watcher.not_ready)
     spool = Spool(settings.data_dir / "spool" / f"gateway-{pools.gateway_id}", settings.spool_max_bytes)
-    recorder = Recorder(bus, spool, registry=app[METRICS],
-                        policy=RecordPolicy(settings.record_prompts, settings.record_prompt_bytes))
-    guard = BudgetGuard(bus, settings, app[METRICS])
-    # every upstream address is checked after DNS and at connect (AIGW_ALLOW_PRIVATE_UPSTREAMS)
-    connector = netguard.upstream_connector(settings.allow_private_upstreams, resolver=app.get(UPSTREAM_RESOLVER),
-                                            limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-    # no cookie jar: an upstream's Set-Cookie is not kept and sent on the next request, whoever makes it (and
-    # the jar's per-request filtering is CPU the proxy does not need)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
-                                    cookie_jar=aiohttp.DummyCookieJar())
+    stack.callback(spool.close)  # the recorder closes it too (idempotent); this covers a recorder that never started
+    recorder = await started(stack, Recorder(bus, spool, registry=app[METRICS],
+                                             policy=RecordPolicy(settings.record_prompts, settings.record_prompt_bytes)))
+    guard = await started(stack, BudgetGuard(bus, settings, app[METRICS]))
+    limits = await started(stack, LimitGuard(bus, app[METRICS], holder_id=guard.id,
+                                             snapshot_interval=max(5.0, settings.revision_check_interval)))
+    background(stack, _spool_gauges(recorder, metrics), "spool-gauges")
+
     breakers = Breakers(settings.breaker, on_state=on_breaker)
-    dumps = DumpStore(settings.dump_dir, settings.dump_max_bytes) if settings.dump_dir is not None else None
-    if dumps is not None:
-        await asyncio.to_thread(dumps.start)
-    limits = LimitGuard(bus, app[METRICS], holder_id=guard.id,
-                        snapshot_interval=max(5.0, settings.revision_check_interval))
     gw = Gateway(settings, loader, pools, breakers, identities, recorder, guard, metrics, session, bus_sealer, dumps,
                  limits=limits)
-
-    bus.on_connect(marks.on_connect)
-    bus.on_reconnect(marks.on_connect)
-    await bus.start(wait=2.0)
-    await identities.start()
-    await loader.start()
-    await watcher.start()  # the fleet's key state before we serve (bounded wait; NATS down → skip)
-    await reporter.start()
-    app[STATE].checks.append(watcher.not_ready)
-    await recorder.start()
-    await guard.start()
-    await limits.start()
-    spool_task = asyncio.create_task(_spool_gauges(recorder, metrics), name="spool-gauges")
-
     app[BUS], app[LOADER], app[POOLS], app[RECORDER] = bus, loader, pools, recorder
     app[IDENTITIES], app[GUARD], app[GATEWAY], app[LIMITS] = identities, guard, gw, limits
     # Ready with zero providers and with NATS down: the gateway serves what it knows and keeps retrying.
-    try:
-        yield
-    finally:
-        spool_task.cancel()
-        await limits.stop()
-        await guard.stop()
-        await loader.stop()
-        await reporter.stop()
-        await watcher.stop()
-        await recorder.stop()
-        await marks.stop()
-        await bus.close()
-        await session.close()
-        if dumps is not None:
-            await asyncio.to_thread(dumps.stop)
 
 
 class _MarkSink:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
 
 from aiohttp import web
 
@@ -11,7 +11,7 @@ from aigw_common.auth import FailureThrottle, IdentityCache
 from aigw_common.bus import make_bus
 from aigw_common.crypto import PURPOSE_BUS, Sealer
 from aigw_common.db import MigrationSet
-from aigw_common.service import METRICS, STATE, base_app
+from aigw_common.service import METRICS, STATE, base_app, lifecycle, started
 from aigw_common.settings import Settings
 
 from .api import AUDIT, IDENTITIES, SERVICE, add_routes
@@ -29,27 +29,23 @@ def create_app(settings: Settings) -> web.Application:
     add_routes(app)
     add_document(app)
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+    async def build(app: web.Application, stack: contextlib.AsyncExitStack) -> None:
+        """bus → the service (mirror, followers, loops); shutdown undoes it in reverse."""
         bus = make_bus(settings, "keypool", app[METRICS])
+        stack.push_async_callback(bus.close)
         await bus.start(wait=2.0)
         identities = IdentityCache(bus, ttl=settings.identity_ttl,
-                                           failures=FailureThrottle(settings.auth_failures_per_minute))
+                                   failures=FailureThrottle(settings.auth_failures_per_minute))
         await identities.start()
         sealer = Sealer.from_keys(settings.bus_keys(), PURPOSE_BUS) if settings.bus_keys() else None
         svc = KeyPoolService(bus, app[METRICS], resync_interval=settings.revision_check_interval,
                              backoff=Backoff(settings.key_recheck_min, settings.key_recheck_max), sealer=sealer,
                              allowed_upstreams=settings.allow_private_upstreams)
-        audit = AuditLog(bus)
-        app[AUDIT] = audit
+        app[AUDIT] = AuditLog(bus)
         app[IDENTITIES] = identities
         app[SERVICE] = svc
-        await svc.start()
+        await started(stack, svc)
         app[STATE].checks.append(svc.not_ready)
-        try:
-            yield
-        finally:
-            await svc.stop()
-            await bus.close()
 
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(lifecycle(build))
     return app

@@ -7,18 +7,16 @@ bootstrap owner (under an advisory lock, before anything can read) → bus
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
-from aigw_common.aio import stop_task
 from aigw_common.api import error_middleware
 from aigw_common.bus import make_bus
 from aigw_common.db import MigrationSet, close_pool, create_pool, migrate
-from aigw_common.service import METRICS, STATE, base_app
+from aigw_common.service import METRICS, STATE, background, base_app, lifecycle
 from aigw_common.settings import Settings
 
 from .api import REGISTRY, add_routes
@@ -47,27 +45,19 @@ def create_app(settings: Settings, *, relay_poll: float = 1.0) -> web.Applicatio
     ready = {"seeded": False}
     app[STATE].checks.append(lambda: None if ready["seeded"] else "seeding not finished")
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+    async def build(app: web.Application, stack: contextlib.AsyncExitStack) -> None:
         pool = reg.pool = await create_pool(settings.require_database())
-        try:
-            async with pool.acquire() as conn:
-                await migrate(conn, *MIGRATIONS)
-            await reconcile(reg)
-            ready["seeded"] = True
-            bus = make_bus(settings, "registry", app[METRICS])
-            reg.bus = bus
-            responders = Responders(reg, app[METRICS])
-            await responders.subscribe(bus)
-            await bus.start(wait=5)
-            relay = Relay(reg, bus, app[METRICS], poll=relay_poll)
-            task = asyncio.create_task(relay.run(), name="registry-outbox-relay")
-            try:
-                yield
-            finally:
-                await stop_task(task)
-                await bus.close()
-        finally:
-            await close_pool(pool)
+        stack.push_async_callback(close_pool, pool)
+        async with pool.acquire() as conn:
+            await migrate(conn, *MIGRATIONS)
+        await reconcile(reg)
+        ready["seeded"] = True
+        bus = make_bus(settings, "registry", app[METRICS])
+        stack.push_async_callback(bus.close)
+        reg.bus = bus
+        await Responders(reg, app[METRICS]).subscribe(bus)
+        await bus.start(wait=5)
+        background(stack, Relay(reg, bus, app[METRICS], poll=relay_poll).run(), "registry-outbox-relay")
 
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(lifecycle(build))
     return app

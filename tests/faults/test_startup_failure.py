@@ -1,0 +1,174 @@
+"""A service whose startup fails halfway leaves nothing behind: no NATS connection, no Postgres
+connection, no asyncio task (docs/architecture.md, "Service lifecycle").
+
+Each service runs against a NATS server of this test's own with monitoring on (its ``/connz`` lists the open
+client connections) and the test's own database (``pg_stat_activity`` lists its backends). Startup fails
+after the service's own steps (a later ``cleanup_ctx`` entry refuses to start, as any added step may), or in
+the middle of them (the gateway's spool directory after the bus connected; chatd's migrations after the pool
+opened). Before the failure, the test checks that the service had connected, so "nothing left" is not
+"nothing opened".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from aigw_common.service import serve
+from aigw_common.settings import Settings
+from aigw_testing.natsauth import AuthNats, auth_nats_server
+from aigw_testing.wait import eventually
+
+DB_SERVICES = ("registry", "budget", "chatd")
+BUS_SERVICES = ("gateway", "registry", "keypool", "budget", "chatd")
+
+
+class LaterStepFailed(Exception):
+    """What the step after the service's own steps raises."""
+
+
+@pytest.fixture
+def nats() -> Iterator[AuthNats]:
+    with auth_nats_server("") as server:
+        yield server
+
+
+def _db_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+async def _backends(pg_admin_url: str, db: str) -> int:
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        n: int = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                                     db)
+        return n
+    finally:
+        await conn.close()
+
+
+async def _connections(nats: AuthNats) -> list[str]:
+    return [str(c.get("name")) for c in await asyncio.to_thread(nats.connections)]
+
+
+def _others() -> set[asyncio.Task[Any]]:
+    return asyncio.all_tasks() - {t for t in [asyncio.current_task()] if t is not None}
+
+
+async def _start_fails(app: web.Application, error: type[BaseException]) -> None:
+    """``serve`` as ``aigw <service>`` runs it: the startup error propagates (a started service would hang)."""
+    with pytest.raises(error):
+        async with asyncio.timeout(60):
+            await serve(app, "127.0.0.1", 0, grace=2)
+
+
+async def _nothing_left(nats: AuthNats, pg_admin_url: str, db: str | None, before: set[asyncio.Task[Any]]) -> None:
+    async def no_connection() -> bool:
+        return not await _connections(nats)
+
+    await eventually(no_connection, 5, "no NATS connection left open")
+    if db is not None:
+        async def no_backend() -> bool:
+            return await _backends(pg_admin_url, db) == 0
+
+        await eventually(no_backend, 5, "no Postgres connection left open")
+
+    def no_task() -> bool:
+        return not (_others() - before)
+
+    with contextlib.suppress(AssertionError):
+        await eventually(no_task, 2, "no task left")
+    assert not (left := _others() - before), f"tasks left running: {sorted(t.get_name() for t in left)}"
+
+
+@pytest.fixture
+def service_settings(make_settings: Callable[..., Settings], nats: AuthNats,
+                     database_url: str) -> Callable[[str], Settings]:
+    def make(service: str, **env: str) -> Settings:
+        extra = {"AIGW_DATABASE_URL": database_url} if service in DB_SERVICES else {}
+        return make_settings(**{"AIGW_NATS_URL": nats.anonymous_url, **extra, **env})
+
+    return make
+
+
+@pytest.mark.parametrize("service", [*BUS_SERVICES, "console"])
+async def test_a_later_startup_step_fails(service: str, service_settings: Callable[..., Settings], nats: AuthNats,
+                                          pg_admin_url: str, database_url: str) -> None:
+    """Every step of the service started; a step after them fails: each is closed again, in reverse."""
+    app = importlib.import_module(f"aigw_{service}.app").create_app(service_settings(service))
+    db = _db_name(database_url) if service in DB_SERVICES else None
+    seen: dict[str, Any] = {}
+
+    async def later_step(_app: web.Application) -> AsyncIterator[None]:
+        async def connected() -> bool:
+            return f"aigw-{service}" in await _connections(nats)
+
+        if service in BUS_SERVICES:
+            await eventually(connected, 5, f"aigw-{service} connected to NATS")
+        if db is not None:
+            seen["backends"] = await _backends(pg_admin_url, db)
+        raise LaterStepFailed("this step fails")
+        yield  # pragma: no cover
+
+    app.cleanup_ctx.append(later_step)
+    before = _others()
+    await _start_fails(app, LaterStepFailed)
+    if db is not None:
+        assert seen["backends"] > 0, "the service had no Postgres connection open when its startup failed"
+    await _nothing_left(nats, pg_admin_url, db, before)
+    if service == "console":
+        from aigw_console.app import RUNTIME
+
+        assert app[RUNTIME].http.closed
+
+
+async def test_gateway_spool_refused_after_the_bus_connected(service_settings: Callable[..., Settings],
+                                                             nats: AuthNats, pg_admin_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The gateway's data dir is a file: its spool cannot be made, after the bus connected and the provider,
+    key-state and report followers started."""
+    from aigw_gateway.app import create_app
+
+    data = tmp_path / "not-a-dir"
+    data.write_text("")
+    app = create_app(service_settings("gateway", AIGW_DATA_DIR=str(data)))
+    before = _others()
+    await _start_fails(app, OSError)
+    assert (await asyncio.to_thread(nats.monitor, "varz"))["total_connections"], "the gateway never connected"
+    await _nothing_left(nats, pg_admin_url, None, before)
+
+
+async def test_chatd_migrations_refused_after_the_pool_opened(service_settings: Callable[..., Settings],
+                                                              nats: AuthNats, pg_admin_url: str,
+                                                              database_url: str) -> None:
+    """chatd connects as a role that may not create its schema: the pool is open when the migration fails."""
+    from aigw_chatd.app import create_app
+
+    role = f"aigw_t_nocreate_{uuid.uuid4().hex[:8]}"
+    db = _db_name(database_url)
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    finally:
+        await admin.close()
+    p = urlsplit(database_url)
+    as_role = urlunsplit((p.scheme, f"{role}@{p.hostname}:{p.port or 5432}", p.path, p.query, p.fragment))
+    try:
+        app = create_app(service_settings("chatd", AIGW_DATABASE_URL=as_role))
+        before = _others()
+        await _start_fails(app, asyncpg.InsufficientPrivilegeError)
+        await _nothing_left(nats, pg_admin_url, db, before)
+    finally:
+        admin = await asyncpg.connect(pg_admin_url)
+        try:
+            await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        finally:
+            await admin.close()
