@@ -21,7 +21,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from aiohttp import web, web_response
 from prometheus_client import CollectorRegistry
@@ -63,6 +63,11 @@ async def _no_server_banner(_request: web.Request, response: web.StreamResponse)
     response.headers.popall("Server", None)
 
 
+async def _listener_closed(app: web.Application) -> None:
+    """``on_shutdown`` runs once the listener is closed, before in-flight requests are waited for."""
+    log.info("listener closed; in-flight requests finishing", extra={"service": app[STATE].name})
+
+
 async def _healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -90,6 +95,7 @@ def base_app(
     app[METRICS] = new_registry()
     app[STATE] = ServiceState(name)
     app.on_response_prepare.append(_no_server_banner)
+    app.on_shutdown.append(_listener_closed)
     # Answers aiohttp's parser makes itself (a malformed request line) skip the app's signals: give them
     # an empty Server value instead of aiohttp's "Python/3.x aiohttp/3.x" (process-wide, idempotent).
     web_response.SERVER_SOFTWARE = ""  # type: ignore[attr-defined]
@@ -136,6 +142,41 @@ def tune_gc() -> None:
 
 
 Build = Callable[[web.Application, contextlib.AsyncExitStack], Awaitable[None]]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _step(callback: Callable[..., object], args: tuple[object, ...]) -> str:
+    if callback is stop_task and args and isinstance(args[0], asyncio.Task):
+        return f"task {args[0].get_name()}"
+    if callback is asyncio.to_thread and args and callable(args[0]):
+        return getattr(args[0], "__qualname__", "thread")
+    return getattr(callback, "__qualname__", "step")
+
+
+class _LoggedStack(contextlib.AsyncExitStack):
+    """Logs each stop as it runs, so the drain order can be read in the log (and is checked by a test)."""
+
+    def push_async_callback(self, callback: Callable[_P, Awaitable[_T]], /,
+                            *args: _P.args, **kwds: _P.kwargs) -> Callable[_P, Awaitable[_T]]:
+        step = _step(callback, args)
+
+        async def stop() -> None:
+            log.info("stopping", extra={"step": step})
+            await callback(*args, **kwds)
+
+        super().push_async_callback(stop)
+        return callback
+
+    def callback(self, callback: Callable[_P, _T], /, *args: _P.args, **kwds: _P.kwargs) -> Callable[_P, _T]:
+        step = _step(callback, args)
+
+        def stop() -> None:
+            log.info("stopping", extra={"step": step})
+            callback(*args, **kwds)
+
+        super().callback(stop)
+        return callback
 
 
 def lifecycle(build: Build) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -144,9 +185,10 @@ def lifecycle(build: Build) -> Callable[[web.Application], AsyncIterator[None]]:
     the same stack."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
+        async with _LoggedStack() as stack:
             await build(app, stack)
             yield
+            log.info("unwinding", extra={"service": app[STATE].name})
 
     ctx.__name__ = ctx.__qualname__ = getattr(build, "__name__", "lifecycle")
     return ctx

@@ -1,5 +1,7 @@
-"""A service whose startup fails halfway leaves nothing behind: no NATS connection, no Postgres
-connection, no asyncio task (docs/architecture.md, "Service lifecycle").
+"""The one service skeleton (docs/architecture.md, "Service lifecycle").
+
+A service whose startup fails halfway leaves nothing behind: no NATS connection, no Postgres connection,
+no asyncio task. A service process stopped with SIGTERM drains in the documented order.
 
 Each service runs against a NATS server of this test's own with monitoring on (its ``/connz`` lists the open
 client connections) and the test's own database (``pg_stat_activity`` lists its backends). Startup fails
@@ -14,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +30,7 @@ from aiohttp import web
 from aigw_common.service import serve
 from aigw_common.settings import Settings
 from aigw_testing.natsauth import AuthNats, auth_nats_server
+from aigw_testing.system import ServiceProcess
 from aigw_testing.wait import eventually
 
 DB_SERVICES = ("registry", "budget", "chatd")
@@ -172,3 +177,48 @@ async def test_chatd_migrations_refused_after_the_pool_opened(service_settings: 
             await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         finally:
             await admin.close()
+
+
+def _drain_log(path: Path) -> list[str]:
+    """What the process logged from "shutting down" to "stopped": messages, stop steps as ``stop <step>``."""
+    out: list[str] = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        rec = json.loads(line)
+        msg = str(rec.get("msg"))
+        if msg == "shutting down" or out:
+            out.append(f"stop {rec.get('step')}" if msg == "stopping" else msg)
+    return out
+
+
+@pytest.mark.parametrize("service", [*BUS_SERVICES, "console"])
+async def test_sigterm_drains_in_order(service: str, base_env: dict[str, str], nats: AuthNats, database_url: str,
+                                       tmp_path: Path) -> None:
+    """SIGTERM: /readyz 503 and the listener closes, in-flight requests finish, then the lifecycle unwinds:
+    the service's tasks and followers stop, then the bus drains and closes, then the pool closes."""
+    env = {**base_env, "AIGW_NATS_URL": nats.anonymous_url, "AIGW_LOG_FORMAT": "json", "AIGW_LOG_LEVEL": "info"}
+    if service in DB_SERVICES:
+        env["AIGW_DATABASE_URL"] = database_url
+    proc = await ServiceProcess(service, env, tmp_path / f"{service}.log").start()
+    if service in BUS_SERVICES:
+        async def connected() -> bool:
+            return f"aigw-{service}" in await _connections(nats)
+
+        await eventually(connected, 10, f"aigw-{service} connected to NATS")
+    assert await proc.stop() == 0, proc.log_path.read_text()[-3000:]
+    steps = _drain_log(proc.log_path)
+    assert steps[:2] == ["shutting down", "listener closed; in-flight requests finishing"], steps
+    assert "unwinding" in steps and steps[-1] == "stopped", steps
+    stops = steps[steps.index("unwinding") + 1 : -1]
+    assert all(s.startswith("stop ") for s in stops), steps
+    bus = [i for i, s in enumerate(stops) if s == "stop Bus.close"]
+    pool = [i for i, s in enumerate(stops) if s == "stop close_pool"]
+    assert len(bus) == (service in BUS_SERVICES) and len(pool) == (service in DB_SERVICES), stops
+    if bus:
+        # every task and every follower of the bus stopped before it (HTTP clients and files may close later)
+        work = [i for i, s in enumerate(stops) if s.startswith("stop task ") or s.endswith(".stop")
+                or s.endswith(".drain")]
+        assert work and max(work) < bus[0], stops
+    if bus and pool:
+        assert bus[0] < pool[0], stops
