@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from multidict import CIMultiDictProxy
 
 # (client name, lowercase substrings of User-Agent or originator header)
@@ -41,6 +43,12 @@ def detect_client(headers: CIMultiDictProxy[str]) -> str:
         return "claude-code"
     if headers.get("Copilot-Integration-Id") or headers.get("Editor-Version", "").lower().startswith("vscode"):
         return "copilot-vscode" if "cli" not in headers.get("Copilot-Integration-Id", "").lower() else "copilot-cli"
+    return _client_of(ua) if len(ua) <= 512 else _client_of.__wrapped__(ua)
+
+
+@functools.lru_cache(maxsize=1024)  # bounded (1024 strings of <= 512 chars: client input); clients repeat theirs
+def _client_of(ua: str) -> str:
+    """The client a lowercase ``User-Agent`` + ``originator`` names (the rules below, first match)."""
     for name, needles in _UA_RULES:
         for n in needles:
             if n in ua:

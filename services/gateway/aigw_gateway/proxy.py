@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -100,6 +101,7 @@ async def _chunks(resp: aiohttp.ClientResponse, idle: float) -> AsyncIterator[by
             yield chunk
     finally:
         handle.cancel()
+        del handle  # the timer and check() refer to each other: freed now, not by the cycle collector
 
 
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -148,6 +150,27 @@ def _filtered_headers(headers: CIMultiDictProxy[str], filt: ResponseFilter | Non
     return out
 
 
+class RandomIds:
+    """Random UUID v4 ids (as hex) from the OS's generator, 4 KiB at a time: ``uuid4()`` makes a system call
+    and a ``UUID`` object per id, and the gateway draws one per request."""
+
+    __slots__ = ("_buf", "_pos")
+
+    _CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version nibble and the variant bits
+    _SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def next(self) -> str:
+        if self._pos >= len(self._buf):
+            self._buf, self._pos = os.urandom(4096), 0
+        n = int.from_bytes(self._buf[self._pos:self._pos + 16], "big")
+        self._pos += 16
+        return f"{n & self._CLEAR | self._SET:032x}"
+
+
 @dataclass(slots=True)
 class Caller:
     identity: Identity
@@ -185,6 +208,7 @@ class Gateway:
         self.bus_sealer = bus_sealer
         self.dumps = dumps
         self.catalog = ModelCatalog()
+        self.ids = RandomIds()
 
     # ------------------------------------------------------------ entry
 
@@ -534,13 +558,15 @@ class Gateway:
                 async for chunk in _chunks(resp, rec.provider.timeouts.idle):
                     if filt is not None and not (chunk := filt.feed(chunk)):
                         continue
-                    if read is not None:
-                        read(chunk)
                     if dump is not None:
                         dump.chunk(chunk)
-                    if hidden is not None and not (chunk := hidden.feed(chunk)):
-                        continue
-                    await out.write(chunk)
+                    relay = chunk if hidden is None else hidden.feed(chunk)
+                    try:
+                        if relay:
+                            await out.write(relay)
+                    finally:  # the client's bytes first, metered after (time to first byte); metered even
+                        if read is not None:  # when the write fails (the provider produced them)
+                            read(chunk)
                 if filt is not None and (tail := filt.finish()):
                     if read is not None:
                         read(tail)
@@ -594,7 +620,7 @@ class _Interception:
     def __init__(self, gw: Gateway, request: web.Request, provider: Provider, endpoint: Endpoint, caller: Caller,
                  info: RequestInfo, admission: Admission) -> None:
         self.gw = gw
-        self.id = uuid.uuid4().hex
+        self.id = gw.ids.next()
         self.provider = provider
         self.endpoint = endpoint
         self.caller = caller

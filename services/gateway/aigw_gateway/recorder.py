@@ -188,7 +188,7 @@ class Recorder:
 
     def _enqueue(self, subject: str, msg_id: str, data: bytes) -> None:
         # the trace context of the request, captured now: the publisher task runs outside it
-        trace = dict(tracing.inject({})) or None
+        trace = (dict(tracing.inject({})) or None) if tracing.enabled() else None  # off: no propagator run
         item = (subject, msg_id, data, trace)
         try:
             self._queue.put_nowait(item)
