@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aigw_common.bus import BusAuth
@@ -33,11 +34,11 @@ class BusKeys:
                        Verifier.from_pairs(self.public.items()))
 
 
-def auth_from_env(env: dict[str, str] | object) -> BusAuth:
+def auth_from_env(env: Mapping[str, str]) -> BusAuth:
     """A test bus's :class:`BusAuth` from a service environment that holds every producer's signing key."""
     from aigw_common.settings import Settings
 
-    return auth_for(Settings.from_env(env))  # type: ignore[arg-type]  # env: a plain dict of strings
+    return auth_for(Settings.from_env(env))
 
 
 def auth_for(settings: object) -> BusAuth:

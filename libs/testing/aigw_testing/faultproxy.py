@@ -32,8 +32,8 @@ class FaultProxy:
         self._flowing.set()
 
     @classmethod
-    async def start_for(cls, target_host: str, target_port: int, **kw: object) -> FaultProxy:
-        p = cls(target_host, target_port, **kw)  # type: ignore[arg-type]  # options forwarded as given
+    async def start_for(cls, target_host: str, target_port: int, *, host: str = "127.0.0.1", port: int = 0) -> FaultProxy:
+        p = cls(target_host, target_port, host=host, port=port)
         await p.up()
         return p
 

@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -30,6 +30,9 @@ from .natscluster import nats_cluster  # noqa: F401 - a fixture: a three-node Je
 from .pgpair import pg_pair  # noqa: F401 - a fixture: a Postgres primary + streaming standby of its own
 from .system import start_system  # noqa: F401 - a fixture: the whole stack behind fault proxies
 from .upstream import MockUpstream
+
+if TYPE_CHECKING:
+    from .natsauth import AuthNats
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +118,7 @@ def bus_auth(bus_keys: BusKeys) -> BusAuth:
 
 
 @pytest.fixture
-def auth_nats():  # type: ignore[no-untyped-def]  # a generator fixture over a lazily imported server type
+def auth_nats() -> Iterator[AuthNats]:
     """A private nats-server with the production (k8s) authorization: one user per service."""
     from .natsauth import auth_nats_server
 

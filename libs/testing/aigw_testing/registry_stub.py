@@ -32,6 +32,7 @@ from aigw_common.schemas import (
     RegistrySnapshot,
     SealedKey,
     SnapshotRequest,
+    TokenScope,
     UserProviderKey,
 )
 
@@ -45,7 +46,7 @@ class StubUser:
     token: str
     token_id: str
     provider_keys: dict[str, str] = field(default_factory=dict)  # provider name → clear key
-    scope: str = "admin"  # tests of the control-plane APIs call them with the user's token
+    scope: TokenScope = "admin"  # tests of the control-plane APIs call them with the user's token
     expires_at: float | None = None
 
 
@@ -88,7 +89,7 @@ class RegistryStub:
                                             sealed=self.sealer.seal(key)))
         return AuthVerifyReply(identity=Identity(user_id=u.user_id, username=u.username, roles=u.roles,
                                                  group_ids=u.group_ids, token_id=u.token_id, provider_keys=keys,
-                                                 scope=u.scope, expires_at=u.expires_at))  # type: ignore[arg-type]  # the stub keeps scope as str
+                                                 scope=u.scope, expires_at=u.expires_at))
 
     async def _directory(self, req: DirectoryLookup, _m: object) -> DirectoryReply:
         """Like the registry: refs match a live user/group by id or (case-insensitive) name; ids match ids."""
@@ -143,7 +144,7 @@ class RegistryStub:
 
     def add_user(self, *, roles: list[str] | None = None, group_ids: list[str] | None = None,
                  username: str | None = None, token: str | None = None,
-                 provider_keys: dict[str, str] | None = None, scope: str = "admin",
+                 provider_keys: dict[str, str] | None = None, scope: TokenScope = "admin",
                  user_id: str | None = None) -> StubUser:
         n = next(self._ids)
         u = StubUser(user_id=user_id or f"user-{n}-{uuid.uuid4().hex[:6]}", username=username or f"user{n}", roles=roles or ["member"],

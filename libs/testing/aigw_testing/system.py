@@ -26,9 +26,9 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -49,6 +49,10 @@ from .stack import START_ORDER, wait_ready
 from .upstream import MockUpstream
 from .usage import UsageCollector
 from .wait import eventually
+
+if TYPE_CHECKING:  # the SDKs are imported when a test asks for a client
+    import anthropic
+    import openai
 
 STACK = ("registry", "keypool", "budget", "gateway")
 OPENAI_KEY = "zzpool-openai-7Hq2Lm9Xw4Rt"  # does not look like sk-…: log scrubbing must not be what hides it
@@ -250,13 +254,13 @@ class System:
         t = await self.owner.ok("POST", reg + f"/api/v2/users/{u['id']}/tokens", {"name": "t", "scope": scope})
         return Member(u["id"], username, t["token"], t["id"])
 
-    def openai(self, token: str, gateway: str = "gateway", provider: str = "openai", **kw: Any):  # type: ignore[no-untyped-def]  # SDK client types; the SDKs are imported lazily
+    def openai(self, token: str, gateway: str = "gateway", provider: str = "openai", **kw: Any) -> openai.AsyncOpenAI:
         import openai
 
         return openai.AsyncOpenAI(base_url=f"{self.urls[gateway]}/{provider}/v1", api_key=token,
                                   **{"max_retries": 0, "timeout": 20.0, **kw})
 
-    def anthropic(self, token: str, gateway: str = "gateway", **kw: Any):  # type: ignore[no-untyped-def]  # as openai()
+    def anthropic(self, token: str, gateway: str = "gateway", **kw: Any) -> anthropic.AsyncAnthropic:
         import anthropic
 
         return anthropic.AsyncAnthropic(base_url=self.urls[gateway] + "/anthropic", api_key=token,
@@ -330,7 +334,8 @@ class System:
 
 
 @pytest.fixture
-async def start_system(apps, base_env, database_url, nats_url, mock_upstream):  # type: ignore[no-untyped-def]  # pytest fixture args
+async def start_system(apps: AppHarness, base_env: dict[str, str], database_url: str, nats_url: str,
+                       mock_upstream: MockUpstream) -> AsyncIterator[Callable[..., Awaitable[System]]]:
     """``s = await start_system(services=…, env=…)``: the stack behind fault proxies, closed after the test."""
     started: list[System] = []
 
