@@ -12,13 +12,14 @@ from prometheus_client import (  # re-exported for services
     CollectorRegistry,
     generate_latest,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["CollectorRegistry", "Counter", "Gauge", "Histogram", "LabelCap", "metrics_handler", "new_registry"]
 
 OTHER = "other"
 
 
-class _CachedLabels:
+class _CachedLabels(MetricWrapperBase):
     """``labels(*values)`` answered from a dict of the children already made, by the values as given.
 
     prometheus_client's ``labels`` converts and validates every value and takes a lock on each call; the
@@ -28,20 +29,20 @@ class _CachedLabels:
 
     def labels(self, *values: Any, **kw: Any) -> Any:
         if kw:
-            return super().labels(*values, **kw)  # type: ignore[misc]  # a mixin: super() is the prometheus metric
+            return super().labels(*values, **kw)
         cache: dict[tuple[Any, ...], Any] = self.__dict__.setdefault("_aigw_children", {})
         child = cache.get(values)
         if child is None:
-            child = cache[values] = super().labels(*values)  # type: ignore[misc]  # a mixin: super() is the prometheus metric
+            child = cache[values] = super().labels(*values)
         return child
 
     def remove(self, *values: Any) -> None:
         self.__dict__.get("_aigw_children", {}).clear()
-        super().remove(*values)  # type: ignore[misc]  # a mixin: super() is the prometheus metric
+        super().remove(*values)
 
     def clear(self) -> None:
         self.__dict__.get("_aigw_children", {}).clear()
-        super().clear()  # type: ignore[misc]  # a mixin: super() is the prometheus metric
+        super().clear()
 
 
 class Counter(_CachedLabels, prometheus_client.Counter):
