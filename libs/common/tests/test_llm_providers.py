@@ -56,3 +56,12 @@ def test_only_what_needs_no_pool_key_is_keyless() -> None:
 def test_model_list_routes() -> None:
     assert {t: c.models_path for t, c in CAPABILITIES.items() if c.models_path != "/v1/models"} == {
         ProviderType.COPILOT: "/models"}
+
+
+def test_type_settings() -> None:
+    by_type = {t: {f.name: (f.required, f.secret) for f in c.settings} for t, c in CAPABILITIES.items() if c.settings}
+    assert set(by_type) == {ProviderType.BEDROCK, ProviderType.AZURE}
+    assert by_type[ProviderType.BEDROCK]["region"] == (True, False)
+    assert {n for n, (_, secret) in by_type[ProviderType.BEDROCK].items() if secret} == {
+        "access_key", "access_key_secret", "session_token"}
+    assert by_type[ProviderType.AZURE] == {"api_version": (False, False)}

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from html import escape
 from importlib import resources
 
-from aigw_common.llm import PROVIDER_TYPES
+import msgspec
+
+from aigw_common.llm import CAPABILITIES, PROVIDER_TYPES
 
 from .session import Me
 
@@ -67,6 +69,11 @@ def signin_page(assets: dict[str, Asset], error: str = "") -> str:
             'Create another with <code>aigw admin tokens create --scope admin</code>.</p></main></body></html>')
 
 
+# Each type's own settings as the console's forms need them: {type: [[field, secret], …]}.
+_PROVIDER_SETTINGS = msgspec.json.encode(
+    {t.value: [[f.name, f.secret] for f in cap.settings] for t, cap in CAPABILITIES.items() if cap.settings}).decode()
+
+
 def app_page(page: str, me: Me, csrf: str, assets: dict[str, Asset]) -> str:
     title, _ = PAGES[page]
     nav = "".join(
@@ -76,7 +83,8 @@ def app_page(page: str, me: Me, csrf: str, assets: dict[str, Asset]) -> str:
     js = assets["console.js"]
     return (_head(title, assets, csrf) +
             f'<body data-page="{escape(page)}" data-role="{role}" data-user-id="{escape(me.id)}" '
-            f'data-username="{escape(me.username)}" data-provider-types="{escape(" ".join(PROVIDER_TYPES))}">'
+            f'data-username="{escape(me.username)}" data-provider-types="{escape(" ".join(PROVIDER_TYPES))}" '
+            f'data-provider-settings="{escape(_PROVIDER_SETTINGS)}">'
             f'<header><span class="brand">aigw</span><nav>{nav}</nav>'
             f'<span class="who">{escape(me.username)} <small>({escape(", ".join(me.roles))})</small></span>'
             f'<form method="post" action="/signout"><input type="hidden" name="csrf" value="{escape(csrf)}">'

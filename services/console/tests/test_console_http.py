@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from html import unescape
 
 import aiohttp
 import pytest
@@ -72,6 +74,8 @@ async def test_sign_in_pages_and_sign_out(console_system: System) -> None:
                 assert r.status == 200 and r.url.path == "/" + page, page
                 assert f'data-page="{page}"' in body and 'data-role="admin"' in body
                 assert f'data-provider-types="{" ".join(PROVIDER_TYPES)}"' in body  # the console's type list
+                m = re.search(r'data-provider-settings="([^"]*)"', body)
+                assert m and json.loads(unescape(m.group(1)))["bedrock"][1] == ["access_key", True]
                 assert "default-src 'none'" in r.headers["Content-Security-Policy"]
                 assert len(body.encode()) < 200_000
         async with http.get(console + "/") as r:  # with a session, / leads to the providers page

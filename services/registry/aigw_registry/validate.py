@@ -35,18 +35,9 @@ _EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 
 
-# Provider settings by type: (field, required, secret). Unknown fields are refused.
+# Provider settings by type: (field, required, secret), from the type's record. Unknown fields are refused.
 SETTINGS_FIELDS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
-    llm.ProviderType.BEDROCK: (
-        ("region", True, False),
-        ("access_key", False, True),
-        ("access_key_secret", False, True),
-        ("session_token", False, True),
-        ("model", False, False),
-        ("small_fast_model", False, False),
-        ("thinking_mode", False, False),
-    ),
-    llm.ProviderType.AZURE: (("api_version", False, False),),
+    t: tuple((f.name, f.required, f.secret) for f in cap.settings) for t, cap in llm.CAPABILITIES.items() if cap.settings
 }
 # Upstream timeouts every type accepts (durations such as "30s", "10m"; the gateway's defaults otherwise).
 TIMEOUT_FIELDS = ("connect_timeout", "first_byte_timeout", "idle_timeout")

@@ -60,6 +60,27 @@ _MESSAGES_PATHS: Mapping[str, Endpoint] = MappingProxyType({"/v1/messages": "mes
 
 
 @dataclass(frozen=True, slots=True)
+class SettingField:
+    """One provider setting a type takes besides the common ones (timeouts, forward_headers)."""
+
+    name: str
+    required: bool = False
+    secret: bool = False  # sealed at rest, masked when read back, write-only in the console
+
+
+_BEDROCK_SETTINGS = (
+    SettingField("region", required=True),
+    SettingField("access_key", secret=True),
+    SettingField("access_key_secret", secret=True),
+    SettingField("session_token", secret=True),
+    SettingField("model"),
+    SettingField("small_fast_model"),
+    SettingField("thinking_mode"),
+)
+_AZURE_SETTINGS = (SettingField("api_version"),)
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     """What one provider type is, as every service needs to know it."""
 
@@ -76,6 +97,7 @@ class Capabilities:
     keyless: bool = False
     byok_only: bool = False  # only ever the user's own credential (Copilot)
     models_path: str = "/v1/models"  # the gateway's model-list pass-through route of this type
+    settings: tuple[SettingField, ...] = ()  # the type's own provider settings (registry validation, console)
 
     def path_of(self, endpoint: Endpoint) -> str | None:
         """The gateway route (under ``/{name}``) of an endpoint, if this type serves it."""
@@ -99,12 +121,13 @@ CAPABILITIES: Mapping[ProviderType, Capabilities] = MappingProxyType({c.type: c 
                  default_base_url=OPENAI_BASE_URL),
     Capabilities(ProviderType.ANTHROPIC, Wire.ANTHROPIC, "anthropic", Auth.X_API_KEY, _MESSAGES_PATHS,
                  default_base_url=ANTHROPIC_BASE_URL),
-    Capabilities(ProviderType.BEDROCK, Wire.BEDROCK, "anthropic", Auth.SIGV4, _MESSAGES_PATHS, keyless=True),
+    Capabilities(ProviderType.BEDROCK, Wire.BEDROCK, "anthropic", Auth.SIGV4, _MESSAGES_PATHS, keyless=True,
+                 settings=_BEDROCK_SETTINGS),
     Capabilities(ProviderType.COPILOT, Wire.COPILOT, "openai", Auth.BEARER, _COPILOT_PATHS, byok_only=True,
                  models_path="/models"),  # Copilot's API has no /v1
     Capabilities(ProviderType.OPENAI_COMPAT, Wire.OPENAI, "openai", Auth.BEARER, _OPENAI_PATHS,
                  openai_compatible=True, keyless=True),
-    Capabilities(ProviderType.AZURE, Wire.AZURE, "openai", Auth.API_KEY, _OPENAI_PATHS),
+    Capabilities(ProviderType.AZURE, Wire.AZURE, "openai", Auth.API_KEY, _OPENAI_PATHS, settings=_AZURE_SETTINGS),
     Capabilities(ProviderType.OPENROUTER, Wire.OPENAI, "openai", Auth.BEARER, _OPENAI_PATHS,
                  openai_compatible=True),
 )})

@@ -184,11 +184,8 @@
   // ================================================================== Providers
 
   const TYPES = B.dataset.providerTypes.split(" ");  // aigw_common.llm's provider types, written by the server
-  // Provider settings by type (docs/architecture.md section 5): [field, secret]. Secrets are write-only.
-  const SETTINGS = {
-    bedrock: [["region", false], ["access_key", true], ["access_key_secret", true], ["session_token", true], ["model", false], ["small_fast_model", false], ["thinking_mode", false]],
-    azure: [["api_version", false]],
-  };
+  // Provider settings by type, [field, secret], from aigw_common.llm (written by the server). Secrets are write-only.
+  const SETTINGS = JSON.parse(B.dataset.providerSettings);
   const TIMEOUTS = ["connect_timeout", "first_byte_timeout", "idle_timeout"];
   // The settings inputs for a type; current (masked) values are placeholders, never values to resend.
   function settingsFields(type, current) {
