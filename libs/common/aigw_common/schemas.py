@@ -332,6 +332,7 @@ AnyUsageMessage = AnyUsageEvent | UsageRecord
 
 
 BudgetScope = Literal["user", "group"]
+SubjectKey = tuple[BudgetScope, str]  # (scope, subject id): whose budget or limits
 
 
 class BudgetState(Message, frozen=True, kw_only=True, tag="budget.state"):

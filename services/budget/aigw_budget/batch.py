@@ -37,16 +37,18 @@ from aigw_common.errors import AigwError
 from aigw_common.pricing import cost_micros
 from aigw_common.schemas import (
     AnyUsageEvent,
+    BudgetScope,
     InterceptionEnded,
     InterceptionStarted,
     PromptRecorded,
+    SubjectKey,
     TokenUsage,
     ToolUsage,
 )
 
 from .errors import DB_ERRORS, classify
 from .periods import month_of
-from .recorder import Applied, BudgetKey, Recorder, _ts, budget_keys, check
+from .recorder import Applied, Recorder, _ts, budget_keys, check
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class BatchResult:
     """Per event (in the order given): its ``Applied``, or the error that refused it alone."""
 
     outcomes: list[Applied | AigwError]
-    budgets: set[BudgetKey] = field(default_factory=set)  # whose spend moved
+    budgets: set[SubjectKey] = field(default_factory=set)  # whose spend moved
     unpriced: int = 0  # token usage events recorded at cost 0
 
 
@@ -332,13 +334,13 @@ class BatchRecorder:
                                             "p_truncated": ev.truncated})
 
     @staticmethod
-    async def _attribute(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> set[BudgetKey]:
+    async def _attribute(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> set[SubjectKey]:
         """Add each interception's not-yet-attributed cost to spend and to its gateway's leases, per budget
         (``rows``: the interceptions as the merged UPDATE left them, still locked by it)."""
-        spend: dict[tuple[str, str, object], int] = {}
-        leases: dict[tuple[str, str, object, str], int] = {}
+        spend: dict[tuple[BudgetScope, str, object], int] = {}
+        leases: dict[tuple[BudgetScope, str, object, str], int] = {}
         done: list[str] = []
-        moved: set[BudgetKey] = set()
+        moved: set[SubjectKey] = set()
         for r in rows:
             delta = r["cost_micros"] - r["attributed_micros"]
             keys = budget_keys(r["user_id"], r["group_ids"])

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from aigw_common.schemas import LimitGrant, LimitLeaseItem, LimitsState
+from aigw_common.schemas import LimitGrant, LimitLeaseItem, LimitsState, SubjectKey
 
 from .errors import DB_ERRORS, classify
 from .names import Directory
@@ -64,7 +64,7 @@ class LimitStore:
         row = await self.pool.fetchrow(f"SELECT {', '.join(FIELDS)} FROM {table} WHERE {col} = $1", subject_id)
         return Limits(*row) if row else None
 
-    async def states(self, keys: list[tuple[str, str]] | None = None, *, include_deleted: bool = False,
+    async def states(self, keys: list[SubjectKey] | None = None, *, include_deleted: bool = False,
                      ) -> list[LimitsState]:
         """Limits of the given subjects (all when None); with ``include_deleted`` a subject without any says so."""
         try:
@@ -81,7 +81,7 @@ class LimitStore:
                            **{f: r[f] for f in FIELDS}) for r in rows]
         if keys is not None and include_deleted:
             seen = {(s.scope, s.subject_id) for s in out}
-            out += [LimitsState(scope=s, subject_id=i, deleted=True) for s, i in keys if (s, i) not in seen]  # type: ignore[arg-type]  # scope: str, one of the Literal
+            out += [LimitsState(scope=s, subject_id=i, deleted=True) for s, i in keys if (s, i) not in seen]
         return out
 
     # ------------------------------------------------------------ grants

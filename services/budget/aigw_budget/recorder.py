@@ -27,6 +27,7 @@ from aigw_common.schemas import (
     InterceptionStarted,
     ModelPrice,
     PromptRecorded,
+    SubjectKey,
     TokenUsage,
     ToolUsage,
 )
@@ -35,9 +36,6 @@ from .errors import DB_ERRORS, RecordError, classify
 from .periods import month_of
 
 log = logging.getLogger(__name__)
-
-BudgetKey = tuple[str, str]  # (scope, subject id)
-
 
 
 class PriceBook:
@@ -60,7 +58,7 @@ class Applied:
     """What one event changed: ``duplicate`` when it had been applied before; ``budgets`` whose spend moved."""
 
     duplicate: bool
-    budgets: list[BudgetKey]
+    budgets: list[SubjectKey]
     unpriced: bool = False
 
 
@@ -182,7 +180,7 @@ class Recorder:
             log.warning("no price for model; recorded at cost 0", extra={"model": model})
         return price is None
 
-    async def _attribute(self, conn: asyncpg.Connection, interception_id: str) -> list[BudgetKey]:
+    async def _attribute(self, conn: asyncpg.Connection, interception_id: str) -> list[SubjectKey]:
         """Add the not-yet-attributed cost to spend and to the admitting gateway's leases."""
         row = await conn.fetchrow(
             "SELECT user_id, group_ids, started_at, gateway_id, cost_micros, attributed_micros"
@@ -235,8 +233,8 @@ def check(ev: AnyUsageEvent) -> None:
             raise RecordError(f"event {ev.event_id!r}: {name} {value} out of range")
 
 
-def budget_keys(user_id: str | None, group_ids: list[str] | None) -> set[BudgetKey]:
-    keys = {("group", g) for g in (group_ids or []) if g}
+def budget_keys(user_id: str | None, group_ids: list[str] | None) -> set[SubjectKey]:
+    keys: set[SubjectKey] = {("group", g) for g in (group_ids or []) if g}
     if user_id:
         keys.add(("user", user_id))
     return keys

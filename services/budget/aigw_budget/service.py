@@ -34,6 +34,7 @@ from aigw_common.schemas import (
     LimitsSnapshot,
     LimitsSnapshotRequest,
     LimitsState,
+    SubjectKey,
 )
 from aigw_common.settings import Settings
 
@@ -43,7 +44,7 @@ from .errors import DB_ERRORS, classify
 from .ledger import Ledger
 from .limits import LimitStore
 from .names import Directory
-from .recorder import Applied, BudgetKey, PriceBook, Recorder
+from .recorder import Applied, PriceBook, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class BudgetService:
         self.unpriced = Counter(
             "aigw_budget_unpriced_usage_total", "Token usage recorded at cost 0 for want of a price", registry=registry
         )
-        self._dirty: set[BudgetKey] = set()
+        self._dirty: set[SubjectKey] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -112,7 +113,7 @@ class BudgetService:
             self.mark_dirty(list(res.budgets))
         return res.outcomes
 
-    def mark_dirty(self, keys: list[BudgetKey]) -> None:
+    def mark_dirty(self, keys: list[SubjectKey]) -> None:
         self._dirty.update(keys)
         self._wake.set()
 
@@ -169,7 +170,7 @@ class BudgetService:
             log.warning("limits snapshot failed", extra={"error": e.message})
             return LimitsSnapshot(states=None)
 
-    async def publish_limits(self, keys: list[tuple[str, str]]) -> None:
+    async def publish_limits(self, keys: list[SubjectKey]) -> None:
         """Tell gateways a subject's limits changed (or are gone); they also heal from the periodic snapshot."""
         try:
             states = await self.limits.states(keys, include_deleted=True)
@@ -188,7 +189,7 @@ class BudgetService:
     async def publish_prices(self) -> None:
         await self._publish(self.bus.subjects.budget("prices"), BudgetPrices(prices=list(self.prices.table.prices)))
 
-    async def publish_states(self, keys: list[BudgetKey], *, include_deleted: bool = False) -> None:
+    async def publish_states(self, keys: list[SubjectKey], *, include_deleted: bool = False) -> None:
         for st in await self.ledger.states(keys, include_deleted=include_deleted):
             await self._publish(self.bus.subjects.budget_state, st)
 
