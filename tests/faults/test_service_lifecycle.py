@@ -136,6 +136,35 @@ async def test_a_later_startup_step_fails(service: str, service_settings: Callab
         assert app[RUNTIME].http.closed
 
 
+@pytest.mark.parametrize("service", BUS_SERVICES)
+async def test_startup_fails_while_nats_is_unreachable(service: str, service_settings: Callable[..., Settings],
+                                                       nats: AuthNats, pg_admin_url: str, database_url: str) -> None:
+    """NATS is unreachable (nothing listens on its port): the bus keeps trying in the background while the
+    rest starts (the pool opened); then a later step fails. The bus's connect loop, the followers' tasks and
+    the pool are gone with it."""
+    from aigw_common.embedded import free_port
+
+    settings = service_settings(service, AIGW_NATS_URL=f"nats://127.0.0.1:{free_port()}")
+    app = importlib.import_module(f"aigw_{service}.app").create_app(settings)
+    db = _db_name(database_url) if service in DB_SERVICES else None
+    seen: dict[str, Any] = {}
+
+    async def later_step(_app: web.Application) -> AsyncIterator[None]:
+        seen["tasks"] = sorted(t.get_name() for t in _others() - before)
+        if db is not None:
+            seen["backends"] = await _backends(pg_admin_url, db)
+        raise LaterStepFailed("this step fails")
+        yield  # pragma: no cover
+
+    app.cleanup_ctx.append(later_step)
+    before = _others()
+    await _start_fails(app, LaterStepFailed)
+    assert f"bus-connect-aigw-{service}" in seen["tasks"], seen
+    if db is not None:
+        assert seen["backends"] > 0, "the service had no Postgres connection open when its startup failed"
+    await _nothing_left(nats, pg_admin_url, db, before)
+
+
 async def test_gateway_spool_refused_after_the_bus_connected(service_settings: Callable[..., Settings],
                                                              nats: AuthNats, pg_admin_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The gateway's data dir is a file: its spool cannot be made, after the bus connected and the provider,

@@ -50,9 +50,9 @@ class Supervisor:
 
     async def run(self, stop: asyncio.Event) -> int:
         started = [0.0] * self.n
-        for i in range(self.n):
-            self.procs[i], started[i] = self._spawn(i), time.monotonic()
-        try:
+        try:  # a spawn that fails stops the workers started before it (the finally)
+            for i in range(self.n):
+                self.procs[i], started[i] = self._spawn(i), time.monotonic()
             while not stop.is_set():
                 for i, p in enumerate(self.procs):
                     if p is not None and p.poll() is not None and not stop.is_set():
