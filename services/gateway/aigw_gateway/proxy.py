@@ -568,6 +568,8 @@ class Gateway:
                         if read is not None:  # when the write fails (the provider produced them)
                             read(chunk)
                 if filt is not None and (tail := filt.finish()):
+                    if dump is not None:
+                        dump.chunk(tail)
                     if read is not None:
                         read(tail)
                     await out.write(tail)

@@ -150,3 +150,40 @@ async def test_a_stream_is_written_as_it_goes(gw, apps, make_settings, tmp_path)
     finally:
         release.set()
     assert await task == 200
+
+
+async def test_a_cut_bedrock_stream_dumps_the_error_event_the_client_got(  # type: ignore[no-untyped-def]
+        gw, mock_bedrock, apps, make_settings, tmp_path) -> None:
+    """What the translating filter adds at the end (the error event of a stream cut mid-frame) is part of the
+    response the client got, so it is in the dump too."""
+    from aigw_gateway.eventstream import encode_chunk
+
+    gw.registry.put_provider("bedrock", "bedrock", mock_bedrock.url, [], settings={
+        "region": mock_bedrock.region, "access_key": mock_bedrock.access_key,
+        "access_key_secret": mock_bedrock.secret_key, "model": "anthropic.claude-sonnet-4-5-20250929-v1:0"})
+    await gw.registry.publish_changed()
+    url = await dumped_gateway(gw, apps, make_settings, tmp_path)
+    start = msgspec.json.encode({"type": "message_start", "message": {
+        "id": "msg_cut", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}})
+
+    async def cut(request: web.Request, _body: bytes) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
+        await resp.prepare(request)
+        await resp.write(encode_chunk(start) + encode_chunk(start)[:20])  # the second frame stops halfway
+        await resp.write_eof()
+        return resp
+
+    mock_bedrock.handler = cut
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as s, s.post(url + "/bedrock/v1/messages", data=msgspec.json.encode(body),
+                                                    headers={"Authorization": f"Bearer {gw.user.token}",
+                                                             "anthropic-version": "2023-06-01"}) as r:
+        assert r.status == 200
+        got = await r.read()
+    assert b"event: error" in got and b"ended in the middle of a message" in got
+    [resp_file] = [f for f in await files_of(tmp_path / "dumps" / "bedrock", 2) if f.name.endswith(".response")]
+    dumped = resp_file.read_bytes()
+    assert b"msg_cut" in dumped
+    assert b"ended in the middle of a message" in dumped
