@@ -127,11 +127,15 @@ def gateway_route(gateway_url: str, provider_name: str, provider_type: str, *, t
                  provider_key=provider_key, chat_id=chat_id)
 
 
+# API families chatd cannot call itself: what they need is the gateway's (signing, settings chatd does not hold).
+_NOT_DIRECT = {Wire.BEDROCK: "SigV4", Wire.AZURE: "api-key and the provider's api_version"}
+
+
 def direct_route(base_url: str, provider_name: str, provider_type: str, *, provider_key: Secret | None) -> Route:
     """Straight to the provider with the user's own key; central keys never leave the gateway."""
     cap = capabilities(provider_type)
-    if cap is not None and cap.wire is Wire.BEDROCK:
-        raise TurnError("direct routing does not support bedrock providers (SigV4); route through the gateway",
+    if cap is not None and (why := _NOT_DIRECT.get(cap.wire)) is not None:
+        raise TurnError(f"direct routing does not support {provider_type} providers ({why}); route through the gateway",
                         "generic", provider=provider_name)
     if provider_key is None:
         raise TurnError(f"direct routing needs your own key for provider {provider_name!r}; store one "

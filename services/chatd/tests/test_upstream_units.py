@@ -144,8 +144,10 @@ def test_direct_route_needs_a_users_key():
     with pytest.raises(TurnError) as ei:
         direct_route("https://api.openai.com/v1", "openai", "openai", provider_key=None)
     assert ei.value.kind == "auth" and not ei.value.retryable
-    with pytest.raises(TurnError):
+    with pytest.raises(TurnError, match="SigV4"):
         direct_route("https://bedrock", "bedrock", "bedrock", provider_key=Secret("k"))
+    with pytest.raises(TurnError, match="api_version"):  # Azure needs api-key and api-version: not a bearer call
+        direct_route("https://r.openai.azure.com/openai/v1", "az", "azure", provider_key=Secret("k"))
     assert direct_route("https://api.anthropic.com", "a", "anthropic", provider_key=Secret("k")).url == \
         "https://api.anthropic.com/v1/messages"
 
