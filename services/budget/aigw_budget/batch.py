@@ -154,6 +154,15 @@ _NO_CHANGE: dict[str, object] = {
 }
 
 
+def _add(row: dict[str, object], col: str, n: int) -> None:
+    """Add ``n`` to a counter column of a merged row (rows are SQL parameters of mixed types; counters
+    start at 0 in ``_NO_CHANGE``)."""
+    v = row[col]
+    if not isinstance(v, int):
+        raise TypeError(f"{col} is not a counter")
+    row[col] = v + n
+
+
 class BatchRecorder:
     """Applies a batch in one transaction; shares prices and the per-event fallback with ``recorder``."""
 
@@ -313,8 +322,8 @@ class BatchRecorder:
             if not s["t_model"]:
                 s["t_model"] = ev.model
             for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
-                s["t_" + f] = int(s["t_" + f]) + getattr(t, f)  # type: ignore[call-overload]  # s is a dict[str, object] row
-            s["t_cost_micros"] = int(s["t_cost_micros"]) + cost  # type: ignore[call-overload]  # s is a dict[str, object] row
+                _add(s, "t_" + f, getattr(t, f))
+            _add(s, "t_cost_micros", cost)
             s["t_unpriced"] = bool(s["t_unpriced"]) or price is None
         await conn.execute(_TOKEN_ROWS, rows)
 
