@@ -119,7 +119,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _spawn(cmd: list[str], logfile: Path, **kw: Any) -> subprocess.Popen[bytes]:
+def spawn(cmd: list[str], logfile: Path, **kw: Any) -> subprocess.Popen[bytes]:
     """Start ``cmd`` with stdout/stderr appended to ``logfile`` (a plain Popen: usable from any loop)."""
     with open(logfile, "ab") as fh:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, **kw)
@@ -139,7 +139,7 @@ async def run_tool(cmd: list[str], logfile: Path, what: str, popen_kw: Mapping[s
                    *, within: float = 120.0) -> None:
     """Run a one-shot server tool (initdb, pg_basebackup) to its end, output appended to ``logfile``; killed
     after ``within`` seconds; a non-zero exit raises :class:`EmbeddedError` with the log tail."""
-    proc = _spawn(cmd, logfile, **(popen_kw or {}))
+    proc = spawn(cmd, logfile, **(popen_kw or {}))
     if not await _wait_exit(proc, within):
         proc.kill()
         await _wait_exit(proc, 5.0)
@@ -380,7 +380,7 @@ class EmbeddedPostgres(_ServerChild):
         self.port = _remembered_port(self.dir / "port")
         if not (self.pgdata / "PG_VERSION").exists():
             await self._initdb(bindir, as_user)
-        self.proc = _spawn(
+        self.proc = spawn(
             [str(bindir / "postgres"), "-D", str(self.pgdata), "-p", str(self.port)], self.logfile,
             start_new_session=True, preexec_fn=die_with_parent(signal.SIGINT), **as_user,
         )
@@ -473,7 +473,7 @@ class EmbeddedNats(_ServerChild):
             with os.fdopen(fd, "w") as fh:
                 fh.write(self.authorization)
             cmd[1:1] = ["-c", str(conf)]
-        self.proc = _spawn(cmd, self.logfile, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
+        self.proc = spawn(cmd, self.logfile, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         await _wait_ready("nats-server", self.proc, self.logfile, self.start_timeout, self._ready, self.stop)
         log.info("embedded nats started", extra={"port": self.port, "pid": self.proc.pid, "dir": str(self.dir)})
         return self.url
@@ -494,4 +494,4 @@ class EmbeddedNats(_ServerChild):
 
 
 __all__ = ["EmbeddedError", "EmbeddedNats", "EmbeddedPostgres", "die_with_parent", "find_nats_server",
-           "find_postgres_bin_dir", "free_port", "log_tail", "port_is_free", "run_tool", "stop_process"]
+           "find_postgres_bin_dir", "free_port", "log_tail", "port_is_free", "run_tool", "spawn", "stop_process"]

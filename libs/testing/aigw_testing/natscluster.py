@@ -33,6 +33,7 @@ from aigw_common.embedded import (
     find_nats_server,
     free_port,
     log_tail,
+    spawn,
     stop_process,
 )
 
@@ -116,10 +117,8 @@ class NatsCluster:
         n.dir.mkdir(parents=True, exist_ok=True)
         conf = n.dir / "nats.conf"
         conf.write_text(self._config(n))
-        with open(n.logfile, "ab") as fh:
-            n.proc = subprocess.Popen([str(self.binary), "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=fh,
-                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=die_with_parent(signal.SIGKILL))
+        n.proc = spawn([str(self.binary), "-c", str(conf)], n.logfile, start_new_session=True,
+                       preexec_fn=die_with_parent(signal.SIGKILL))
 
     @staticmethod
     async def _end(n: NatsNode, sig: int, within: float) -> None:
