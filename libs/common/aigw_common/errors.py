@@ -54,6 +54,13 @@ class DecodeError(AigwError):
     retryable = False
 
 
+class UnsupportedVersion(DecodeError):
+    """A message of a breaking version (its ``v``) this code does not read. Not poison: a replica that
+    knows the version (the rest of a rolling upgrade) can read it, so a stream consumer redelivers it."""
+
+    retryable = True
+
+
 class CryptoError(AigwError):
     """A sealed value could not be opened (wrong key, tampered, unknown key id)."""
 

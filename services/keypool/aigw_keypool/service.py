@@ -10,7 +10,6 @@ the registry snapshot. Output: the key-state bucket (the only writer),
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -19,15 +18,15 @@ from typing import Any
 import aiohttp
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import InvalidKeyError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aigw_common import netguard
 from aigw_common.aio import stop_task
 from aigw_common.bus import Bus, decode
+from aigw_common.consumer import PullConsumer
 from aigw_common.crypto import Sealer
-from aigw_common.errors import CryptoError, DecodeError
+from aigw_common.errors import AigwError, BusError, CryptoError
 from aigw_common.keystate import (
     TRANSIENT,
     KeyStateWatch,
@@ -66,6 +65,10 @@ FETCH_BATCH = 64
 TICK = 1.0  # the expiry loop wakes at least this often
 
 
+def _decode_mark(data: bytes) -> KeyMarked:
+    return decode(data, KeyMarked)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.keys = Gauge("aigw_keypool_keys", "Keys by state per provider", ["provider", "state"], registry=registry)
@@ -74,6 +77,8 @@ class Metrics:
         self.exhaustions = Counter("aigw_keypool_exhaustions_total", "Times a provider ran out of usable keys",
                                    ["provider"], registry=registry)
         self.marks = Counter("aigw_keypool_marks_total", "Key marks consumed", ["state"], registry=registry)
+        self.mark_outcomes = Counter("aigw_keypool_mark_outcomes_total", "Key marks settled, by outcome",
+                                     ["outcome"], registry=registry)
         self.reports = Counter("aigw_keypool_reports_total", "Gateway key reports received", registry=registry)
         self.rechecks = Counter("aigw_keypool_rechecks_total", "Re-checks of revoked keys with the provider",
                                 ["provider", "outcome"], registry=registry)
@@ -95,10 +100,16 @@ class KeyPoolService:
         self.store = KeyStore(self.mirror)
         self.registry = RegistryView(bus, self._on_snapshot, interval=resync_interval)
         self.stats = Stats()
-        self.consuming = False
         self.exhausted: dict[str, float | None] = {}  # provider id -> soonest return
         self._wake = asyncio.Event()
-        self._reinit = asyncio.Event()
+        s = bus.subjects
+        self.marks = PullConsumer(
+            bus, stream=s.keys_marked_stream, subject=s.keys_marked, durable=s.durable("keypool"),
+            decode=_decode_mark, outcomes=self.metrics.mark_outcomes, ensure_stream=lambda: ensure_marks_stream(bus),
+            handler=self._handle_mark, batch=FETCH_BATCH, ack_wait=30.0, max_ack_pending=1000,
+            # at most a second: after a NATS node or stream leader comes back, marks must flow again within the
+            # second the fleet promises (a consumer-create call a second is cheap)
+            min_delay=1.0, max_delay=1.0, resubscribe_max=MARKS_RETRY_MAX, name="key marks", logger=log)
         self._tasks: list[asyncio.Task[None]] = []
         self._spawned: set[asyncio.Task[Any]] = set()
 
@@ -110,13 +121,13 @@ class KeyPoolService:
         else:
             log.warning("AIGW_ENCRYPTION_KEYS not set: revoked keys are not re-checked (reset them through the API)")
         await self.bus.subscribe(self.bus.subjects.keys_report, KeyReport, self._on_report)
-        self.bus.on_reconnect(self._on_reconnect)
         self.mirror.start()
         await self.registry.start()
-        self._tasks = [asyncio.create_task(self._consume_marks(), name="keypool-marks"),
-                       asyncio.create_task(self._expiry_loop(), name="keypool-expiry")]
+        self.marks.start()
+        self._tasks = [asyncio.create_task(self._expiry_loop(), name="keypool-expiry")]
 
     async def stop(self) -> None:
+        await self.marks.stop()
         for t in self._tasks:
             await stop_task(t)
         await self.registry.stop()
@@ -131,12 +142,9 @@ class KeyPoolService:
             return "not connected to NATS"
         if not self.mirror.loaded.is_set():
             return "key-state bucket not loaded"
-        if not self.consuming:
+        if not self.marks.consuming:
             return "key-marks consumer not running"
         return None
-
-    async def _on_reconnect(self) -> None:
-        self._reinit.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         t = asyncio.create_task(coro)
@@ -175,60 +183,18 @@ class KeyPoolService:
 
     # ------------------------------------------------------------ marks consumer
 
-    async def _consume_marks(self) -> None:
-        s = self.bus.subjects
-        delay = 0.2
-        while True:
-            await self.bus.wait_connected()
-            self._reinit.clear()
-            try:
-                await ensure_marks_stream(self.bus)
-                sub = await self.bus.js.pull_subscribe(
-                    s.keys_marked, durable=s.durable("keypool"), stream=s.keys_marked_stream,
-                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1000),
-                )
-                self.consuming = True
-                delay = 0.2
-                try:
-                    while not self._reinit.is_set():
-                        try:
-                            msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
-                        except TimeoutError:
-                            continue
-                        for m in msgs:
-                            await self._handle_mark(m)
-                finally:
-                    with contextlib.suppress(*TRANSIENT):
-                        await sub.unsubscribe()
-            except TRANSIENT as e:
-                self.consuming = False
-                log.warning("key-marks consumer failed; retrying", extra={"error": str(e), "retry_in": delay})
-                await asyncio.sleep(delay)
-                # at most a second: after a NATS node or stream leader comes back, marks must flow again
-                # within the second the fleet promises (a consumer-create call a second is cheap)
-                delay = min(delay * 2, MARKS_RETRY_MAX)
-
-    async def _handle_mark(self, m: Msg) -> None:
-        try:
-            mark = decode(m.data, KeyMarked)
-        except DecodeError as e:
-            log.warning("dropping undecodable key mark", extra={"error": str(e)})
-            await m.term()
-            return
+    async def _handle_mark(self, mark: KeyMarked, _m: Msg) -> str:
+        """One mark, settled by :class:`PullConsumer`'s rules: acked once the bucket holds it; a NATS error
+        redelivers it; anything unforeseen waits for a long redelivery while the marks after it flow."""
         self.metrics.marks.labels(mark.state).inc()
         try:
             await self.apply_mark(mark)
-        except InvalidKeyError:  # a NATS error, but no retry can make these ids a bucket key: poison
-            log.error("dropping key mark whose ids cannot name a key", extra={"provider_id": mark.provider_id,
-                                                                             "key_id": mark.key_id})
-            await m.term()
-            return
+        except InvalidKeyError as e:  # a NATS error, but no retry can make these ids a bucket key: poison
+            raise AigwError(f"key mark ids cannot name a key: {mark.provider_id}/{mark.key_id}",
+                            retryable=False) from e
         except TRANSIENT as e:
-            log.warning("key mark not applied; redelivering", extra={"error": str(e)})
-            with contextlib.suppress(*TRANSIENT):
-                await m.nak(delay=1.0)
-            return
-        await m.ack()
+            raise BusError(f"key mark not applied: {e}") from e
+        return "applied"
 
     # ------------------------------------------------------------ reports
 

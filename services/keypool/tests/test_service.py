@@ -7,11 +7,12 @@ import time
 import uuid
 
 import aiohttp
+import msgspec
 import pytest
 from nats.js.errors import KeyNotFoundError
 
-from aigw_common.bus import decode
-from aigw_common.keystate import kv_key
+from aigw_common.bus import decode, encode
+from aigw_common.keystate import entry_subject, kv_key
 from aigw_common.schemas import (
     KeyMarked,
     KeyReport,
@@ -326,3 +327,27 @@ async def test_revoked_bedrock_api_key_is_rechecked(bus, registry, kv, mock_bedr
     await eventually(back, 10, "the API key accepted again")
     st2 = await read(kv, p.id, k2)
     assert st2.state == "revoked"
+
+
+async def test_a_mark_that_fails_unexpectedly_does_not_end_the_marks_consumer(bus, registry, kv, start_keypool,
+                                                                              eventually):
+    """A stored state keypool cannot decode (a newer keypool's shape, signed) makes applying a mark for that key
+    fail with an error no one foresaw: that mark waits for redelivery, and the marks after it still flow. (The
+    consumer used to end for good on any non-NATS error, while its /readyz kept saying it consumed.)"""
+    p = registry.put_provider("openai", "openai", "http://up", ["sk-aaaa1111", "sk-bbbb2222"])
+    k1, k2 = p.keys[0].id, p.keys[1].id
+    key = kv_key(p.id, k1)
+    # signed like keypool signs, but not a KeyState this version can read
+    payload = b'{"kind":"keys.state","v":1,"provider_id":"' + p.id.encode() + b'","key_id":"' + k1.encode() + \
+        b'","state":"frozen"}'
+    ts, sig = bus.auth.signers["keypool"].sign(entry_subject(bus, key), "", payload)
+    await kv.put(key, encode(SignedEntry(signer="keypool", ts=ts, sig=sig, payload=msgspec.Raw(payload))))
+    await start_keypool()
+    await mark(bus, p.id, k1, "cooling", time.time() + 60)
+    await asyncio.sleep(0.5)  # the first mark is tried (and fails) before the next one arrives
+    await mark(bus, p.id, k2, "cooling", time.time() + 60)
+
+    async def k2_cooling() -> bool:
+        st = await read(kv, p.id, k2)
+        return st is not None and st.state == "cooling"
+    await eventually(k2_cooling, 10, "a later mark applied")
