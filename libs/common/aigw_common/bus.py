@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, get_args, overload
 
 import msgspec
 import nats
@@ -37,7 +38,15 @@ from prometheus_client import CollectorRegistry, Counter
 
 from . import tracing
 from .aio import stop_task, wait_event
-from .errors import AigwError, BusError, ConfigError, DecodeError, PayloadTooLarge, RemoteError
+from .errors import (
+    AigwError,
+    BusError,
+    ConfigError,
+    DecodeError,
+    PayloadTooLarge,
+    RemoteError,
+    UnsupportedVersion,
+)
 from .schemas import BusErrorReply, Message, SignedEntry
 from .signing import HEADER as SIG_HEADER
 from .signing import PRODUCERS, Rejected, Signer, Verifier
@@ -70,11 +79,45 @@ def decode(data: bytes, t: type[T]) -> T: ...
 def decode(data: bytes, t: Any) -> Any: ...
 def decode(data: bytes, t: Any) -> Any:
     """Decode ``data`` into ``t`` (a Struct class, or any msgspec type such as a Union) or raise
-    :class:`DecodeError` (a poison message)."""
+    :class:`DecodeError` (a poison message) — :class:`UnsupportedVersion` when it is a message whose ``v``
+    is newer than this code's (docs/bus.md, "Message versions"), whether or not its fields still fit."""
     try:
-        return decoder_for(t).decode(data)
+        obj = decoder_for(t).decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        _refuse_newer(data, t)
         raise DecodeError(f"cannot decode {getattr(t, '__name__', t)}: {e}") from e
+    if isinstance(obj, Message) and obj.v > known_version(type(obj)):
+        raise UnsupportedVersion(type(obj).kind_tag(), obj.v, known_version(type(obj)))
+    return obj
+
+
+class _Head(msgspec.Struct):
+    """The two fields every message starts with: read when a message does not decode, to tell a newer
+    version (not poison: an upgraded replica reads it) from garbage."""
+
+    kind: str = ""
+    v: int = 1
+
+
+@functools.cache
+def known_version(t: type[Message]) -> int:
+    """The ``v`` this code writes for ``t`` (its field default), the newest it reads."""
+    for f in msgspec.structs.fields(t):
+        if f.name == "v":
+            return int(f.default)
+    return 1
+
+
+def _refuse_newer(data: bytes, t: Any) -> None:
+    try:
+        head = msgspec.json.decode(data, type=_Head)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return
+    for m in get_args(t) or (t,):
+        if isinstance(m, type) and issubclass(m, Message) and m.kind_tag() == head.kind:
+            if head.v > known_version(m):
+                raise UnsupportedVersion(head.kind, head.v, known_version(m))
+            return
 
 
 def _or_error(t: Any) -> Any:
@@ -212,8 +255,11 @@ class BusAuth:
                  registry: CollectorRegistry | None = None) -> None:
         self.signers = dict(signers or {})
         self.verifier = verifier or Verifier()
+        registry = registry or CollectorRegistry()
         self.rejected = Counter("aigw_bus_rejected_messages", "Bus messages dropped for failing the proof-of-sender "
-                                "check", ["kind", "claimed", "reason"], registry=registry or CollectorRegistry())
+                                "check", ["kind", "claimed", "reason"], registry=registry)
+        self.unsupported = Counter("aigw_bus_unsupported_messages", "Bus messages refused for a breaking version "
+                                   "newer than this service reads", ["kind", "v"], registry=registry)
         self._logged: set[tuple[str, str, str]] = set()
 
     @classmethod
@@ -278,6 +324,16 @@ class BusAuth:
             log.warning("dropping bus message that failed the proof-of-sender check (logged once per sender)",
                         extra={"kind": kind, "subject": subject, "claimed_sender": r.claimed or "none",
                                "reason": r.reason, "expected_sender": expected or _signed_by(t)})
+
+    def newer_version(self, e: UnsupportedVersion, subject: str) -> None:
+        """Count a message refused for its version; log it once per (kind, version)."""
+        self.unsupported.labels(e.kind, str(e.v)).inc()
+        key = ("version", e.kind, str(e.v))
+        if key not in self._logged:
+            self._logged.add(key)
+            log.error("refusing bus messages of a newer version than this service reads (logged once per "
+                      "version): finish the rolling upgrade", extra={"kind": e.kind, "v": e.v, "subject": subject,
+                                                                     "error": e.message})
 
     def seal_entry(self, subject: str, msg: msgspec.Struct) -> bytes:
         """A stored value (KV) for ``msg``, signed over ``subject`` (bucket.key) without expiry."""
@@ -559,6 +615,9 @@ class Bus:
                     raise BusError(f"no responder on {subject}")
                 try:
                     obj = decode(m.data, _or_error(reply_type))
+                except UnsupportedVersion as e:
+                    self.auth.newer_version(e, subject)
+                    continue
                 except DecodeError as e:
                     log.warning("dropping undecodable reply", extra={"subject": subject, "error": str(e)})
                     continue
@@ -609,7 +668,10 @@ class Bus:
             try:
                 obj = m.data if sub.msg_type is bytes else decode(m.data, sub.msg_type)
             except DecodeError as e:
-                log.warning("dropping undecodable message", extra={"subject": m.subject, "error": str(e)})
+                if isinstance(e, UnsupportedVersion):
+                    self.auth.newer_version(e, m.subject)
+                else:
+                    log.warning("dropping undecodable message", extra={"subject": m.subject, "error": str(e)})
                 if m.reply:  # a request: say so rather than leave the caller waiting
                     await self._reply(m, BusErrorReply(code="bad_request", message=str(e)[:ERROR_MESSAGE_MAX],
                                                        retryable=e.retryable), answerer)

@@ -214,13 +214,12 @@ class PullConsumer(Generic[T]):
         for m in msgs:
             try:
                 items.append((m, self.decode(m.data)))
-            except UnsupportedVersion as e:
-                self.log.error("message of a version this replica does not read; redelivering later",
-                          extra={"consumer": self.name, "subject": m.subject, "error": str(e)})
+            except UnsupportedVersion as e:  # logged once per version, counted in aigw_bus_unsupported_messages
+                self.bus.auth.newer_version(e, m.subject)
                 out.append(await self._settle(m, Outcome("nak", "unsupported_version", self.bug_delay)))
             except DecodeError as e:
-                self.log.error("malformed message terminated", extra={"consumer": self.name, "subject": m.subject,
-                                                                 "error": str(e)})
+                self.log.error("malformed message terminated",
+                               extra={"consumer": self.name, "subject": m.subject, "error": str(e)})
                 out.append(await self._settle(m, term("malformed")))
         if not items:
             return out
@@ -255,8 +254,8 @@ class PullConsumer(Generic[T]):
             except AigwError as e:
                 if e.retryable:
                     return self._failed(e, 1)
-                self.log.error("message refused; terminated", extra={"consumer": self.name, "subject": m.subject,
-                                                                "error": e.message})
+                self.log.error("message refused; terminated",
+                               extra={"consumer": self.name, "subject": m.subject, "error": e.message})
                 return term("refused")
             except Exception as e:
                 return self._failed(e, 1)
@@ -266,11 +265,11 @@ class PullConsumer(Generic[T]):
     def _failed(self, e: Exception, n: int) -> Outcome:
         if isinstance(e, AigwError) and e.retryable:
             delay = self._backoff()
-            self.log.warning("consumer: handling deferred", extra={"consumer": self.name, "messages": n,
-                                                              "error": e.message, "retry_in": delay})
+            self.log.warning("consumer: handling deferred",
+                             extra={"consumer": self.name, "messages": n, "error": e.message, "retry_in": delay})
             return Outcome("nak", "retry", delay)
         self.log.error("consumer: handler failed; redelivering later", exc_info=e,
-                  extra={"consumer": self.name, "messages": n, "retry_in": self.bug_delay})
+                       extra={"consumer": self.name, "messages": n, "retry_in": self.bug_delay})
         return Outcome("nak", "failed", self.bug_delay)
 
     def _backoff(self) -> float:
@@ -290,8 +289,8 @@ class PullConsumer(Generic[T]):
                 await m.nak(delay=o.delay)
         except NATS_ERRORS as e:
             # not settled: JetStream redelivers after ack_wait, and consumers are idempotent on the event id
-            self.log.warning("could not settle message", extra={"consumer": self.name, "outcome": o.label,
-                                                           "error": repr(e)})
+            self.log.warning("could not settle message",
+                             extra={"consumer": self.name, "outcome": o.label, "error": repr(e)})
         return o.label
 
 

@@ -60,6 +60,11 @@ class UnsupportedVersion(DecodeError):
 
     retryable = True
 
+    def __init__(self, kind: str, v: int, known: int) -> None:
+        super().__init__(f"{kind} v{v} is newer than this version reads (v{known}): upgrade this service")
+        self.kind = kind
+        self.v = v
+
 
 class CryptoError(AigwError):
     """A sealed value could not be opened (wrong key, tampered, unknown key id)."""

@@ -21,11 +21,16 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=T
     The bus signs such a message on publish/reply and drops one that fails the check on receipt.
     """
 
-    v: int = 1
+    v: int = 1  # bumped only by a breaking change of this kind (docs/bus.md, "Message versions")
     signed_by: ClassVar[str] = ""
     # For a request type: the service that answers it. An error reply to it (``bus.error``) is signed as that
     # service, so a caller accepts one only from where the real reply would come.
     answered_by: ClassVar[str] = ""
+
+    @classmethod
+    def kind_tag(cls) -> str:
+        """The ``kind`` this type is tagged with on the wire."""
+        return str(cls.__struct_config__.tag)
 
 
 class BusErrorReply(Message, frozen=True, kw_only=True, tag="bus.error"):

@@ -116,3 +116,20 @@ async def test_a_vanished_stream_does_not_end_the_consumer(h: Harness) -> None:
         assert c._task is not None and not c._task.done()
     finally:
         await c.stop()
+
+
+async def test_a_newer_version_waits_in_the_stream_for_an_upgraded_replica(h: Harness) -> None:
+    """Not terminated like poison: naked (30 s by default), so a replica that reads it takes it."""
+    c = h.consumer()
+    c.start()
+    try:
+        await h.bus.js.publish(h.subject, b'{"kind":"keys.marked","v":2,"event_id":"n","provider_id":"p",'
+                                          b'"key_id":"k","state":"cooling"}')
+        await h.publish(_mark(1))
+        await eventually(lambda: h.applied == {"e1"}, what="the v1 mark after it")
+        assert h.count("unsupported_version") == 1 and h.count("malformed") == 0
+        info = await h.bus.js.consumer_info(h.stream, c.durable)
+        assert info.num_ack_pending == 1  # still the stream's, waiting for its redelivery
+        assert h.bus.auth.unsupported.labels("keys.marked", "2")._value.get() == 1
+    finally:
+        await c.stop()
