@@ -82,6 +82,10 @@ class RegistrySnapshot(Message, frozen=True, kw_only=True, tag="registry.snapsho
     signed_by: ClassVar[str] = "registry"
     revision: int
     providers: list[ProviderConfig] = []
+    # The caller's known_revision is the registry's: nothing is sent but the revision (``providers`` is
+    # empty and means nothing). A follower that predates this flag sees a revision it already holds and
+    # ignores the answer, as it ignores any answer at or below its revision.
+    unchanged: bool = False
 
 
 class AuthVerifyRequest(Message, frozen=True, kw_only=True, tag="auth.verify.request"):

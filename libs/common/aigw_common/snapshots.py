@@ -10,7 +10,10 @@ in step the same way, so the rules live here once:
   missed).
 - **Monotonic revision**: the registry's revision is a counter in its database,
   so an answer at or below the revision held (an older replica, a reply that
-  crossed a change) is ignored. The request carries ``known_revision``.
+  crossed a change) is ignored.
+- **Cheap when current**: the request carries ``known_revision``; a registry at
+  that revision answers ``unchanged`` with the revision only (no providers, no
+  sealed keys), so the periodic check costs a few bytes, not a snapshot.
 - **Survives a bad reply**: a reply that cannot be decoded or is not signed by
   the registry is dropped by :meth:`Bus.request`; a snapshot the service cannot
   apply (its ``apply`` raised) is logged and retried with a short backoff, and
@@ -99,6 +102,15 @@ class SnapshotFollower:
                             extra={"follower": self.name, "error": str(e), "revision": self.revision})
                 return False
             old = self.snapshot
+            if snap.unchanged:  # the registry is at the revision we asked with: nothing to apply
+                if old is not None and snap.revision == old.revision:
+                    self.last_error = None
+                    return True
+                # not an answer to what we asked (we hold no snapshot, or another revision): ask again in full
+                self.last_error = f"registry said revision {snap.revision} is unchanged; we hold {self.revision}"
+                log.warning("unexpected unchanged snapshot; asking again",
+                            extra={"follower": self.name, "revision": snap.revision, "held": self.revision})
+                return False
             if old is not None and snap.revision <= old.revision:
                 self.last_error = None
                 return True  # nothing new (or an answer older than what we hold)

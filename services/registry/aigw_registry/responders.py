@@ -156,12 +156,15 @@ class Responders:
         await bus.subscribe(bus.subjects.registry_directory, DirectoryLookup, self.on_directory, queue=QUEUE)
         await bus.subscribe(bus.subjects.registry_audit, AuditRecord, self.on_audit, queue=QUEUE)
 
-    async def snapshot(self) -> RegistrySnapshot:
+    async def snapshot(self, known_revision: int | None = None) -> RegistrySnapshot:
+        """The snapshot at the current revision; only that revision (``unchanged``) when the caller holds it."""
+        async with self.reg.pool.acquire() as conn:
+            revision = await current_revision(conn)
+        if known_revision is not None and known_revision == revision:
+            return RegistrySnapshot(revision=revision, unchanged=True)
         cached = self._cached
-        if cached is not None:
-            async with self.reg.pool.acquire() as conn:
-                if await current_revision(conn) == cached.revision:
-                    return cached
+        if cached is not None and cached.revision == revision:
+            return cached
         skipped: list[str] = []
         snap = await build_snapshot(self.reg, skipped)
         self.skipped.set(len(skipped))
@@ -171,13 +174,13 @@ class Responders:
         self._cached = snap
         return snap
 
-    async def on_snapshot(self, _req: SnapshotRequest, _m: Msg) -> RegistrySnapshot:
+    async def on_snapshot(self, req: SnapshotRequest, _m: Msg) -> RegistrySnapshot:
         try:
-            snap = await self.snapshot()
+            snap = await self.snapshot(req.known_revision)
         except Exception:
             self.requests.labels("snapshot", "error").inc()
             raise
-        self.requests.labels("snapshot", "ok").inc()
+        self.requests.labels("snapshot", "unchanged" if snap.unchanged else "ok").inc()
         return snap
 
     async def on_verify(self, req: AuthVerifyRequest, _m: Msg) -> AuthVerifyReply:

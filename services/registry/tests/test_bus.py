@@ -20,6 +20,8 @@ from aigw_common.schemas import (
     RegistrySnapshot,
     SnapshotRequest,
 )
+from aigw_common.service import METRICS
+from aigw_common.snapshots import SnapshotFollower
 from aigw_registry.core import SYSTEM
 from aigw_registry.providers import insert_provider
 from aigw_registry.responders import build_snapshot, verify_token
@@ -248,3 +250,52 @@ async def test_misconfigured_rows_skipped_while_the_rest_load(registry, client, 
     assert len(loud) == 1 and sorted(loud[0].__dict__["skipped"]) == ["bed", "gem", "oai"]
     await resp.snapshot()  # cached per revision: no second error for the same state
     assert len([r for r in caplog.records if "no enabled provider can be loaded" in r.getMessage()]) == 1
+
+
+async def test_a_follower_that_is_current_gets_the_revision_only(registry, client, bus) -> None:  # type: ignore[no-untyped-def]
+    """known_revision: a caller holding the registry's revision is answered ``unchanged`` — no providers, no
+    sealed keys — and a SnapshotFollower keeps what it holds; a change still reaches it in full."""
+    await _setup_data(client)
+    metrics = registry.app[METRICS]
+
+    def answered(outcome: str) -> float:
+        return metrics.get_sample_value("aigw_registry_bus_requests_total",
+                                        {"subject": "snapshot", "outcome": outcome}) or 0.0
+
+    full = await bus.request(bus.subjects.registry_snapshot, SnapshotRequest(), RegistrySnapshot, timeout=5)
+    assert full.providers and not full.unchanged
+    same = await bus.request(bus.subjects.registry_snapshot, SnapshotRequest(known_revision=full.revision),
+                             RegistrySnapshot, timeout=5)
+    assert same.unchanged and same.revision == full.revision and same.providers == []
+    assert len(msgspec.json.encode(same)) < 100 < len(msgspec.json.encode(full))
+    older = await bus.request(bus.subjects.registry_snapshot, SnapshotRequest(known_revision=full.revision - 1),
+                              RegistrySnapshot, timeout=5)
+    assert not older.unchanged and older.providers == full.providers
+
+    applied: list[int] = []
+
+    async def apply(_old: RegistrySnapshot | None, new: RegistrySnapshot) -> None:
+        applied.append(new.revision)
+
+    f = SnapshotFollower(bus, apply, interval=60.0, timeout=5.0)
+    await f.start()
+    try:
+        for _ in range(100):
+            if f.revision is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert f.revision == full.revision and len(f.snapshot.providers) == 2  # type: ignore[union-attr]
+        before = answered("unchanged")
+        assert await f.refresh() is True
+        assert answered("unchanged") == before + 1
+        assert f.revision == full.revision and len(f.snapshot.providers) == 2 and applied == [full.revision]  # type: ignore[union-attr]
+        await client.ok("POST", P, {"name": "new", "type": "openai", "base_url": "http://127.0.0.1:7012/v1",
+                                    "keys": ["sk-third-key-0004"]})
+        for _ in range(100):
+            if f.revision != full.revision:
+                break
+            await asyncio.sleep(0.05)
+        assert f.revision is not None and f.revision > full.revision
+        assert {p.name for p in f.snapshot.providers} == {"oai", "bed", "new"}  # type: ignore[union-attr]
+    finally:
+        await f.stop()
