@@ -16,6 +16,7 @@ from importlib import resources
 
 import msgspec
 
+from aigw_common.auth import is_admin
 from aigw_common.llm import CAPABILITIES, PROVIDER_TYPES
 
 from .session import Me
@@ -79,7 +80,7 @@ def app_page(page: str, me: Me, csrf: str, assets: dict[str, Asset]) -> str:
     nav = "".join(
         f'<a href="/{p}"{" aria-current=page" if p == page else ""}>{escape(t)}</a>' for p, (t, _) in PAGES.items()
     )
-    role = "admin" if me.is_admin else "member"
+    role = "admin" if is_admin(me) else "member"
     js = assets["console.js"]
     return (_head(title, assets, csrf) +
             f'<body data-page="{escape(page)}" data-role="{role}" data-user-id="{escape(me.id)}" '

@@ -110,10 +110,6 @@ class Me:
     roles: tuple[str, ...]
     groups: tuple[dict[str, Any], ...]
 
-    @property
-    def is_admin(self) -> bool:
-        return "owner" in self.roles or "admin" in self.roles
-
 
 @dataclass(slots=True)
 class WhoCache:

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from aigw_common.api import BadRequest, Conflict, Forbidden, Query, Route, mount, read_json
+from aigw_common.auth import is_owner
 from aigw_common.errors import CryptoError
 from aigw_common.openapi import document_route, serve_document
 
@@ -84,7 +85,7 @@ async def list_audit_logs(reg: Registry, request: web.Request, actor: Actor) -> 
 
 async def rotate_secrets(reg: Registry, request: web.Request, actor: Actor) -> RotateSecretsOut:
     """Owner only: re-seal stored secrets with the first key of AIGW_ENCRYPTION_KEYS (see rotate.py)."""
-    if not actor.is_owner:
+    if not is_owner(actor):
         raise Forbidden("only an owner may rotate the encryption of stored secrets")
     body = await read_json(request, RotateSecrets) if request.can_read_body else RotateSecrets()
     current = reg.at_rest.current_key_id

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from aigw_common.auth import ROLE_ADMIN, ROLE_OWNER
+from aigw_common.auth import ROLE_OWNER
 from aigw_common.bus import Bus, encode
 from aigw_common.crypto import PURPOSE_AT_REST, PURPOSE_BUS, Sealer
 from aigw_common.schemas import AuthRevoked, DirectoryChanged, ProvidersChanged
@@ -43,14 +43,6 @@ class Actor:
     roles: tuple[str, ...]
     token_id: str | None = None
     scope: str = "admin"  # the API refuses gateway-scoped tokens before an Actor is built
-
-    @property
-    def is_owner(self) -> bool:
-        return ROLE_OWNER in self.roles
-
-    @property
-    def is_admin(self) -> bool:
-        return ROLE_OWNER in self.roles or ROLE_ADMIN in self.roles
 
 
 SYSTEM = Actor(None, "system", (ROLE_OWNER,))

@@ -21,6 +21,8 @@ from aigw_common.auth import (
     ROLE_OWNER,
     SCOPE_ADMIN,
     bearer_token,
+    is_admin,
+    is_owner,
     same_token,
 )
 from aigw_common.crypto import hash_token, mask_secret, new_token
@@ -113,17 +115,17 @@ def check_target(actor: Actor, target: asyncpg.Record) -> None:
     """Admins manage members and admins; an owner account is managed only by an owner."""
     if str(target["id"]) == actor.user_id:
         return
-    if ROLE_OWNER in target["roles"] and not actor.is_owner:
+    if ROLE_OWNER in target["roles"] and not is_owner(actor):
         raise Forbidden("only an owner may manage an owner account")
 
 
 async def target_user(conn: asyncpg.Connection, request: web.Request, actor: Actor, *, lock: str = "") -> asyncpg.Record:
     """The ``{user}`` of a self-or-admin route: members reach only themselves (403 otherwise)."""
     ref = request.match_info["user"]
-    if not actor.is_admin and not is_self(actor, ref):
+    if not is_admin(actor) and not is_self(actor, ref):
         raise Forbidden("members may only manage their own account")
     row = await fetch_user(conn, ref, actor, lock=lock)
-    if not actor.is_admin and str(row["id"]) != actor.user_id:
+    if not is_admin(actor) and str(row["id"]) != actor.user_id:
         raise Forbidden("members may only manage their own account")
     check_target(actor, row)
     return row
@@ -170,7 +172,7 @@ async def list_users(reg: Registry, request: web.Request, actor: Actor) -> UserL
 async def get_user(reg: Registry, request: web.Request, actor: Actor) -> UserOut:
     async with reg.pool.acquire() as conn:
         ref = request.match_info["user"]
-        if not actor.is_admin and not is_self(actor, ref):
+        if not is_admin(actor) and not is_self(actor, ref):
             raise Forbidden("members may only read their own account")
         return await user_out(conn, await fetch_user(conn, ref, actor))
 
@@ -183,7 +185,7 @@ async def create_user(reg: Registry, request: web.Request, actor: Actor) -> User
     roles = p.check(v.roles, body.roles)
     p.raise_if_any()
     assert username and roles
-    if ROLE_OWNER in roles and not actor.is_owner:
+    if ROLE_OWNER in roles and not is_owner(actor):
         raise Forbidden("only an owner may grant the owner role")
     try:
         async with reg.transaction() as conn:
@@ -211,7 +213,7 @@ async def update_user(reg: Registry, request: web.Request, actor: Actor) -> User
             before = await user_out(conn, row)
             if "roles" in sets:
                 granting = ROLE_OWNER in sets["roles"] and ROLE_OWNER not in row["roles"]
-                if granting and not actor.is_owner:
+                if granting and not is_owner(actor):
                     raise Forbidden("only an owner may grant the owner role")
                 if ROLE_OWNER in row["roles"] and ROLE_OWNER not in sets["roles"]:
                     if await _owners_left(conn, str(row["id"])) == 0:
@@ -292,7 +294,7 @@ async def create_token(reg: Registry, request: web.Request, actor: Actor) -> Tok
     if body.expires_at is msgspec.UNSET:
         expires = now + TOKEN_DEFAULT_LIFETIME
     elif body.expires_at is None:
-        if not actor.is_owner:
+        if not is_owner(actor):
             raise Forbidden("only an owner may create a token that never expires; give expires_at a date")
         expires = None
     else:
