@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from aigw_common.api import (
 )
 from aigw_common.auth import IdentityCache, authenticate, is_admin
 from aigw_common.errors import BusError
+from aigw_common.ids import is_uuid
 from aigw_common.openapi import document_route
 from aigw_common.schemas import Identity, ModelPrice
 
@@ -199,14 +199,6 @@ async def _resolve(svc: BudgetService, scope: Literal["user", "group"], ref: str
     except BusError as e:
         log.warning("directory unavailable", extra={"error": str(e)})
         raise Unavailable("the user directory is unavailable, try again") from None
-
-
-def is_uuid(s: str) -> bool:
-    try:
-        uuid.UUID(s)
-    except ValueError:
-        return False
-    return True
 
 
 async def _filter_ref(svc: BudgetService, scope: Literal["user", "group"], ref: str) -> str:
