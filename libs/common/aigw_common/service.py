@@ -98,7 +98,7 @@ def base_app(
     app.on_shutdown.append(_listener_closed)
     # Answers aiohttp's parser makes itself (a malformed request line) skip the app's signals: give them
     # an empty Server value instead of aiohttp's "Python/3.x aiohttp/3.x" (process-wide, idempotent).
-    web_response.SERVER_SOFTWARE = ""  # type: ignore[attr-defined]
+    web_response.SERVER_SOFTWARE = ""  # type: ignore[attr-defined]  # imported from aiohttp.http, not re-exported; this module global is the one responses read
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     if public_metrics:

@@ -35,7 +35,7 @@ from aigw_common.auth import IdentityCache, authenticate, is_admin
 from aigw_common.errors import BusError
 from aigw_common.ids import is_uuid
 from aigw_common.openapi import document_route
-from aigw_common.schemas import Identity, ModelPrice
+from aigw_common.schemas import BudgetScope, Identity, ModelPrice
 
 from .errors import DB_ERRORS, classify
 from .ledger import TABLES
@@ -180,7 +180,7 @@ def _db(fn: Handler[R]) -> Handler[R]:
 # ---------------------------------------------------------------- budgets
 
 
-async def _subject(request: web.Request, scope: Literal["user", "group"], ident: Identity) -> tuple[str, str]:
+async def _subject(request: web.Request, scope: BudgetScope, ident: Identity) -> tuple[str, str]:
     """(id, name) of the path's user or group; 404 when the registry knows none."""
     svc = request.app[SERVICE]
     ref = request.match_info["ref"]
@@ -192,7 +192,7 @@ async def _subject(request: web.Request, scope: Literal["user", "group"], ident:
     return found
 
 
-async def _resolve(svc: BudgetService, scope: Literal["user", "group"], ref: str) -> tuple[str, str] | None:
+async def _resolve(svc: BudgetService, scope: BudgetScope, ref: str) -> tuple[str, str] | None:
     """(id, name) from the registry's directory over the bus; 503 when it cannot be asked (never a guess)."""
     try:
         return await svc.directory.resolve(scope, ref)
@@ -201,7 +201,7 @@ async def _resolve(svc: BudgetService, scope: Literal["user", "group"], ref: str
         raise Unavailable("the user directory is unavailable, try again") from None
 
 
-async def _filter_ref(svc: BudgetService, scope: Literal["user", "group"], ref: str) -> str:
+async def _filter_ref(svc: BudgetService, scope: BudgetScope, ref: str) -> str:
     """The id a usage filter means: a live user/group by id or name, else an id as given (a deleted user's
     history stays reachable by id); an unknown name is a 404."""
     found = await _resolve(svc, scope, ref)
@@ -212,13 +212,13 @@ async def _filter_ref(svc: BudgetService, scope: Literal["user", "group"], ref: 
     raise NotFound(f"{scope} {ref!r} not found")
 
 
-def _may_read(scope: str, subject_id: str, ident: Identity) -> bool:
+def _may_read(scope: BudgetScope, subject_id: str, ident: Identity) -> bool:
     if is_admin(ident):
         return True
     return subject_id == ident.user_id if scope == "user" else subject_id in ident.group_ids
 
 
-async def _budget_body(svc: BudgetService, scope: str, subject_id: str) -> BudgetOut:
+async def _budget_body(svc: BudgetService, scope: BudgetScope, subject_id: str) -> BudgetOut:
     states = await svc.ledger.states([(scope, subject_id)])
     if not states:
         raise NotFound("budget not found")
@@ -228,7 +228,7 @@ async def _budget_body(svc: BudgetService, scope: str, subject_id: str) -> Budge
                      reserved_micros=st.reserved_micros, period_start=iso(p.start) or "", period_end=iso(p.end) or "")
 
 
-def budget_routes(scope: Literal["user", "group"]) -> list[Route]:
+def budget_routes(scope: BudgetScope) -> list[Route]:
     path = f"/api/v2/{scope}s/{{ref}}/ai/budget"
     table, col = TABLES[scope]
 
@@ -280,7 +280,7 @@ def budget_routes(scope: Literal["user", "group"]) -> list[Route]:
     ]
 
 
-def limits_routes(scope: Literal["user", "group"]) -> list[Route]:
+def limits_routes(scope: BudgetScope) -> list[Route]:
     """``/api/v2/{users|groups}/{ref}/ai/limits``: same roles as budgets; changes audited like budget changes."""
     path = f"/api/v2/{scope}s/{{ref}}/ai/limits"
     table, col = LIMIT_TABLES[scope]

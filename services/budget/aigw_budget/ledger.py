@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from aigw_common.schemas import BudgetState, LeaseGrant, LeaseItem
+from aigw_common.schemas import BudgetState, LeaseGrant, LeaseItem, SubjectKey
 
 from .errors import DB_ERRORS, classify
 from .names import Directory
@@ -140,7 +140,7 @@ class Ledger:
         return LeaseGrant(granted_micros=d.granted, expires_in=self.ttl, exhausted=d.exhausted,
                           retry_in=0.05 if d.reclaim else None, **reply), d.reclaim
 
-    async def states(self, keys: Sequence[tuple[str, str]] | None = None, *, now: float | None = None,
+    async def states(self, keys: Sequence[SubjectKey] | None = None, *, now: float | None = None,
                      include_deleted: bool = False) -> list[BudgetState]:
         """Current state of the given budgets (all when None); with ``include_deleted`` a key without a budget yields ``deleted``."""
         now = time.time() if now is None else now
@@ -177,7 +177,7 @@ class Ledger:
         if keys is not None and include_deleted:
             seen = {(s.scope, s.subject_id) for s in out}
             out += [
-                BudgetState(scope=s, subject_id=i, blocked=False, spent_micros=0, limit_micros=0,  # type: ignore[arg-type]  # budget/api.py still asks with a str scope (SubjectKey elsewhere)
+                BudgetState(scope=s, subject_id=i, blocked=False, spent_micros=0, limit_micros=0,
                             period_start=period.start.timestamp(), period_end=period.end.timestamp(), deleted=True)
                 for s, i in keys if (s, i) not in seen
             ]

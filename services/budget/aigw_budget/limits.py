@@ -17,18 +17,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 
-from aigw_common.schemas import LimitGrant, LimitLeaseItem, LimitsState, SubjectKey
+from aigw_common.schemas import BudgetScope, LimitGrant, LimitLeaseItem, LimitsState, SubjectKey
 
 from .errors import DB_ERRORS, classify
 from .names import Directory
 
 TABLES = {"user": ("user_ai_limits", "user_id"), "group": ("group_ai_limits", "group_id")}
 FIELDS = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
-Scope = Literal["user", "group"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +58,7 @@ class LimitStore:
 
     # ------------------------------------------------------------ the table of limits
 
-    async def get(self, scope: Scope, subject_id: str) -> Limits | None:
+    async def get(self, scope: BudgetScope, subject_id: str) -> Limits | None:
         table, col = TABLES[scope]
         row = await self.pool.fetchrow(f"SELECT {', '.join(FIELDS)} FROM {table} WHERE {col} = $1", subject_id)
         return Limits(*row) if row else None

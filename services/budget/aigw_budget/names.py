@@ -16,17 +16,21 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal
 
 from nats.aio.msg import Msg
 
 from aigw_common.bus import Bus
 from aigw_common.errors import BusError, DecodeError
-from aigw_common.schemas import DirectoryChanged, DirectoryEntry, DirectoryLookup, DirectoryReply
+from aigw_common.schemas import (
+    BudgetScope,
+    DirectoryChanged,
+    DirectoryEntry,
+    DirectoryLookup,
+    DirectoryReply,
+)
 
 log = logging.getLogger(__name__)
 
-Scope = Literal["user", "group"]
 BATCH = 200  # references per lookup (the registry takes at most 500)
 
 
@@ -95,7 +99,7 @@ class Directory:
 
     # ------------------------------------------------------------ queries
 
-    async def resolve(self, scope: Scope, ref: str) -> tuple[str, str] | None:
+    async def resolve(self, scope: BudgetScope, ref: str) -> tuple[str, str] | None:
         """(id, name) of the live user/group ``ref`` names (an id or a name); None when there is none."""
         now = time.monotonic()
         hit = self._cached(scope, ref, now)

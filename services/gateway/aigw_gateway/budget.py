@@ -42,12 +42,14 @@ from aigw_common.schemas import (
     BudgetLeaseRequest,
     BudgetPrices,
     BudgetReclaim,
+    BudgetScope,
     BudgetSnapshot,
     BudgetSnapshotRequest,
     BudgetState,
     Identity,
     LeaseGrant,
     LeaseItem,
+    SubjectKey,
     TokenCounts,
 )
 from aigw_common.settings import Settings
@@ -57,7 +59,7 @@ from .usage.common import RequestInfo
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (scope, subject id)
+Key = SubjectKey  # (scope, subject id)
 PREFETCH_MAX_BUDGETS = 200  # with at most this many budgets, every one gets a lease before its first request
 IDLE_RELEASE = 300.0  # a lease unused this long is handed back instead of renewed
 
@@ -74,7 +76,7 @@ class Admission:
 
 @dataclass(slots=True)
 class _Budget:
-    scope: str
+    scope: BudgetScope
     subject_id: str
     name: str
     limit: int
@@ -208,7 +210,7 @@ class BudgetGuard:
         """The decision, plus the leases worth waiting for when refused (empty: refusal is final)."""
         if identity is None:
             return Admission(True, lease_holder=self.id), []
-        keys = [("user", identity.user_id), *(("group", g) for g in identity.group_ids)]
+        keys: list[Key] = [("user", identity.user_id), *(("group", g) for g in identity.group_ids)]
         budgets = [b for k in keys if (b := self.budgets.get(k)) is not None]
         if not budgets:
             self.decisions.labels("no_budget").inc()
@@ -316,7 +318,7 @@ class BudgetGuard:
         seq = lease.seq
         if target < lease.granted:
             lease.granted = target  # stop using what is handed back before saying so
-        item = LeaseItem(scope=lease.key[0], subject_id=lease.key[1], period_start=lease.period_start,  # type: ignore[arg-type]  # key[0]: str scope
+        item = LeaseItem(scope=lease.key[0], subject_id=lease.key[1], period_start=lease.period_start,
                          seq=seq, consumed_micros=lease.consumed, inflight_micros=lease.inflight,
                          target_micros=target, need_micros=need)
         sent = time.monotonic()

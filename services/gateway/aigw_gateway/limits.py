@@ -37,6 +37,7 @@ from aigw_common.schemas import (
     LimitsSnapshot,
     LimitsSnapshotRequest,
     LimitsState,
+    SubjectKey,
     TokenCounts,
 )
 
@@ -44,7 +45,7 @@ from .flight import Flight, Outcome
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (scope, subject id)
+Key = SubjectKey  # (scope, subject id)
 LOCAL_FOR = 10.0  # after a failed lease request, enforce whole limits locally this long before asking again
 IDLE_SLOTS = 5.0  # concurrency slots unused this long are handed back
 
@@ -191,8 +192,8 @@ class LimitGuard:
     def _admit(self, identity: Identity | None) -> tuple[LimitDecision, list[_Subject]]:
         if identity is None or not self.subjects:
             return LimitDecision(True), []
-        subs = [s for k in (("user", identity.user_id), *(("group", g) for g in identity.group_ids))
-                if (s := self.subjects.get(k)) is not None]
+        keys: list[Key] = [("user", identity.user_id), *(("group", g) for g in identity.group_ids)]
+        subs = [s for k in keys if (s := self.subjects.get(k)) is not None]
         if not subs:
             return LimitDecision(True), []
         now, window = time.monotonic(), window_of(time.time())
@@ -313,7 +314,7 @@ class LimitGuard:
             tok_want = s.tok_used + max(need, 1) + self._chunk(s.tpm) if s.tpm is not None else 0
             slots_want = s.inflight + need + self._chunk(s.conc) if s.conc is not None else 0
         item = LimitLeaseItem(
-            scope=s.key[0], subject_id=s.key[1], window=window, seq=seq,  # type: ignore[arg-type]  # key[0]: str scope
+            scope=s.key[0], subject_id=s.key[1], window=window, seq=seq,
             requests_used=s.req_used, requests_want=req_want, tokens_used=s.tok_used, tokens_want=tok_want,
             inflight=s.inflight, slots_want=slots_want,
         )
