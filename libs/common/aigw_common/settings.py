@@ -482,7 +482,8 @@ VARS: tuple[Var, ...] = (
             "routes, as `<dir>/<provider>/<interception>.<attempt>.request` and `.response`, written as streamed; "
             "credentials masked (auth headers by name — `Authorization`, `X-Api-Key`, `Api-Key`, "
             "`Ocp-Apim-Subscription-Key`, cookies, any name with key/token/secret/auth/signature/credential/password "
-            "— and any header holding the pool key, the user's key or a secret provider setting). Directories "
+            "— and any header holding the pool key, the user's key or a provider setting the type does not declare "
+            "public, such as Bedrock's access key). Directories "
             "`0700`, files `0600`",
             default_doc="unset (off)"),
         Var("AIGW_DUMP_MAX_BYTES", "dump_max_bytes", SIZE, 1024 * 1024 * 1024, _read_by("gateway"),

@@ -4,7 +4,8 @@ Files are ``<AIGW_DUMP_DIR>/<provider>/<interception>.<attempt>.request|response
 made a request fail over to the next key is there beside the answer that finally came back, and
 pass-through routes are dumped too (their "interception" id is minted for the dump). Directories are
 ``0700`` and files ``0600`` (prompts are in them). Credentials are masked: auth headers by name, and any
-header value holding a secret the gateway knows (the pool key, the user's key, secret provider settings).
+header value holding a secret the gateway knows (the pool key, the user's key, and every provider setting
+its type's record does not declare public: ``llm.Capabilities.public_settings``).
 
 Nothing is held in memory: the relay hands each chunk to one writer thread through a queue bounded in
 bytes; when the disk falls behind, the dump is cut (and says so) rather than the stream slowed or memory
@@ -25,6 +26,8 @@ from pathlib import Path
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from aigw_common.llm import Capabilities
+
 log = logging.getLogger(__name__)
 
 MASKED_HEADERS = frozenset(h.lower() for h in (
@@ -43,11 +46,12 @@ def mask_value(v: str) -> str:
     return v[:4] + "***" + v[-2:] if not v.lower().startswith("bearer ") else "Bearer ***" + v[-2:]
 
 
-def secret_settings(settings: Mapping[str, object]) -> tuple[str, ...]:
-    """Values of provider settings whose names say they are secret (Bedrock's access key and secret, a
-    session token…), to be masked wherever they show up in a dumped header."""
-    return tuple(v for k, v in settings.items()
-                 if isinstance(v, str) and len(v) >= MIN_SECRET and any(w in k.lower() for w in _SECRET_WORDS))
+def secret_settings(cap: Capabilities, settings: Mapping[str, object]) -> tuple[str, ...]:
+    """Values of provider settings to mask wherever they show up in a dumped header: all but those the
+    type's record declares public (an allowlist: a secret field is masked whatever it is called, and so is
+    a setting the record does not declare)."""
+    public = cap.public_settings
+    return tuple(v for k, v in settings.items() if isinstance(v, str) and len(v) >= MIN_SECRET and k not in public)
 
 
 def _is_secret_name(name: str) -> bool:

@@ -348,7 +348,7 @@ class Gateway:
                 raise Refused(400, "the request would leave the provider's API path") from None
             ad: AttemptDump | None = None
             if dump_id is not None and self.dumps is not None:
-                secrets = (key.secret if key is not None else caller.credential or "", *secret_settings(provider.settings))
+                secrets = (key.secret if key is not None else caller.credential or "", *secret_settings(adapter.cap, provider.settings))
                 ad = self.dumps.attempt(provider.name, dump_id, i + 1)
                 ad.request(out.method, out.url, out.headers, out.body, secrets)
             try:

@@ -4,6 +4,7 @@ secrets masked, 0600 files in 0700 dirs, bounded per file and in total, written 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import stat
 from pathlib import Path
 
@@ -11,8 +12,11 @@ import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
+from aigw_common.llm import CAPABILITIES, ProviderType, SettingField
 from aigw_gateway.app import LOADER, create_app
+from aigw_gateway.dump import render_headers, secret_settings
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -50,6 +54,27 @@ async def post(url: str, token: str, path: str = "/openai/v1/chat/completions", 
                                                              "Content-Type": "application/json", **(headers or {})}) as r:
         await r.read()
         return r.status
+
+
+def test_settings_are_masked_by_what_the_type_declares_not_by_their_names() -> None:
+    """A field declared secret is masked whatever it is called; a declared public one is shown even when its
+    name sounds secret; a setting the record does not declare is masked (allowlist)."""
+    cap = dataclasses.replace(CAPABILITIES[ProviderType.BEDROCK], settings=(
+        SettingField("region", required=True), SettingField("tenant_pin", secret=True),
+        SettingField("key_alias"),
+    ))
+    settings = {"region": "eu-central-1", "tenant_pin": "pin-0042-xyzzy", "key_alias": "alias-visible-1",
+                "leftover": "left-over-value", "forward_headers": "X-Tenant, X-Alias", "idle_timeout": "600s"}
+    secrets = secret_settings(cap, settings)
+    assert sorted(secrets) == ["left-over-value", "pin-0042-xyzzy"]
+    text = render_headers(CIMultiDict({"X-Tenant": "pin-0042-xyzzy", "X-Alias": "alias-visible-1",
+                                       "X-Region": "eu-central-1"}), secrets)
+    assert "pin-0042-xyzzy" not in text and "X-Alias: alias-visible-1" in text and "X-Region: eu-central-1" in text
+    # the real records: Bedrock's credentials are declared secret, its region and model are not
+    bedrock = {"region": "us-east-1-long", "access_key": "AKIAEXAMPLE123", "access_key_secret": "s3cr3t-v4lue",
+               "session_token": "tok-0123456789", "model": "anthropic.claude-x"}
+    assert sorted(secret_settings(CAPABILITIES[ProviderType.BEDROCK], bedrock)) == [
+        "AKIAEXAMPLE123", "s3cr3t-v4lue", "tok-0123456789"]
 
 
 async def test_every_attempt_is_dumped_and_masked(gw, apps, make_settings, tmp_path) -> None:  # type: ignore[no-untyped-def]

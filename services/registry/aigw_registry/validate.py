@@ -170,7 +170,7 @@ def secret_value(raw: str, field: str) -> str:
 
 def provider_settings(p: Problems, ptype: str, raw: Mapping[str, str], field: str = "settings") -> dict[str, str]:
     """Validate the settings object of a provider type into ``p``; returns it trimmed, empties dropped."""
-    spec = SETTINGS_FIELDS.get(ptype, ()) + tuple((t, False, False) for t in (*TIMEOUT_FIELDS, FORWARD_HEADERS))
+    spec = SETTINGS_FIELDS.get(ptype, ()) + tuple((f.name, f.required, f.secret) for f in llm.COMMON_SETTINGS)
     known = {f for f, _, _ in spec}
     for k in raw:
         if k not in known:
@@ -212,7 +212,8 @@ def provider_settings(p: Problems, ptype: str, raw: Mapping[str, str], field: st
 
 
 def secret_settings(ptype: str) -> frozenset[str]:
-    return frozenset(f for f, _, secret in SETTINGS_FIELDS.get(ptype, ()) if secret)
+    cap = llm.capabilities(ptype)
+    return frozenset() if cap is None else cap.secret_settings
 
 
 def mask_settings(ptype: str, settings: Mapping[str, str]) -> dict[str, str]:

@@ -68,6 +68,15 @@ class SettingField:
     secret: bool = False  # sealed at rest, masked when read back, write-only in the console
 
 
+# Settings every type takes besides its own: upstream timeouts (durations) and the extra client headers
+# forwarded to the provider ("X-Foo, X-Bar"). None of them is secret.
+COMMON_SETTINGS = (
+    SettingField("connect_timeout"),
+    SettingField("first_byte_timeout"),
+    SettingField("idle_timeout"),
+    SettingField("forward_headers"),
+)
+
 _BEDROCK_SETTINGS = (
     SettingField("region", required=True),
     SettingField("access_key", secret=True),
@@ -98,6 +107,17 @@ class Capabilities:
     byok_only: bool = False  # only ever the user's own credential (Copilot)
     models_path: str = "/v1/models"  # the gateway's model-list pass-through route of this type
     settings: tuple[SettingField, ...] = ()  # the type's own provider settings (registry validation, console)
+
+    @property
+    def secret_settings(self) -> frozenset[str]:
+        """The settings declared secret: sealed at rest, masked when read back or dumped."""
+        return frozenset(f.name for f in self.settings if f.secret)
+
+    @property
+    def public_settings(self) -> frozenset[str]:
+        """The settings that may be shown: declared and not secret (its own and the common ones). Anything
+        else a provider's settings hold is treated as a secret wherever it could be shown."""
+        return frozenset(f.name for f in (*self.settings, *COMMON_SETTINGS) if not f.secret)
 
     def path_of(self, endpoint: Endpoint) -> str | None:
         """The gateway route (under ``/{name}``) of an endpoint, if this type serves it."""
