@@ -487,7 +487,8 @@ class Bus:
         if self.nc is not None and not self.nc.is_closed:
             try:
                 if self.nc.is_connected:
-                    await asyncio.wait_for(self.nc.drain(), 5)
+                    async with asyncio.timeout(5):  # not wait_for: it can swallow a cancel (aio.py)
+                        await self.nc.drain()
                 else:
                     await self.nc.close()
             except (TimeoutError, ConnectionClosedError, NatsTimeout, OSError):

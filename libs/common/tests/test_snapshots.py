@@ -6,7 +6,8 @@ from collections.abc import Callable
 from nats.aio.msg import Msg
 
 from aigw_common.bus import Bus, encode
-from aigw_common.schemas import ProviderConfig, ProvidersChanged, RegistrySnapshot
+from aigw_common.errors import DatabaseUnavailable
+from aigw_common.schemas import ProviderConfig, ProvidersChanged, RegistrySnapshot, SnapshotRequest
 from aigw_common.snapshots import SnapshotFollower
 
 
@@ -139,3 +140,32 @@ async def test_no_registry_keeps_what_we_have_and_says_why(bus: Bus):
     f = SnapshotFollower(bus, apply, interval=60.0, timeout=0.2)
     assert await f.refresh() is False
     assert f.revision is None and f.last_error and "no responder" in f.last_error
+
+
+async def test_a_registry_error_reply_is_kept_as_the_reason_and_the_following_goes_on(bus: Bus):
+    """A registry that cannot read its database answers with an error (not silence): the follower says why at
+    once, keeps retrying, and loads the snapshot when the registry can answer again."""
+    failing = [True]
+
+    async def registry(_req: SnapshotRequest, _m: Msg) -> RegistrySnapshot:
+        if failing[0]:
+            raise DatabaseUnavailable("registry database unavailable")
+        return RegistrySnapshot(revision=7)
+
+    await bus.subscribe(bus.subjects.registry_snapshot, SnapshotRequest, registry, queue="registry")
+    await bus.flush()
+    applied: list[int] = []
+
+    async def apply(_old: RegistrySnapshot | None, new: RegistrySnapshot) -> None:
+        applied.append(new.revision)
+
+    f = SnapshotFollower(bus, apply, interval=60.0, timeout=30.0)
+    assert await f.refresh() is False  # at once, not after the 30 s timeout
+    assert f.last_error and "registry database unavailable" in f.last_error
+    await f.start()
+    try:
+        failing[0] = False
+        await eventually(lambda: f.revision == 7)
+        assert applied == [7] and f.last_error is None
+    finally:
+        await f.stop()
