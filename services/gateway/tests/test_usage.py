@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aigw_common.llm.error_body import MAX_MESSAGE
 from aigw_common.schemas import TokenCounts
 from aigw_gateway.usage import stream as usage_stream
 from aigw_gateway.usage.chat import inject_include_usage
@@ -553,6 +554,22 @@ def test_overlong_line_is_dropped_and_the_stream_recovers(monkeypatch: pytest.Mo
     x.feed(b"z\n\ndata: [DONE]\n\n")
     got = x.finish()
     assert (got.model, got.tokens.input_tokens, got.terminal) == ("ok", 2, True)
+
+
+def test_stream_error_events_are_read_by_error_body_and_bounded() -> None:
+    """Each dialect's in-band error event goes through aigw_common.llm.error_body's reading: message, else
+    code, else type, cut to MAX_MESSAGE like every upstream error field (a recorded error stays small)."""
+    long = "x" * (MAX_MESSAGE * 3)
+    events = {
+        "chat_completions": b'data: {"error":{"message":"%s","type":"server_error"}}\n\n' % long.encode(),
+        "messages": b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"%s"}}\n\n'
+                    % long.encode(),
+        "responses": b'event: error\ndata: {"type":"error","code":"server_error","message":"%s"}\n\n' % long.encode(),
+    }
+    for endpoint, body in events.items():
+        assert _stream(endpoint, [body]).error == long[:MAX_MESSAGE], endpoint
+    no_message = b'data: {"error":{"type":"server_error","code":"boom"}}\n\n'
+    assert _stream("chat_completions", [no_message]).error == "boom"
 
 
 def test_anthropic_usage_takes_latest_non_null() -> None:

@@ -13,6 +13,9 @@ Shapes understood:
 Reading is bounded: at most ``MAX_ERROR_BODY`` bytes are looked at (a longer body cannot be complete JSON
 and is read as text), nesting too deep for the decoder is text too, and every field is cut to a length a
 log line or a stored chat error can carry. Nothing here raises on any input.
+
+The gateway's usage dialects read stream error events in their own typed decode (one msgspec decode per
+event, no second parse): they embed :class:`ErrorObject` and read it with :func:`error_text`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,29 @@ class ProviderError:
     def structured(self) -> bool:
         """Whether the fields come from a JSON error object (not from free text or nothing)."""
         return self.shape not in ("text", "empty")
+
+
+class ErrorObject(msgspec.Struct):
+    """The error object the APIs nest (``{"message", "type", "code"}``) as a typed decoder takes it: the usage
+    dialects declare ``error: ErrorObject | str | None`` in their event Structs, so an error event is read in
+    the same decode as any other. The fields stay untyped so that no value a provider sends fails the event."""
+
+    message: Any = None
+    type: Any = None
+    code: Any = None
+
+
+def error_text(err: ErrorObject | str | None) -> str | None:
+    """What a decoded error says, for a record: its message, else its code, else its type, else ``"error"``;
+    a bare string as it is. Cut like every field here (``MAX_MESSAGE``); None for no error."""
+    if err is None:
+        return None
+    if isinstance(err, str):
+        return err[:MAX_MESSAGE]
+    for v in (err.message, err.code, err.type):
+        if isinstance(v, str) and v:
+            return v[:MAX_MESSAGE]
+    return "error"
 
 
 def _str(v: Any, limit: int) -> str:

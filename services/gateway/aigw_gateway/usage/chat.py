@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from aigw_common.llm.error_body import ErrorObject, error_text
 from aigw_common.schemas import TokenCounts
 from aigw_common.sse import SSEFramer
 from aigw_common.sse import data_of as sse_data
@@ -21,12 +22,10 @@ from .common import (
     DECODE_ERRORS,
     Cached,
     Dialect,
-    Err,
     Extracted,
     PartialCall,
     Reasoning,
     ToolCall,
-    err_text,
     json_text,
     openai_tokens,
 )
@@ -172,7 +171,7 @@ class _Body(msgspec.Struct):  # a whole response, or one stream chunk
     model: str | None = None
     choices: list[_Choice] | None = None
     usage: _Usage | None = None
-    error: Err | str | None = None
+    error: ErrorObject | str | None = None
 
     def extracted(self) -> Extracted:
         calls = _Calls()
@@ -184,7 +183,7 @@ class _Body(msgspec.Struct):  # a whole response, or one stream chunk
             tokens=self.usage.tokens() if self.usage else TokenCounts(),
             tool_calls=calls.done(),
             terminal=True,
-            error=err_text(self.error),
+            error=error_text(self.error),
         )
 
 
@@ -264,7 +263,7 @@ class ChatStream(StreamExtractor):
         if chunk.usage is not None:
             self._usage = chunk.usage
         if chunk.error is not None:
-            self.error = err_text(chunk.error)
+            self.error = error_text(chunk.error)
         for choice in chunk.choices or ():
             delta = choice.delta or choice.message
             if delta is not None:

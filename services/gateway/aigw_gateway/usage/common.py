@@ -1,4 +1,5 @@
-"""What every dialect returns and the decoding pieces they share (error objects, tool-call assembly, tokens)."""
+"""What every dialect returns and the decoding pieces they share (tool-call assembly, tokens); error objects
+are read by :mod:`aigw_common.llm.error_body` (``ErrorObject`` in the event Structs, ``error_text``)."""
 
 from __future__ import annotations
 
@@ -51,21 +52,6 @@ def nothing() -> Extracted:
 
 
 # ---------------------------------------------------------------- errors
-
-
-class Err(msgspec.Struct):
-    message: Any = None
-    type: Any = None
-    code: Any = None
-
-
-def err_text(err: Err | str | None) -> str | None:
-    if err is None or isinstance(err, str):
-        return err
-    for v in (err.message, err.code, err.type):
-        if isinstance(v, str) and v:
-            return v
-    return "error"
 
 
 def body_error(body: bytes) -> str | None:

@@ -12,17 +12,16 @@ from typing import Any
 
 import msgspec
 
+from aigw_common.llm.error_body import ErrorObject, error_text
 from aigw_common.schemas import TokenCounts
 
 from . import request
 from .common import (
     DECODE_ERRORS,
     Dialect,
-    Err,
     Extracted,
     PartialCall,
     ToolCall,
-    err_text,
 )
 from .stream import StreamExtractor
 
@@ -81,7 +80,7 @@ class _Message(msgspec.Struct):  # a whole response, or message_start's message
     model: str | None = None
     usage: _Usage | None = None
     content: list[_Block] | None = None
-    error: Err | str | None = None
+    error: ErrorObject | str | None = None
 
     def extracted(self) -> Extracted:
         usage = _Tokens()
@@ -89,7 +88,7 @@ class _Message(msgspec.Struct):  # a whole response, or message_start's message
         calls = _Calls()
         for block in self.content or ():
             calls.block(block)
-        error = err_text(self.error)
+        error = error_text(self.error)
         if error is None and self.type == "error":
             error = "error"
         return Extracted(
@@ -108,7 +107,7 @@ class _Event(msgspec.Struct):
     content_block: _Block | None = None
     delta: _Delta | None = None
     usage: _Usage | None = None
-    error: Err | str | None = None
+    error: ErrorObject | str | None = None
 
 
 class _Tokens:
@@ -228,7 +227,7 @@ class MessagesStream(StreamExtractor):
         elif kind == "message_stop":
             self.terminal = True
         elif kind == "error":
-            self.error = err_text(ev.error) or "error"
+            self.error = error_text(ev.error) or "error"
 
     def _tokens(self) -> TokenCounts:
         return self._usage.tokens()

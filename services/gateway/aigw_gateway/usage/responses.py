@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from aigw_common.llm.error_body import ErrorObject, error_text
 from aigw_common.schemas import TokenCounts
 
 from . import request
@@ -19,11 +20,9 @@ from .common import (
     DECODE_ERRORS,
     Cached,
     Dialect,
-    Err,
     Extracted,
     Reasoning,
     ToolCall,
-    err_text,
     json_text,
     openai_tokens,
 )
@@ -91,7 +90,7 @@ class _Item(msgspec.Struct):
             args = ""
         error = self.error
         if error is not None and not isinstance(error, str):
-            error = err_text(error) if isinstance(error, Err) else json_text(error)
+            error = error_text(error) if isinstance(error, ErrorObject) else json_text(error)
         if error is None and self.status == "failed":
             error = "failed"
         return ToolCall(
@@ -107,10 +106,10 @@ class _Response(msgspec.Struct):
     status: str | None = None
     usage: _Usage | None = None
     output: list[_Item] | None = None
-    error: Err | str | None = None
+    error: ErrorObject | str | None = None
 
     def extracted(self) -> Extracted:
-        error = err_text(self.error)
+        error = error_text(self.error)
         if error is None and self.status == "failed":
             error = "response failed"
         return Extracted(
@@ -128,7 +127,7 @@ class _Event(msgspec.Struct):
     item: _Item | None = None
     message: Any = None
     code: Any = None
-    error: Err | str | None = None
+    error: ErrorObject | str | None = None
 
 
 class _Created(msgspec.Struct):
@@ -190,9 +189,9 @@ class ResponsesStream(StreamExtractor):
             seen = {c.call_id for c in self._calls}
             self._calls += [c for c in _tool_calls(r.output) if c.call_id not in seen]
             if kind == "response.failed":
-                self.error = err_text(r.error) or "response failed"
+                self.error = error_text(r.error) or "response failed"
         elif kind == "error":
-            self.error = err_text(ev.error) or err_text(Err(ev.message, None, ev.code))
+            self.error = error_text(ev.error) or error_text(ErrorObject(ev.message, None, ev.code))
         elif kind == "response.created" and ev.response is not None and self.model is None:
             self.model = ev.response.model
 
