@@ -5,9 +5,12 @@ matched against :data:`ROUTES`; literal segments must be equal, ``{param}``
 segments must look like an id or a name (:data:`SEGMENT_RE`: no ``.``/``..``,
 no slash, no percent-escape). Only a match is forwarded, to a URL built from
 the owning service's base URL and the validated segments (parse, then build).
-The table follows docs/architecture.md section 5 and the second-round
-additions; keypool's ``/keys/health`` and ``/keys/{keyId}/reset`` come before
-the registry's ``/keys/{keyId}`` so the literal wins.
+The console imports no service, so the table is written out here;
+``tests/test_console_routes.py`` checks it against each service's document in
+``docs/openapi/`` (every entry a documented operation of its service, every
+documented operation forwarded or deliberately not). Keypool's
+``/keys/health`` and ``/keys/{keyId}/reset`` come before the registry's
+``/keys/{keyId}`` so the literal wins.
 """
 
 from __future__ import annotations
