@@ -43,6 +43,7 @@ from aigw_common.llm import error_body
 from aigw_common.sse import EventSink
 
 from . import sigv4
+from .errors import anthropic_error
 from .eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
 from .eventstream import BedrockSSE, anthropic_error_type
 
@@ -458,4 +459,4 @@ def anthropic_error_body(status: int, headers: Mapping[str, str], body: bytes) -
     e = error_body.parse(body, headers)
     code = e.type if e.shape in ("aws", "text") and e.type else _STATUS_EXCEPTIONS.get(status, "InternalServerException")
     message = e.message or code
-    return msgspec.json.encode({"type": "error", "error": {"type": anthropic_error_type(code), "message": message}})
+    return anthropic_error(anthropic_error_type(code), message)

@@ -8,7 +8,7 @@ from aiohttp import web
 from aigw_common import sse
 from aigw_common.llm import Api
 
-__all__ = ["Api", "error_body", "error_response", "sse_error_event"]
+__all__ = ["Api", "anthropic_error", "error_body", "error_response", "sse_error_event"]
 
 _enc = msgspec.json.Encoder()
 
@@ -28,10 +28,15 @@ _KINDS: dict[int, tuple[str, str | None, str]] = {
 }
 
 
+def anthropic_error(error_type: str, message: str) -> bytes:
+    """An Anthropic error body (also the data of its ``error`` event)."""
+    return _enc.encode({"type": "error", "error": {"type": error_type, "message": message}})
+
+
 def error_body(api: Api, status: int, message: str, *, code: str | None = None) -> bytes:
     otype, ocode, atype = _KINDS.get(status, ("server_error", None, "api_error"))
     if api == "anthropic":
-        return _enc.encode({"type": "error", "error": {"type": atype, "message": message}})
+        return anthropic_error(atype, message)
     return _enc.encode({"error": {"message": message, "type": otype, "param": None, "code": code or ocode}})
 
 

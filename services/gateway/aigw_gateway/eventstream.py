@@ -39,6 +39,8 @@ from aigw_common.errors import AigwError
 from aigw_common.llm import error_body
 from aigw_common.sse import EventSink
 
+from .errors import anthropic_error
+
 PRELUDE = 12
 MAX_MESSAGE = 16 * 1024 * 1024  # the spec's limit
 MAX_HEADERS = 128 * 1024
@@ -218,11 +220,6 @@ def anthropic_error_type(aws_code: str) -> str:
     """``ThrottlingException`` / ``throttlingException`` / ``ThrottlingException:http://…`` → ``rate_limit_error``."""
     key = aws_code.partition(":")[0].strip().lower().removesuffix("exception")
     return _ANTHROPIC_ERROR_TYPES.get(key, "api_error")
-
-
-def anthropic_error(error_type: str, message: str) -> bytes:
-    """The data of an Anthropic ``error`` event."""
-    return msgspec.json.encode({"type": "error", "error": {"type": error_type, "message": message}})
 
 
 class _Chunk(msgspec.Struct):
