@@ -225,7 +225,8 @@ async def migrate_dsn(dsn: str, *sets: MigrationSet, owners: Mapping[str, str] |
 async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
     """Close gracefully, but never hang shutdown on a connection that will not come back (Postgres gone)."""
     try:
-        await asyncio.wait_for(pool.close(), timeout)
+        async with asyncio.timeout(timeout):
+            await pool.close()
     except TimeoutError:
         log.warning("postgres pool did not close in time; terminating its connections")
         pool.terminate()

@@ -481,9 +481,11 @@ class EmbeddedNats(_ServerChild):
     async def _ready(self) -> bool:
         """Ready when a client gets an INFO line that says JetStream is on."""
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 2)
+            async with asyncio.timeout(2):
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
             try:
-                line = await asyncio.wait_for(reader.readline(), 2)
+                async with asyncio.timeout(2):
+                    line = await reader.readline()
             finally:
                 writer.close()
                 with contextlib.suppress(OSError):

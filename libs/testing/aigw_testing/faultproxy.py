@@ -61,8 +61,9 @@ class FaultProxy:
             server.close()
         self.reset_connections()
         if server is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 2)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await server.wait_closed()
 
     def reset_connections(self) -> None:
         for w in list(self._open):

@@ -31,7 +31,8 @@ async def request(url: str, method: str, target: str, headers: list[tuple[str, s
         head += f"Content-Length: {len(body)}\r\n\r\n"
         writer.write(head.encode("latin-1") + body)
         await writer.drain()
-        data = await asyncio.wait_for(reader.read(), timeout)
+        async with asyncio.timeout(timeout):
+            data = await reader.read()
     finally:
         writer.close()
     raw_head, _, rest = data.partition(b"\r\n\r\n")

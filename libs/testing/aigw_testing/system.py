@@ -37,6 +37,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from aigw_common.aio import wait_event
 from aigw_common.bus import Bus, Subjects
 from aigw_common.cli import load_service
 from aigw_common.schemas import TokenUsage
@@ -407,8 +408,7 @@ class Traffic:
             i += 1
             delay = self._t0 + i / self.rate - loop.time()
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                await wait_event(self._stop, delay)
         if tasks:
             await asyncio.gather(*tasks)
 
@@ -497,7 +497,8 @@ class ServiceProcess:
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(sig)
         try:
-            return await asyncio.wait_for(self.proc.wait(), within)
+            async with asyncio.timeout(within):
+                return await self.proc.wait()
         except TimeoutError:
             self.proc.kill()
             return await self.proc.wait()

@@ -17,6 +17,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from aigw_common.aio import wait_event
 from aigw_common.bus import Bus
 from aigw_common.schemas import (
     AnyUsageEvent,
@@ -105,8 +106,5 @@ class UsageCollector:
             if remaining <= 0:
                 raise AssertionError(f"expected {n} ended interceptions, saw {len(self.ended())}")
             self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
+            await wait_event(self._changed, remaining)
         return self.ended()
