@@ -40,9 +40,9 @@ SETTINGS_FIELDS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
     t: tuple((f.name, f.required, f.secret) for f in cap.settings) for t, cap in llm.CAPABILITIES.items() if cap.settings
 }
 # Upstream timeouts every type accepts (durations such as "30s", "10m"; the gateway's defaults otherwise).
-TIMEOUT_FIELDS = ("connect_timeout", "first_byte_timeout", "idle_timeout")
+TIMEOUT_FIELDS = tuple(f.name for f in llm.COMMON_SETTINGS if f.kind == "duration")
 # Extra client headers the gateway forwards to this provider: "X-Foo, X-Bar" (aigw_common.headers rules).
-FORWARD_HEADERS = "forward_headers"
+[FORWARD_HEADERS] = [f.name for f in llm.COMMON_SETTINGS if f.kind == "header_names"]
 MAX_FORWARD_HEADERS = 32
 THINKING_MODES = frozenset({"budget", "adaptive", "adaptive-only"})
 MAX_TIMEOUT_SECONDS = 86400.0

@@ -66,15 +66,16 @@ class SettingField:
     name: str
     required: bool = False
     secret: bool = False  # sealed at rest, masked when read back, write-only in the console
+    kind: Literal["text", "duration", "header_names"] = "text"  # how the registry checks the value
 
 
 # Settings every type takes besides its own: upstream timeouts (durations) and the extra client headers
 # forwarded to the provider ("X-Foo, X-Bar"). None of them is secret.
 COMMON_SETTINGS = (
-    SettingField("connect_timeout"),
-    SettingField("first_byte_timeout"),
-    SettingField("idle_timeout"),
-    SettingField("forward_headers"),
+    SettingField("connect_timeout", kind="duration"),
+    SettingField("first_byte_timeout", kind="duration"),
+    SettingField("idle_timeout", kind="duration"),
+    SettingField("forward_headers", kind="header_names"),
 )
 
 _BEDROCK_SETTINGS = (

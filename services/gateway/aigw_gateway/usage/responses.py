@@ -90,7 +90,7 @@ class _Item(msgspec.Struct):
             args = ""
         error = self.error
         if error is not None and not isinstance(error, str):
-            error = error_text(error) if isinstance(error, ErrorObject) else json_text(error)
+            error = json_text(error)  # an item's error is any JSON (decoded as Any): kept as its text
         if error is None and self.status == "failed":
             error = "failed"
         return ToolCall(
