@@ -19,6 +19,7 @@ everything else to the other cores when the machine has them.
     make bench                         # every scenario, both latencies
     python -m bench.run --seconds 3 --only 'chat c64'
     python -m bench.run --profile /tmp/gw.txt   # py-spy (if on PATH) samples the gateway
+    python -m bench.run --cpu-profile /tmp/prof  # CPU-time samples of the gateway and the bare proxy
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -221,6 +223,13 @@ async def main_async(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
     os.chmod(tmp, 0o755)  # under root the embedded Postgres runs as an unprivileged user that must enter it
     procs_started: list[subprocess.Popen[bytes]] = []
+    if args.cpu_profile:  # bench/cpuprof/sitecustomize.py, in every process we start; it arms itself in the proxies
+        Path(args.cpu_profile).mkdir(parents=True, exist_ok=True)
+        os.environ["BENCH_CPUPROF_DIR"] = str(Path(args.cpu_profile).resolve())
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "bench" / "cpuprof"),
+                                                               os.environ.get("PYTHONPATH")) if p)
+        notes.append(f"--cpu-profile: collapsed stacks (sampled on a 1 ms CPU-time timer) of the gateway and the bare "
+                     f"proxy during their cells in {args.cpu_profile}/{{gateway,bare}}-PID.txt")
     system = BenchSystem(tmp, workers=1)
     try:
         mocks = {}
@@ -277,8 +286,13 @@ async def main_async(args: argparse.Namespace) -> int:
             for scen in scenarios:
                 for t in targets:
                     parts: dict[str, float] = {}
+                    sampled = t.proxy_pids[:1] if args.cpu_profile else []
+                    for pid in sampled:
+                        os.kill(pid, signal.SIGRTMIN + 1)
                     n, err, secs, lat_s, ttfb, cpu, sys_cpu, first = await drive(
                         t, scen, system.member_token, args.seconds, settle if t.name == "gateway" else None, parts)
+                    for pid in sampled:
+                        os.kill(pid, signal.SIGRTMIN + 2)
                     lat_s.sort()
                     ttfb.sort()
                     results.append(Result(
@@ -377,6 +391,8 @@ def main() -> None:
                     help="upstream latencies in ms, comma list (default 0,50)")
     ap.add_argument("--only", help="run one scenario, e.g. 'chat c64'")
     ap.add_argument("--profile", help="write a py-spy profile (raw, collapsed stacks) of the gateway to this file")
+    ap.add_argument("--cpu-profile", metavar="DIR",
+                    help="sample the gateway and the bare proxy on CPU time (bench/cpuprof); stacks to DIR")
     ap.add_argument("--no-workers-row", dest="workers_row", action="store_false",
                     help="skip the 1-vs-2 gateway worker processes row")
     sys.exit(asyncio.run(main_async(ap.parse_args())))
