@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
@@ -45,6 +44,7 @@ from .providers import ProviderLoader, ProviderSet
 from .proxy import Gateway
 from .recorder import Recorder, RecordPolicy
 from .spool import Spool
+from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,10 @@ async def _lifecycle(app: web.Application, stack: contextlib.AsyncExitStack) -> 
     # every upstream address is checked after DNS and at connect (AIGW_ALLOW_PRIVATE_UPSTREAMS)
     connector = netguard.upstream_connector(settings.allow_private_upstreams, resolver=app.get(UPSTREAM_RESOLVER),
                                             limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-    # no cookie jar: an upstream's Set-Cookie is not kept and sent on the next request, whoever makes it (and
-    # the jar's per-request filtering is CPU the proxy does not need)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
-                                    cookie_jar=aiohttp.DummyCookieJar())
-    stack.push_async_callback(session.close)
+    # the connector's connections, aiohttp's parser, no ClientSession (upstream.py says why): no cookies, no
+    # redirects, no User-Agent of ours; bodies a provider compresses are decoded before usage is read
+    upstream = UpstreamClient(connector, auto_decompress=True)
+    stack.push_async_callback(upstream.close)
     dumps = DumpStore(settings.dump_dir, settings.dump_max_bytes) if settings.dump_dir is not None else None
     if dumps is not None:
         stack.push_async_callback(asyncio.to_thread, dumps.stop)
@@ -162,7 +161,7 @@ async def _lifecycle(app: web.Application, stack: contextlib.AsyncExitStack) -> 
     background(stack, _spool_gauges(recorder, metrics), "spool-gauges")
 
     breakers = Breakers(settings.breaker, on_state=on_breaker)
-    gw = Gateway(settings, loader, pools, breakers, identities, recorder, guard, metrics, session, bus_sealer, dumps,
+    gw = Gateway(settings, loader, pools, breakers, identities, recorder, guard, metrics, upstream, bus_sealer, dumps,
                  limits=limits)
     app[BUS], app[LOADER], app[POOLS], app[RECORDER] = bus, loader, pools, recorder
     app[IDENTITIES], app[GUARD], app[GATEWAY], app[LIMITS] = identities, guard, gw, limits

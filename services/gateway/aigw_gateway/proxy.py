@@ -62,6 +62,7 @@ from .limits import LimitDecision, LimitGuard
 from .metrics import GatewayMetrics
 from .providers import Provider, ProviderLoader
 from .recorder import Recorder
+from .upstream import UpstreamClient, UpstreamResponse
 from .usage.common import Extracted, Relay, RequestInfo
 from .usage.dialects import DIALECTS
 
@@ -73,7 +74,7 @@ def upstream_headers(request: web.Request, provider: Provider) -> CIMultiDict[st
     return provider.adapter.headers.upstream(request.headers, provider.forward_headers)
 
 
-async def _chunks(resp: aiohttp.ClientResponse, idle: float) -> AsyncIterator[bytes]:
+async def _chunks(resp: UpstreamResponse, idle: float) -> AsyncIterator[bytes]:
     """The body as it arrives; TimeoutError when nothing arrives for ``idle`` seconds (the idle timeout).
 
     One timer per stream, re-armed lazily: a chunk only records the time it arrived, so the per-chunk
@@ -113,7 +114,7 @@ def _client_timeout(connect: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=None)
 
 
-async def _read_error_body(resp: aiohttp.ClientResponse) -> bytes | None:
+async def _read_error_body(resp: UpstreamResponse) -> bytes | None:
     """Read an upstream error body up to a bound (None when larger: treated as saying nothing)."""
     parts: list[bytes] = []
     size = 0
@@ -134,7 +135,7 @@ async def _read_error_body(resp: aiohttp.ClientResponse) -> bytes | None:
     return data
 
 
-async def _read_dump_body(resp: aiohttp.ClientResponse, idle: float) -> bytes:
+async def _read_dump_body(resp: UpstreamResponse, idle: float) -> bytes:
     """The body of an answer we fail over from, for its dump (bounded; whatever arrives in time)."""
     try:
         async with asyncio.timeout(idle):
@@ -192,7 +193,7 @@ class Gateway:
     def __init__(
         self, settings: Settings, loader: ProviderLoader, pools: KeyPools, breakers: Breakers,
         identities: IdentityCache, recorder: Recorder, guard: BudgetGuard, metrics: GatewayMetrics,
-        session: aiohttp.ClientSession, bus_sealer: Sealer, dumps: DumpStore | None = None,
+        upstream: UpstreamClient, bus_sealer: Sealer, dumps: DumpStore | None = None,
         limits: LimitGuard | None = None,
     ) -> None:
         self.limits = limits
@@ -204,7 +205,7 @@ class Gateway:
         self.recorder = recorder
         self.guard = guard
         self.m = metrics
-        self.session = session
+        self.upstream = upstream
         self.bus_sealer = bus_sealer
         self.dumps = dumps
         self.catalog = ModelCatalog()
@@ -311,7 +312,7 @@ class Gateway:
     async def _send(
         self, request: web.Request, provider: Provider, endpoint: Endpoint | None, url: URL,
         headers: CIMultiDict[str], body: bytes, caller: Caller, dump_id: str | None = None,
-    ) -> tuple[aiohttp.ClientResponse, PoolKey | None, ResponseFilter | None, AttemptDump | None]:
+    ) -> tuple[UpstreamResponse, PoolKey | None, ResponseFilter | None, AttemptDump | None]:
         """Walk the key pool (or make the single BYOK attempt); return the response to relay, how the
         adapter wants its body rewritten for the client (None: as is), and the dump of that attempt
         (with ``AIGW_DUMP_DIR``: every attempt is dumped, the failed-over ones whole)."""
@@ -353,8 +354,7 @@ class Gateway:
                 ad.request(out.method, out.url, out.headers, out.body, secrets)
             try:
                 async with asyncio.timeout(t.connect + t.first_byte):  # no extra task per request, unlike wait_for
-                    resp = await self.session.request(out.method, out.url, headers=out.headers, data=out.body,
-                                                      timeout=timeout, allow_redirects=False)
+                    resp = await self.upstream.request(out.method, out.url, out.headers, out.body, timeout)
             except (TimeoutError, aiohttp.ClientError) as e:
                 if ad is not None:
                     ad.error(f"{type(e).__name__}: {e}")
@@ -520,7 +520,7 @@ class Gateway:
                 breaker.release()
             rec.end(outcome, status)
 
-    async def _relay_blocking(self, resp: aiohttp.ClientResponse, endpoint: Endpoint,
+    async def _relay_blocking(self, resp: UpstreamResponse, endpoint: Endpoint,
                               rec: _Interception, filt: ResponseFilter | None = None) -> web.Response:
         idle = rec.provider.timeouts.idle
         try:
@@ -540,7 +540,7 @@ class Gateway:
             rec.error = f"upstream answered {resp.status}" + (f": {upstream_msg}" if upstream_msg else "")
         return web.Response(status=resp.status, body=data, headers=_filtered_headers(resp.headers, filt))
 
-    async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, endpoint: Endpoint,
+    async def _relay_stream(self, request: web.Request, resp: UpstreamResponse, endpoint: Endpoint,
                             api: Api, rec: _Interception, filt: ResponseFilter | None = None,
                             hidden: Relay | None = None) -> web.StreamResponse:
         out = web.StreamResponse(status=resp.status, headers=_filtered_headers(resp.headers, filt))
