@@ -120,7 +120,10 @@ class UpstreamClient:
             host = url.host_port_subcomponent
             assert host is not None
             out["Host"] = host
-        out.extend(headers)
+            out.extend(headers)
+        else:  # first, as ClientSession puts it (the last value wins)
+            out["Host"] = headers.getall("Host")[-1]
+            out.extend((k, v) for k, v in headers.items() if k.lower() != "host")
         if "Accept" not in out:
             out["Accept"] = "*/*"
         if "Accept-Encoding" not in out:
