@@ -22,6 +22,8 @@ one; no ``User-Agent``), no redirects, no cookies, and the retry-once rule of RF
 aiohttp applies: only an idempotent method is sent again after the connection broke before an answer
 (``ServerDisconnectedError`` / ``ClientOSError``, never a connect error) — a POST never is. The connection
 goes back to the pool when its body was read to the end and keep-alive allows; otherwise it is closed.
+One difference: a header given twice under two spellings (``X-A`` / ``x-a``) goes out twice, as given;
+``ClientSession`` kept only the last.
 """
 
 from __future__ import annotations
