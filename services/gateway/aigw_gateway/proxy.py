@@ -548,8 +548,10 @@ class Gateway:
         out.headers["X-Accel-Buffering"] = "no"
         await out.prepare(request)
         ext = DIALECTS[endpoint].stream()
-        # a filter that decodes the events itself (Bedrock) hands them over; otherwise the extractor reads the SSE
-        read = None if filt is not None and filt.meter(ext.event) else ext.feed
+        # a filter that decodes the events itself (Bedrock) hands them over; a relay that hides events frames
+        # them anyway and hands them over (one pass over the SSE); otherwise the extractor reads the SSE
+        read = (None if filt is not None and filt.meter(ext.event)
+                else ext.feed if hidden is None else hidden.metering(ext))
         dump = rec.dump
         if dump is not None:
             dump.response_head(resp.status, resp.headers)
@@ -570,9 +572,13 @@ class Gateway:
                 if filt is not None and (tail := filt.finish()):
                     if dump is not None:
                         dump.chunk(tail)
-                    if read is not None:
-                        read(tail)
-                    await out.write(tail)
+                    relay = tail if hidden is None else hidden.feed(tail)
+                    try:
+                        if relay:
+                            await out.write(relay)
+                    finally:
+                        if read is not None:
+                            read(tail)
                 if hidden is not None and (tail := hidden.finish()):
                     await out.write(tail)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
@@ -587,6 +593,8 @@ class Gateway:
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             rec.cancelled = True
         finally:
+            if hidden is not None:
+                hidden.finish()  # meters the tail of a stream that broke off (nothing when finished above)
             rec.extracted = ext.finish()
         return out
 

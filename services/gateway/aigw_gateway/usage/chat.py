@@ -8,6 +8,7 @@ asks on the client's behalf and hides the extra usage-only chunk from a client t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -96,21 +97,53 @@ class UsageChunkFilter:
     The gateway adds ``stream_options.include_usage`` for metering; clients that index ``choices[0]``
     would crash on a chunk they never asked for. Only the incomplete tail of the stream is held back
     (at most ``MAX_LINE``; past that it is relayed unread rather than held). Framing: :class:`SSEFramer`.
+
+    It frames every event anyway, so it also meters them (:meth:`metering`): the stream's extractor gets the
+    framed events instead of reading the bytes a second time (one pass over the SSE, not two). Should a tail
+    outgrow ``MAX_LINE`` the extractor reads the bytes itself from there on, as it would without a relay.
     """
 
-    __slots__ = ("_framer",)
+    __slots__ = ("_events", "_ext", "_framer", "_unframed")
 
     def __init__(self) -> None:
         self._framer = SSEFramer(MAX_LINE)
+        self._ext: StreamExtractor | None = None
+        self._events: list[bytes] = []  # framed by the last feed, not metered yet
+        self._unframed: bytes | None = b""  # a tail relayed unread (None once the extractor reads the bytes)
+
+    def metering(self, ext: StreamExtractor) -> Callable[[bytes], None]:
+        """Meter into ``ext`` what this relay frames: call the reader returned with each chunk after ``feed``
+        (after writing what it returned: the client's bytes first); ``finish`` meters the rest."""
+        self._ext = ext
+        return self._meter
 
     def feed(self, chunk: bytes) -> bytes:
         events, overflow = self._framer.feed(chunk)
+        if self._ext is not None:
+            self._events = events
+            if overflow:
+                self._unframed = overflow
         if not events:
             return overflow
         return b"".join([e for e in events if not _usage_only(e)]) + overflow
 
+    def _meter(self, chunk: bytes) -> None:
+        ext = self._ext
+        assert ext is not None
+        if self._unframed is None:  # past an over-long tail: the extractor reads the bytes
+            ext.feed(chunk)
+            return
+        events, self._events = self._events, []
+        ext.framed(chunk, events)
+        if self._unframed:
+            ext.feed(self._unframed)
+            self._unframed = None
+
     def finish(self) -> bytes:
+        """The rest to relay (metered when metering). Again after the end: nothing."""
         rest = self._framer.finish()
+        if self._ext is not None and self._unframed is not None and rest:
+            self._ext.framed(b"", [rest])
         return b"" if _usage_only(rest) else rest
 
 

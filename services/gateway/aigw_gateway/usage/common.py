@@ -3,6 +3,7 @@ are read by :mod:`aigw_common.llm.error_body` (``ErrorObject`` in the event Stru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -120,10 +121,16 @@ def openai_tokens(inp: int | None, out: int | None, cached: Cached | None, reaso
 
 
 class Relay(Protocol):
-    """Rewrites a streamed body on its way to the client, chunk by chunk."""
+    """Rewrites a streamed body on its way to the client, chunk by chunk. It frames the events to do so, so
+    it meters them too (``metering``): the stream is framed once, not by the relay and again by the extractor."""
 
     def feed(self, chunk: bytes) -> bytes: ...
     def finish(self) -> bytes: ...
+
+    def metering(self, ext: StreamExtractor) -> Callable[[bytes], None]:
+        """Meter into ``ext`` what ``feed`` frames: the reader returned takes each chunk after ``feed`` did (and
+        after the client got what it returned); ``finish`` meters the rest."""
+        ...
 
 
 class BodyShape(Protocol):

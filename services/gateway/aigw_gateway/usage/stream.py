@@ -4,14 +4,15 @@
 per chunk) and each dialect decides from the ``event:`` name or a substring test whether an event can
 matter before decoding it (typed msgspec Structs that skip every field we do not read). Text deltas —
 nearly all events — are never decoded. A source that already has the events (Bedrock's event stream)
-calls ``event`` directly and skips the SSE round trip.
+calls ``event`` directly and skips the SSE round trip; a relay that frames the stream anyway (a chat stream
+whose usage chunk is hidden) hands over its raw events (``framed``) rather than the bytes.
 """
 
 from __future__ import annotations
 
 from aigw_common.schemas import TokenCounts
 from aigw_common.sse import MAX_LINE as SSE_MAX_LINE
-from aigw_common.sse import SSEDecoder
+from aigw_common.sse import SSEDecoder, event_of
 
 from .common import Extracted, ToolCall, body_error
 
@@ -53,6 +54,18 @@ class StreamExtractor:
             self._head = None
             for name, data in events:
                 self.event(name, data)
+
+    def framed(self, chunk: bytes, events: list[bytes]) -> None:
+        """``chunk`` as a relay already framed it (:class:`aigw_common.sse.SSEFramer`): ``events`` are the raw
+        events it completed. The same as ``feed(chunk)`` without framing the stream a second time; the raw
+        events must start where the extractor's own reading stands (use one or the other per stream)."""
+        if self._head is not None and len(self._head) < HEAD:
+            self._head += chunk[: HEAD - len(self._head)]
+        for raw in events:
+            ev = event_of(raw, MAX_LINE)
+            if ev is not None:
+                self._head = None
+                self.event(*ev)
 
     def event(self, name: bytes | None, data: bytes) -> None:
         """One event: its ``event:`` name (None when the stream names none) and its joined ``data``."""
