@@ -119,7 +119,7 @@ class UsageChunkFilter:
 
     def feed(self, chunk: bytes) -> bytes:
         events, overflow = self._framer.feed(chunk)
-        if self._ext is not None:
+        if self._ext is not None and self._unframed is not None:
             self._events = events
             if overflow:
                 self._unframed = overflow

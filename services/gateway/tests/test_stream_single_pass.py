@@ -1,0 +1,176 @@
+"""A chat stream whose usage chunk is hidden is framed once (issue 18): the relay that hides the chunk hands its
+framed events to the usage extractor. It must relay exactly the bytes, and meter exactly the usage, of the two
+passes it replaced — the framer-only relay and an extractor decoding the bytes again — kept here as the oracle."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from aigw_common.sse import SSEFramer, event_of
+from aigw_gateway.usage import chat, stream
+from aigw_gateway.usage.chat import ChatStream, UsageChunkFilter
+from aigw_gateway.usage.common import Extracted
+from aigw_testing.txtar import all_corpora
+
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+
+
+class _OldFramer:
+    """The framer as it was (one regex search per event, whatever the line ends)."""
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self.buf = bytearray()
+
+    def feed(self, chunk: bytes) -> tuple[list[bytes], bytes]:
+        buf = self.buf
+        buf += chunk
+        events, start = [], 0
+        while (m := _EVENT_END.search(buf, start)) is not None:
+            events.append(bytes(buf[start:m.end()]))
+            start = m.end()
+        del buf[:start]
+        if len(buf) > self.max_line:
+            overflow = bytes(buf)
+            buf.clear()
+            return events, overflow
+        return events, b""
+
+    def finish(self) -> bytes:
+        rest = bytes(self.buf)
+        self.buf.clear()
+        return rest
+
+
+def _two_passes(chunks: list[bytes], *, broken: bool = False) -> tuple[list[bytes], Extracted]:
+    """The oracle: the relay filter frames the chunk, then the extractor reads the same bytes again."""
+    framer, ext, out = _OldFramer(chat.MAX_LINE), ChatStream(), []
+    for c in chunks:
+        events, overflow = framer.feed(c)
+        out.append(b"".join([e for e in events if not chat._usage_only(e)]) + overflow)
+        ext.feed(c)
+    if not broken:
+        rest = framer.finish()
+        out.append(b"" if chat._usage_only(rest) else rest)
+    return out, ext.finish()
+
+
+def _one_pass(chunks: list[bytes], *, broken: bool = False) -> tuple[list[bytes], Extracted]:
+    """As the proxy drives it: feed, write what it returned, then meter; finish (again, in the proxy's finally)."""
+    relay, ext, out = UsageChunkFilter(), ChatStream(), []
+    read = relay.metering(ext)
+    for c in chunks:
+        out.append(relay.feed(c))
+        read(c)
+    if not broken:
+        out.append(relay.finish())
+    relay.finish()
+    return out, ext.finish()
+
+
+def _streams() -> dict[str, bytes]:
+    out = {}
+    for name, f in all_corpora().items():
+        if not name.removeprefix("ext:").startswith("openai/chatcompletions/"):
+            continue
+        for section in f.sections:
+            if section.startswith("streaming"):
+                out[f"{name}:{section}"] = f.response(section).body
+    delta = b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    usage = b'data: {"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n'
+    out |= {  # the shapes the corpus may lack
+        "usage with choices (relayed)": delta + b'data: {"choices":[{"index":0,"delta":{}}],'
+                                        b'"usage":{"prompt_tokens":5,"completion_tokens":6}}\n\ndata: [DONE]\n\n',
+        "comments, names, multi-line data, stray blank lines":
+            b": ping\n\n\n" + b"event: x\n" + delta + b"\n\n\n" + b'data: {"choices":[],\ndata: "usage":{"prompt_tokens":7}}\n\n'
+            + b"data:[DONE]\n\n",
+        "unterminated usage last": delta + usage.rstrip(),
+        "unterminated delta last": usage + delta.rstrip() + b"\n",
+        "no usage": delta + delta + b"data: [DONE]\n\n",
+        "error body": b'{"error":{"message":"overloaded","type":"server_error"}}',
+        "empty choices without usage (Azure)": b'data: {"choices":[],"prompt_filter_results":[]}\n\n' + delta + usage,
+        "spaced empty choices": b'data: {"choices" : [ ],"usage":{"prompt_tokens":9}}\n\n' + delta,
+        "usage: null": b'data: {"choices":[],"usage":null}\n\n' + delta,
+        "mixed line ends": delta.replace(b"\n\n", b"\r\n\n") + b"data: x\rdata: y\n\n"
+                           + usage.replace(b"}}\n", b"}}\r: c\n", 1) + usage.replace(b"\n\n", b"\n\r\n"),
+    }
+    return out
+
+
+STREAMS = _streams()
+
+
+def _variants(body: bytes) -> dict[str, bytes]:
+    return {"lf": body, "crlf": body.replace(b"\n", b"\r\n"), "cr": body.replace(b"\n", b"\r")}
+
+
+def _chunkings(body: bytes, rng: random.Random) -> list[list[bytes]]:
+    ways = [[body], [body[i:i + 1] for i in range(len(body))]]
+    for _ in range(6):
+        chunks, i = [], 0
+        while i < len(body):
+            n = rng.choice((1, 2, 3, rng.randint(1, 40), rng.randint(1, 400)))
+            chunks.append(body[i:i + n])
+            i += n
+        ways.append(chunks)
+    return ways
+
+
+def test_the_corpus_has_chat_streams_with_a_usage_chunk() -> None:
+    corpus = [b for k, b in STREAMS.items() if k.startswith("openai/")]
+    assert len(corpus) >= 5 and any(b'"choices":[]' in b and b'"usage":{' in b for b in corpus)
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_one_pass_relays_and_meters_what_two_passes_did(name: str) -> None:
+    rng = random.Random(name)
+    for variant, body in _variants(STREAMS[name]).items():
+        for chunks in _chunkings(body, rng):
+            want_out, want = _two_passes(chunks)
+            got_out, got = _one_pass(chunks)
+            assert got_out == want_out, (variant, [len(c) for c in chunks])
+            assert got == want, (variant, [len(c) for c in chunks])
+            # the stream breaks off somewhere: the held tail is still metered
+            cut = chunks[:rng.randint(0, len(chunks))]
+            assert _one_pass(cut, broken=True) == _two_passes(cut, broken=True), variant
+
+
+def test_the_hidden_chunk_is_metered_not_relayed() -> None:
+    body = STREAMS["openai/chatcompletions/simple:streaming"]
+    out, got = _one_pass([body])
+    assert b'"choices":[]' in body and b'"choices":[]' not in b"".join(out)
+    assert got.tokens.input_tokens == 31 and got.terminal
+
+
+def test_over_long_tails_fall_back_to_reading_the_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chat, "MAX_LINE", 64)
+    monkeypatch.setattr(stream, "MAX_LINE", 64)
+    rng = random.Random(7)
+    long = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * 100 + b'"}}]}\n\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\n'
+    padded = b'event: u\ndata: {"choices":[],\ndata: "usage":{"prompt_tokens":5}}\n' + b": pad\n" * 12 + b"\n"
+    for body in (long + usage, usage + long + b"data: [DONE]\n\n", padded + long, long + padded,
+                 STREAMS["openai/chatcompletions/simple:streaming"]):
+        for variant in _variants(body).values():
+            for chunks in _chunkings(variant, rng):
+                assert _one_pass(chunks) == _two_passes(chunks)
+
+
+@pytest.mark.parametrize("raw", [
+    b"data: {}\n\n", b"data:{}\n\n", b"data: a\r\n\r\n", b"data: a\n\r", b"\ndata: a\n\n", b"event: e\ndata: a\n\n",
+    b"data: a\ndata: b\n\n", b"data: a\rb\n\n", b"data: a\rdata: b\n\n", b": c\n\n", b"\n\n", b"data: a", b"data: a\n", b"data: a\r", b"data: \n\n",
+])
+def test_event_of_reads_a_framed_event_as_the_decoder_does(raw: bytes) -> None:
+    from aigw_common.sse import SSEDecoder
+
+    d = SSEDecoder()
+    want = d.feed(raw) + d.finish()
+    assert event_of(raw) == (want[0] if want else None)
+    # and the framer's LF fast path frames as the regex did
+    for i in range(len(raw) + 1):
+        new, old = SSEFramer(), _OldFramer(1 << 20)
+        assert [new.feed(raw[:i]), new.feed(raw[i:]), new.finish()] == [old.feed(raw[:i]), old.feed(raw[i:]),
+                                                                         old.finish()]
