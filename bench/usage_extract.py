@@ -5,8 +5,9 @@
 
 Streams are fed one SSE event per ``feed`` (as the proxy sees them, one read per event); each figure is the
 best of ``--repeat`` runs of ``--rounds`` passes over every fixture of that dialect, in CPU time
-(``time.process_time``), so a noisy shared machine inflates it less than wall time. Also: the cost of one
-skipped text delta (the commonest event by far), blocking-body extraction, and request parsing.
+(``time.process_time``), so a noisy shared machine inflates it less than wall time. Also: a chat stream whose
+usage chunk the relay hides (framing, hiding and metering, one read per event and one per stream), the cost of
+one skipped text delta (the commonest event by far), blocking-body extraction, and request parsing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from aigw_common.llm import Endpoint
+from aigw_gateway.usage.chat import UsageChunkFilter
 from aigw_gateway.usage.dialects import DIALECTS
 from aigw_testing.txtar import all_corpora
 
@@ -98,6 +100,28 @@ def main() -> None:
         nb, nq = len(bodies.get(ep, [])) or 1, len(requests.get(ep, [])) or 1
         print(f"{ep:17s} {len(chunks_per):7d} {n_events:7d} {s * 1e6 / max(n_events, 1):9.2f} "
               f"{s * 1e6 / max(len(chunks_per), 1):10.1f} {b * 1e6 / nb:12.1f} {q * 1e6 / nq:11.1f}")
+
+    # a chat stream whose client did not ask for usage: the relay hides the usage chunk and meters what it frames
+    chat_streams = streams.get("chat_completions", [])
+    n_chat = sum(len(c) for c in chat_streams)
+    for how, per in (("one read per event", chat_streams), ("one read per stream", [[b"".join(c)] for c in chat_streams])):
+
+        def run_hidden(per: list[list[bytes]] = per) -> None:
+            dialect = DIALECTS["chat_completions"]
+            for _ in range(rounds):
+                for chunks in per:
+                    x = dialect.stream()
+                    relay = UsageChunkFilter()
+                    read = relay.metering(x)
+                    for c in chunks:
+                        relay.feed(c)
+                        read(c)
+                    relay.finish()
+                    x.finish()
+
+        s = _best(run_hidden, args.repeat) / rounds
+        print(f"chat, usage hidden ({how}): {s * 1e6 / max(n_chat, 1):.2f} µs/event, "
+              f"{s * 1e6 / max(len(chat_streams), 1):.1f} µs/stream")
 
     delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":1,'
              b'"delta":{"type":"text_delta","text":"hello there"}}\n\n')

@@ -125,6 +125,8 @@ class UsageChunkFilter:
                 self._unframed = overflow
         if not events:
             return overflow
+        if len(events) == 1 and not overflow:  # one event per read: the commonest case
+            return b"" if _usage_only(events[0]) else events[0]
         return b"".join([e for e in events if not _usage_only(e)]) + overflow
 
     def _meter(self, chunk: bytes) -> None:
