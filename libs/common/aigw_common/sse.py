@@ -165,6 +165,8 @@ class SSEFramer:
         if not buf and b"\r" not in chunk:  # LF only (the common case): the blank lines are the b"\n\n"s
             parts = chunk.split(b"\n\n")
             rest = parts.pop()
+            if len(parts) == 1 and not rest:  # one whole event (one read per event)
+                return [chunk], b""
             if len(rest) > self.max_line:
                 return [p + b"\n\n" for p in parts], rest
             buf += rest
@@ -205,6 +207,18 @@ def data_of(event: bytes) -> bytes:
     return out[0] if out else b""
 
 
+def events_of(raws: list[bytes], max_line: int = MAX_LINE) -> list[Event]:
+    """:func:`event_of` over the raw events of one chunk, those without data left out."""
+    out: list[Event] = []
+    for raw in raws:
+        if raw[:6] == b"data: " and raw.find(b"\n") == len(raw) - 2 and raw[-1:] == b"\n" and b"\r" not in raw \
+                and len(raw) - 8 <= max_line:  # event_of's fast path, inline: this runs for every event
+            out.append((None, raw[6:-2]))
+        elif (ev := event_of(raw, max_line)) is not None:
+            out.append(ev)
+    return out
+
+
 def event_of(raw: bytes, max_line: int = MAX_LINE) -> Event | None:
     """The event in one raw event as :class:`SSEFramer` frames it (or in its unterminated rest), exactly as an
     :class:`SSEDecoder` reading the whole stream delivers it; None for one without data (a comment, a stray
@@ -221,4 +235,4 @@ def event_of(raw: bytes, max_line: int = MAX_LINE) -> Event | None:
     return out[0] if out else None
 
 
-__all__ = ["MAX_LINE", "Event", "EventSink", "SSEDecoder", "SSEFramer", "SSETooLarge", "data_of", "encode", "event_of"]
+__all__ = ["MAX_LINE", "Event", "EventSink", "SSEDecoder", "SSEFramer", "SSETooLarge", "data_of", "encode", "event_of", "events_of"]

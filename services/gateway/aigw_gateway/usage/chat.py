@@ -125,9 +125,11 @@ class UsageChunkFilter:
                 self._unframed = overflow
         if not events:
             return overflow
+        search = _EMPTY_CHOICES.search  # _usage_only's first test, inline: this runs for every event
         if len(events) == 1 and not overflow:  # one event per read: the commonest case
-            return b"" if _usage_only(events[0]) else events[0]
-        return b"".join([e for e in events if not _usage_only(e)]) + overflow
+            e = events[0]
+            return b"" if search(e) and _usage_only(e) else e
+        return b"".join([e for e in events if not (search(e) and _usage_only(e))]) + overflow
 
     def _meter(self, chunk: bytes) -> None:
         ext = self._ext

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from aigw_common.schemas import TokenCounts
 from aigw_common.sse import MAX_LINE as SSE_MAX_LINE
-from aigw_common.sse import SSEDecoder, event_of
+from aigw_common.sse import SSEDecoder, events_of
 
 from .common import Extracted, ToolCall, body_error
 
@@ -61,11 +61,11 @@ class StreamExtractor:
         events must start where the extractor's own reading stands (use one or the other per stream)."""
         if self._head is not None and len(self._head) < HEAD:
             self._head += chunk[: HEAD - len(self._head)]
-        for raw in events:
-            ev = event_of(raw, MAX_LINE)
-            if ev is not None:
-                self._head = None
-                self.event(*ev)
+        if events and (decoded := events_of(events, MAX_LINE)):
+            self._head = None
+            event = self.event
+            for name, data in decoded:
+                event(name, data)
 
     def event(self, name: bytes | None, data: bytes) -> None:
         """One event: its ``event:`` name (None when the stream names none) and its joined ``data``."""
