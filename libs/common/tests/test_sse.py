@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from aigw_common.sse import SSEDecoder, SSEFramer, SSETooLarge, data_of, encode
+from aigw_common.sse import SSEDecoder, SSEFramer, SSETooLarge, data_of, encode, event_of, events_of
 
 STREAM = (b": comment\nevent: a\ndata: one\ndata:  two\n\nid: 7\ndata: {\"x\":1}\n\n"
           b"event: empty\n\ndata\n\nevent: b\ndata: last\n\n")
@@ -81,6 +83,32 @@ def test_framer_releases_an_over_long_tail_unread() -> None:
     events, overflow = f.feed(b"data: a\n\ndata: " + b"x" * 30)
     assert events == [b"data: a\n\n"] and overflow == b"data: " + b"x" * 30
     assert f.feed(b"\n\n") == ([b"\n\n"], b"")
+
+
+RAW = [
+    b"data: {}\n\n", b"data:{}\n\n", b"data: a\r\n\r\n", b"data: a\n\r", b"\ndata: a\n\n", b"event: e\ndata: a\n\n",
+    b"data: a\ndata: b\n\n", b"data: a\rb\n\n", b"data: a\rdata: b\n\n", b": c\n\n", b"\n\n", b"data: a",
+    b"data: a\n", b"data: a\r", b"data: \n\n", b"data: " + b"x" * 20 + b"\n\n",
+]
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")  # the framer's rule, one search per event
+
+
+@pytest.mark.parametrize("raw", RAW)
+def test_event_of_reads_a_framed_event_as_the_decoder_does(raw: bytes) -> None:
+    d = SSEDecoder(16)
+    want = d.feed(raw) + d.finish()
+    assert event_of(raw, 16) == (want[0] if want else None)
+    assert events_of([raw, raw], 16) == want + want
+    # the framer's LF-only fast path frames as the regex does, wherever the chunk boundary falls
+    for i in range(len(raw) + 1):
+        f, buf, got, want_events = SSEFramer(), b"", [], []
+        for piece in (raw[:i], raw[i:]):
+            got += f.feed(piece)[0]
+            buf += piece
+            while (m := _EVENT_END.search(buf)) is not None:
+                want_events.append(buf[:m.end()])
+                buf = buf[m.end():]
+        assert got == want_events and b"".join(got) + f.finish() == raw
 
 
 @pytest.mark.parametrize(("event", "data"), [

@@ -9,7 +9,6 @@ import re
 
 import pytest
 
-from aigw_common.sse import SSEFramer, event_of
 from aigw_gateway.usage import chat, stream
 from aigw_gateway.usage.chat import ChatStream, UsageChunkFilter
 from aigw_gateway.usage.common import Extracted
@@ -157,20 +156,3 @@ def test_over_long_tails_fall_back_to_reading_the_bytes(monkeypatch: pytest.Monk
         for variant in _variants(body).values():
             for chunks in _chunkings(variant, rng):
                 assert _one_pass(chunks) == _two_passes(chunks)
-
-
-@pytest.mark.parametrize("raw", [
-    b"data: {}\n\n", b"data:{}\n\n", b"data: a\r\n\r\n", b"data: a\n\r", b"\ndata: a\n\n", b"event: e\ndata: a\n\n",
-    b"data: a\ndata: b\n\n", b"data: a\rb\n\n", b"data: a\rdata: b\n\n", b": c\n\n", b"\n\n", b"data: a", b"data: a\n", b"data: a\r", b"data: \n\n",
-])
-def test_event_of_reads_a_framed_event_as_the_decoder_does(raw: bytes) -> None:
-    from aigw_common.sse import SSEDecoder
-
-    d = SSEDecoder()
-    want = d.feed(raw) + d.finish()
-    assert event_of(raw) == (want[0] if want else None)
-    # and the framer's LF fast path frames as the regex did
-    for i in range(len(raw) + 1):
-        new, old = SSEFramer(), _OldFramer(1 << 20)
-        assert [new.feed(raw[:i]), new.feed(raw[i:]), new.finish()] == [old.feed(raw[:i]), old.feed(raw[i:]),
-                                                                         old.finish()]
