@@ -42,6 +42,9 @@ async def test_streams_and_bucket_scale_in_place(nats_cluster: NatsCluster) -> N
             ev = InterceptionEnded(event_id=f"e{i}", interception_id="i", at=1.0, status="ok")
             await one.js_publish(s.usage("ended"), ev, msg_id=ev.event_id)
         kv = await keys_bucket(one)
+        # a bucket just created on a cluster answers puts once its stream has elected a leader (until then a
+        # put meets no responder: seen under load); keypool's writes retry through its consumer's nak
+        await nats_cluster.stream_leader(f"KV_{s.keys_bucket}")
         await kv.put("p.k", b'{"v":1}')
         assert (await one.js.stream_info(s.usage_stream)).config.num_replicas == 1
 
