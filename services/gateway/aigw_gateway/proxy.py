@@ -74,6 +74,16 @@ def upstream_headers(request: web.Request, provider: Provider) -> CIMultiDict[st
     return provider.adapter.headers.upstream(request.headers, provider.forward_headers)
 
 
+async def _translated(chunks: AsyncIterator[bytes], filt: ResponseFilter) -> AsyncIterator[bytes]:
+    """The body as a translating filter gives it to the client (Bedrock's event stream as SSE): what each
+    chunk turns into, then what the filter adds at the end, so the relay handles both the same way."""
+    async for chunk in chunks:
+        if out := filt.feed(chunk):
+            yield out
+    if tail := filt.finish():
+        yield tail
+
+
 async def _chunks(resp: UpstreamResponse, idle: float) -> AsyncIterator[bytes]:
     """The body as it arrives; TimeoutError when nothing arrives for ``idle`` seconds (the idle timeout).
 
@@ -557,9 +567,8 @@ class Gateway:
             dump.response_head(resp.status, resp.headers)
         try:
             try:
-                async for chunk in _chunks(resp, rec.provider.timeouts.idle):
-                    if filt is not None and not (chunk := filt.feed(chunk)):
-                        continue
+                chunks = _chunks(resp, rec.provider.timeouts.idle)
+                async for chunk in (chunks if filt is None else _translated(chunks, filt)):
                     if dump is not None:
                         dump.chunk(chunk)
                     relay = chunk if hidden is None else hidden.feed(chunk)
@@ -569,16 +578,6 @@ class Gateway:
                     finally:  # the client's bytes first, metered after (time to first byte); metered even
                         if read is not None:  # when the write fails (the provider produced them)
                             read(chunk)
-                if filt is not None and (tail := filt.finish()):
-                    if dump is not None:
-                        dump.chunk(tail)
-                    relay = tail if hidden is None else hidden.feed(tail)
-                    try:
-                        if relay:
-                            await out.write(relay)
-                    finally:
-                        if read is not None:
-                            read(tail)
                 if hidden is not None and (tail := hidden.finish()):
                     await out.write(tail)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
