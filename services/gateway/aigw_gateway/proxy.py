@@ -63,7 +63,7 @@ from .metrics import GatewayMetrics
 from .providers import Provider, ProviderLoader
 from .recorder import Recorder
 from .upstream import UpstreamClient, UpstreamResponse
-from .usage.common import Extracted, Relay, RequestInfo
+from .usage.common import Dialect, Extracted, Relay, RequestInfo
 from .usage.dialects import DIALECTS
 
 log = logging.getLogger(__name__)
@@ -515,9 +515,9 @@ class Gateway:
                 breaker = None  # outcome recorded
                 ctype = filt.content_type if filt is not None else resp.headers.get("Content-Type", "")
                 if status == 200 and "text/event-stream" in ctype:
-                    out = await self._relay_stream(request, resp, endpoint, api, rec, filt, hidden)
+                    out = await self._relay_stream(request, resp, dialect, api, rec, filt, hidden)
                 else:
-                    out = await self._relay_blocking(resp, endpoint, rec, filt)
+                    out = await self._relay_blocking(resp, dialect, rec, filt)
             finally:
                 resp.close()
             outcome = "ok" if status < 400 and rec.error is None else "error"
@@ -530,7 +530,7 @@ class Gateway:
                 breaker.release()
             rec.end(outcome, status)
 
-    async def _relay_blocking(self, resp: UpstreamResponse, endpoint: Endpoint,
+    async def _relay_blocking(self, resp: UpstreamResponse, dialect: Dialect,
                               rec: _Interception, filt: ResponseFilter | None = None) -> web.Response:
         idle = rec.provider.timeouts.idle
         try:
@@ -544,20 +544,20 @@ class Gateway:
             rec.dump.response_head(resp.status, resp.headers)
             rec.dump.chunk(data)
         if resp.status < 400:
-            rec.extracted = DIALECTS[endpoint].extract_blocking(data)
+            rec.extracted = dialect.extract_blocking(data)
         else:
-            upstream_msg = DIALECTS[endpoint].extract_blocking(data).error
+            upstream_msg = dialect.extract_blocking(data).error
             rec.error = f"upstream answered {resp.status}" + (f": {upstream_msg}" if upstream_msg else "")
         return web.Response(status=resp.status, body=data, headers=_filtered_headers(resp.headers, filt))
 
-    async def _relay_stream(self, request: web.Request, resp: UpstreamResponse, endpoint: Endpoint,
+    async def _relay_stream(self, request: web.Request, resp: UpstreamResponse, dialect: Dialect,
                             api: Api, rec: _Interception, filt: ResponseFilter | None = None,
                             hidden: Relay | None = None) -> web.StreamResponse:
         out = web.StreamResponse(status=resp.status, headers=_filtered_headers(resp.headers, filt))
         out.headers["Cache-Control"] = "no-cache"
         out.headers["X-Accel-Buffering"] = "no"
         await out.prepare(request)
-        ext = DIALECTS[endpoint].stream()
+        ext = dialect.stream()
         # a filter that decodes the events itself (Bedrock) hands them over; a relay that hides events frames
         # them anyway and hands them over (one pass over the SSE); otherwise the extractor reads the SSE
         read = (None if filt is not None and filt.meter(ext.event)
