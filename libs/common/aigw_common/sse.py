@@ -202,9 +202,9 @@ def encode(event: bytes | None, data: bytes) -> bytes:
 
 
 def data_of(event: bytes) -> bytes:
-    """The joined ``data:`` of one raw event (as :class:`SSEFramer` returns it)."""
-    out = [d for _e, d in SSEDecoder(max(len(event), 1)).feed(event + b"\n\n")]
-    return out[0] if out else b""
+    """The joined ``data:`` of one raw event (as :class:`SSEFramer` returns it), whatever its length."""
+    ev = event_of(event, max(len(event), 1))
+    return ev[1] if ev is not None else b""
 
 
 def events_of(raws: list[bytes], max_line: int = MAX_LINE) -> list[Event]:
