@@ -233,8 +233,8 @@ async def start(app: web.Application, host: str, port: int, *, grace: float = 20
     except BaseException:
         await runner.cleanup()  # aiohttp: after a failed startup this unwinds only the entries that started
         raise
-    sockets = getattr(site._server, "sockets", None)  # aiohttp has no public bound-port API
-    return runner, int(sockets[0].getsockname()[1]) if sockets else port
+    addresses = runner.addresses  # the bound sockets' names (port 0 asked for a free one)
+    return runner, int(addresses[0][1]) if addresses else port
 
 
 async def drain(runner: web.AppRunner) -> None:

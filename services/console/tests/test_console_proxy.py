@@ -121,7 +121,7 @@ async def test_shutdown_ends_relayed_streams(apps: AppHarness) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    console = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    console = f"http://127.0.0.1:{runner.addresses[0][1]}"
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         await (await http.post(console + "/signin", data={"token": TOKEN})).release()
         async with http.get(console + "/api/experimental/chats/c1/stream") as r:
