@@ -39,8 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
 
+from aigw_common.cli import run_loop
 from aigw_common.embedded import free_port
+from aigw_gateway.upstream import UpstreamClient
 
 from . import procs
 from .system import BenchSystem
@@ -114,25 +118,34 @@ async def drive(target: Target, scen: Scenario, token: str, seconds: float,
                 settle: Settle | None, parts: dict[str, float] | None = None,
                 ) -> tuple[int, int, float, list[float], list[float], float | None, float | None, str]:
     path, body, headers = scen.request(token)
-    url = (target.anthropic_base if scen.api == "messages" else target.base) + path
+    url = URL((target.anthropic_base if scen.api == "messages" else target.base) + path)
     lat: list[float] = []
     ttfb: list[float] = []
     errors = 0
     first_error = ""
-    conn = aiohttp.TCPConnector(limit=scen.concurrency)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+    # the load generator shares a core with the mock and the control plane: aiohttp's connector and parser
+    # without ClientSession (the gateway's own lean client), so it takes as little of that core as it can
+    client = UpstreamClient(aiohttp.TCPConnector(limit=scen.concurrency))
+    hdrs = CIMultiDict(headers)
+    connect = aiohttp.ClientTimeout(sock_connect=10)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(client.close)
+
         async def one() -> None:
             nonlocal errors, first_error
             t = time.perf_counter()
             try:
-                async with s.post(url, data=body, headers=headers) as r:
-                    await r.content.readany()
-                    ttfb.append(time.perf_counter() - t)
-                    rest = await r.read()
-                    if r.status != 200:
-                        errors += 1
-                        first_error = first_error or f"{r.status} {rest[:200]!r}"
+                async with asyncio.timeout(60):
+                    r = await client.request("POST", url, hdrs, body, connect)
+                    try:
+                        await r.content.readany()
+                        ttfb.append(time.perf_counter() - t)
+                        rest = await r.content.read()
+                    finally:
+                        r.release()
+                if r.status != 200:
+                    errors += 1
+                    first_error = first_error or f"{r.status} {rest[:200]!r}"
             except (aiohttp.ClientError, TimeoutError) as e:
                 errors += 1
                 first_error = first_error or repr(e)
@@ -395,7 +408,7 @@ def main() -> None:
                     help="sample the gateway and the bare proxy on CPU time (bench/cpuprof); stacks to DIR")
     ap.add_argument("--no-workers-row", dest="workers_row", action="store_false",
                     help="skip the 1-vs-2 gateway worker processes row")
-    sys.exit(asyncio.run(main_async(ap.parse_args())))
+    sys.exit(run_loop(main_async(ap.parse_args())))  # uvloop: the load generator's share of its core stays small
 
 
 if __name__ == "__main__":

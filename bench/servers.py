@@ -12,10 +12,13 @@ blocking and streamed), so the benchmark depends on no test corpus. It waits
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 
 import aiohttp
+import msgspec
+import uvloop
 from aiohttp import web
 
 _WORDS = ["Nine", " angels", " can", " dance", " on", " the", " head", " of", " a", " pin", ",", " they", " say", "."]
@@ -103,22 +106,36 @@ def responses_stream(model: str) -> list[bytes]:
     return out
 
 
+class _Asked(msgspec.Struct):
+    model: str = ""
+    stream: bool = False
+
+
+@functools.lru_cache(maxsize=64)
+def _answer(path: str, model: str, stream: bool) -> tuple[bytes | None, list[bytes] | None] | None:
+    """(blocking body, stream events) for a request; built once per kind and model (the mock shares a core
+    with the load generator and the control plane: what it spends is taken from them)."""
+    if path.endswith("/chat/completions"):
+        return (None, chat_stream(model)) if stream else (chat_blocking(model), None)
+    if path.endswith("/messages"):
+        return (None, messages_stream(model)) if stream else (messages_blocking(model), None)
+    if path.endswith("/responses") and stream:
+        return None, responses_stream(model)
+    return None
+
+
 def mock_app(latency_ms: float) -> web.Application:
     """One handler per bridged endpoint; the model echoes the request's (so prices apply)."""
     delay = latency_ms / 1000.0
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        model, stream = str(body.get("model", "")), bool(body.get("stream"))
+        asked = msgspec.json.decode(await request.read(), type=_Asked)
         path = request.path
         if delay:
             await asyncio.sleep(delay)
-        if path.endswith("/chat/completions"):
-            blocking, events = (None, chat_stream(model)) if stream else (chat_blocking(model), None)
-        elif path.endswith("/messages"):
-            blocking, events = (None, messages_stream(model)) if stream else (messages_blocking(model), None)
-        elif path.endswith("/responses") and stream:
-            blocking, events = None, responses_stream(model)
+        answer = _answer(path, asked.model, asked.stream)
+        if answer is not None:
+            blocking, events = answer
         else:
             return web.json_response({"error": {"message": f"bench mock: no {path}", "type": "invalid_request_error"}},
                                      status=404)
@@ -172,7 +189,10 @@ def bare_app(upstream: str) -> web.Application:
 def main(argv: list[str]) -> None:
     kind, port = argv[0], int(argv[1])
     app = mock_app(float(argv[2]) if len(argv) > 2 else 0.0) if kind == "mock" else bare_app(argv[2])
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    # the mock on uvloop (it shares a core with the load generator and the control plane); the bare proxy on
+    # aiohttp's default loop, as a plain aiohttp pass-through runs
+    loop = uvloop.new_event_loop() if kind == "mock" else None
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":
