@@ -26,6 +26,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from aiohttp import web, web_response
 from prometheus_client import CollectorRegistry
 
+from . import tracing
 from .aio import stop_task
 from .metrics import metrics_handler, new_registry
 from .settings import Settings
@@ -86,8 +87,11 @@ def base_app(
 ) -> web.Application:
     """A new application with settings, a private metrics registry, and /healthz /readyz /metrics
     (``public_metrics=False``: no /metrics here; the service serves it elsewhere, :func:`metrics_listener`)."""
+    # the tracing middleware only when tracing is on (decided here, once setup_tracing has run): an app with
+    # no middleware at all skips aiohttp's whole middleware chain per request (the gateway has no other)
+    traced = [tracing_middleware] if tracing.enabled() else []
     app = web.Application(
-        middlewares=[tracing_middleware, *(middlewares or [])],  # first: the server span covers the rest
+        middlewares=[*traced, *(middlewares or [])],  # first: the server span covers the rest
         client_max_size=client_max_size or settings.max_body_bytes,
         handler_args=handler_args,
     )

@@ -84,35 +84,64 @@ async def _translated(chunks: AsyncIterator[bytes], filt: ResponseFilter) -> Asy
         yield tail
 
 
-async def _chunks(resp: UpstreamResponse, idle: float) -> AsyncIterator[bytes]:
-    """The body as it arrives; TimeoutError when nothing arrives for ``idle`` seconds (the idle timeout).
+class _Idle:
+    """The idle timeout of one upstream body: ``content`` fails with TimeoutError when nothing arrives for
+    ``idle`` seconds. One timer per body, re-armed lazily: a chunk only records when it arrived (``touch``),
+    so the per-chunk cost stays an assignment (an ``asyncio.timeout`` per chunk would schedule and cancel a
+    timer each time)."""
 
-    One timer per stream, re-armed lazily: a chunk only records the time it arrived, so the per-chunk
-    cost stays an assignment (an ``asyncio.timeout`` per chunk would schedule and cancel a timer each time).
-    """
-    loop = asyncio.get_running_loop()
-    content = resp.content
-    last = loop.time()
-    handle: asyncio.TimerHandle
+    __slots__ = ("_content", "_handle", "_idle", "_loop", "last")
 
-    def check() -> None:
-        nonlocal handle
-        if loop.time() - last >= idle:
-            content.set_exception(TimeoutError(f"nothing received for {idle:g}s"))
+    def __init__(self, content: aiohttp.StreamReader, idle: float) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        self._content, self._idle = content, idle
+        self.last = loop.time()
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self.last + idle, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        if self._loop.time() - self.last >= self._idle:
+            self._handle = None
+            self._content.set_exception(TimeoutError(f"nothing received for {self._idle:g}s"))
         else:
-            handle = loop.call_at(last + idle, check)
+            self._handle = self._loop.call_at(self.last + self._idle, self._check)
 
-    handle = loop.call_at(last + idle, check)
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None  # the timer and _check refer to each other: freed now, not by the cycle collector
+
+
+async def _chunks(resp: UpstreamResponse, idle: float) -> AsyncIterator[bytes]:
+    """The body as it arrives; TimeoutError when nothing arrives for ``idle`` seconds (the idle timeout)."""
+    content = resp.content
+    timer = _Idle(content, idle)
     try:
         while True:
             chunk = await content.readany()
             if not chunk:
                 return
-            last = loop.time()
+            timer.touch()
             yield chunk
     finally:
-        handle.cancel()
-        del handle  # the timer and check() refer to each other: freed now, not by the cycle collector
+        timer.cancel()
+
+
+async def _whole(resp: UpstreamResponse, idle: float) -> bytes:
+    """The whole body, under the same idle timeout as :func:`_chunks`; a plain coroutine, so a blocking
+    answer costs no async generator (and its registration with the loop) per request."""
+    content = resp.content
+    timer = _Idle(content, idle)
+    parts: list[bytes] = []
+    try:
+        while chunk := await content.readany():
+            timer.touch()
+            parts.append(chunk)
+    finally:
+        timer.cancel()
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -534,7 +563,7 @@ class Gateway:
                               rec: _Interception, filt: ResponseFilter | None = None) -> web.Response:
         idle = rec.provider.timeouts.idle
         try:
-            data = b"".join([c async for c in _chunks(resp, idle)])
+            data = await _whole(resp, idle)
         except TimeoutError:
             rec.error = f"provider {rec.provider.name!r} sent nothing for {idle:g}s while answering"
             return error_response(rec.provider.adapter.api, 504, rec.error)
