@@ -324,10 +324,10 @@ AnyUsageEvent = InterceptionStarted | TokenUsage | PromptRecorded | ToolUsage | 
 
 
 class UsageRecord(Message, frozen=True, kw_only=True, tag="usage.record"):
-    """The events of one request that are ready together, as one message (``aigw.usage.record``).
+    """The events of one or more requests that are ready together, as one message (``aigw.usage.record``).
 
     A finished request's started, prompt, token, tool and ended events cost the bus, the stream and the
-    budget consumer one message instead of five. Each event keeps its own ``event_id`` (the budget's
+    budget consumer one message instead of five; requests the gateway publishes at the same moment share one. Each event keeps its own ``event_id`` (the budget's
     idempotence key); ``record_id`` is the message's ``Nats-Msg-Id``.
     """
 

@@ -1,17 +1,18 @@
 """Usage events to the ``AIGW_USAGE`` stream, off the request path, acknowledged, never lost.
 
-The proxy calls :meth:`Recorder.emit`, which only encodes and enqueues. A
-background task publishes queued events in batches as plain NATS messages
-whose reply subject is a private inbox, one token per event: JetStream's
-acknowledgement lands there and clears the event from ``pending``. That costs
-one write per batch and one callback per ack, instead of a request/response
-round trip per event. Events not acknowledged within ``ack_timeout`` are
+The proxy calls :meth:`Recorder.emit_group`, which only encodes and enqueues. A
+background task publishes queued events in batches as plain NATS messages —
+the requests of one batch joined into as few ``usage.record`` messages as
+``max_payload`` allows — whose reply subject is a private inbox, one token per
+batch: JetStream's acknowledgement of its last message lands there and clears
+the batch from ``pending``. That costs one write per batch and one callback
+per ack, instead of a request/response round trip per event. Events not acknowledged within ``ack_timeout`` are
 published again (the ``Nats-Msg-Id`` dedup makes that safe); while NATS is
 unreachable they go to the on-disk spool, which is replayed when it returns.
 On shutdown, unacknowledged and queued events are spooled before the bus closes.
 
 Recording never stops (docs/security.md, "Recording"): every event is sized in
-:meth:`Recorder.emit` — prompts and tool arguments cut to ``AIGW_RECORD_PROMPT_BYTES``
+:meth:`Recorder.emit_group` — prompts and tool arguments cut to ``AIGW_RECORD_PROMPT_BYTES``
 (or left out with ``AIGW_RECORD_PROMPTS=false``), then the whole event to the
 server's ``max_payload`` — each cut on a UTF-8 boundary and flagged
 ``truncated``. Any publish failure is logged (rate-limited), counted in
@@ -44,7 +45,7 @@ from aigw_common.schemas import (
     ToolUsage,
     UsageEvent,
 )
-from aigw_common.usage_wire import record_payload, usage_events
+from aigw_common.usage_wire import events_fragment, record_payload, record_size, usage_events
 
 from .spool import Spool
 
@@ -131,7 +132,7 @@ class Recorder:
         self.max_pending = max_pending
         self.published = 0  # acknowledged by JetStream
         self.spooled = 0
-        self._queue: asyncio.Queue[tuple[str, str, bytes, dict[str, str] | None]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         self._pending: dict[str, _Pending] = {}  # reply token → the group it acknowledges
         self._pending_events = 0
         self._inbox = f"{bus.inbox_prefix}.usage.{uuid.uuid4().hex}"  # under the service inbox NATS lets it read
@@ -140,26 +141,37 @@ class Recorder:
         self._replay_wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self._limit_of = (-1, 0)  # (max_payload, payload_limit of it)
 
     def emit(self, event: UsageEvent) -> None:
         """Size ``event`` (policy, then max_payload) and queue it; never raises, never waits."""
         self.emit_group([event])
 
     def emit_group(self, events: list[UsageEvent]) -> None:
-        """Queue the events of one request as one :class:`UsageRecord` message (one publish, one stream
-        entry, one delivery to the budget) when together they fit ``max_payload``; else one by one."""
-        sized = [s for ev in events if (s := self._sized(ev)) is not None]
+        """Queue the events of one request for a :class:`UsageRecord` message when together they fit
+        ``max_payload``; else one by one. The publisher joins the records of requests queued together into
+        one message (one publish, one stream entry, one delivery to the budget) as far as they fit."""
+        kept = [e for ev in events if (e := self._by_policy(ev)) is not None]
+        if not kept:
+            return
+        limit = self.payload_limit()
+        if len(kept) > 1:
+            record_id = "rec." + kept[0].event_id
+            frag = events_fragment(kept)  # one encoder call for the whole request
+            if record_size(record_id, len(frag), 1) <= limit:
+                self._enqueue("", record_id, frag)
+                return
+        sized = [s for ev in kept if (s := self._fit(ev, limit)) is not None]
         if len(sized) > 1:
             record_id = "rec." + sized[0][0].event_id
-            payload = record_payload(record_id, [data for _, data in sized])
-            if len(payload) <= self.payload_limit():
-                self._enqueue(self.bus.subjects.usage("record"), record_id, payload)
+            if record_size(record_id, sum(len(d) for _, d in sized), len(sized)) <= limit:
+                self._enqueue("", record_id, b",".join(data for _, data in sized))
                 return
         for ev, data in sized:
             self._enqueue(self.bus.subjects.usage(_KIND[type(ev)]), ev.event_id, data)
 
-    def _sized(self, event: UsageEvent) -> tuple[UsageEvent, bytes] | None:
-        """``event`` and its encoding, cut to the policy and to max_payload; None when it is not recorded."""
+    def _by_policy(self, event: UsageEvent) -> UsageEvent | None:
+        """``event`` with its prompt or tool arguments cut to the policy; None when it is not recorded."""
         pol = self.policy
         if isinstance(event, PromptRecorded):
             if not pol.prompts:
@@ -174,8 +186,12 @@ class Recorder:
                     (cut := cut_utf8(event.arguments, pol.prompt_bytes)) != event.arguments:
                 event = msgspec.structs.replace(event, arguments=cut, truncated=True)
                 self.m_truncated.labels("prompt_bytes").inc()
+        return event
+
+    def _fit(self, event: UsageEvent, limit: int) -> tuple[UsageEvent, bytes] | None:
+        """``event`` and its encoding, cut to ``limit`` bytes; None when it cannot be made to fit."""
         data = encode(event)
-        if len(data) > (limit := self.payload_limit()):
+        if len(data) > limit:
             fitted = fit_event(event, data, limit)
             if fitted is None:
                 self.m_unsendable.inc()
@@ -187,6 +203,8 @@ class Recorder:
         return event, data
 
     def _enqueue(self, subject: str, msg_id: str, data: bytes) -> None:
+        """Queue one message; ``subject`` "" marks a request's events (:func:`events_fragment`) that the
+        publisher puts into a record, with ``msg_id`` that record's id when it is the first in it."""
         # the trace context of the request, captured now: the publisher task runs outside it
         trace = (dict(tracing.inject({})) or None) if tracing.enabled() else None  # off: no propagator run
         item = (subject, msg_id, data, trace)
@@ -199,7 +217,9 @@ class Recorder:
     def payload_limit(self) -> int:
         """The largest event body that goes out with its headers under the server's ``max_payload``."""
         mp = self.bus.max_payload
-        return max(mp - HEADER_ROOM, mp // 2)
+        if mp != self._limit_of[0]:  # once per server INFO value, not per event
+            self._limit_of = (mp, max(mp - HEADER_ROOM, mp // 2))
+        return self._limit_of[1]
 
     def _failed(self, reason: str, error: object) -> None:
         """Count a publish failure; log it at most every 5 s per reason (an outage must not flood the log)."""
@@ -276,7 +296,7 @@ class Recorder:
             # let events gather for a moment: the NATS client then writes a whole batch in one syscall
             await asyncio.sleep(self.coalesce)
 
-    async def _send_batch(self, batch: list[tuple[str, str, bytes, dict[str, str] | None]]) -> None:
+    async def _send_batch(self, batch: list[_Item]) -> None:
         if not self.bus.connected or self.spool.pending():
             # while a spool exists new events join it, so the replay keeps their order
             if not self.bus.connected:
@@ -287,9 +307,38 @@ class Recorder:
         if self._pending_events >= self.max_pending:  # JetStream is slow to ack: wait for room
             self._room.clear()
             await wait_event(self._room, self.ack_timeout)
-        await self._send(batch, 1)
+        await self._send(self._joined(batch), 1)
 
-    async def _send(self, items: list[tuple[str, str, bytes, dict[str, str] | None]], attempts: int) -> None:
+    def _joined(self, batch: list[_Item]) -> list[_Item]:
+        """``batch`` as messages: consecutive requests' events joined into records as far as ``max_payload``
+        allows, in queue order. A record's id is its first request's, so a retry or a replay of it (the
+        spool keeps messages as sent) is dropped by ``Nats-Msg-Id``. A request with trace context keeps a
+        record of its own, so the consumer continues its trace."""
+        out: list[_Item] = []
+        limit = self.payload_limit()
+        subject = self.bus.subjects.usage("record")
+        parts: list[bytes] = []
+        first, size = "", 0
+        for it in batch:
+            subj, msg_id, data, trace = it
+            if subj or trace is not None:
+                if parts:
+                    out.append((subject, first, record_payload(first, parts), None))
+                    parts = []
+                out.append(it if subj else (subject, msg_id, record_payload(msg_id, [data]), trace))
+                continue
+            if parts and size + 1 + len(data) > limit:  # the part and the comma before it
+                out.append((subject, first, record_payload(first, parts), None))
+                parts = []
+            if not parts:  # the record around its parts; the first part has no comma before it
+                first, size = msg_id, record_size(msg_id, 0, 1) - 1
+            parts.append(data)
+            size += 1 + len(data)
+        if parts:
+            out.append((subject, first, record_payload(first, parts), None))
+        return out
+
+    async def _send(self, items: list[_Item], attempts: int) -> None:
         """Publish ``items`` in order; only the last asks for an ack.
 
         One connection delivers in order and the stream stores in order, so the PubAck of the last message
@@ -342,6 +391,8 @@ class Recorder:
 
     def _to_spool(self, subject: str, msg_id: str, data: bytes, _trace: dict[str, str] | None = None) -> None:
         """Spooled events keep their dedup id; their trace context is not kept (replays start no trace)."""
+        if not subject:  # a request's events not yet joined: a record of their own
+            subject, data = self.bus.subjects.usage("record"), record_payload(msg_id, [data])
         if self.spool.append(subject, msg_id, data):
             self.spooled += 1
         self._replay_wake.set()
