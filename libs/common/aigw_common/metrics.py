@@ -1,7 +1,17 @@
-"""Prometheus helpers: one registry per application, so several services can share a process in tests."""
+"""Prometheus helpers: one registry per application, so several services can share a process in tests.
+
+Counters, gauges and histograms are prometheus_client's, with the hot calls made cheaper: ``labels`` answers
+from a cache, and ``inc``/``dec``/``observe`` on a child add to its float without taking its lock. Every
+service updates its metrics on its event loop's thread only (one loop per process; workers are processes,
+each with its own series, docs/configuration.md ``AIGW_GATEWAY_WORKERS``), and the exposition reads them on
+that same thread, so the lock (~60 % of an ``inc``) guarded against nothing. Code on another thread must not
+update these metrics. Anything unusual (exemplars, a negative counter step, NaN, the multiprocess mode's
+values, a parent without its labels) takes prometheus_client's own checked path.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +23,7 @@ from prometheus_client import (  # re-exported for services
     generate_latest,
 )
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.values import MutexValue
 
 __all__ = ["CollectorRegistry", "Counter", "Gauge", "Histogram", "LabelCap", "metrics_handler", "new_registry"]
 
@@ -45,16 +56,69 @@ class _CachedLabels(MetricWrapperBase):
         super().clear()
 
 
+def _plain(value: object) -> MutexValue | None:
+    """``value`` when it is prometheus_client's in-process float (not a multiprocess mmap value)."""
+    return value if type(value) is MutexValue else None
+
+
 class Counter(_CachedLabels, prometheus_client.Counter):
-    pass
+    """``inc`` adds to the child's float directly (see the module docstring: no lock, no checks repeated)."""
+
+    _aigw_value: MutexValue | None = None  # a parent (labels not given) has none: inc goes the checked way
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._aigw_value = _plain(self._value)
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        v = self._aigw_value
+        if v is not None and amount >= 0 and not exemplar:
+            v._value += amount
+        else:
+            super().inc(amount, exemplar)
 
 
 class Gauge(_CachedLabels, prometheus_client.Gauge):
-    pass
+    _aigw_value: MutexValue | None = None
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        # mostrecent modes refuse inc/dec (prometheus_client sets _is_most_recent only after this runs)
+        self._aigw_value = None if self._multiprocess_mode in self._MOST_RECENT_MODES else _plain(self._value)
+
+    def inc(self, amount: float = 1) -> None:
+        v = self._aigw_value
+        if v is not None:
+            v._value += amount
+        else:
+            super().inc(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        v = self._aigw_value
+        if v is not None:
+            v._value -= amount
+        else:
+            super().dec(amount)
 
 
 class Histogram(_CachedLabels, prometheus_client.Histogram):
-    pass
+    """``observe`` finds the bucket by bisection (prometheus_client scans the bounds one by one)."""
+
+    _aigw_buckets: list[MutexValue] | None = None
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        values = [self._sum, *self._buckets]
+        self._aigw_buckets = self._buckets if all(_plain(v) for v in values) else None
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        b = self._aigw_buckets
+        if b is not None and not exemplar and amount == amount:  # NaN (in no bucket) goes the checked way
+            self._sum._value += amount
+            # the first bound >= amount: the bucket prometheus_client's scan stops at (+Inf ends the list)
+            b[bisect_left(self._upper_bounds, amount)]._value += 1
+        else:
+            super().observe(amount, exemplar)
 
 
 class LabelCap:
