@@ -149,8 +149,9 @@ _ERROR_BODY_LIMIT = 64 * 1024
 
 @functools.lru_cache(maxsize=64)
 def _client_timeout(connect: float) -> aiohttp.ClientTimeout:
-    """The client timeout for a connect timeout (one object per value, not one per request)."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=None)
+    """The client timeout for a connect timeout (one object per value, not one per request): ``connect``
+    bounds pool wait + DNS + connect, ``sock_connect`` the connect itself."""
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=None)
 
 
 async def _read_error_body(resp: UpstreamResponse) -> bytes | None:
@@ -357,7 +358,7 @@ class Gateway:
         (with ``AIGW_DUMP_DIR``: every attempt is dumped, the failed-over ones whole)."""
         adapter = provider.adapter
         t = provider.timeouts
-        # connect: sock_connect; first byte: the timeout below; idle between chunks: _chunks() while relaying
+        # connect: the client timeout; first byte: upstream.request's timer; idle between chunks: _Idle while relaying
         timeout = _client_timeout(t.connect)
         if caller.byok:
             keys: list[PoolKey | None] = [None]
@@ -392,8 +393,7 @@ class Gateway:
                 ad = self.dumps.attempt(provider.name, dump_id, i + 1)
                 ad.request(out.method, out.url, out.headers, out.body, secrets)
             try:
-                async with asyncio.timeout(t.connect + t.first_byte):  # no extra task per request, unlike wait_for
-                    resp = await self.upstream.request(out.method, out.url, out.headers, out.body, timeout)
+                resp = await self.upstream.request(out.method, out.url, out.headers, out.body, timeout, t.first_byte)
             except (TimeoutError, aiohttp.ClientError) as e:
                 if ad is not None:
                     ad.error(f"{type(e).__name__}: {e}")

@@ -32,6 +32,7 @@ import asyncio
 from collections import OrderedDict
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest, _gen_default_accept_encoding
 from aiohttp.connector import Connection
 from aiohttp.helpers import EMPTY_BODY_METHODS
@@ -139,18 +140,20 @@ class UpstreamClient:
         return _serialize_headers(f"{method} {url.raw_path_qs} HTTP/1.1", out)
 
     async def request(self, method: str, url: URL, headers: CIMultiDict[str], body: bytes,
-                      timeout: aiohttp.ClientTimeout) -> UpstreamResponse:
-        """Send one request and return once the response head is in (``timeout.sock_connect`` bounds the
-        connect; the caller bounds the rest). Errors are aiohttp's: ``ClientConnectorError`` (DNS, refused,
-        ``netguard``), ``ConnectionTimeoutError``, ``ServerDisconnectedError``, ``ClientOSError``,
-        ``ClientResponseError`` for an answer that is not HTTP."""
+                      timeout: aiohttp.ClientTimeout, first_byte: float | None = None) -> UpstreamResponse:
+        """Send one request and return once the response head is in. ``timeout.connect`` bounds getting a
+        connection (pool wait, DNS, connect; no timer when a pooled one is free), ``timeout.sock_connect``
+        the connect itself, ``first_byte`` the wait for the head once the request is written (TimeoutError).
+        Other errors are aiohttp's: ``ClientConnectorError`` (DNS, refused, ``netguard``),
+        ``ConnectionTimeoutError``, ``ServerDisconnectedError``, ``ClientOSError``, ``ClientResponseError``
+        for an answer that is not HTTP."""
         method = method.upper()
         head = self._head(method, url, headers, body)
         req = self._connect_key(url)
         retry = method in IDEMPOTENT_METHODS
         while True:
             try:
-                return await self._attempt(method, url, req, head, body, timeout)
+                return await self._attempt(method, url, req, head, body, timeout, first_byte)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
                 raise
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
@@ -159,11 +162,15 @@ class UpstreamClient:
                 retry = False  # a pooled connection the server had closed: once more, on a fresh one
 
     async def _attempt(self, method: str, url: URL, req: ClientRequest, head: bytes, body: bytes,
-                       timeout: aiohttp.ClientTimeout) -> UpstreamResponse:
+                       timeout: aiohttp.ClientTimeout, first_byte: float | None) -> UpstreamResponse:
         try:
             conn = await self.connector.connect(req, [], timeout)
         except TimeoutError as e:
             raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {url}") from e
+        # one timer that fails the protocol's read (an asyncio.timeout costs a Timeout object, its timer and
+        # the task's cancel/uncancel bookkeeping per request); the connection is closed below
+        timer = (self._loop.call_later(first_byte, _no_head, conn.protocol, first_byte)
+                 if first_byte is not None else None)
         try:
             proto = conn.protocol
             assert proto is not None and proto.transport is not None
@@ -194,3 +201,11 @@ class UpstreamClient:
         except BaseException:
             conn.close()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+def _no_head(proto: ResponseHandler | None, after: float) -> None:
+    if proto is not None:
+        proto.set_exception(TimeoutError(f"no response head within {after:g}s"))

@@ -328,6 +328,51 @@ async def test_an_upstream_that_never_answers_times_out_and_the_connection_is_cl
         await srv.closed.wait()
 
 
+async def test_first_byte_timeout_fails_the_request_and_closes_the_connection(
+        servers: list[RawServer], client: UpstreamClient) -> None:
+    """``first_byte``: no head in time is a TimeoutError from the request itself (no outer timeout), the
+    connection is closed, and the next request gets a fresh one and its answer."""
+    answer = asyncio.Event()
+
+    async def handler(srv: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await srv.read_request(reader) is not None:
+            if answer.is_set():
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+    srv = await raw(servers, handler)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(TimeoutError) as e:
+        await client.request("POST", srv.url(), CIMultiDict(), b"{}", TIMEOUT, first_byte=0.2)
+    assert 0.15 <= loop.time() - t0 < 2.0
+    assert not isinstance(e.value, aiohttp.ClientError)  # not a connect timeout: the request was sent
+    async with asyncio.timeout(5):
+        await srv.closed.wait()
+    answer.set()
+    resp = await client.request("POST", srv.url(), CIMultiDict(), b"{}", TIMEOUT, first_byte=5)
+    assert resp.status == 200 and await resp.content.read() == b"ok"
+    resp.release()
+    assert srv.connections == 2
+
+
+async def test_a_head_in_time_cancels_the_first_byte_timer(servers: list[RawServer], client: UpstreamClient) -> None:
+    """The timer ends with the head: a body that takes longer than ``first_byte`` still arrives whole."""
+    async def handler(srv: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.4)
+        writer.write(b"2\r\ncd\r\n0\r\n\r\n")
+        await writer.drain()
+        await srv.read_request(reader)
+
+    srv = await raw(servers, handler)
+    resp = await client.request("POST", srv.url(), CIMultiDict(), b"{}", TIMEOUT, first_byte=0.1)
+    assert await resp.content.read() == b"abcd"
+    resp.release()
+
+
 async def test_connect_timeout(client: UpstreamClient) -> None:
     # a listener whose backlog is full: connects hang (SYNs unanswered) rather than being refused
     import socket
