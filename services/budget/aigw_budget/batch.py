@@ -6,14 +6,17 @@ most of the system's CPU per request (Postgres and the budget process). Here a
 whole fetched batch is one transaction of a fixed number of set-based
 statements (rows passed as one JSON document each), whatever its size:
 
-1. the interception rows every event needs, then the event ids claimed in
-   ``processed_events`` (a replay claims nothing and changes nothing);
-2. per kind, the claimed events in bulk: started, token usage (costed here,
-   summed per interception), prompts (the latest per interception wins),
-   tool calls, ended;
-3. attribution: each touched interception's not-yet-attributed cost goes to
+1. the event ids claimed in ``processed_events`` (a replay claims nothing and
+   changes nothing; the foreign key to the interception is checked at commit);
+2. each touched interception once: everything the claimed events say about it
+   (started, token usage costed here and summed, the latest prompt, ended) is
+   merged in Python, then a new interception is inserted complete, its cost
+   already marked attributed (``_FRESH``: one row version, not an insert and
+   two updates), and only one that exists is updated (``_MERGED``);
+3. the per-event rows (token usage, prompts, tool calls) in one statement;
+4. attribution: each touched interception's not-yet-attributed cost goes to
    spend and to the admitting gateway's leases, summed per budget, written in
-   key order (the lock order every writer uses).
+   key order (the lock order every writer uses), one statement each.
 
 The end state equals applying the same events one by one with ``apply``
 (``test_batch.py`` checks it against that oracle), with one deliberate
@@ -145,7 +148,61 @@ FROM jsonb_to_recordset($1::jsonb) AS e(
   has_e boolean, e_status text, e_status_code integer, e_duration_ms integer, e_error text, e_at timestamptz,
   e_key_id text, e_key_hint text)
 WHERE i.id = e.id
-RETURNING i.id, i.user_id, i.group_ids, i.started_at, i.gateway_id, i.cost_micros, i.attributed_micros"""
+RETURNING i.id, i.user_id, i.group_ids, i.started_at, i.gateway_id, i.cost_micros, i.attributed_micros, false AS fresh"""
+
+# The same merged rows written as new interceptions: what ``_MERGED`` makes of a row inserted bare (the batch's
+# first event time, every other column its default), inserted complete in one go — one row version, its
+# indexes written once — with its cost already marked attributed when attribution will take it (``s_keys``:
+# the started event names a budget). A row that exists (an earlier batch had one of its events, or a
+# concurrent one just inserted it) is left alone here and goes through ``_MERGED``. RETURNING gives what
+# attribution needs, with the attributed part as it was before (0).
+_FRESH = """
+INSERT INTO interceptions (id, occurred_at, started_at, user_id, group_ids, token_id, gateway_id, provider_id,
+  provider_name, provider_type, endpoint, client, session_id, credential_kind, streaming, reservation_micros,
+  metadata, model, key_id, credential_hint, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+  reasoning_tokens, cost_micros, unpriced, prompt, prompt_truncated, prompt_at, status, status_code, duration_ms,
+  error, ended_at, attributed_micros)
+SELECT e.id, CASE WHEN e.has_s THEN e.s_at ELSE e.first_at END, e.s_at, e.s_user_id, COALESCE(e.s_group_ids, '{}'),
+  e.s_token_id, COALESCE(e.s_gateway_id, ''), e.s_provider_id, COALESCE(e.s_provider_name, ''),
+  COALESCE(e.s_provider_type, ''), COALESCE(e.s_endpoint, ''), COALESCE(e.s_client, 'unknown'), e.s_session_id,
+  COALESCE(e.s_credential_kind, 'centralised'), COALESCE(e.s_streaming, false), COALESCE(e.s_reservation_micros, 0),
+  COALESCE(e.s_metadata, '{}'),
+  CASE WHEN e.has_s AND e.s_model <> '' THEN e.s_model ELSE e.t_model END,
+  COALESCE(e.e_key_id, e.s_key_id),
+  CASE WHEN e.e_key_hint <> '' THEN e.e_key_hint WHEN e.has_s AND e.s_credential_hint <> '' THEN e.s_credential_hint
+       ELSE '' END,
+  e.t_input_tokens, e.t_output_tokens, e.t_cache_read_tokens, e.t_cache_write_tokens, e.t_reasoning_tokens,
+  e.t_cost_micros, e.t_unpriced, e.p_prompt, COALESCE(e.p_truncated, false), e.p_at, e.e_status, e.e_status_code,
+  e.e_duration_ms, e.e_error, e.e_at,
+  CASE WHEN e.has_s AND e.s_keys THEN e.t_cost_micros ELSE 0 END
+FROM jsonb_to_recordset($1::jsonb) AS e(
+  id text, first_at timestamptz,
+  has_s boolean, s_at timestamptz, s_user_id text, s_group_ids text[], s_token_id text, s_gateway_id text,
+  s_provider_id text, s_provider_name text, s_provider_type text, s_endpoint text, s_model text, s_client text,
+  s_session_id text, s_credential_kind text, s_credential_hint text, s_key_id text, s_streaming boolean,
+  s_reservation_micros bigint, s_metadata jsonb, s_keys boolean,
+  t_model text, t_input_tokens bigint, t_output_tokens bigint, t_cache_read_tokens bigint,
+  t_cache_write_tokens bigint, t_reasoning_tokens bigint, t_cost_micros bigint, t_unpriced boolean,
+  has_p boolean, p_prompt text, p_at double precision, p_truncated boolean,
+  has_e boolean, e_status text, e_status_code integer, e_duration_ms integer, e_error text, e_at timestamptz,
+  e_key_id text, e_key_hint text)
+ORDER BY e.id
+ON CONFLICT (id) DO NOTHING
+RETURNING id, user_id, group_ids, started_at, gateway_id, cost_micros, 0::bigint AS attributed_micros, true AS fresh"""
+
+# Each lease's share of the batch's cost, in one statement: the rows are locked in key order first (the lock
+# order every writer uses), then credited.
+_LEASES = """
+WITH d AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[])
+    AS d(scope, subject_id, period_start, gateway_id, delta)),
+locked AS (
+  SELECT l.scope, l.subject_id, l.period_start, l.gateway_id FROM leases l
+  JOIN d USING (scope, subject_id, period_start, gateway_id)
+  ORDER BY l.scope, l.subject_id, l.period_start, l.gateway_id FOR NO KEY UPDATE OF l)
+UPDATE leases l SET recorded_micros = l.recorded_micros + d.delta
+FROM locked k JOIN d USING (scope, subject_id, period_start, gateway_id)
+WHERE (l.scope, l.subject_id, l.period_start, l.gateway_id) = (k.scope, k.subject_id, k.period_start, k.gateway_id)"""
 
 _NO_CHANGE: dict[str, object] = {
     "has_s": False, "t_model": "", "t_input_tokens": 0, "t_output_tokens": 0, "t_cache_read_tokens": 0,
@@ -229,15 +286,7 @@ class BatchRecorder:
             result.unpriced += applied.unpriced
 
     async def _apply(self, conn: asyncpg.Connection, batch: list[AnyUsageEvent], result: BatchResult) -> set[str]:
-        first_at: dict[str, float] = {}
-        for ev in batch:
-            first_at.setdefault(ev.interception_id, ev.at)
-        await conn.execute(
-            "INSERT INTO interceptions (id, occurred_at)"
-            " SELECT id, at FROM jsonb_to_recordset($1::jsonb) AS e(id text, at timestamptz) ORDER BY id"
-            " ON CONFLICT (id) DO NOTHING",
-            [{"id": k, "at": _iso(v)} for k, v in first_at.items()],
-        )
+        # claimed before the interception rows exist: the foreign key is checked at commit (migration 0005)
         rows = await conn.fetch(
             "INSERT INTO processed_events (event_id, interception_id, kind)"
             " SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(event_id text, interception_id text, kind text)"
@@ -262,22 +311,48 @@ class BatchRecorder:
                     "e_duration_ms": ev.duration_ms, "e_error": ev.error, "e_at": _iso(ev.at),
                     "e_key_id": ev.key_id, "e_key_hint": ev.key_hint})
         tokens = [ev for ev in mine if isinstance(ev, TokenUsage)]
-        if tokens:
-            await self._tokens(conn, tokens, merged, row, result)
+        token_rows = await self._tokens(conn, tokens, merged, row, result) if tokens else []
         prompts = [ev for ev in mine if isinstance(ev, PromptRecorded)]
         if prompts:
-            await self._prompts(conn, prompts, row)
-        tools = [ev for ev in mine if isinstance(ev, ToolUsage)]
+            self._prompts(prompts, row)
+        # every claimed event's interception, written complete when new (a row of an interception with only
+        # tool calls here changes nothing when it exists); the ones that exist get the merge
+        fresh = dict(merged)
+        for ev in mine:
+            if ev.interception_id not in fresh:
+                fresh[ev.interception_id] = {"id": ev.interception_id, **_NO_CHANGE}
+            fresh[ev.interception_id].setdefault("first_at", _iso(ev.at))
+        after = list(await conn.fetch(_FRESH, list(fresh.values())))
+        inserted = {r["id"] for r in after}
+        if existing := sorted((r for iid, r in merged.items() if iid not in inserted), key=lambda r: str(r["id"])):
+            after += await conn.fetch(_MERGED, existing)
+        await self._details(conn, token_rows, prompts, [ev for ev in mine if isinstance(ev, ToolUsage)])
+        result.budgets.update(await self._attribute(conn, after))
+        return claimed
+
+    @staticmethod
+    async def _details(conn: asyncpg.Connection, tokens: list[dict[str, object]], prompts: list[PromptRecorded],
+                       tools: list[ToolUsage]) -> None:
+        """The per-event rows (token usage, prompts, tool calls): one statement for whichever the batch has,
+        after the interception rows they reference."""
+        parts: list[tuple[str, object]] = []
+        if tokens:
+            parts.append((_TOKEN_ROWS, tokens))
+        if prompts:
+            parts.append((_PROMPT_ROWS, [
+                {"event_id": ev.event_id, "interception_id": ev.interception_id, "at": _iso(ev.at),
+                 "prompt": ev.prompt, "truncated": ev.truncated} for ev in prompts]))
         if tools:
-            await conn.execute(_TOOL_ROWS, [
+            parts.append((_TOOL_ROWS, [
                 {"event_id": ev.event_id, "interception_id": ev.interception_id, "at": _iso(ev.at), "name": ev.name,
                  "call_id": ev.call_id, "arguments": ev.arguments, "injected": ev.injected, "error": ev.error,
-                 "truncated": ev.truncated}
-                for ev in tools])
-        if merged:
-            after = await conn.fetch(_MERGED, sorted(merged.values(), key=lambda r: str(r["id"])))
-            result.budgets.update(await self._attribute(conn, after))
-        return claimed
+                 "truncated": ev.truncated} for ev in tools]))
+        if not parts:
+            return
+        sql = [p.replace("$1", f"${n}") for n, (p, _) in enumerate(parts, 1)]
+        text = sql[-1] if len(sql) == 1 else \
+            "WITH " + ", ".join(f"w{n} AS ({q})" for n, q in enumerate(sql[:-1])) + sql[-1]
+        await conn.execute(text, *(v for _, v in parts))
 
     @staticmethod
     def _started_row(ev: InterceptionStarted) -> dict[str, object]:
@@ -288,11 +363,13 @@ class BatchRecorder:
             "s_model": ev.model, "s_client": ev.client, "s_session_id": ev.session_id,
             "s_credential_kind": ev.credential_kind, "s_credential_hint": ev.credential_hint,
             "s_key_id": ev.key_id, "s_streaming": ev.streaming, "s_reservation_micros": ev.reservation_micros,
-            "s_metadata": dict(ev.metadata),
+            "s_metadata": dict(ev.metadata), "s_keys": bool(budget_keys(ev.user_id, list(ev.group_ids))),
         }
 
     async def _tokens(self, conn: asyncpg.Connection, tokens: list[TokenUsage], merged: dict[str, dict[str, object]],
-                      row: Callable[[str], dict[str, object]], result: BatchResult) -> None:
+                      row: Callable[[str], dict[str, object]], result: BatchResult) -> list[dict[str, object]]:
+        """Cost each token event; return its token_usages row (written with the other details) and add it to
+        its interception's merged row."""
         unnamed = sorted({ev.interception_id for ev in tokens if not ev.model})
         current: dict[str, str] = {}
         if unnamed:  # price by the requested model when the upstream reported none (the batch's start first)
@@ -325,14 +402,10 @@ class BatchRecorder:
                 _add(s, "t_" + f, getattr(t, f))
             _add(s, "t_cost_micros", cost)
             s["t_unpriced"] = bool(s["t_unpriced"]) or price is None
-        await conn.execute(_TOKEN_ROWS, rows)
+        return rows
 
     @staticmethod
-    async def _prompts(conn: asyncpg.Connection, prompts: list[PromptRecorded],
-                       row: Callable[[str], dict[str, object]]) -> None:
-        await conn.execute(_PROMPT_ROWS, [
-            {"event_id": ev.event_id, "interception_id": ev.interception_id, "at": _iso(ev.at), "prompt": ev.prompt,
-             "truncated": ev.truncated} for ev in prompts])
+    def _prompts(prompts: list[PromptRecorded], row: Callable[[str], dict[str, object]]) -> None:
         latest: dict[str, PromptRecorded] = {}
         for ev in prompts:  # the latest by time; on a tie the later one, as one-by-one application does
             cur = latest.get(ev.interception_id)
@@ -345,7 +418,8 @@ class BatchRecorder:
     @staticmethod
     async def _attribute(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> set[SubjectKey]:
         """Add each interception's not-yet-attributed cost to spend and to its gateway's leases, per budget
-        (``rows``: the interceptions as the merged UPDATE left them, still locked by it)."""
+        (``rows``: the interceptions as ``_FRESH`` or ``_MERGED`` left them, still locked by it; a fresh row's
+        ``attributed_micros`` was written with it)."""
         spend: dict[tuple[BudgetScope, str, object], int] = {}
         leases: dict[tuple[BudgetScope, str, object, str], int] = {}
         done: list[str] = []
@@ -362,8 +436,9 @@ class BatchRecorder:
                     k = (scope, subject, period, r["gateway_id"])
                     leases[k] = leases.get(k, 0) + delta
             moved.update(keys)
-            done.append(r["id"])
-        if not done:
+            if not r["fresh"]:
+                done.append(r["id"])
+        if not moved:
             return moved
         order = sorted(spend)
         await conn.execute(
@@ -373,11 +448,11 @@ class BatchRecorder:
             " DO UPDATE SET spent_micros = spend.spent_micros + EXCLUDED.spent_micros",
             [k[0] for k in order], [k[1] for k in order], [k[2] for k in order], [spend[k] for k in order],
         )
-        for (scope, subject, lease_period, gateway), delta in sorted(leases.items()):  # key order: the lock order
-            await conn.execute(
-                "UPDATE leases SET recorded_micros = recorded_micros + $5"
-                " WHERE scope = $1 AND subject_id = $2 AND period_start = $3 AND gateway_id = $4",
-                scope, subject, lease_period, gateway, delta,
-            )
-        await conn.execute("UPDATE interceptions SET attributed_micros = cost_micros WHERE id = ANY($1::text[])", done)
+        if leases:
+            keyed = sorted(leases)
+            await conn.execute(_LEASES, [k[0] for k in keyed], [k[1] for k in keyed], [k[2] for k in keyed],
+                               [k[3] for k in keyed], [leases[k] for k in keyed])
+        if done:
+            await conn.execute("UPDATE interceptions SET attributed_micros = cost_micros WHERE id = ANY($1::text[])",
+                               done)
         return moved

@@ -147,3 +147,63 @@ async def test_batches_end_where_one_by_one_ends(pool: asyncpg.Pool, seed: int) 
         for ra, rb in zip(a[table], b[table], strict=True):
             assert rb == ra, (table, {k: (ra[k], rb.get(k)) for k in ra if ra[k] != rb.get(k)})
     assert a["spend"] and any(r["recorded_micros"] for r in a["leases"])
+
+
+def _request(p: str, n: int, at: float, *, user: str | None, groups: list[str]) -> list[AnyUsageEvent]:
+    """One request's events as a gateway records them (started, prompt, tokens, ended), ids prefixed ``p``."""
+    iid = f"{p}i{n}"
+    return [
+        InterceptionStarted(event_id=f"{iid}s", interception_id=iid, at=at, user_id=user, group_ids=groups,
+                            provider_id="p1", provider_name="openai", provider_type="openai",
+                            endpoint="chat_completions", model="m1", gateway_id=f"{p}gw", key_id="k1"),
+        PromptRecorded(event_id=f"{iid}p", interception_id=iid, at=at, prompt="hello"),
+        TokenUsage(event_id=f"{iid}t", interception_id=iid, at=at, model="m1",
+                   tokens=TokenCounts(input_tokens=1000, output_tokens=500)),
+        InterceptionEnded(event_id=f"{iid}e", interception_id=iid, at=at + 1, status="ok", status_code=200,
+                          duration_ms=1000, key_id="k2", key_hint="sk-…k2"),
+    ]
+
+
+async def test_a_new_interception_is_written_once(pool: asyncpg.Pool) -> None:
+    """A batch holding a new interception's events inserts its row complete: no second row version (an UPDATE
+    here fails the batch, and the per-event fallback too)."""
+    at = time.time() - 60
+    period = month_of(at).start
+    await pool.execute("INSERT INTO leases (scope, subject_id, period_start, gateway_id, expires_at)"
+                       " VALUES ('user', 'n-u', $1, 'n-gw', now()), ('group', 'n-g', $1, 'n-gw', now())", period)
+    await pool.execute("CREATE FUNCTION no_update() RETURNS trigger LANGUAGE plpgsql AS"
+                       " $$BEGIN RAISE EXCEPTION 'interception updated'; END$$;"
+                       " CREATE TRIGGER no_update BEFORE UPDATE ON interceptions"
+                       " FOR EACH ROW EXECUTE FUNCTION no_update()")
+    batches = BatchRecorder(Recorder(pool, PriceBook(PRICES)))
+    events = _request("n-", 1, at, user="n-u", groups=["n-g"]) + _request("n-", 2, at, user=None, groups=[])
+    res = await batches.apply_batch(events)
+    assert res.outcomes == [Applied(duplicate=False, budgets=[]) for _ in events]
+    rows = await pool.fetch("SELECT * FROM interceptions ORDER BY id")
+    cost = 1000 * 1 + 500 * 4  # m1: 1 and 4 µ$ per token
+    assert [(r["cost_micros"], r["attributed_micros"], r["key_id"], r["credential_hint"], r["prompt"], r["status"])
+            for r in rows] == [(cost, cost, "k2", "sk-…k2", "hello", "ok"), (cost, 0, "k2", "sk-…k2", "hello", "ok")]
+    assert sorted(tuple(r) for r in await pool.fetch("SELECT scope, subject_id, spent_micros FROM spend")) == \
+        [("group", "n-g", cost), ("user", "n-u", cost)]
+    assert sorted(tuple(r) for r in await pool.fetch("SELECT scope, recorded_micros FROM leases")) == \
+        [("group", cost), ("user", cost)]
+    res = await batches.apply_batch(events)  # a replay changes nothing
+    assert res.outcomes == [Applied(duplicate=True, budgets=[]) for _ in events]
+    assert await pool.fetchval("SELECT sum(spent_micros) FROM spend") == 2 * cost
+
+
+async def test_cost_without_a_budget_stays_unattributed_as_one_by_one(pool: asyncpg.Pool) -> None:
+    """A started event naming no user and no group leaves the cost unattributed on both paths, whether the
+    interception is new to the batch or was created by an earlier one."""
+    at = time.time() - 60
+    recorder = Recorder(pool, PriceBook(PRICES))
+    batches = BatchRecorder(recorder)
+    for ev in _request("u-a-", 1, at, user=None, groups=[""]) + _request("u-a-", 2, at, user=None, groups=[]):
+        await recorder.apply(ev)
+    first = _request("u-b-", 1, at, user=None, groups=[""])
+    later = _request("u-b-", 2, at, user=None, groups=[])
+    await batches.apply_batch(first + later[2:])
+    await batches.apply_batch(later[:2])
+    a, b = await snapshot(pool, "u-a-"), await snapshot(pool, "u-b-")
+    assert a == b
+    assert [r["attributed_micros"] for r in b["interceptions"]] == [0, 0]
