@@ -16,6 +16,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from aigw_testing.system import System
 
@@ -196,6 +197,20 @@ async def test_bodies_over_the_limit_are_refused_from_their_headers(start_system
         except aiohttp.ClientError:  # the server may close before the client finished sending
             chunked_status = 413
     assert chunked_status == 413 and sent < 64 * (LIMIT // 4), (chunked_status, sent)
+    # a chunked body just over the limit written in one go (it is all there with the head) is refused too
+    u = URL(s.url("gateway", "/openai/v1/chat/completions"))
+    reader, writer = await asyncio.open_connection(u.host, u.port)
+    try:
+        one = b"x" * over
+        writer.write(b"POST " + u.raw_path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + m.token.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + f"{len(one):x}\r\n".encode() + one + b"\r\n0\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status_line = await reader.readline()
+    finally:
+        writer.close()
+    assert b" 413 " in status_line, status_line
     reliability.record("Body over AIGW_MAX_BODY_BYTES",
                        client="413 answered from the Content-Length header alone (no body sent) by the gateway and "
                               "every control-plane service; gateway 413s are in the provider's format",

@@ -289,6 +289,12 @@ class Gateway:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise Refused(413, f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+        content = request.content
+        if content.is_eof():  # the whole body came with the head (most requests): take it as is, no await
+            data = content.read_nowait()
+            if len(data) > limit:
+                raise Refused(413, f"request body exceeds the limit of {limit} bytes")
+            return data
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
