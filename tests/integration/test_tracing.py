@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 from collections.abc import Iterator
 
 import aiohttp
@@ -74,6 +75,35 @@ async def test_tracing_off_makes_no_span(monkeypatch: pytest.MonkeyPatch, apps, 
         assert r.status == 200
     with tracing.consumer_span("c", {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}) as s:
         assert s is None
+
+
+class _CountingEnv(dict[str, str]):
+    def __init__(self, base: dict[str, str], reads: list[str]) -> None:
+        super().__init__(base)
+        self.reads = reads
+
+    def __contains__(self, key: object) -> bool:
+        self.reads.append(str(key))
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> str:
+        self.reads.append(key)
+        return super().__getitem__(key)
+
+
+def test_tracing_off_is_decided_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process started with tracing off gets a no-op provider: asking whether tracing is on (per request,
+    e.g. for each usage record) reads no environment (OpenTelemetry does while no provider is set)."""
+    _reset_globals()
+    monkeypatch.setattr(tracing, "_configured", False)
+    try:
+        tracing.setup_tracing("t", {})
+        reads: list[str] = []
+        monkeypatch.setattr(os, "environ", _CountingEnv(dict(os.environ), reads))
+        assert not tracing.enabled() and not tracing.enabled()
+        assert reads == []
+    finally:
+        _reset_globals()
 
 
 async def test_http_hop_continues_the_callers_trace(spans: InMemorySpanExporter, apps, make_settings) -> None:  # type: ignore[no-untyped-def]

@@ -33,14 +33,29 @@ _configured = False
 
 
 def setup_tracing(service: str, env: Mapping[str, str] | None = None) -> None:
-    """Install an SDK tracer provider when the standard OTEL variables ask for one."""
+    """Install an SDK tracer provider when the standard OTEL variables ask for one, else a no-op provider.
+
+    The no-op one makes "is tracing on?" (asked per request: :func:`enabled`) a global read: while no
+    provider is set, OpenTelemetry's ``get_tracer_provider`` looks ``OTEL_PYTHON_TRACER_PROVIDER`` up in
+    ``os.environ`` on every call (~1 µs). A process that names a provider there keeps that mechanism.
+    """
     global _configured
     env = os.environ if env is None else env
-    if _configured or env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    if _configured:
         return
+    provider = _sdk_provider(service, env)
+    if provider is None and "OTEL_PYTHON_TRACER_PROVIDER" in env:
+        return
+    trace.set_tracer_provider(provider if provider is not None else NoOpTracerProvider())
+    _configured = True
+
+
+def _sdk_provider(service: str, env: Mapping[str, str]) -> trace.TracerProvider | None:
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
     exporter_name = env.get("OTEL_TRACES_EXPORTER", "")
     if not exporter_name and not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        return
+        return None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -53,10 +68,9 @@ def setup_tracing(service: str, env: Mapping[str, str] | None = None) -> None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError:
             log.warning("OTLP exporter not installed; install opentelemetry-exporter-otlp-proto-http to export traces")
-            return
+            return None
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    _configured = True
+    return provider
 
 
 def tracer(name: str) -> trace.Tracer:
