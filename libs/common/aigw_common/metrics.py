@@ -38,21 +38,24 @@ class _CachedLabels(MetricWrapperBase):
     statuses and clients, ``LabelCap`` for model names), and so is this cache; ``remove``/``clear`` empty it.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._aigw_children: dict[tuple[Any, ...], Any] = {}  # made once, not looked up (or built) per call
+        super().__init__(*args, **kwargs)
+
     def labels(self, *values: Any, **kw: Any) -> Any:
+        if not kw and (child := self._aigw_children.get(values)) is not None:
+            return child
         if kw:
             return super().labels(*values, **kw)
-        cache: dict[tuple[Any, ...], Any] = self.__dict__.setdefault("_aigw_children", {})
-        child = cache.get(values)
-        if child is None:
-            child = cache[values] = super().labels(*values)
+        child = self._aigw_children[values] = super().labels(*values)
         return child
 
     def remove(self, *values: Any) -> None:
-        self.__dict__.get("_aigw_children", {}).clear()
+        self._aigw_children.clear()
         super().remove(*values)
 
     def clear(self) -> None:
-        self.__dict__.get("_aigw_children", {}).clear()
+        self._aigw_children.clear()
         super().clear()
 
 

@@ -54,3 +54,17 @@ def test_the_checks_still_apply() -> None:
         h.observe(1.0)
     with pytest.raises(ValueError, match="non-negative"):
         c.labels("x").inc(-1)
+
+
+def test_a_removed_child_is_not_answered_from_the_cache() -> None:
+    r = new_registry()
+    c = metrics.Counter("c_total", "c", ["a"], registry=r)
+    c.labels("x").inc(5)
+    assert c.labels("x") is c.labels("x")
+    c.remove("x")
+    c.labels("x").inc()
+    assert 'c_total{a="x"} 1.0' in _exposition(r)
+    c.clear()
+    assert not any(line.startswith("c_total{") for line in _exposition(r))
+    c.labels("y").inc()
+    assert 'c_total{a="y"} 1.0' in _exposition(r)
