@@ -8,7 +8,7 @@ It publishes what gateways publish per request (one ``usage.record`` message hol
 tokens and ended events of one interception, with its ``Nats-Msg-Id``) to ``AIGW_USAGE`` under a private
 prefix, waiting for every ack, and reports acked messages/s. Then it starts the real budget service (its ``UsageConsumer`` and ``Recorder``, in this
 process) against a fresh database and reports how fast that one consumer applies the backlog: events/s and
-interceptions/s, until ``budget.processed_events`` holds every event. docs/scaling.md uses these figures.
+interceptions/s, until ``budget.usage_claims`` holds every event id. docs/scaling.md uses these figures.
 NATS is the ``nats-server`` binary ``aigw dev`` ships (standalone for R1, three nodes for R3); Postgres is the
 machine's at 127.0.0.1:5432 when reachable, else the embedded one ``aigw dev`` uses.
 """
@@ -97,7 +97,7 @@ async def consume(settings: Settings, db_url: str, total: int) -> tuple[float, f
         conn = await asyncpg.connect(db_url)
         try:
             while True:
-                done = await conn.fetchval("SELECT count(*) FROM budget.processed_events")
+                done = await conn.fetchval("SELECT coalesce(sum(cardinality(event_ids)), 0) FROM budget.usage_claims")
                 if done >= total:
                     break
                 await asyncio.sleep(0.1)

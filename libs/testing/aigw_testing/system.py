@@ -118,7 +118,7 @@ class Ledger:
 
     interceptions: list[asyncpg.Record]
     events: int  # distinct usage events published
-    processed: int  # rows in budget.processed_events
+    processed: int  # event ids in budget.usage_claims
 
     def by_status(self) -> dict[str | None, int]:
         out: dict[str | None, int] = {}
@@ -288,7 +288,7 @@ class System:
             if not await self.usage.sync():
                 return False
             published = {e.event_id for e in self.usage.events}
-            rows = await self.query("SELECT event_id FROM processed_events")
+            rows = await self.query("SELECT unnest(event_ids) AS event_id FROM usage_claims")
             state["published"], state["processed"] = published, {r["event_id"] for r in rows}
             ended = await self.query("SELECT count(*) AS n FROM interceptions WHERE status IS NOT NULL")
             state["ended"] = ended[0]["n"]
@@ -299,8 +299,8 @@ class System:
         except AssertionError as e:
             missing = state.get("published", set()) - state.get("processed", set())
             extra = state.get("processed", set()) - state.get("published", set())
-            detail = await self.query("SELECT event_id, interception_id, kind FROM processed_events"
-                                      " WHERE event_id = ANY($1::text[])", list(extra))
+            detail = await self.query("SELECT e AS event_id, interception_id FROM usage_claims, unnest(event_ids) AS e"
+                                      " WHERE e = ANY($1::text[])", list(extra))
             raise AssertionError(f"{e}: {len(missing)} published events not applied, {len(extra)} applied that no "
                                  f"gateway published {[dict(r) for r in detail][:5]}, {state.get('ended')} of "
                                  f"{expect} interceptions ended") from None

@@ -6,8 +6,9 @@ most of the system's CPU per request (Postgres and the budget process). Here a
 whole fetched batch is one transaction of a fixed number of set-based
 statements (rows passed as one JSON document each), whatever its size:
 
-1. the event ids claimed in ``processed_events`` (a replay claims nothing and
-   changes nothing; the foreign key to the interception is checked at commit);
+1. the event ids claimed in ``usage_claims``, one row per interception (a
+   replay claims nothing and changes nothing; the foreign key to the
+   interception is checked at commit);
 2. each touched interception once: everything the claimed events say about it
    (started, token usage costed here and summed, the latest prompt, ended) is
    merged in Python, then a new interception is inserted complete, its cost
@@ -51,7 +52,7 @@ from aigw_common.schemas import (
 
 from .errors import DB_ERRORS, classify
 from .periods import month_of
-from .recorder import Applied, Recorder, _ts, budget_keys, check
+from .recorder import CLAIM, Applied, Recorder, _ts, budget_keys, check
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,6 @@ class BatchResult:
 
 def _iso(at: float) -> str:
     return _ts(at).isoformat()
-
-
-def _kind(ev: AnyUsageEvent) -> str:
-    return str(type(ev).__struct_config__.tag).split(".", 1)[1]
 
 
 _TOKEN_ROWS = """
@@ -286,14 +283,12 @@ class BatchRecorder:
             result.unpriced += applied.unpriced
 
     async def _apply(self, conn: asyncpg.Connection, batch: list[AnyUsageEvent], result: BatchResult) -> set[str]:
-        # claimed before the interception rows exist: the foreign key is checked at commit (migration 0005)
-        rows = await conn.fetch(
-            "INSERT INTO processed_events (event_id, interception_id, kind)"
-            " SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(event_id text, interception_id text, kind text)"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            [{"event_id": ev.event_id, "interception_id": ev.interception_id, "kind": _kind(ev)} for ev in batch],
-        )
-        claimed = {r["event_id"] for r in rows}
+        ids: dict[str, list[str]] = {}
+        for ev in batch:
+            ids.setdefault(ev.interception_id, []).append(ev.event_id)
+        # claimed before the interception rows exist: the foreign key is checked at commit
+        rows = await conn.fetch(CLAIM, [{"interception_id": k, "event_ids": v} for k, v in ids.items()])
+        claimed = {eid for r in rows for eid in r["added"]}
         mine = [ev for ev in batch if ev.event_id in claimed]
         if not mine:
             return claimed

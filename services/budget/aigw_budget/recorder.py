@@ -1,8 +1,8 @@
 """Usage events → schema ``budget``: the handler logic, free of any transport.
 
-One event is one transaction. The first statement claims the event id in
-``processed_events``; a replay finds it taken and changes nothing, so a
-redelivered or re-published event is counted once. Events of one interception
+One event is one transaction. It claims the event id in ``usage_claims`` (the
+ids applied, one row per interception: :data:`CLAIM`); a replay finds it taken
+and changes nothing, so a redelivered or re-published event is counted once. Events of one interception
 may arrive in any order: every event creates the interception row if it is
 missing, token usage is costed on arrival, and cost is added to the user's and
 groups' spend only once the started event has said whose it is
@@ -62,6 +62,21 @@ class Applied:
     unpriced: bool = False
 
 
+# Claim event ids, given per interception (one row each, ``event_ids`` not yet in the table): the RETURNING
+# rows list the ids this statement added, which are the events to apply (a replay adds none; of two
+# transactions claiming one id the second waits for the first's row lock and finds it taken). The foreign key
+# to interceptions is checked at commit, so the row may be written after its claim.
+CLAIM = """
+INSERT INTO usage_claims (interception_id, event_ids)
+SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(interception_id text, event_ids text[]) ORDER BY interception_id
+ON CONFLICT (interception_id) DO UPDATE
+  SET n_prev = cardinality(usage_claims.event_ids),
+      event_ids = usage_claims.event_ids
+                  || ARRAY(SELECT x FROM unnest(EXCLUDED.event_ids) AS x WHERE x <> ALL (usage_claims.event_ids))
+  WHERE NOT usage_claims.event_ids @> EXCLUDED.event_ids
+RETURNING event_ids[n_prev + 1:] AS added"""
+
+
 def _ts(at: float) -> datetime:
     return datetime.fromtimestamp(at, UTC)
 
@@ -88,11 +103,7 @@ class Recorder:
             "INSERT INTO interceptions (id, occurred_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
             ev.interception_id, at,
         )
-        claimed = await conn.fetchval(
-            "INSERT INTO processed_events (event_id, interception_id, kind) VALUES ($1, $2, $3)"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING true",
-            ev.event_id, ev.interception_id, str(type(ev).__struct_config__.tag).split(".", 1)[1],
-        )
+        claimed = await conn.fetchval(CLAIM, [{"interception_id": ev.interception_id, "event_ids": [ev.event_id]}])
         if not claimed:
             return Applied(duplicate=True, budgets=[])
         unpriced = False

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
 
+from aigw_budget.app import MIGRATIONS
 from aigw_budget.batch import BatchRecorder
 from aigw_budget.periods import month_of
 from aigw_budget.recorder import Applied, PriceBook, Recorder
+from aigw_common.db import MigrationSet, create_pool, migrate
 from aigw_common.errors import AigwError
 from aigw_common.schemas import (
     AnyUsageEvent,
@@ -93,8 +96,8 @@ async def snapshot(pool: asyncpg.Pool, p: str) -> dict[str, Any]:
     """Every table's rows of prefix ``p``, with the prefix taken off."""
     tables = {
         "interceptions": "SELECT * FROM interceptions WHERE id LIKE $1 ORDER BY id",
-        "processed": "SELECT event_id, interception_id, kind FROM processed_events WHERE event_id LIKE $1"
-                     " ORDER BY event_id",
+        "processed": "SELECT e AS event_id, interception_id FROM usage_claims, unnest(event_ids) AS e"
+                     " WHERE e LIKE $1 ORDER BY e",
         "tokens": "SELECT * FROM token_usages WHERE event_id LIKE $1 ORDER BY event_id",
         "prompts": "SELECT * FROM prompts WHERE event_id LIKE $1 ORDER BY event_id",
         "tools": "SELECT * FROM tool_usages WHERE event_id LIKE $1 ORDER BY event_id",
@@ -207,3 +210,46 @@ async def test_cost_without_a_budget_stays_unattributed_as_one_by_one(pool: asyn
     a, b = await snapshot(pool, "u-a-"), await snapshot(pool, "u-b-")
     assert a == b
     assert [r["attributed_micros"] for r in b["interceptions"]] == [0, 0]
+
+
+# what the previous release's budget replicas run to claim an event (they may run beside this one in a rolling
+# upgrade, and wrote every event applied before it)
+_OLD_CLAIM = ("INSERT INTO processed_events (event_id, interception_id, kind) VALUES ($1, $2, 'usage')"
+              " ON CONFLICT (event_id) DO NOTHING RETURNING true")
+
+
+async def test_previous_release_replicas_and_this_one_claim_each_event_once(pool: asyncpg.Pool) -> None:
+    at = time.time() - 60
+    batches = BatchRecorder(Recorder(pool, PriceBook(PRICES)))
+    events = _request("o-", 1, at, user="o-u", groups=[])
+    await batches.apply_batch(events[:2])
+    async with pool.acquire() as conn, conn.transaction():  # an old replica gets the started event again
+        assert await conn.fetchval(_OLD_CLAIM, events[0].event_id, events[0].interception_id) is None
+    async with pool.acquire() as conn, conn.transaction():  # … and the token event first: it claims it
+        assert await conn.fetchval(_OLD_CLAIM, events[2].event_id, events[2].interception_id) is True
+    res = await batches.apply_batch(events)
+    assert res.outcomes == [Applied(duplicate=d, budgets=[]) for d in (True, True, True, False)]
+    assert await pool.fetchval("SELECT event_ids FROM usage_claims") == [ev.event_id for ev in events]
+
+
+async def test_events_applied_before_the_upgrade_stay_applied(database_url: str, tmp_path: Path) -> None:
+    """The claims migration takes over every event id the previous schema recorded in processed_events."""
+    for f in MIGRATIONS[0].files():
+        if f.name < "0006":
+            (tmp_path / f.name).write_text(f.read_text())
+    pool = await create_pool(database_url, max_size=2, server_settings={"search_path": "budget"})
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn, MigrationSet("budget", tmp_path))
+            at = time.time() - 60
+            events = _request("m-", 1, at, user="m-u", groups=[]) + _request("m-", 2, at, user="m-u", groups=[])
+            async with conn.transaction():  # the previous release applied m-i1 whole and m-i2's start
+                for ev in events[:5]:
+                    await conn.execute("INSERT INTO interceptions (id, occurred_at) VALUES ($1, now())"
+                                       " ON CONFLICT DO NOTHING", ev.interception_id)
+                    assert await conn.fetchval(_OLD_CLAIM, ev.event_id, ev.interception_id)
+            await migrate(conn, *MIGRATIONS)
+        res = await BatchRecorder(Recorder(pool, PriceBook(PRICES))).apply_batch(events)
+        assert [isinstance(o, Applied) and o.duplicate for o in res.outcomes] == [True] * 5 + [False] * 3
+    finally:
+        await pool.close()
