@@ -13,11 +13,12 @@ statements (rows passed as one JSON document each), whatever its size:
    (started, token usage costed here and summed, the latest prompt, ended) is
    merged in Python, then a new interception is inserted complete, its cost
    already marked attributed (``_FRESH``: one row version, not an insert and
-   two updates), and only one that exists is updated (``_MERGED``);
-3. the per-event rows (token usage, prompts, tool calls) in one statement;
-4. attribution: each touched interception's not-yet-attributed cost goes to
+   two updates), and only one that exists is updated (``_MERGED``); the
+   per-event rows (token usage, prompts, tool calls) go in the same
+   statement as the inserts (``WITH``);
+3. attribution: each touched interception's not-yet-attributed cost goes to
    spend and to the admitting gateway's leases, summed per budget, written in
-   key order (the lock order every writer uses), one statement each.
+   key order (the lock order every writer uses), in one statement.
 
 The end state equals applying the same events one by one with ``apply``
 (``test_batch.py`` checks it against that oracle), with one deliberate
@@ -187,15 +188,22 @@ ORDER BY e.id
 ON CONFLICT (id) DO NOTHING
 RETURNING id, user_id, group_ids, started_at, gateway_id, cost_micros, 0::bigint AS attributed_micros, true AS fresh"""
 
-# Each lease's share of the batch's cost, in one statement: the rows are locked in key order first (the lock
-# order every writer uses), then credited.
-_LEASES = """
-WITH d AS (
-  SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[])
+# The batch's cost per budget, in one statement: spend first (the leases are locked only once ``s`` has run:
+# a data-modifying WITH runs when first read), then each lease's share, its rows locked in key order before
+# they are credited — the order every writer locks spend and leases in.
+_SPEND = """
+WITH s AS (
+  INSERT INTO spend (scope, subject_id, period_start, spent_micros)
+  SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[])
+  ON CONFLICT (scope, subject_id, period_start) DO UPDATE SET spent_micros = spend.spent_micros + EXCLUDED.spent_micros
+  RETURNING 1),
+d AS (
+  SELECT * FROM unnest($5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::bigint[])
     AS d(scope, subject_id, period_start, gateway_id, delta)),
 locked AS (
   SELECT l.scope, l.subject_id, l.period_start, l.gateway_id FROM leases l
   JOIN d USING (scope, subject_id, period_start, gateway_id)
+  WHERE (SELECT count(*) FROM s) >= 0
   ORDER BY l.scope, l.subject_id, l.period_start, l.gateway_id FOR NO KEY UPDATE OF l)
 UPDATE leases l SET recorded_micros = l.recorded_micros + d.delta
 FROM locked k JOIN d USING (scope, subject_id, period_start, gateway_id)
@@ -317,19 +325,19 @@ class BatchRecorder:
             if ev.interception_id not in fresh:
                 fresh[ev.interception_id] = {"id": ev.interception_id, **_NO_CHANGE}
             fresh[ev.interception_id].setdefault("first_at", _iso(ev.at))
-        after = list(await conn.fetch(_FRESH, list(fresh.values())))
+        sql, details = self._details(token_rows, prompts, [ev for ev in mine if isinstance(ev, ToolUsage)])
+        after = list(await conn.fetch(sql + _FRESH, list(fresh.values()), *details))
         inserted = {r["id"] for r in after}
         if existing := sorted((r for iid, r in merged.items() if iid not in inserted), key=lambda r: str(r["id"])):
             after += await conn.fetch(_MERGED, existing)
-        await self._details(conn, token_rows, prompts, [ev for ev in mine if isinstance(ev, ToolUsage)])
         result.budgets.update(await self._attribute(conn, after))
         return claimed
 
     @staticmethod
-    async def _details(conn: asyncpg.Connection, tokens: list[dict[str, object]], prompts: list[PromptRecorded],
-                       tools: list[ToolUsage]) -> None:
-        """The per-event rows (token usage, prompts, tool calls): one statement for whichever the batch has,
-        after the interception rows they reference."""
+    def _details(tokens: list[dict[str, object]], prompts: list[PromptRecorded],
+                 tools: list[ToolUsage]) -> tuple[str, list[object]]:
+        """The per-event rows (token usage, prompts, tool calls) as a WITH clause of the interceptions'
+        statement (parameters from $2; the foreign keys are checked at its end, when its rows are in)."""
         parts: list[tuple[str, object]] = []
         if tokens:
             parts.append((_TOKEN_ROWS, tokens))
@@ -343,11 +351,9 @@ class BatchRecorder:
                  "call_id": ev.call_id, "arguments": ev.arguments, "injected": ev.injected, "error": ev.error,
                  "truncated": ev.truncated} for ev in tools]))
         if not parts:
-            return
-        sql = [p.replace("$1", f"${n}") for n, (p, _) in enumerate(parts, 1)]
-        text = sql[-1] if len(sql) == 1 else \
-            "WITH " + ", ".join(f"w{n} AS ({q})" for n, q in enumerate(sql[:-1])) + sql[-1]
-        await conn.execute(text, *(v for _, v in parts))
+            return "", []
+        ctes = ", ".join(f"w{n} AS ({q.replace('$1', f'${n}')})" for n, (q, _) in enumerate(parts, 2))
+        return "WITH " + ctes, [v for _, v in parts]
 
     @staticmethod
     def _started_row(ev: InterceptionStarted) -> dict[str, object]:
@@ -435,18 +441,11 @@ class BatchRecorder:
                 done.append(r["id"])
         if not moved:
             return moved
-        order = sorted(spend)
+        order, keyed = sorted(spend), sorted(leases)
         await conn.execute(
-            "INSERT INTO spend (scope, subject_id, period_start, spent_micros)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[])"
-            " ON CONFLICT (scope, subject_id, period_start)"
-            " DO UPDATE SET spent_micros = spend.spent_micros + EXCLUDED.spent_micros",
-            [k[0] for k in order], [k[1] for k in order], [k[2] for k in order], [spend[k] for k in order],
-        )
-        if leases:
-            keyed = sorted(leases)
-            await conn.execute(_LEASES, [k[0] for k in keyed], [k[1] for k in keyed], [k[2] for k in keyed],
-                               [k[3] for k in keyed], [leases[k] for k in keyed])
+            _SPEND, [k[0] for k in order], [k[1] for k in order], [k[2] for k in order], [spend[k] for k in order],
+            [k[0] for k in keyed], [k[1] for k in keyed], [k[2] for k in keyed], [k[3] for k in keyed],
+            [leases[k] for k in keyed])
         if done:
             await conn.execute("UPDATE interceptions SET attributed_micros = cost_micros WHERE id = ANY($1::text[])",
                                done)
