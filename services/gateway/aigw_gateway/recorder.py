@@ -282,19 +282,23 @@ class Recorder:
             self.published += len(p.items)
 
     async def _publish_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -self.coalesce
         while True:
-            item = await self._queue.get()
-            batch = [item]
-            while not self._queue.empty() and len(batch) < 512:
-                batch.append(self._queue.get_nowait())
+            batch = [await self._queue.get()]
             try:
+                # under load, events gather until ``coalesce`` after the last batch: one write and one ack for
+                # many; an event on a quiet gateway goes at once, and no timer wakes the loop after each batch
+                if (wait := last + self.coalesce - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                while not self._queue.empty() and len(batch) < 512:
+                    batch.append(self._queue.get_nowait())
+                last = loop.time()
                 await self._send_batch(batch)
             except asyncio.CancelledError:
                 for it in batch:
                     self._to_spool(*it)
                 raise
-            # let events gather for a moment: the NATS client then writes a whole batch in one syscall
-            await asyncio.sleep(self.coalesce)
 
     async def _send_batch(self, batch: list[_Item]) -> None:
         if not self.bus.connected or self.spool.pending():

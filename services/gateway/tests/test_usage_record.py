@@ -168,3 +168,42 @@ async def test_a_traced_request_keeps_a_record_and_its_trace_context(bus: Bus, t
         assert [h.get("traceparent", "").split("-")[1:2] for _, h, _ in stored] == [[parents[0]], [parents[1]], []]
     finally:
         await rec.stop()
+
+
+async def test_batches_gather_only_under_load(bus: Bus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event on a quiet gateway is published at once and no coalescing timer follows its batch (a wakeup
+    per request at low rates); one that comes within ``coalesce`` of the last batch waits for the rest."""
+    import asyncio
+
+    from aigw_gateway import recorder as recorder_module
+
+    real_sleep = asyncio.sleep
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        if delay < 0.5:  # the coalescing waits (the recorder's other loops sleep 1 s or more)
+            waits.append(delay)
+        await real_sleep(delay)
+
+    class RecorderAsyncio:  # asyncio as the recorder module sees it, with its sleeps counted
+        def __getattr__(self, name: str) -> object:
+            return getattr(asyncio, name)
+
+    view = RecorderAsyncio()
+    view.sleep = sleep  # type: ignore[attr-defined]
+    monkeypatch.setattr(recorder_module, "asyncio", view)
+    rec = Recorder(bus, Spool(tmp_path / "spool", 1 << 22), coalesce=0.3)
+    await rec.start()
+    try:
+        for n in (1, 2):  # each alone: sent at once, nothing waited for
+            rec.emit(InterceptionEnded(event_id=f"q{n}.1", interception_id=f"q{n}", at=1.0, status="ok"))
+            await eventually(lambda n=n: rec.published == n, 5, f"event {n} acknowledged")  # type: ignore[misc]
+            assert waits == []
+            await real_sleep(0.35)
+        rec.emit(InterceptionEnded(event_id="b1.1", interception_id="b1", at=1.0, status="ok"))
+        await eventually(lambda: rec.published == 3, 5, "the next event acknowledged")
+        rec.emit(InterceptionEnded(event_id="b2.1", interception_id="b2", at=1.0, status="ok"))  # right behind it
+        await eventually(lambda: rec.published == 4, 5, "the event behind it acknowledged")
+        assert len(waits) == 1 and 0 < waits[0] <= 0.3
+    finally:
+        await rec.stop()
