@@ -14,7 +14,9 @@ for streams, CPU ms per request of the proxy process, and CPU ms per request
 of the whole system (gateway + every service + NATS + Postgres, from /proc,
 measured until the budget service has recorded the run's usage), with the
 ratios against the bare proxy. The proxy under test is pinned to core 0 and
-everything else to the other cores when the machine has them.
+everything else to the other cores when the machine has them. Each cell is
+``--repeat`` runs (2 by default) taken in turns with the other paths and pooled,
+so a slow stretch of a shared machine does not land on one path alone.
 
     make bench                         # every scenario, both latencies
     python -m bench.run --seconds 3 --only 'chat c64'
@@ -99,6 +101,51 @@ class Result:
     system_ms: float | None  # every process of the system per request
     first_error: str = ""
     parts: dict[str, float] = field(default_factory=dict)  # CPU ms per request by component (gateway path)
+
+
+@dataclass
+class _Pool:
+    """The runs of one cell added up: requests, seconds and CPU summed (CPU per request is total CPU over
+    total requests), latencies pooled for the percentiles."""
+
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    lat: list[float] = field(default_factory=list)
+    ttfb: list[float] = field(default_factory=list)
+    cpu: float | None = None
+    system: float | None = None
+    first_error: str = ""
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, run: tuple[int, int, float, list[float], list[float], float | None, float | None, str],
+            parts: dict[str, float]) -> None:
+        n, err, secs, lat_s, ttfb, cpu, sys_cpu, first = run
+        self.requests += n
+        self.errors += err
+        self.seconds += secs
+        self.lat += lat_s
+        self.ttfb += ttfb
+        if cpu is not None:
+            self.cpu = (self.cpu or 0.0) + cpu
+        if sys_cpu is not None:
+            self.system = (self.system or 0.0) + sys_cpu
+        self.first_error = self.first_error or first
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0.0) + v
+
+    def result(self, scen: Scenario, lat: int, path: str) -> Result:
+        n = self.requests
+        self.lat.sort()
+        self.ttfb.sort()
+        return Result(
+            scen.name, lat, path, n, self.errors, self.seconds,
+            statistics.median(self.lat) * 1000 if self.lat else 0.0,
+            self.lat[max(0, int(len(self.lat) * 0.99) - 1)] * 1000 if self.lat else 0.0,
+            statistics.median(self.ttfb) * 1000 if (self.ttfb and scen.stream) else None,
+            self.cpu * 1000 / n if (self.cpu is not None and n) else None,
+            self.system * 1000 / n if (self.system is not None and n) else None, self.first_error,
+            {k: v * 1000 / n for k, v in self.parts.items()} if n else {})
 
 
 @dataclass
@@ -297,26 +344,25 @@ async def main_async(args: argparse.Namespace) -> int:
                        gw_pids, gw_pids + control, system.components(), idle),
             ]
             for scen in scenarios:
-                for t in targets:
-                    parts: dict[str, float] = {}
-                    sampled = t.proxy_pids[:1] if args.cpu_profile else []
-                    for pid in sampled:
-                        os.kill(pid, signal.SIGRTMIN + 1)
-                    n, err, secs, lat_s, ttfb, cpu, sys_cpu, first = await drive(
-                        t, scen, system.member_token, args.seconds, settle if t.name == "gateway" else None, parts)
-                    for pid in sampled:
-                        os.kill(pid, signal.SIGRTMIN + 2)
-                    lat_s.sort()
-                    ttfb.sort()
-                    results.append(Result(
-                        scen.name, lat, t.name, n, err, secs, statistics.median(lat_s) * 1000 if lat_s else 0.0,
-                        lat_s[max(0, int(len(lat_s) * 0.99) - 1)] * 1000 if lat_s else 0.0,
-                        statistics.median(ttfb) * 1000 if (ttfb and scen.stream) else None,
-                        cpu * 1000 / n if (cpu is not None and n) else None,
-                        sys_cpu * 1000 / n if (sys_cpu is not None and n) else None, first,
-                        {k: v * 1000 / n for k, v in parts.items()} if n else {}))
-                    print(f"  {scen.name:<22} {lat:>3} ms  {t.name:<8} {n / secs:>7.0f} req/s"
-                          + (f"  errors {err}: {first}" if err else ""), flush=True)
+                pooled: dict[str, _Pool] = {t.name: _Pool() for t in targets}
+                # the paths take turns (direct, bare, gateway, direct, bare, …): a slow stretch of the machine
+                # falls on each of them, not on one cell
+                for rep in range(args.repeat):
+                    for t in targets:
+                        parts: dict[str, float] = {}
+                        sampled = t.proxy_pids[:1] if args.cpu_profile else []
+                        for pid in sampled:
+                            os.kill(pid, signal.SIGRTMIN + 1)
+                        run = await drive(t, scen, system.member_token, args.seconds,
+                                          settle if t.name == "gateway" else None, parts)
+                        for pid in sampled:
+                            os.kill(pid, signal.SIGRTMIN + 2)
+                        pooled[t.name].add(run, parts)
+                        n, err, secs, first = run[0], run[1], run[2], run[7]
+                        print(f"  {scen.name:<22} {lat:>3} ms  {t.name:<8} {n / secs:>7.0f} req/s"
+                              + (f"  (run {rep + 1}/{args.repeat})" if args.repeat > 1 else "")
+                              + (f"  errors {err}: {first}" if err else ""), flush=True)
+                results += [pooled[t.name].result(scen, lat, t.name) for t in targets]
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)
@@ -399,7 +445,9 @@ def print_report(results: list[Result], notes: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per scenario and path")
+    ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per run (each cell is --repeat runs)")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs per scenario and path, taking turns with the other paths; pooled (default 2)")
     ap.add_argument("--latencies", type=lambda v: [int(x) for x in v.split(",")], default=[0, 50],
                     help="upstream latencies in ms, comma list (default 0,50)")
     ap.add_argument("--only", help="run one scenario, e.g. 'chat c64'")
