@@ -105,6 +105,7 @@ def fit_event(ev: UsageEvent, data: bytes, limit: int) -> tuple[UsageEvent, byte
 @dataclass(slots=True)
 class _Pending:
     items: list[_Item]
+    queued: int  # the queued items (requests' records, single events) these messages carry: max_pending counts them
     sent_at: float
     attempts: int
 
@@ -311,7 +312,7 @@ class Recorder:
         if self._pending_events >= self.max_pending:  # JetStream is slow to ack: wait for room
             self._room.clear()
             await wait_event(self._room, self.ack_timeout)
-        await self._send(self._joined(batch), 1)
+        await self._send(self._joined(batch), 1, len(batch))
 
     def _joined(self, batch: list[_Item]) -> list[_Item]:
         """``batch`` as messages: consecutive requests' events joined into records as far as ``max_payload``
@@ -342,7 +343,7 @@ class Recorder:
             out.append((subject, first, record_payload(first, parts), None))
         return out
 
-    async def _send(self, items: list[_Item], attempts: int) -> None:
+    async def _send(self, items: list[_Item], attempts: int, queued: int) -> None:
         """Publish ``items`` in order; only the last asks for an ack.
 
         One connection delivers in order and the stream stores in order, so the PubAck of the last message
@@ -350,8 +351,8 @@ class Recorder:
         the middle). No ack in time → the whole group goes again; ``Nats-Msg-Id`` drops what was stored.
         """
         token = str(next(self._tokens))
-        self._pending[token] = _Pending(items, time.monotonic(), attempts)
-        self._pending_events += len(items)
+        self._pending[token] = _Pending(items, queued, time.monotonic(), attempts)
+        self._pending_events += queued
         last = len(items) - 1
         try:
             for i, (subject, msg_id, data, trace) in enumerate(items):
@@ -369,7 +370,7 @@ class Recorder:
     def _take(self, token: str) -> _Pending | None:
         p = self._pending.pop(token, None)
         if p is not None:
-            self._pending_events -= len(p.items)
+            self._pending_events -= p.queued
             if self._pending_events < self.max_pending:
                 self._room.set()
         return p
@@ -387,7 +388,7 @@ class Recorder:
             if p is None:
                 continue
             if self.bus.connected and p.attempts < self.max_attempts:
-                await self._send(p.items, p.attempts + 1)
+                await self._send(p.items, p.attempts + 1, p.queued)
             else:
                 self._failed("no_ack", f"no acknowledgement after {p.attempts} attempts")
                 for it in p.items:

@@ -5,6 +5,7 @@ server's ``max_payload`` falls back to one message per event."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +208,19 @@ async def test_batches_gather_only_under_load(bus: Bus, tmp_path: Path, monkeypa
         assert len(waits) == 1 and 0 < waits[0] <= 0.3
     finally:
         await rec.stop()
+
+
+async def test_in_flight_counts_the_requests_a_joined_record_carries(bus: Bus, tmp_path: Path) -> None:
+    """``max_pending`` bounds what waits for acks in requests, as before records were joined: a message of
+    three requests is three in flight, not one (else a slow JetStream could hold 512 times more)."""
+    rec = Recorder(bus, Spool(tmp_path / "spool", 1 << 22), ack_timeout=60)
+    await rec.start()
+    try:
+        await bus.js.delete_stream(bus.subjects.usage_stream)  # no stream: no PubAck, the message stays pending
+        for iid in ("a", "b", "c"):
+            rec.emit_group(_request(iid))
+        await eventually(lambda: rec.in_flight == 3, 10, "three requests in flight")
+        await asyncio.sleep(0.1)
+        assert rec.in_flight == 3 and rec.published == 0
+    finally:
+        await rec.stop(timeout=0.1)
