@@ -35,10 +35,15 @@ BatchHandler = Callable[[list[Any]], Awaitable[Sequence[object]]]
 
 
 class UsageConsumer(PullConsumer[list[Any]]):
+    """``linger``: how long a short batch waits for more. A batch's fixed cost (its transaction and round trips,
+    the fetches, the event-loop turns) is most of what recording costs at low rates; 0.25 s makes a batch of
+    ~5 requests at 20 requests/s instead of ~2, and delays recording (which admission never waits for) by as
+    much."""
+
     def __init__(
         self, bus: Bus, handler: BatchHandler, registry: CollectorRegistry, *, durable: str = "budget_usage",
         batch: int = 256, ack_wait: float = 30.0, min_delay: float = 1.0, max_delay: float = 10.0,
-        linger: float = 0.05,
+        linger: float = 0.25,
     ) -> None:
         s = bus.subjects
         super().__init__(
