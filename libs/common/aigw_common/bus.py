@@ -506,6 +506,10 @@ class Bus:
 
     @staticmethod
     def _headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+        """A copy of ``headers`` (signing adds to it) with the trace context, when tracing is on: with it off
+        the propagators find nothing to carry and cost ~1 µs per message."""
+        if not tracing.enabled():
+            return dict(headers) if headers else None
         h = dict(headers) if headers else {}
         tracing.inject(h)
         return h or None

@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from nats.aio.msg import Msg
 
 from aigw_common.bus import Bus, Subjects
 from aigw_common.errors import BusError
@@ -61,3 +62,29 @@ async def test_starts_without_nats_and_connects_later():
     with pytest.raises(BusError):
         await b.publish("x", ProvidersChanged(revision=1))
     await b.close()
+
+
+async def test_no_propagator_runs_while_tracing_is_off(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every publish asked OpenTelemetry's propagators for a context that tracing off never has (~1 µs each);
+    the headers a caller passes still go out, and signing still adds to a copy of them."""
+    from aigw_common import tracing
+
+    assert not tracing.enabled()
+
+    def explode(*a: object, **k: object) -> None:
+        raise AssertionError("a propagator ran while tracing is off")
+
+    monkeypatch.setattr(tracing.propagate, "inject", explode)
+    got: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    async def seen(m: Msg) -> None:
+        got.put_nowait(dict(m.headers or {}))
+
+    assert bus.nc is not None
+    sub = await bus.nc.subscribe(f"{bus.subjects.prefix}.hdr", cb=seen)
+    mine = {"X-Test": "1"}
+    await bus.publish_raw(f"{bus.subjects.prefix}.hdr", b"x", headers=mine)
+    await bus.publish_raw(f"{bus.subjects.prefix}.hdr", b"y")
+    assert await asyncio.wait_for(got.get(), 5) == {"X-Test": "1"}
+    assert await asyncio.wait_for(got.get(), 5) == {}
+    assert mine == {"X-Test": "1"}
+    await sub.unsubscribe()
