@@ -184,6 +184,11 @@ class SSEFramer:
             buf.clear()
         return events, overflow
 
+    @property
+    def holding(self) -> bool:
+        """True while part of an event is held back (the next chunk continues it)."""
+        return bool(self._buf)
+
     def finish(self) -> bytes:
         """The unterminated rest of the stream (possibly empty)."""
         rest = bytes(self._buf)

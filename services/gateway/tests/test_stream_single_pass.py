@@ -107,7 +107,9 @@ def _variants(body: bytes) -> dict[str, bytes]:
 
 
 def _chunkings(body: bytes, rng: random.Random) -> list[list[bytes]]:
-    ways = [[body], [body[i:i + 1] for i in range(len(body))]]
+    events = [e for e in re.split(rb"(?<=\n\n)", body) if e]  # one read per event, as upstreams send them
+    ways = [[body], [body[i:i + 1] for i in range(len(body))], events,
+            [b"".join(events[i:i + 2]) for i in range(0, len(events), 2)]]
     for _ in range(6):
         chunks, i = [], 0
         while i < len(body):
@@ -156,3 +158,19 @@ def test_over_long_tails_fall_back_to_reading_the_bytes(monkeypatch: pytest.Monk
         for variant in _variants(body).values():
             for chunks in _chunkings(variant, rng):
                 assert _one_pass(chunks) == _two_passes(chunks)
+
+
+def test_text_deltas_in_whole_events_are_passed_over() -> None:
+    """Read one event per chunk (LF), a chat stream's text deltas are relayed without being framed or metered
+    (``ChatStream.passes_over``); the test above holds that this changes no byte relayed and no usage metered."""
+    passed = 0
+    for name, body in STREAMS.items():
+        if not name.startswith("openai/") or b"\r" in body:
+            continue
+        relay, ext = UsageChunkFilter(), ChatStream()
+        read = relay.metering(ext)
+        for c in [e for e in re.split(rb"(?<=\n\n)", body) if e]:
+            relay.feed(c)
+            passed += relay._skipped
+            read(c)
+    assert passed >= 10

@@ -71,6 +71,12 @@ class StreamExtractor:
         """One event: its ``event:`` name (None when the stream names none) and its joined ``data``."""
         raise NotImplementedError
 
+    def passes_over(self, chunk: bytes) -> bool:
+        """True when ``chunk`` — whole LF-framed events, nothing held before it — holds nothing :meth:`event`
+        would read, so a relay that frames the stream itself may leave it unmetered (most chunks are text
+        deltas). A dialect that can tell from the raw bytes says so; by default nothing is passed over."""
+        return False
+
     def finish(self) -> Extracted:
         for name, data in self._sse.finish():
             self._head = None
