@@ -312,8 +312,9 @@ async def main_async(args: argparse.Namespace) -> int:
         control = system.control_pids()
         if len(cores) >= 2:
             procs.pin(gw_pids + [p.pid for p in bares.values()], {cores[0]})
-            procs.pin(control + [p.pid for p in procs_started if p not in bares.values()] + [os.getpid()],
-                      set(cores[1:]))
+            procs.pin(control + [p.pid for p in procs_started if p not in bares.values()], set(cores[1:]))
+            # this process alone (the load generator): its tree holds the proxies too, which stay on core 0
+            os.sched_setaffinity(0, set(cores[1:]))
             notes.append(f"proxy under test pinned to core {cores[0]}; load generator, mock and control plane on "
                          f"core(s) {','.join(map(str, cores[1:]))}")
             if len(cores) == 2:
@@ -394,7 +395,8 @@ async def workers_row(system: BenchSystem, lat: int, seconds: float, cores: list
     scen = Scenario("chat c64", "chat", False, 64)
     for n in (1, 2):
         url, pids = await system.extra_gateway(n, lat)
-        procs.pin([*pids, os.getpid()], set(cores))
+        procs.pin(pids, set(cores))
+        os.sched_setaffinity(0, set(cores))
         t = Target(f"{n} worker" + ("s" if n > 1 else ""), f"{url}/openai{lat}", f"{url}/anthropic{lat}", pids, pids)
         count, err, secs, lat_s, _, cpu, _, first = await drive(t, scen, system.member_token, seconds, None)
         lat_s.sort()
