@@ -171,56 +171,34 @@ async def test_a_traced_request_keeps_a_record_and_its_trace_context(bus: Bus, t
         await rec.stop()
 
 
-async def test_batches_gather_only_under_load(bus: Bus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An event on a quiet gateway is published at once and no coalescing timer follows its batch (a wakeup
-    per request at low rates); one that comes within ``coalesce`` of the last batch waits for the rest."""
-    import asyncio
-
-    from aigw_gateway import recorder as recorder_module
-
-    real_sleep = asyncio.sleep
-    waits: list[float] = []
-
-    async def sleep(delay: float) -> None:
-        if delay < 0.5:  # the coalescing waits (the recorder's other loops sleep 1 s or more)
-            waits.append(delay)
-        await real_sleep(delay)
-
-    class RecorderAsyncio:  # asyncio as the recorder module sees it, with its sleeps counted
-        def __getattr__(self, name: str) -> object:
-            return getattr(asyncio, name)
-
-    view = RecorderAsyncio()
-    view.sleep = sleep  # type: ignore[attr-defined]
-    monkeypatch.setattr(recorder_module, "asyncio", view)
-    rec = Recorder(bus, Spool(tmp_path / "spool", 1 << 22), coalesce=0.3)
+async def test_a_quiet_gateway_lingers_and_a_busy_one_coalesces(bus: Bus, tmp_path: Path) -> None:
+    """After a quiet spell the first event waits ``linger`` for company, so events spread over it go as one
+    message with one ack; an event within ``coalesce`` of the last batch waits only for the rest of it; and
+    ``stop`` publishes a batch that is still waiting instead of spooling it."""
+    rec = Recorder(bus, Spool(tmp_path / "spool", 1 << 22), coalesce=0.05, linger=0.6)
     await rec.start()
+    loop = asyncio.get_running_loop()
+    sent: list[float] = []
+    real_send = rec._send
+
+    async def send(items, attempts, queued):  # type: ignore[no-untyped-def]
+        sent.append(loop.time())
+        await real_send(items, attempts, queued)
+
+    rec._send = send  # type: ignore[method-assign]
     try:
-        for n in (1, 2):  # each alone: sent at once, nothing waited for
+        t0 = loop.time()
+        for n in range(3):  # spread over 0.2 s after a quiet spell: one message
             rec.emit(InterceptionEnded(event_id=f"q{n}.1", interception_id=f"q{n}", at=1.0, status="ok"))
-            await eventually(lambda n=n: rec.published == n, 5, f"event {n} acknowledged")  # type: ignore[misc]
-            assert waits == []
-            await real_sleep(0.35)
-        rec.emit(InterceptionEnded(event_id="b1.1", interception_id="b1", at=1.0, status="ok"))
-        await eventually(lambda: rec.published == 3, 5, "the next event acknowledged")
-        rec.emit(InterceptionEnded(event_id="b2.1", interception_id="b2", at=1.0, status="ok"))  # right behind it
-        await eventually(lambda: rec.published == 4, 5, "the event behind it acknowledged")
-        assert len(waits) == 1 and 0 < waits[0] <= 0.3
+            await asyncio.sleep(0.1)
+        await eventually(lambda: rec.published == 3, 5, "the three events acknowledged")
+        assert len(sent) == 1 and 0.5 <= sent[0] - t0 < 1.5, [x - t0 for x in sent]
+        rec.emit(InterceptionEnded(event_id="b.1", interception_id="b", at=1.0, status="ok"))  # right behind it
+        await eventually(lambda: rec.published == 4, 5, "the next event acknowledged")
+        assert len(sent) == 2 and sent[1] - sent[0] < 0.3, [x - t0 for x in sent]  # coalesce, not linger
+        await asyncio.sleep(0.2)
+        rec.emit(InterceptionEnded(event_id="s.1", interception_id="s", at=1.0, status="ok"))
+        await asyncio.sleep(0.05)  # the publisher holds it, lingering
     finally:
         await rec.stop()
-
-
-async def test_in_flight_counts_the_requests_a_joined_record_carries(bus: Bus, tmp_path: Path) -> None:
-    """``max_pending`` bounds what waits for acks in requests, as before records were joined: a message of
-    three requests is three in flight, not one (else a slow JetStream could hold 512 times more)."""
-    rec = Recorder(bus, Spool(tmp_path / "spool", 1 << 22), ack_timeout=60)
-    await rec.start()
-    try:
-        await bus.js.delete_stream(bus.subjects.usage_stream)  # no stream: no PubAck, the message stays pending
-        for iid in ("a", "b", "c"):
-            rec.emit_group(_request(iid))
-        await eventually(lambda: rec.in_flight == 3, 10, "three requests in flight")
-        await asyncio.sleep(0.1)
-        assert rec.in_flight == 3 and rec.published == 0
-    finally:
-        await rec.stop(timeout=0.1)
+    assert rec.published == 5 and rec.spooled == 0
