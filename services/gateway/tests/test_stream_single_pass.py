@@ -93,6 +93,8 @@ def _streams() -> dict[str, bytes]:
         "empty choices without usage (Azure)": b'data: {"choices":[],"prompt_filter_results":[]}\n\n' + delta + usage,
         "spaced empty choices": b'data: {"choices" : [ ],"usage":{"prompt_tokens":9}}\n\n' + delta,
         "usage: null": b'data: {"choices":[],"usage":null}\n\n' + delta,
+        "a marker split across data lines": delta + delta + b'data: {"choices":[{"index":0,"delta":{}}],"usage"\n'
+                                            b'data: :{"prompt_tokens":5}}\n\n' + delta,
         "mixed line ends": delta.replace(b"\n\n", b"\r\n\n") + b"data: x\rdata: y\n\n"
                            + usage.replace(b"}}\n", b"}}\r: c\n", 1) + usage.replace(b"\n\n", b"\n\r\n"),
     }
