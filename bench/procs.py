@@ -10,7 +10,7 @@ gateway worker that exited during the run still counts.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -74,31 +74,29 @@ def tree_cpu(roots: Iterable[int]) -> float:
     return cpu_seconds(p for r in roots for p in tree(r))
 
 
-def pin(roots: Iterable[int], cores: set[int]) -> None:
-    """Move every thread of these trees onto ``cores`` (what ``taskset -a -p`` does)."""
+def threads(roots: Iterable[int]) -> Iterator[int]:
+    """Every thread id of these process trees, alive now."""
     for r in roots:
         for pid in tree(r):
             try:
-                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+                yield from (int(t) for t in os.listdir(f"/proc/{pid}/task"))
             except OSError:
-                continue
-            for tid in tids:
-                try:
-                    os.sched_setaffinity(tid, cores)
-                except OSError:
-                    pass  # exited in between: nothing to pin
+                continue  # exited in between
+
+
+def pin(roots: Iterable[int], cores: set[int]) -> None:
+    """Move every thread of these trees onto ``cores`` (what ``taskset -a -p`` does)."""
+    for tid in threads(roots):
+        try:
+            os.sched_setaffinity(tid, cores)
+        except OSError:
+            pass  # exited in between: nothing to pin
 
 
 def renice(roots: Iterable[int], niceness: int) -> None:
     """Give every thread of these trees this nice value (Linux: per thread; raising it needs no privilege)."""
-    for r in roots:
-        for pid in tree(r):
-            try:
-                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-            except OSError:
-                continue
-            for tid in tids:
-                try:
-                    os.setpriority(os.PRIO_PROCESS, tid, niceness)
-                except OSError:
-                    pass  # exited in between
+    for tid in threads(roots):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        except OSError:
+            pass  # exited in between
