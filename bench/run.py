@@ -134,12 +134,12 @@ class _Pool:
         for k, v in parts.items():
             self.parts[k] = self.parts.get(k, 0.0) + v
 
-    def result(self, scen: Scenario, lat: int, path: str) -> Result:
+    def result(self, scen: Scenario, lat: int, path: str, name: str | None = None) -> Result:
         n = self.requests
         self.lat.sort()
         self.ttfb.sort()
         return Result(
-            scen.name, lat, path, n, self.errors, self.seconds,
+            name or scen.name, lat, path, n, self.errors, self.seconds,
             statistics.median(self.lat) * 1000 if self.lat else 0.0,
             self.lat[max(0, int(len(self.lat) * 0.99) - 1)] * 1000 if self.lat else 0.0,
             statistics.median(self.ttfb) * 1000 if (self.ttfb and scen.stream) else None,
@@ -397,12 +397,10 @@ async def workers_row(system: BenchSystem, lat: int, seconds: float, cores: list
         url, pids = await system.extra_gateway(n, lat)
         procs.pin(pids, set(cores))
         os.sched_setaffinity(0, set(cores))
-        t = Target(f"{n} worker" + ("s" if n > 1 else ""), f"{url}/openai{lat}", f"{url}/anthropic{lat}", pids, pids)
-        count, err, secs, lat_s, _, cpu, _, first = await drive(t, scen, system.member_token, seconds, None)
-        lat_s.sort()
-        out.append(Result("workers chat c64", 0, t.name, count, err, secs, statistics.median(lat_s) * 1000,
-                          lat_s[max(0, int(len(lat_s) * 0.99) - 1)] * 1000, None,
-                          cpu * 1000 / count if cpu is not None and count else None, None, first))
+        t = Target(f"{n} worker" + ("s" if n > 1 else ""), f"{url}/openai{lat}", f"{url}/anthropic{lat}", pids)
+        pool = _Pool()
+        pool.add(await drive(t, scen, system.member_token, seconds, None), {})
+        out.append(pool.result(scen, 0, t.name, name="workers chat c64"))
         await system.stop_extra_gateway()
     return out
 
