@@ -307,7 +307,6 @@ class Recorder:
                 while not self._queue.empty() and len(batch) < 512:
                     batch.append(self._queue.get_nowait())
                 last = loop.time()
-                self._holding = False
                 await self._send_batch(batch)
             except BaseException:  # cancelled, or a bug (the supervisor restarts the loop): never lose the batch
                 for it in batch:
