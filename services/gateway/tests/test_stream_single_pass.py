@@ -111,7 +111,8 @@ def _variants(body: bytes) -> dict[str, bytes]:
 def _chunkings(body: bytes, rng: random.Random) -> list[list[bytes]]:
     events = [e for e in re.split(rb"(?<=\n\n)", body) if e]  # one read per event, as upstreams send them
     ways = [[body], [body[i:i + 1] for i in range(len(body))], events,
-            [b"".join(events[i:i + 2]) for i in range(0, len(events), 2)]]
+            [b"".join(events[i:i + 2]) for i in range(0, len(events), 2)],
+            [b"".join(events[:1]), b"".join(events[1:])]]  # a fast upstream: the rest in one read
     for _ in range(6):
         chunks, i = [], 0
         while i < len(body):
@@ -164,7 +165,7 @@ def test_over_long_tails_fall_back_to_reading_the_bytes(monkeypatch: pytest.Monk
 
 def test_text_deltas_in_whole_events_are_passed_over() -> None:
     """Read one event per chunk (LF), a chat stream's text deltas are relayed without being framed or metered
-    (``ChatStream.passes_over``); the test above holds that this changes no byte relayed and no usage metered."""
+    (``ChatStream.unread``); the test above holds that this changes no byte relayed and no usage metered."""
     passed = 0
     for name, body in STREAMS.items():
         if not name.startswith("openai/") or b"\r" in body:
@@ -173,6 +174,31 @@ def test_text_deltas_in_whole_events_are_passed_over() -> None:
         read = relay.metering(ext)
         for c in [e for e in re.split(rb"(?<=\n\n)", body) if e]:
             relay.feed(c)
-            passed += relay._skipped
+            passed += relay._skip == len(c)
             read(c)
     assert passed >= 10
+
+
+def test_text_deltas_before_the_usage_chunk_in_one_read_are_passed_over() -> None:
+    """A read holding many events (a fast upstream): the text deltas before the first event anything reads are
+    relayed unframed; the rest is framed, the usage chunk hidden, and what is metered is what two passes meter."""
+    first = b'data: {"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    deltas = b"".join(b'data: {"choices":[{"index":0,"delta":{"content":"w%d"}}],"usage":null}\n\n' % i
+                      for i in range(12))
+    tail = (b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+            b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":12}}\n\n'
+            b"data: [DONE]\n\n")
+    relay, ext = UsageChunkFilter(), ChatStream()
+    read = relay.metering(ext)
+    out = []
+    for c in (first, deltas + tail):
+        out.append(relay.feed(c))
+        if c is not first:
+            assert relay._skip == len(deltas) + tail.index(b"data: {\"choices\":[],")
+        read(c)
+    out.append(relay.finish())
+    assert b"".join(out) == first + deltas + tail.replace(
+        b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":12}}\n\n', b"")
+    got = ext.finish()
+    assert (got.model, got.tokens.input_tokens, got.tokens.output_tokens) == ("m", 7, 12)
+    assert _one_pass([first, deltas + tail]) == _two_passes([first, deltas + tail])

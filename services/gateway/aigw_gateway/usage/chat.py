@@ -103,14 +103,14 @@ class UsageChunkFilter:
     outgrow ``MAX_LINE`` the extractor reads the bytes itself from there on, as it would without a relay.
     """
 
-    __slots__ = ("_events", "_ext", "_framer", "_skipped", "_unframed")
+    __slots__ = ("_events", "_ext", "_framer", "_skip", "_unframed")
 
     def __init__(self) -> None:
         self._framer = SSEFramer(MAX_LINE)
         self._ext: StreamExtractor | None = None
         self._events: list[bytes] = []  # framed by the last feed, not metered yet
         self._unframed: bytes | None = b""  # a tail relayed unread (None once the extractor reads the bytes)
-        self._skipped = False  # the last feed was whole events neither hiding nor metering needs
+        self._skip = 0  # bytes at the start of the last feed: whole events neither hiding nor metering needs
 
     def metering(self, ext: StreamExtractor) -> Callable[[bytes], None]:
         """Meter into ``ext`` what this relay frames: call the reader returned with each chunk after ``feed``
@@ -120,28 +120,37 @@ class UsageChunkFilter:
 
     def feed(self, chunk: bytes) -> bytes:
         ext = self._ext
+        skip = 0
         if ext is not None and self._unframed == b"" and chunk[-2:] == b"\n\n" and b"\r" not in chunk \
-                and not self._framer.holding and ext.passes_over(chunk):
-            # whole events (nothing held before, the chunk ends at a blank line), none of them the usage chunk
-            # nor anything the extractor reads: relayed as they are, neither framed nor metered (text deltas)
-            self._skipped = True
-            return chunk
-        events, overflow = self._framer.feed(chunk)
+                and not self._framer.holding:
+            # whole events (nothing held before, the chunk ends at a blank line): those before the first the
+            # relay hides or the extractor reads (text deltas) are relayed as they are, neither framed nor metered
+            skip = ext.unread(chunk)
+            if skip == len(chunk):
+                self._skip = skip
+                return chunk
+        self._skip = skip
+        events, overflow = self._framer.feed(chunk[skip:] if skip else chunk)
         if self._ext is not None and self._unframed is not None:
             self._events = events
             if overflow:
                 self._unframed = overflow
         if not events:
-            return overflow
+            return chunk[:skip] + overflow if skip else overflow
         search = _EMPTY_CHOICES.search  # _usage_only's first test, inline: this runs for every event
-        if len(events) == 1 and not overflow:  # one event per read: the commonest case
+        if len(events) == 1 and not overflow and not skip:  # one event per read: the commonest case
             e = events[0]
             return b"" if search(e) and _usage_only(e) else e
-        return b"".join([e for e in events if not (search(e) and _usage_only(e))]) + overflow
+        kept = [e for e in events if not (search(e) and _usage_only(e))]
+        if skip:  # nothing was held before: unless something is hidden or held now, the chunk as read
+            if len(kept) == len(events) and not overflow and not self._framer.holding:
+                return chunk
+            return b"".join([chunk[:skip], *kept, overflow])
+        return b"".join(kept) + overflow
 
     def _meter(self, chunk: bytes) -> None:
-        if self._skipped:
-            self._skipped = False
+        skip, self._skip = self._skip, 0
+        if skip and skip == len(chunk):
             return
         ext = self._ext
         assert ext is not None
@@ -149,7 +158,7 @@ class UsageChunkFilter:
             ext.feed(chunk)
             return
         events, self._events = self._events, []
-        ext.framed(chunk, events)
+        ext.framed(chunk[skip:] if skip else chunk, events)
         if self._unframed:
             ext.feed(self._unframed)
             self._unframed = None
@@ -291,17 +300,29 @@ class ChatStream(StreamExtractor):
         self._calls = _Calls()
         self._first = True
 
-    def passes_over(self, chunk: bytes) -> bool:
+    def unread(self, chunk: bytes) -> int:
         """Past the first event (the model) only markers and the terminal ``[DONE]`` are read; the usage-only
-        chunk's empty choices count too, for the relay that hides it."""
+        chunk's empty choices count too, for the relay that hides it. Everything before the event holding the
+        first of those is passed over, provided each data line there opens an event (a marker cannot then be
+        split across the lines of one)."""
         if self._first:
-            return False
-        # every event one data line (a marker cannot be split across the lines of one): one event per read is
-        # the commonest case; in a longer read each data line must open an event
-        if chunk.find(b"\n") != len(chunk) - 2 and chunk.count(b"\ndata:") != chunk.count(b"\n\ndata:"):
-            return False
+            return 0
         # three searches with literal prefixes: one regex with the alternatives at its top is 3x slower here
-        return b"[DONE]" not in chunk and _EMPTY_CHOICES.search(chunk) is None and _MARKERS.search(chunk) is None
+        end = len(chunk)
+        at = chunk.find(b"[DONE]")
+        if at < 0:
+            at = end
+        if (m := _EMPTY_CHOICES.search(chunk, 0, at)) is not None:
+            at = m.start()
+        if (m := _MARKERS.search(chunk, 0, at)) is not None:
+            at = m.start()
+        if at < end:  # back to the start of the event that holds it
+            at = chunk.rfind(b"\n\n", 0, at) + 2
+            if at < 2:
+                return 0
+        if chunk.find(b"\n") != at - 2 and chunk.count(b"\ndata:", 0, at) != chunk.count(b"\n\ndata:", 0, at):
+            return 0  # one event, or each data line opens one
+        return at
 
     def event(self, name: bytes | None, data: bytes) -> None:
         if data[:1] != b"{":

@@ -71,11 +71,12 @@ class StreamExtractor:
         """One event: its ``event:`` name (None when the stream names none) and its joined ``data``."""
         raise NotImplementedError
 
-    def passes_over(self, chunk: bytes) -> bool:
-        """True when ``chunk`` — whole LF-framed events, nothing held before it — holds nothing :meth:`event`
-        would read, so a relay that frames the stream itself may leave it unmetered (most chunks are text
-        deltas). A dialect that can tell from the raw bytes says so; by default nothing is passed over."""
-        return False
+    def unread(self, chunk: bytes) -> int:
+        """How many leading bytes of ``chunk`` — whole LF-framed events, nothing held before it — are whole events
+        :meth:`event` would not read, so a relay that frames the stream itself may leave them unframed and
+        unmetered (most events are text deltas). A dialect that can tell from the raw bytes says so; by default
+        none is passed over."""
+        return 0
 
     def finish(self) -> Extracted:
         for name, data in self._sse.finish():
