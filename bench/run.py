@@ -46,6 +46,7 @@ from yarl import URL
 
 from aigw_common.cli import run_loop
 from aigw_common.embedded import free_port
+from aigw_common.settings import Settings
 from aigw_gateway.upstream import UpstreamClient
 
 from . import procs
@@ -237,10 +238,12 @@ async def idle_rates(components: dict[str, list[int]], exclude: str, seconds: fl
 
 
 class Settle:
-    """Waits until the budget service has recorded every usage event (its counter stops moving)."""
+    """Waits until the budget service has recorded every usage event (its counter stops moving for longer than a
+    quiet gateway holds usage, ``AIGW_USAGE_LINGER``, plus the budget consumer's own linger)."""
 
-    def __init__(self, metrics_url: str) -> None:
+    def __init__(self, metrics_url: str, quiet: float) -> None:
         self.url = metrics_url
+        self.quiet = quiet
 
     async def _count(self, http: aiohttp.ClientSession) -> float:
         async with http.get(self.url) as r:
@@ -248,7 +251,8 @@ class Settle:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("aigw_budget_usage_events_total{"))
 
-    async def wait(self, quiet: float = 0.6, limit: float = 60.0) -> None:
+    async def wait(self, limit: float = 60.0) -> None:
+        quiet = self.quiet
         async with aiohttp.ClientSession() as http:
             last, since, deadline = -1.0, time.monotonic(), time.monotonic() + limit
             while time.monotonic() < deadline:
@@ -338,7 +342,7 @@ async def main_async(args: argparse.Namespace) -> int:
                                        stderr=open(args.profile + ".log", "wb"))  # noqa: ASYNC230 - closed with the process
             else:
                 notes.append("--profile: py-spy is not on PATH (uv pip install py-spy)")
-        settle = Settle(system.budget_metrics_url)
+        settle = Settle(system.budget_metrics_url, Settings.from_env({}).usage_linger + 0.6)
         idle = await idle_rates(system.components(), exclude="gateway")
         notes.append("control plane at rest (subtracted from sys/req over each run's window): "
                      + ", ".join(f"{k} {v * 1000:.1f}" for k, v in sorted(idle.items()) if v) + " CPU ms/s")

@@ -70,12 +70,13 @@ async def test_gateway_sigterm_mid_stream_finishes_the_stream(start_system, tmp_
 async def test_gateway_killed_mid_stream(start_system, tmp_path, reliability) -> None:  # type: ignore[no-untyped-def]
     s: System = await start_system(services=SERVICES)
     m = await s.member("killed")
-    gw = await _gateway(s, tmp_path, "gw-kill")
-    s.upstream.play("openai/chatcompletions/simple", event_delay=0.03)
+    gw = await _gateway(s, tmp_path, "gw-kill", AIGW_USAGE_LINGER="1s")
+    s.upstream.play("openai/chatcompletions/simple", event_delay=0.06)  # 53 events: ~3.2 s
     killing: list[asyncio.Task[None]] = []
-    # past the gateway's 1 s START_DELAY, so the interception's "started" event is already out
+    # past the gateway's 1 s START_DELAY and then the 1 s a quiet gateway holds an event for company, so the
+    # interception's "started" event is already out
     text, finished, error = await _stream(_client(gw, m.token), lambda: killing.append(asyncio.create_task(gw.kill())),
-                                          after=1.5)
+                                          after=2.5)
     await killing[0]
     assert error.startswith("APIConnectionError") or "incomplete" in error or "peer closed" in error, error
     assert text and not finished

@@ -141,13 +141,16 @@ async def _start(start_system, cluster: NatsCluster) -> Run:  # type: ignore[no-
 
 
 async def _wait_reformed(cluster: NatsCluster, s: System) -> float:
-    """Every node up and every stream of this test (usage, marks, key-state bucket) led and current."""
+    """Every node up, every stream of this test (usage, marks, key-state bucket) and the durable consumers on them
+    (budget's, keypool's) led and current."""
     subj = s.bus.subjects
     t0 = time.monotonic()
     for n in cluster.nodes:
         await cluster.wait_healthy(n)
     for stream in (subj.usage_stream, subj.keys_marked_stream, f"KV_{subj.keys_bucket}"):
         await cluster.stream_current(stream)
+    await cluster.consumer_current(subj.usage_stream, subj.durable("budget_usage"))
+    await cluster.consumer_current(subj.keys_marked_stream, subj.durable("keypool"))
     return time.monotonic() - t0
 
 

@@ -19,14 +19,16 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
 
 from aigw_common.embedded import (
     die_with_parent,
@@ -199,19 +201,29 @@ class NatsCluster:
 
     async def stream_current(self, stream: str, *, within: float = 60.0) -> float:
         """Wait until ``stream`` has a leader and every replica is current; return how long that took."""
+        return await self._current(f"stream {stream}", lambda js: js.stream_info(stream), within)
+
+    async def consumer_current(self, stream: str, durable: str, *, within: float = 60.0) -> float:
+        """Wait until the durable consumer ``durable`` on ``stream`` has a leader and every replica is current
+        (a stream can be current while its consumers still elect or catch up); return how long that took."""
+        return await self._current(f"consumer {durable} on {stream}", lambda js: js.consumer_info(stream, durable),
+                                   within)
+
+    async def _current(self, what: str, info_of: Callable[[JetStreamContext], Awaitable[Any]], within: float) -> float:
+        """Poll ``info_of`` (stream or consumer info) until its cluster has a leader and every replica is current."""
         t0 = time.monotonic()
         deadline = t0 + within
         err = ""
         while time.monotonic() < deadline:
             with contextlib.suppress(NatsError, OSError, TimeoutError):
                 async with self._client() as nc:
-                    info = await nc.jetstream(timeout=2).stream_info(stream)
+                    info = await info_of(nc.jetstream(timeout=2))
                 cl = info.cluster
                 if cl is not None and cl.leader and all(r.current and not r.offline for r in cl.replicas or []):
                     return time.monotonic() - t0
                 err = f"leader={cl.leader if cl else None} replicas={cl.replicas if cl else None}"
             await asyncio.sleep(0.2)
-        raise AssertionError(f"stream {stream} not current after {within}s: {err}")
+        raise AssertionError(f"{what} not current after {within}s: {err}")
 
 
 @pytest.fixture

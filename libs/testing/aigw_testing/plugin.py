@@ -146,6 +146,9 @@ def base_env(nats_url: str, bus_prefix: str, encryption_key: str, bus_sealing_ke
         "AIGW_DATA_DIR": str(tmp_path / "data"),
         "AIGW_LOG_FORMAT": "text",
         "AIGW_SHUTDOWN_GRACE": "2s",
+        # tests wait for usage to be recorded, and a quiet gateway holds it 1 s by default; the hold itself is
+        # tested in test_usage_record.py, and test_gateway_stop.py kills a gateway running the default
+        "AIGW_USAGE_LINGER": "0.25s",
         # The mock upstream, the fault proxies and the Bedrock mock listen on 127.0.0.1; a deployment
         # allows no private upstream by default. Tests of that default override it (set it to "false").
         "AIGW_ALLOW_PRIVATE_UPSTREAMS": "loopback",

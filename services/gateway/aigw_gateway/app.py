@@ -153,7 +153,7 @@ async def _lifecycle(app: web.Application, stack: contextlib.AsyncExitStack) -> 
     app[STATE].checks.append(watcher.not_ready)
     spool = Spool(settings.data_dir / "spool" / f"gateway-{pools.gateway_id}", settings.spool_max_bytes)
     stack.callback(spool.close)  # the recorder closes it too (idempotent); this covers a recorder that never started
-    recorder = await started(stack, Recorder(bus, spool, registry=app[METRICS],
+    recorder = await started(stack, Recorder(bus, spool, registry=app[METRICS], linger=settings.usage_linger,
                                              policy=RecordPolicy(settings.record_prompts, settings.record_prompt_bytes)))
     guard = await started(stack, BudgetGuard(bus, settings, app[METRICS]))
     limits = await started(stack, LimitGuard(bus, app[METRICS], holder_id=guard.id,

@@ -108,11 +108,12 @@ class _Pending:
     queued: int  # the queued items (requests' records, single events) these messages carry: max_pending counts them
     sent_at: float
     attempts: int
+    refused: bool = False  # answered, but not with a PubAck (no responders, a JetStream error): no ack will come
 
 
 class Recorder:
     def __init__(self, bus: Bus, spool: Spool, *, queue_size: int = 100_000, ack_timeout: float = 3.0,
-                 max_attempts: int = 3, max_pending: int = 20_000, coalesce: float = 0.005, linger: float = 0.25,
+                 max_attempts: int = 3, max_pending: int = 20_000, coalesce: float = 0.005, linger: float = 1.0,
                  policy: RecordPolicy | None = None, registry: CollectorRegistry | None = None) -> None:
         self.bus = bus
         self.policy = policy or RecordPolicy()
@@ -282,16 +283,21 @@ class Recorder:
     async def _on_ack(self, data: bytes, m: object) -> None:
         token = getattr(m, "subject", "").rpartition(".")[2]
         # a PubAck carries the stream sequence; anything else (no responders, an error) waits for the sweeper
-        if b'"seq"' in data and (p := self._take(token)) is not None:
-            self.published += len(p.items)
+        if b'"seq"' in data:
+            if (p := self._take(token)) is not None:
+                self.published += len(p.items)
+        elif (p := self._pending.get(token)) is not None:
+            p.refused = True
 
     async def _publish_loop(self) -> None:
         """Batches: one publisher turn's items go as few messages, with one ack per message.
 
         Under load (an event within ``coalesce`` of the last batch) events gather until ``coalesce`` after it.
-        On a quieter gateway the first event waits ``linger`` for company, so a request every 50 ms costs the
-        gateway, NATS and the budget one message and one ack (a wakeup each) per ~5 requests, not per request.
-        Usage is then recorded up to ``linger`` later; admission reads in-memory leases, never the records.
+        On a quieter gateway the first event waits ``linger`` (``AIGW_USAGE_LINGER``) for company, so a request
+        every 50 ms costs the gateway, NATS and the budget one message, one ack and one transaction per ~20
+        requests, not per request: that batch's fixed cost, not the events, is most of what recording costs at
+        such rates. Usage is then recorded up to ``linger`` later; admission reads in-memory leases, never the
+        records.
         ``stop`` cuts the wait short, so a draining gateway publishes what it holds.
         """
         loop = asyncio.get_running_loop()
@@ -494,8 +500,10 @@ class Recorder:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self._flush.set()
-        # a bounded drain at shutdown: acks arrive on the subscription's task
-        while ((not self._queue.empty() or self._pending or self._holding)  # noqa: ASYNC110
+        # a bounded drain at shutdown: acks arrive on the subscription's task; a publish already refused will
+        # not be acked (it is spooled below, not waited for until the deadline)
+        while ((not self._queue.empty() or self._holding  # noqa: ASYNC110
+                or any(not p.refused for p in self._pending.values()))
                and loop.time() < deadline and self.bus.connected):
             await asyncio.sleep(0.02)
         for t in self._tasks:

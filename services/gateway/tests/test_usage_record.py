@@ -202,3 +202,19 @@ async def test_a_quiet_gateway_lingers_and_a_busy_one_coalesces(bus: Bus, tmp_pa
     finally:
         await rec.stop()
     assert rec.published == 5 and rec.spooled == 0
+
+
+async def test_stop_spools_a_publish_that_was_refused_instead_of_waiting_for_its_ack(bus: Bus, tmp_path: Path) -> None:
+    """A publish answered with no PubAck (here: no stream, so no responders) will never be acked: ``stop`` spools
+    it at once rather than waiting out its deadline (5 s) for an ack that cannot come."""
+    rec = Recorder(bus, Spool(tmp_path / "spool", 1 << 22), linger=0.0)
+    await rec.start()
+    await bus.js.delete_stream(bus.subjects.usage_stream)
+    rec.emit(InterceptionEnded(event_id="r.1", interception_id="r", at=1.0, status="ok"))
+    await eventually(lambda: rec.in_flight == 1, 5, "the event published")
+    await asyncio.sleep(0.2)  # its answer (no responders) comes back from the local server meanwhile
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await rec.stop()
+    assert loop.time() - t0 < 1.0
+    assert rec.published == 0 and rec.spooled == 1
