@@ -343,6 +343,7 @@ async def main_async(args: argparse.Namespace) -> int:
             else:
                 notes.append("--profile: py-spy is not on PATH (uv pip install py-spy)")
         settle = Settle(system.budget_metrics_url, Settings.from_env({}).usage_linger + 0.6)
+        await settle.wait()  # the set-up's own requests recorded first: their batches are not "at rest"
         idle = await idle_rates(system.components(), exclude="gateway")
         notes.append("control plane at rest (subtracted from sys/req over each run's window): "
                      + ", ".join(f"{k} {v * 1000:.1f}" for k, v in sorted(idle.items()) if v) + " CPU ms/s")
