@@ -174,7 +174,7 @@ def test_text_deltas_in_whole_events_are_passed_over() -> None:
         read = relay.metering(ext)
         for c in [e for e in re.split(rb"(?<=\n\n)", body) if e]:
             relay.feed(c)
-            passed += relay._skip == len(c)
+            passed += relay._skip == (0, len(c))
             read(c)
     assert passed >= 10
 
@@ -194,11 +194,22 @@ def test_text_deltas_before_the_usage_chunk_in_one_read_are_passed_over() -> Non
     for c in (first, deltas + tail):
         out.append(relay.feed(c))
         if c is not first:
-            assert relay._skip == len(deltas) + tail.index(b"data: {\"choices\":[],")
+            assert relay._skip == (0, len(deltas) + tail.index(b"data: {\"choices\":[],"))
         read(c)
     out.append(relay.finish())
-    assert b"".join(out) == first + deltas + tail.replace(
-        b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":12}}\n\n', b"")
+    hidden = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":12}}\n\n'
+    assert b"".join(out) == first + deltas + tail.replace(hidden, b"")
     got = ext.finish()
     assert (got.model, got.tokens.input_tokens, got.tokens.output_tokens) == ("m", 7, 12)
     assert _one_pass([first, deltas + tail]) == _two_passes([first, deltas + tail])
+    # the whole stream in one read: the first event is read, the deltas after it are passed over
+    relay, ext = UsageChunkFilter(), ChatStream()
+    read = relay.metering(ext)
+    whole = first + deltas + tail
+    relayed = relay.feed(whole)
+    assert relay._skip == (len(first), len(first) + len(deltas) + tail.index(b"data: {\"choices\":[],"))
+    read(whole)
+    assert relayed + relay.finish() == first + deltas + tail.replace(hidden, b"")
+    got = ext.finish()
+    assert (got.model, got.tokens.input_tokens, got.tokens.output_tokens) == ("m", 7, 12)
+    assert _one_pass([whole]) == _two_passes([whole])

@@ -103,14 +103,15 @@ class UsageChunkFilter:
     outgrow ``MAX_LINE`` the extractor reads the bytes itself from there on, as it would without a relay.
     """
 
-    __slots__ = ("_events", "_ext", "_framer", "_skip", "_unframed")
+    __slots__ = ("_events", "_ext", "_framer", "_skip", "_split", "_unframed")
 
     def __init__(self) -> None:
         self._framer = SSEFramer(MAX_LINE)
         self._ext: StreamExtractor | None = None
         self._events: list[bytes] = []  # framed by the last feed, not metered yet
         self._unframed: bytes | None = b""  # a tail relayed unread (None once the extractor reads the bytes)
-        self._skip = 0  # bytes at the start of the last feed: whole events neither hiding nor metering needs
+        self._skip = (0, 0)  # the last feed's chunk[a:b]: whole events neither hiding nor metering needs
+        self._split = 0  # of the events framed around them, how many came before
 
     def metering(self, ext: StreamExtractor) -> Callable[[bytes], None]:
         """Meter into ``ext`` what this relay frames: call the reader returned with each chunk after ``feed``
@@ -120,37 +121,49 @@ class UsageChunkFilter:
 
     def feed(self, chunk: bytes) -> bytes:
         ext = self._ext
-        skip = 0
+        a = b = 0
         if ext is not None and self._unframed == b"" and chunk[-2:] == b"\n\n" and b"\r" not in chunk \
                 and not self._framer.holding:
-            # whole events (nothing held before, the chunk ends at a blank line): those before the first the
-            # relay hides or the extractor reads (text deltas) are relayed as they are, neither framed nor metered
-            skip = ext.unread(chunk)
-            if skip == len(chunk):
-                self._skip = skip
+            # whole events (nothing held before, the chunk ends at a blank line): those the relay does not hide
+            # and the extractor does not read (text deltas) are relayed as they are, neither framed nor metered
+            a, b = ext.unread(chunk)
+            if b == len(chunk) and a == 0:
+                self._skip = (a, b)
                 return chunk
-        self._skip = skip
-        events, overflow = self._framer.feed(chunk[skip:] if skip else chunk)
+        self._skip = (a, b)
+        if b > a:
+            return self._around(chunk, a, b)
+        events, overflow = self._framer.feed(chunk)
         if self._ext is not None and self._unframed is not None:
             self._events = events
             if overflow:
                 self._unframed = overflow
         if not events:
-            return chunk[:skip] + overflow if skip else overflow
+            return overflow
         search = _EMPTY_CHOICES.search  # _usage_only's first test, inline: this runs for every event
-        if len(events) == 1 and not overflow and not skip:  # one event per read: the commonest case
+        if len(events) == 1 and not overflow:  # one event per read: the commonest case
             e = events[0]
             return b"" if search(e) and _usage_only(e) else e
-        kept = [e for e in events if not (search(e) and _usage_only(e))]
-        if skip:  # nothing was held before: unless something is hidden or held now, the chunk as read
-            if len(kept) == len(events) and not overflow and not self._framer.holding:
-                return chunk
-            return b"".join([chunk[:skip], *kept, overflow])
-        return b"".join(kept) + overflow
+        return b"".join([e for e in events if not (search(e) and _usage_only(e))]) + overflow
+
+    def _around(self, chunk: bytes, a: int, b: int) -> bytes:
+        """Frame ``chunk[:a]`` and ``chunk[b:]``, relay ``chunk[a:b]`` as it is (nothing was held before)."""
+        head = self._framer.feed(chunk[:a])[0] if a else []
+        tail, overflow = self._framer.feed(chunk[b:]) if b < len(chunk) else ([], b"")
+        self._events, self._split = head + tail, len(head)
+        if overflow:
+            self._unframed = overflow
+        search = _EMPTY_CHOICES.search
+        kept_head = [e for e in head if not (search(e) and _usage_only(e))]
+        kept_tail = [e for e in tail if not (search(e) and _usage_only(e))]
+        if len(kept_head) == len(head) and len(kept_tail) == len(tail) and not overflow \
+                and not self._framer.holding:
+            return chunk
+        return b"".join([*kept_head, chunk[a:b], *kept_tail, overflow])
 
     def _meter(self, chunk: bytes) -> None:
-        skip, self._skip = self._skip, 0
-        if skip and skip == len(chunk):
+        (a, b), self._skip = self._skip, (0, 0)
+        if a == 0 and b and b == len(chunk):
             return
         ext = self._ext
         assert ext is not None
@@ -158,7 +171,13 @@ class UsageChunkFilter:
             ext.feed(chunk)
             return
         events, self._events = self._events, []
-        ext.framed(chunk[skip:] if skip else chunk, events)
+        if b > a:
+            n = self._split
+            if a:
+                ext.framed(chunk[:a], events[:n])
+            ext.framed(chunk[b:], events[n:])
+        else:
+            ext.framed(chunk, events)
         if self._unframed:
             ext.feed(self._unframed)
             self._unframed = None
@@ -300,29 +319,34 @@ class ChatStream(StreamExtractor):
         self._calls = _Calls()
         self._first = True
 
-    def unread(self, chunk: bytes) -> int:
+    def unread(self, chunk: bytes) -> tuple[int, int]:
         """Past the first event (the model) only markers and the terminal ``[DONE]`` are read; the usage-only
-        chunk's empty choices count too, for the relay that hides it. Everything before the event holding the
-        first of those is passed over, provided each data line there opens an event (a marker cannot then be
-        split across the lines of one)."""
+        chunk's empty choices count too, for the relay that hides it. A read that holds the first event passes
+        over what follows it when it is one ``data: {`` line (read first, it is the first event); then everything
+        up to the event holding the first of those, provided each data line there opens an event (a marker
+        cannot then be split across the lines of one)."""
+        start = 0
         if self._first:
-            return 0
+            start = chunk.find(b"\n\n") + 2
+            if chunk[:7] != b"data: {" or chunk.find(b"\n") != start - 2 or start == len(chunk):
+                return 0, 0
         # three searches with literal prefixes: one regex with the alternatives at its top is 3x slower here
         end = len(chunk)
-        at = chunk.find(b"[DONE]")
+        at = chunk.find(b"[DONE]", start)
         if at < 0:
             at = end
-        if (m := _EMPTY_CHOICES.search(chunk, 0, at)) is not None:
+        if (m := _EMPTY_CHOICES.search(chunk, start, at)) is not None:
             at = m.start()
-        if (m := _MARKERS.search(chunk, 0, at)) is not None:
+        if (m := _MARKERS.search(chunk, start, at)) is not None:
             at = m.start()
         if at < end:  # back to the start of the event that holds it
-            at = chunk.rfind(b"\n\n", 0, at) + 2
+            at = chunk.rfind(b"\n\n", start, at) + 2
             if at < 2:
-                return 0
-        if chunk.find(b"\n") != at - 2 and chunk.count(b"\ndata:", 0, at) != chunk.count(b"\n\ndata:", 0, at):
-            return 0  # one event, or each data line opens one
-        return at
+                return 0, 0
+        if chunk.find(b"\n", start) != at - 2 and \
+                chunk.count(b"\ndata:", start, at) != chunk.count(b"\n\ndata:", start, at):
+            return 0, 0  # one event, or each data line opens one
+        return start, at
 
     def event(self, name: bytes | None, data: bytes) -> None:
         if data[:1] != b"{":

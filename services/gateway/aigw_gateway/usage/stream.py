@@ -71,12 +71,12 @@ class StreamExtractor:
         """One event: its ``event:`` name (None when the stream names none) and its joined ``data``."""
         raise NotImplementedError
 
-    def unread(self, chunk: bytes) -> int:
-        """How many leading bytes of ``chunk`` — whole LF-framed events, nothing held before it — are whole events
-        :meth:`event` would not read, so a relay that frames the stream itself may leave them unframed and
-        unmetered (most events are text deltas). A dialect that can tell from the raw bytes says so; by default
-        none is passed over."""
-        return 0
+    def unread(self, chunk: bytes) -> tuple[int, int]:
+        """``(start, end)``: the whole events of ``chunk[start:end]`` — ``chunk`` being whole LF-framed events,
+        nothing held before it — are ones :meth:`event` would not read, provided it reads ``chunk[:start]``
+        first; a relay that frames the stream itself may leave them unframed and unmetered (most events are text
+        deltas). A dialect that can tell from the raw bytes says so; by default none is passed over."""
+        return 0, 0
 
     def finish(self) -> Extracted:
         for name, data in self._sse.finish():
