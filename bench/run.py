@@ -237,6 +237,20 @@ async def idle_rates(components: dict[str, list[int]], exclude: str, seconds: fl
     return {k: (procs.tree_cpu(components[k]) - c0[k]) / seconds for k in c0}
 
 
+async def at_rest(components: dict[str, list[int]], idle: dict[str, float], limit: float = 15.0) -> float:
+    """Wait until the control plane spends no more than about its rate at rest (Postgres vacuuming and
+    checkpointing after a heavy cell, the budget's tail): each run starts from rest, as a run on its own does,
+    rather than sharing the load generator's core with the work of the runs before it. Returns the seconds waited."""
+    rest = sum(idle.values())
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        c0 = sum(procs.tree_cpu(components[k]) for k in idle)
+        await asyncio.sleep(0.5)
+        if (sum(procs.tree_cpu(components[k]) for k in idle) - c0) / 0.5 <= rest * 1.5 + 0.005:
+            break
+    return time.monotonic() - t0
+
+
 class Settle:
     """Waits until the budget service has recorded every usage event (its counter stops moving for longer than a
     quiet gateway holds usage, ``AIGW_USAGE_LINGER``, plus the budget consumer's own linger)."""
@@ -363,6 +377,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     for t in targets:
                         parts: dict[str, float] = {}
                         sampled = t.proxy_pids[:1] if args.cpu_profile else []
+                        await at_rest(system.components(), idle)
                         for pid in sampled:
                             os.kill(pid, signal.SIGRTMIN + 1)
                         run = await drive(t, scen, system.member_token, args.seconds,
