@@ -282,7 +282,8 @@ class Recorder:
 
     async def _on_ack(self, data: bytes, m: object) -> None:
         token = getattr(m, "subject", "").rpartition(".")[2]
-        # a PubAck carries the stream sequence; anything else (no responders, an error) waits for the sweeper
+        # a PubAck carries the stream sequence; anything else (no responders, an error) waits for the sweeper,
+        # marked refused so that stop() does not wait for an ack that will not come
         if b'"seq"' in data:
             if (p := self._take(token)) is not None:
                 self.published += len(p.items)

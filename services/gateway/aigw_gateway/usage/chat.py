@@ -144,7 +144,7 @@ class UsageChunkFilter:
         if len(events) == 1 and not overflow:  # one event per read: the commonest case
             e = events[0]
             return b"" if search(e) and _usage_only(e) else e
-        return b"".join([e for e in events if not (search(e) and _usage_only(e))]) + overflow
+        return b"".join(_shown(events)) + overflow
 
     def _around(self, chunk: bytes, a: int, b: int) -> bytes:
         """Frame ``chunk[:a]`` and ``chunk[b:]``, relay ``chunk[a:b]`` as it is (nothing was held before)."""
@@ -153,9 +153,7 @@ class UsageChunkFilter:
         self._events, self._split = head + tail, len(head)
         if overflow:
             self._unframed = overflow
-        search = _EMPTY_CHOICES.search
-        kept_head = [e for e in head if not (search(e) and _usage_only(e))]
-        kept_tail = [e for e in tail if not (search(e) and _usage_only(e))]
+        kept_head, kept_tail = _shown(head), _shown(tail)
         if len(kept_head) == len(head) and len(kept_tail) == len(tail) and not overflow \
                 and not self._framer.holding:
             return chunk
@@ -188,6 +186,12 @@ class UsageChunkFilter:
         if self._ext is not None and self._unframed is not None and rest:
             self._ext.framed(b"", [rest])
         return b"" if _usage_only(rest) else rest
+
+
+def _shown(events: list[bytes]) -> list[bytes]:
+    """The events a client that did not ask for usage gets: all but the usage-only chunk."""
+    search = _EMPTY_CHOICES.search  # _usage_only's first test, inline: this runs for every event
+    return [e for e in events if not (search(e) and _usage_only(e))]
 
 
 def _usage_only(event: bytes) -> bool:
