@@ -51,6 +51,7 @@ class Run:
         self.requests = 0  # requests sent so far, each one interception
         self.spare_id = ""
         self.spare_key = ""
+        self.resumed = 0.0  # seconds the last follow() waited for the fleet to follow marks again
 
     async def traffic(self) -> list[Traffic]:
         return [Traffic(self.s.openai(self.token, gw), RATE / len(GATEWAYS)).start() for gw in GATEWAYS]
@@ -82,11 +83,8 @@ class Run:
         except Exception:  # JetStream busy electing: ask again
             return False
 
-    async def follow(self) -> tuple[float, float]:
-        """A key mark from one gateway reaches the other, and a new provider reaches both: (mark s, provider s)."""
-        self.step += 1
-        src, dst = GATEWAYS[self.step % 2], GATEWAYS[(self.step + 1) % 2]
-        until = time.time() + 3600 + self.step
+    async def _mark(self, src: str, dst: str, until: float, within: float) -> tuple[float, str]:
+        """A key mark published by ``src``: seconds until ``dst`` has it, and where it was in between."""
         t0 = time.monotonic()
         self.s.app[src][POOLS].sink(KeyMarked(  # type: ignore[misc]
             event_id=uuid.uuid4().hex, provider_id=self.spare_id, key_id=self.spare_key, state="cooling",
@@ -102,8 +100,19 @@ class Run:
             h = pools.health(self.spare_id, self.spare_key)
             return h.state == COOLING and h.until >= until - 1e-3
 
-        mark = await eventually(cooled, 10, f"the key mark from {src} at {dst}", interval=0.01)
-        hops = f"(in the bucket after {stored[0]:.2f}s)" if stored else "(not yet in keypool's mirror)"
+        took = await eventually(cooled, within, f"the key mark from {src} at {dst}", interval=0.01)
+        return took, f"(in the bucket after {stored[0]:.2f}s)" if stored else "(not yet in keypool's mirror)"
+
+    async def follow(self) -> tuple[float, float]:
+        """A key mark from one gateway reaches the other, and a new provider reaches both: (mark s, provider s).
+
+        An untimed mark goes first and must arrive within 30 s: after a fault the services' subscriptions and
+        watches come back on their own retry schedules (``resumed`` says how long that took); the contract
+        timed here is the fleet's on a cluster it is following again."""
+        self.step += 1
+        src, dst = GATEWAYS[self.step % 2], GATEWAYS[(self.step + 1) % 2]
+        self.resumed, _ = await self._mark(src, dst, time.time() + 3600 + 2 * self.step, 30)
+        mark, hops = await self._mark(src, dst, time.time() + 3600 + 2 * self.step + 1, 10)
         name = f"late{self.step}"
         t0 = time.monotonic()
         await self.s.owner.ok("POST", self.s.url("registry", "/api/v2/ai/providers"), {
@@ -183,7 +192,7 @@ async def test_nats_cluster_loses_nodes_under_steady_traffic(nats_cluster: NatsC
         client=f"{n} of {n} requests through 2 gateways answered whole; p99 {p99 * 1000:.0f} ms",
         usage=f"{events} events, each applied once (R3 stream)",
         measured=f"new leader in {elected:.1f} s; cluster current {reformed:.1f} s after the node's restart; "
-                 f"then a key mark reached the other gateway in {mark * 1000:.0f} ms, a new provider both in "
+                 f"marks followed again {run.resumed:.1f} s later; then a key mark reached the other gateway in {mark * 1000:.0f} ms, a new provider both in "
                  f"{provider * 1000:.0f} ms")
 
     # 2. a follower dies, later comes back
@@ -201,8 +210,8 @@ async def test_nats_cluster_loses_nodes_under_steady_traffic(nats_cluster: NatsC
         f"NATS cluster: a follower killed (SIGKILL) for {seconds:g} s",
         client=f"{n} of {n} requests through 2 gateways answered whole; p99 {p99 * 1000:.0f} ms",
         usage=f"{events2 - events} events, each applied once",
-        measured=f"cluster current {reformed:.1f} s after the node's restart; then a key mark reached the other "
-                 f"gateway in {mark * 1000:.0f} ms, a new provider both in {provider * 1000:.0f} ms")
+        measured=f"cluster current {reformed:.1f} s after the node's restart; marks followed again "
+                 f"{run.resumed:.1f} s later; then a key mark reached the other gateway in {mark * 1000:.0f} ms, a new provider both in {provider * 1000:.0f} ms")
 
     # 3. a rolling upgrade: each node stopped (SIGTERM) and started again, the next only once all are current
     traffics = await run.traffic()
@@ -220,7 +229,8 @@ async def test_nats_cluster_loses_nodes_under_steady_traffic(nats_cluster: NatsC
         f"NATS cluster: rolling restart of all 3 nodes ({seconds / 3:g} s down each)",
         client=f"{n} of {n} requests through 2 gateways answered whole; p99 {p99 * 1000:.0f} ms",
         usage=f"{events3 - events2} events, each applied once",
-        measured=f"all three restarted in {rolled:.1f} s; then a key mark reached the other gateway in "
+        measured=f"all three restarted in {rolled:.1f} s; marks followed again {run.resumed:.1f} s later; "
+                 f"then a key mark reached the other gateway in "
                  f"{mark * 1000:.0f} ms, a new provider both in {provider * 1000:.0f} ms")
 
     # 4. budgets still hold on the re-formed cluster: a budget of 5 cents, requests alternating between the two
